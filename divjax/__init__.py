@@ -1,0 +1,14 @@
+"""divjax: asynchronous decentralized learning, n nodes as one array program on a simulated clock."""
+
+from divjax.algorithms import ALGORITHMS, Algorithm
+from divjax.config import ConfigError, HParams, SimConfig, default_hparams, product
+from divjax.sim import SimulationError, check_state, make_engine, make_run, resolve
+from divjax.tasks import TASKS, Task, make_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS", "Algorithm", "ConfigError", "HParams", "SimConfig", "SimulationError", "TASKS",
+    "Task", "check_state", "default_hparams", "make_engine", "make_run", "make_task", "product",
+    "resolve",
+]

@@ -1,0 +1,59 @@
+"""The `Algorithm` bundle and what every algorithm receives from the engine."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from divjax.config import SimConfig
+from divjax.flat import FragmentLayout
+from divjax.network import LinkTable
+
+
+class Context(NamedTuple):
+    """Everything fixed during one run, handed to an algorithm's functions."""
+
+    cfg: SimConfig            # static
+    layout: FragmentLayout    # static
+    neighbors: jax.Array      # (n, max_degree) int32 padded neighbour lists
+    degree: jax.Array         # (n,) int32
+    table: LinkTable          # integer timing of every node (traced from HParams)
+
+
+class Algorithm(NamedTuple):
+    """A decentralized learning rule as pure functions (cf. optax.GradientTransformation).
+
+    init(ctx, params) -> algo_state
+    iteration_end(ctx, state, node, valid, trained, keys, t) -> (state, params_after)
+        (see the field comments for the optional hooks)
+        Called at tick t for the C nodes `node` (valid marks real entries) that just finished
+        their local steps, with their post-training models `trained` (C, K, F). Returns the
+        state with the messages queued and the inboxes emptied, and the models the nodes start
+        their next iteration from (C, K, F).
+
+    Example:
+        >>> algo = ALGORITHMS["divshare"](cfg)
+        >>> run = make_run(cfg, task, algo)
+    """
+
+    name: str
+    init: Callable[[Context, jax.Array], Any]
+    iteration_end: Callable[..., tuple[Any, jax.Array]]
+    # Optional: on_tick(ctx, state, keys, t) -> state, called every tick after arrivals and
+    # before iteration ends (e.g. AD-PSGD answers the pings that arrived with pongs).
+    on_tick: Callable | None = None
+
+
+def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
+                 shape: tuple[int, ...], count: int) -> jax.Array:
+    """`count` distinct random neighbours of `node`, independently for each entry of `shape`.
+
+    Returns (*shape, count) int32 node ids; uniform over subsets (top-k of uniform keys).
+    """
+    width = neighbors.shape[1]
+    u = jax.random.uniform(key, shape + (width,))
+    u = jnp.where(jnp.arange(width) < degree[node], u, -1.0)
+    _, pick = jax.lax.top_k(u, count)
+    return neighbors[node][pick]

@@ -1,0 +1,293 @@
+"""The simulated clock and network: compute times, upload links, latency, and messages in flight.
+
+Time is an integer tick of `cfg.tick_s` seconds. Every node i has
+- a compute time of `compute_ticks[i]` ticks per iteration (all its local steps); node i finishes
+  iterations at ticks c_i, 2 c_i, 3 c_i, ... (all nodes start at tick 0);
+- an upload link that sends queued messages one after another. A link keeps its own finer clock
+  of `cfg.link_resolution` sub-ticks per tick, so a queue of small fragments is timed exactly:
+  fragment k occupies node i's link for `msg_units[i, k]` sub-ticks (bytes / bandwidth, rounded
+  up to one sub-tick);
+- a latency of `latency_ticks[i]` ticks from the moment a message has fully left the link to its
+  arrival at the receiver.
+
+A message that leaves the link during tick t (sub-tick in ((t-1)R, tR]) is sent at tick t and
+arrives at tick t + latency. At one tick, arrivals happen before iteration ends, so a message that
+arrives at the tick its receiver aggregates is averaged in.
+
+Messages in flight wait in a ring buffer of payload sums, indexed by when they will be consumed:
+- `delivery="arrival_tick"`: slot (arrival tick) mod L; at every tick the slot of that tick is
+  moved into each node's pending sum, which a node averages in when it finishes an iteration.
+- `delivery="receiver_iteration"`: slot (index of the receiver's first aggregation at or after the
+  arrival) mod B. Because compute times are fixed per node, that index is known at send time, so
+  the message goes straight to the aggregation that will use it. Results are identical (the tests
+  check both against the reference simulator); memory is B n D floats with B ~ 2-3 instead of
+  L n D with L = longest delay in ticks.
+Either way a message is scattered once, at send time, into the slot it will be read from; it is
+never visible before its arrival tick, and a delay longer than the ring is a config error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax.config import ConfigError, HParams, SimConfig
+
+DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
+
+
+class LinkTable(NamedTuple):
+    """Integer timing of every node, derived from HParams (traced; vmappable)."""
+
+    compute_ticks: jax.Array  # (n,) int32: ticks per iteration, >= 1
+    latency_ticks: jax.Array  # (n,) int32: ticks from leaving the link to arrival, >= 0
+    msg_units: jax.Array      # (n, K) int32: link sub-ticks node i needs to send fragment k, >= 1
+
+
+def link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkTable:
+    """Convert seconds and bytes/s into integer ticks and link sub-ticks (pure, jittable)."""
+    tick = jnp.float32(cfg.tick_s)
+    compute = jnp.maximum(1, jnp.round(hp.compute_s / tick)).astype(jnp.int32)
+    # the small slack keeps values like 0.02 s / 0.01 s from rounding up to 3 ticks
+    latency = jnp.maximum(0, jnp.ceil(hp.latency_s / tick - 1e-4)).astype(jnp.int32)
+    units_f = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.upload_bps[:, None]
+               / tick * cfg.link_resolution)
+    units = jnp.maximum(1, jnp.ceil(units_f - 1e-3)).astype(jnp.int32)
+    return LinkTable(compute, latency, units)
+
+
+def concrete_link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkTable:
+    """`link_table` evaluated on the host, for config checks (leaves may have a sweep axis)."""
+    table = jax.jit(lambda h: link_table(cfg, h, fragment_bytes))
+    lead = np.ndim(hp.compute_s) - 1
+    fn = table
+    for _ in range(lead):
+        fn = jax.vmap(fn)
+    return jax.tree.map(np.asarray, fn(hp))
+
+
+def check_network(cfg: SimConfig, hp: HParams) -> None:
+    """Clear errors for non-positive or non-finite bandwidths, latencies and compute times."""
+    n = cfg.n_nodes
+    for name, positive in (("upload_bps", True), ("compute_s", True), ("latency_s", False)):
+        value = np.asarray(getattr(hp, name))
+        if value.shape[-1:] != (n,):
+            raise ConfigError(f"HParams.{name} has shape {value.shape}: it needs one entry per "
+                              f"node, shape (..., {n})")
+        bad = ~np.isfinite(value) | ((value <= 0) if positive else (value < 0))
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise ConfigError(
+                f"HParams.{name}[{tuple(int(i) for i in where)}]={value[tuple(where)]!r} is "
+                f"invalid: it must be {'positive' if positive else 'non-negative'} and finite "
+                f"(set --{'fast-mbps/--straggler-mbps' if name == 'upload_bps' else name})")
+
+
+def longest_delay_ticks(table: LinkTable) -> int:
+    """The longest time, in ticks, from enqueueing a message to its arrival.
+
+    With a replaced queue (DivShare) a message must leave the link before its sender's next
+    iteration end, c ticks later, so the delay is at most c + latency.
+    """
+    return int(np.max(table.compute_ticks + table.latency_ticks))
+
+
+def ring_slots_needed(cfg: SimConfig, table: LinkTable) -> int:
+    """Smallest ring length that holds every message in flight, for cfg.delivery."""
+    delay = longest_delay_ticks(table)
+    if cfg.delivery == "arrival_tick":
+        return delay
+    # receiver_iteration: messages for receiver r in flight target its aggregations in
+    # [next, ceil((t + delay) / c_r)], at most ceil(delay / c_r) + 1 of them.
+    c_min = int(np.min(table.compute_ticks))
+    return int(math.ceil(delay / c_min)) + 1
+
+
+def count_ring_ticks(table: LinkTable) -> int:
+    """Length of the (small) tick ring that times the sent/dropped/delivered counters."""
+    return longest_delay_ticks(table) + 1
+
+
+def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
+    """The largest number of nodes that finish an iteration at one tick during the run."""
+    c = np.asarray(table.compute_ticks).reshape(-1, cfg.n_nodes)
+    T = cfg.num_ticks
+    worst = 1
+    for row in c:  # one row per swept config; host-side, once
+        counts = np.zeros(T + 1, np.int64)
+        for ci in np.unique(row):
+            mult = int(np.sum(row == ci))
+            counts[np.arange(ci, T + 1, ci)] += mult
+        worst = max(worst, int(counts.max()))
+    return worst
+
+
+class Inbox(NamedTuple):
+    """Messages in flight and arrived-but-not-averaged payloads.
+
+    R = L (arrival_tick) or B (receiver_iteration) slots.
+    """
+
+    total: jax.Array          # (R, n, K, F) float32: summed payloads per slot, receiver, fragment
+    count: jax.Array          # (R, n, K) float32: number of payloads summed there
+    pending_total: jax.Array  # (n, K, F) float32 (arrival_tick) or (0, K, F): arrived, not averaged
+    pending_count: jax.Array  # (n, K) float32 (arrival_tick) or (0, K)
+
+
+class Counters(NamedTuple):
+    """Per-node message counters, timed exactly by a small tick ring (Lc = longest delay + 1)."""
+
+    ring_sent: jax.Array      # (Lc, n, K) int32: messages of sender n, fragment k, leaving at tick
+    ring_dropped: jax.Array   # (Lc, n) int32: messages of sender n dropped at that tick
+    ring_delivered: jax.Array  # (Lc, n) int32: messages arriving at receiver n at that tick
+    sent: jax.Array           # (n, K) int32: messages fully sent, per sender and fragment
+    dropped: jax.Array        # (n,) int32: messages dropped from sender n's queue (or wire)
+    delivered: jax.Array      # (n,) int32: messages that arrived at receiver n
+
+
+def init_inbox(cfg: SimConfig, slots: int, K: int, F: int) -> Inbox:
+    n = cfg.n_nodes
+    pend = n if cfg.delivery == "arrival_tick" else 0
+    return Inbox(
+        total=jnp.zeros((slots, n, K, F), jnp.float32),
+        count=jnp.zeros((slots, n, K), jnp.float32),
+        pending_total=jnp.zeros((pend, K, F), jnp.float32),
+        pending_count=jnp.zeros((pend, K), jnp.float32),
+    )
+
+
+def init_counters(n: int, K: int, ticks: int) -> Counters:
+    z = lambda *s: jnp.zeros(s, jnp.int32)  # noqa: E731
+    return Counters(z(ticks, n, K), z(ticks, n), z(ticks, n), z(n, K), z(n), z(n))
+
+
+def tick_counters(counters: Counters, t: jax.Array) -> Counters:
+    """Fold the counter events of tick t into the totals and clear their slot."""
+    s = t % counters.ring_sent.shape[0]
+    return counters._replace(
+        sent=counters.sent + counters.ring_sent[s],
+        dropped=counters.dropped + counters.ring_dropped[s],
+        delivered=counters.delivered + counters.ring_delivered[s],
+        ring_sent=counters.ring_sent.at[s].set(0),
+        ring_dropped=counters.ring_dropped.at[s].set(0),
+        ring_delivered=counters.ring_delivered.at[s].set(0),
+    )
+
+
+def arrive(cfg: SimConfig, inbox: Inbox, t: jax.Array) -> Inbox:
+    """arrival_tick mode: move what arrives at tick t into the pending sums; clear that slot."""
+    if cfg.delivery != "arrival_tick":
+        return inbox
+    s = t % inbox.total.shape[0]
+    return inbox._replace(
+        pending_total=inbox.pending_total + inbox.total[s],
+        pending_count=inbox.pending_count + inbox.count[s],
+        total=inbox.total.at[s].set(0.0),
+        count=inbox.count.at[s].set(0.0),
+    )
+
+
+def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
+            compute_ticks: jax.Array, t: jax.Array):
+    """Take the arrived payloads of the nodes aggregating at tick t and empty their inbox.
+
+    Args:
+      node: (C,) int32 ids of the aggregating nodes (entries with valid=False are padding).
+    Returns:
+      (inbox, got_total (C, K, F), got_count (C, K)).
+    """
+    drop = jnp.where(valid, node, cfg.n_nodes)  # out of range: dropped by the scatter
+    safe = jnp.minimum(node, cfg.n_nodes - 1)
+    if cfg.delivery == "arrival_tick":
+        got_total = inbox.pending_total[safe]
+        got_count = inbox.pending_count[safe]
+        inbox = inbox._replace(
+            pending_total=inbox.pending_total.at[drop].set(0.0, mode="drop"),
+            pending_count=inbox.pending_count.at[drop].set(0.0, mode="drop"))
+    else:
+        slot = (t // compute_ticks[safe]) % inbox.total.shape[0]  # this aggregation's index
+        got_total = inbox.total[slot, safe]
+        got_count = inbox.count[slot, safe]
+        inbox = inbox._replace(
+            total=inbox.total.at[slot, drop].set(0.0, mode="drop"),
+            count=inbox.count.at[slot, drop].set(0.0, mode="drop"))
+    return inbox, got_total, got_count
+
+
+class Schedule(NamedTuple):
+    """Timing of the messages that each of C sending nodes queued at tick t (any trailing shape)."""
+
+    sent: jax.Array        # (C, ...) bool: fully leaves the link before the queue is replaced
+    leave_tick: jax.Array  # (C, ...) int32: tick at which it has fully left the link
+    arrival: jax.Array     # (C, ...) int32: tick at which it reaches its receiver
+    drop_tick: jax.Array   # (C,) int32: when the unsent rest of the queue is dropped
+
+
+def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Array,
+                            units: jax.Array, t: jax.Array, resolution: int) -> Schedule:
+    """Sequential sends from a queue that the sender's next iteration end replaces (DivShare).
+
+    The link starts on the new queue at tick t (the old queue and the message on the wire were
+    dropped just then). Message q of the queue has fully left after the link time of messages
+    0..q; it is sent only if that is no later than the sender's next iteration end, t + c, and
+    dropped then otherwise.
+
+    Args:
+      sender: (C,) int32; valid: (C,) bool;
+      units: (C, M) int32 link sub-ticks of each queued message, in queue order.
+    Returns: a Schedule whose per-message fields are (C, M), in queue order.
+    """
+    safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
+    leave_rel = jnp.cumsum(units, axis=1)                                   # sub-ticks after t
+    budget = (table.compute_ticks[safe] * resolution)[:, None]             # until next end
+    sent = valid[:, None] & (leave_rel <= budget)
+    leave_tick = t + (leave_rel + resolution - 1) // resolution
+    arrival = leave_tick + table.latency_ticks[safe][:, None]
+    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe])
+
+
+def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sched: Schedule,
+         sender: jax.Array, valid: jax.Array, receiver: jax.Array,
+         payload: jax.Array) -> tuple[Inbox, Counters]:
+    """Scatter queued messages into the ring slot they will be read from; time the counters.
+
+    Messages are laid out in fragment order: message (c, j, k) carries fragment k of sender c's
+    payload to receiver[c, j, k] (j = copy). The payload is scattered straight from the (C, K, F)
+    array, once per copy, so no (C, J, K, F) buffer is built.
+
+    Args:
+      sender: (C,) int32; valid: (C,) bool; receiver: (C, J, K) int32;
+      sched: Schedule with (C, J, K) fields; payload: (C, K, F) float32.
+    """
+    n = cfg.n_nodes
+    C, J, K = receiver.shape
+    frag = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (C, K))
+    Lc = counters.ring_sent.shape[0]
+    recv_all = jnp.where(sched.sent, receiver, n)                    # unsent: out of range
+    if cfg.delivery == "arrival_tick":
+        slot_all = sched.arrival % inbox.total.shape[0]
+    else:
+        c_recv = table.compute_ticks[jnp.minimum(recv_all, n - 1)]
+        slot_all = ((sched.arrival + c_recv - 1) // c_recv) % inbox.total.shape[0]
+    total, count = inbox.total, inbox.count
+    for j in range(J):  # static and small (fanout): one fragment-order scatter per copy
+        recv, slot = recv_all[:, j], slot_all[:, j]
+        total = total.at[slot, recv, frag].add(payload, mode="drop")
+        count = count.at[slot, recv, frag].add(1.0, mode="drop")
+    inbox = inbox._replace(total=total, count=count)
+    snd = jnp.where(sched.sent, sender[:, None, None], n)
+    fr = jnp.broadcast_to(frag[:, None, :], (C, J, K))
+    n_dropped = jnp.sum(valid[:, None, None] & ~sched.sent, axis=(1, 2)).astype(jnp.int32)
+    counters = counters._replace(
+        ring_sent=counters.ring_sent.at[sched.leave_tick % Lc, snd, fr].add(1, mode="drop"),
+        ring_delivered=counters.ring_delivered.at[sched.arrival % Lc, recv_all].add(
+            1, mode="drop"),
+        ring_dropped=counters.ring_dropped.at[sched.drop_tick % Lc,
+                                              jnp.where(valid, sender, n)].add(
+            n_dropped, mode="drop"),
+    )
+    return inbox, counters

@@ -1,0 +1,169 @@
+"""A slow, obviously-correct, event-driven reference simulator (the oracle of the tests).
+
+One node at a time, one message at a time, with a heap of events, written to be read against
+../shared/paper.md rather than to be fast. It shares with the engine only what defines a run's
+random draws and arithmetic: the integer link timing (`network.link_table`), the fragment
+layout, the per-node local training function, and the receivers and queue order of each
+iteration end (`divshare_routes`, drawn from the same keys). Everything that makes the engine
+fast and could be wrong -- gathering finishing nodes, the ring buffer, the masked scatters, the
+counters' tick ring, the schedule arithmetic -- is done here the plain way.
+
+Event order at one tick: a link finishing a message and a message arriving (phase 0) come before
+iteration ends (phase 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from divjax import network
+from divjax.algorithms.divshare import divshare_routes
+from divjax.config import HParams, SimConfig
+from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.sim import model_layout
+from divjax.state import tick_keys
+from divjax.tasks import Task
+from divjax.topology import adjacency, neighbor_table
+
+
+@dataclass
+class ReferenceResult:
+    params: np.ndarray       # (n, K, F) every node's model at the end
+    sent: np.ndarray         # (n, K) messages fully sent, per sender and fragment
+    dropped: np.ndarray      # (n,) messages dropped from the sender's queue or wire
+    delivered: np.ndarray    # (n,) messages that arrived, per receiver
+    iterations: np.ndarray   # (n,)
+    replaced: int            # inbox entries overwritten by a newer one (policy "latest")
+    log: list = field(default_factory=list)  # (tick, kind, details) of every event, if asked
+
+
+@dataclass
+class _Link:
+    queue: deque = field(default_factory=deque)   # messages waiting: (receiver, fragment, payload)
+    busy: tuple | None = None                     # (token, end_subtick, message) on the wire
+    tokens: itertools.count = field(default_factory=itertools.count)
+
+
+def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
+             inbox_policy: str = "sum", keep_log: bool = False) -> ReferenceResult:
+    """Run DivShare event by event for cfg.num_ticks ticks.
+
+    inbox_policy: "sum" averages every fragment that arrived since the last aggregation (what the
+    vectorized engine does); "latest" keeps only the newest fragment per (sender, fragment), as
+    the authors' code does.
+    """
+    assert inbox_policy in ("sum", "latest")
+    n, K, s, R = cfg.n_nodes, cfg.n_fragments, cfg.fanout, cfg.link_resolution
+    layout = model_layout(cfg, task)
+    table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
+    c, lat, units = table.compute_ticks, table.latency_ticks, table.msg_units
+    nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adjacency(cfg)))
+    tx = make_optimizer(cfg, hp)
+    train_one = jax.jit(make_train_one(cfg, task, layout, tx))
+    init_opt = jax.jit(tx.init)
+    routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
+
+    k_init, k_sim = jax.random.split(key)
+    if cfg.same_init:
+        one = np.asarray(layout.flatten(task.init(k_init)), np.float32)
+        params = [one.copy() for _ in range(n)]
+    else:
+        params = [np.asarray(layout.flatten(task.init(k)), np.float32)
+                  for k in jax.random.split(k_init, n)]
+    opt = [init_opt(p) for p in params]
+
+    sent = np.zeros((n, K), np.int64)
+    dropped = np.zeros(n, np.int64)
+    delivered = np.zeros(n, np.int64)
+    iterations = np.zeros(n, np.int64)
+    replaced = 0
+    inbox_sum: list[list] = [[] for _ in range(n)]       # (sender, k, values)
+    inbox_latest: list[dict] = [{} for _ in range(n)]    # (sender, k) -> values
+    links = [_Link() for _ in range(n)]
+    log: list = []
+    events: list = []
+    seq = itertools.count()
+
+    def at(tick, phase, kind, *data):
+        heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
+
+    def start_next(i, start_subtick):
+        link = links[i]
+        if not link.queue:
+            link.busy = None
+            return
+        msg = link.queue.popleft()
+        end = start_subtick + int(units[i, msg[1]])
+        token = next(link.tokens)
+        link.busy = (token, end, msg)
+        at(-(-end // R), 0, "leave", i, token)
+
+    for i in range(n):
+        at(c[i], 1, "end", i)
+
+    T = cfg.num_ticks
+    while events and events[0][0] < T:
+        t, _, _, kind, data = heapq.heappop(events)
+        if kind == "leave":
+            i, token = data
+            link = links[i]
+            if link.busy is None or link.busy[0] != token:
+                continue  # this transmission was cancelled by a queue replacement
+            _, end, (r, k, payload) = link.busy
+            sent[i, k] += 1
+            at(t + lat[i], 0, "arrive", i, r, k, payload)
+            if keep_log:
+                log.append((t, "sent", (i, r, k)))
+            start_next(i, end)
+        elif kind == "arrive":
+            i, r, k, payload = data
+            delivered[r] += 1
+            if keep_log:
+                log.append((t, "arrive", (i, r, k)))
+            if inbox_policy == "sum":
+                inbox_sum[r].append((i, k, payload))
+            else:
+                replaced += (i, k) in inbox_latest[r]
+                inbox_latest[r][(i, k)] = payload
+        else:  # iteration end of node i at tick t
+            (i,) = data
+            keys = tick_keys(k_sim, t)
+            p, o = train_one(params[i], opt[i], node_batch_key(keys.batch, i), i)
+            trained = np.asarray(p, np.float32)
+            # (2) replace the queue: the rest of the old queue and the message on the wire are lost
+            link = links[i]
+            lost = len(link.queue) + (link.busy is not None)
+            dropped[i] += lost
+            if keep_log and lost:
+                log.append((t, "drop", (i, lost)))
+            link.queue.clear()
+            link.busy = None
+            # (3) enqueue K*s (fragment, receiver) messages in random order, post-training values
+            if s > 0:
+                receivers, queue = routes(keys.route, i)
+                receivers, queue = np.asarray(receivers), np.asarray(queue)
+                for m in queue:
+                    j, k = divmod(int(m), K)
+                    link.queue.append((int(receivers[j, k]), k, trained[k].copy()))
+                start_next(i, t * R)
+            # (4) average every coordinate with what has arrived, then empty the inbox
+            total = trained.astype(np.float32).copy()
+            count = np.ones(K, np.float32)
+            got = (inbox_sum[i] if inbox_policy == "sum"
+                   else [(a, b, v) for (a, b), v in inbox_latest[i].items()])
+            for _, k, values in got:
+                total[k] += values
+                count[k] += 1
+            inbox_sum[i], inbox_latest[i] = [], {}
+            params[i] = total / count[:, None]
+            opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
+            iterations[i] += 1
+            at(t + c[i], 1, "end", i)
+
+    return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log)

@@ -1,0 +1,388 @@
+"""The engine: `make_run(cfg, task, algo) -> run(key, hp)`, the tick, evaluation, config checks.
+
+One tick (t):
+  1. counters and (arrival_tick mode) inboxes take what arrives at t;
+  2. the nodes whose iteration ends at t (at most `train_capacity` of them, gathered) take their
+     local steps from their current model;
+  3. the algorithm queues their post-training messages and averages in their inbox;
+  4. they start the next iteration, which ends compute_ticks later.
+Ticks at which no node finishes skip step 2-3 (`lax.cond`). Everything random derives from
+`fold_in(k_sim, t)` and the node id, so results do not depend on chunking or on which nodes
+happen to be gathered together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax import network
+from divjax.algorithms import ALGORITHMS, Algorithm, Context
+from divjax.config import ConfigError, HParams, SimConfig, default_hparams
+from divjax.flat import FragmentLayout, make_layout
+from divjax.local import all_finite, make_optimizer, make_train_one, node_batch_key
+from divjax.state import (
+    ERR_CAPACITY,
+    ERR_NONFINITE,
+    ERR_RING_TOO_SHORT,
+    SimState,
+    tick_keys,
+)
+from divjax.tasks import Task, make_task
+from divjax.topology import adjacency, neighbor_table
+
+
+def model_layout(cfg: SimConfig, task: Task) -> FragmentLayout:
+    """The fixed fragment partition of the task's model (shapes only; no training)."""
+    shapes = jax.eval_shape(task.init, jax.random.key(0))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return make_layout(template, cfg.n_fragments, cfg.fragment_seed)
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int) -> dict:
+    """Bytes the run's state needs, by part (float32 everywhere)."""
+    n, K, F, f = cfg.n_nodes, layout.K, layout.F, 4
+    C = cfg.train_capacity or n
+    model = n * K * F * f
+    parts = {
+        "params": model,
+        "optimizer": model if cfg.momentum_buffer else 0,
+        "ring": ring_slots * model + ring_slots * n * K * f,
+        "pending": model if cfg.delivery == "arrival_tick" else 0,
+        "training (gathered nodes, x3)": 3 * C * K * F * f,
+        "neighbours": n * n * 4,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_memory_early(cfg: SimConfig, task: Task) -> None:
+    """Refuse, from shapes alone, a state that cannot fit (before anything is allocated)."""
+    shapes = jax.eval_shape(task.init, jax.random.key(0))
+    leaves = jax.tree.leaves(shapes)
+    D = sum(int(np.prod(x.shape)) for x in leaves)
+    if cfg.n_fragments > D:
+        raise ConfigError(
+            f"n_fragments={cfg.n_fragments} is larger than the model's parameter count D={D}: "
+            f"use --n-fragments between 1 and {D}")
+    per_model = 4 * (D + len(leaves) * cfg.n_fragments)
+    # params + at least one ring slot + the gathered training copies
+    lower_bound = cfg.n_nodes * per_model * 2
+    have = available_memory_bytes()
+    if lower_bound > 0.8 * have:
+        raise ConfigError(
+            f"n_nodes={cfg.n_nodes} models of D={D} parameters need at least "
+            f"{lower_bound / 2**30:.1f} GiB (parameters and one ring slot) but the device has "
+            f"{have / 2**30:.1f} GiB: lower --n-nodes (at most "
+            f"{int(0.8 * have // (2 * per_model))}) or use a smaller model")
+
+
+def available_memory_bytes() -> int:
+    """Memory the default device can hold: the accelerator's limit, or host RAM on CPU."""
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001  (CPU backends may not implement it)
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        return int(os_total_memory())
+    except (OSError, ValueError):
+        return 1 << 40
+
+
+def os_total_memory() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
+            check_memory: bool = True) -> SimConfig:
+    """Check the network in `hp` and size the ring and the training capacity for it.
+
+    Returns cfg with `ring_ticks` and `train_capacity` set (fields left at 0 are filled with the
+    smallest values that fit; explicit values are checked). Raises ConfigError with the fix.
+    """
+    network.check_network(cfg, hp)
+    table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
+    if np.max(table.compute_ticks) * cfg.link_resolution >= 2**30:
+        raise ConfigError(
+            f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
+            f"raise tick_s={cfg.tick_s} or lower link_resolution={cfg.link_resolution}")
+    if np.max(table.msg_units) >= 2**30 // max(1, cfg.messages_per_iteration):
+        raise ConfigError("a message takes too long on the slowest link for the int32 link clock: "
+                          "raise the bandwidth or tick_s, or lower link_resolution")
+    delay = network.longest_delay_ticks(table)
+    if cfg.delay_ticks == 0:
+        cfg = cfg.replace(delay_ticks=delay)
+    elif cfg.delay_ticks < delay:
+        raise ConfigError(f"delay_ticks={cfg.delay_ticks} is below the longest delay {delay} "
+                          f"ticks; set --delay-ticks {delay} or 0 (auto)")
+    need = network.ring_slots_needed(cfg, table)
+    if cfg.ring_ticks == 0:
+        cfg = cfg.replace(ring_ticks=need)
+    elif cfg.ring_ticks < need:
+        raise ConfigError(
+            f"ring_ticks={cfg.ring_ticks} cannot hold the longest delay: delivery="
+            f"{cfg.delivery!r} needs at least {need} slots (longest delay "
+            f"{network.longest_delay_ticks(table)} ticks); set --ring-ticks {need} or 0 (auto)")
+    worst = network.max_simultaneous_finishers(cfg, table)
+    if cfg.train_capacity == 0:
+        cfg = cfg.replace(train_capacity=worst)
+    elif cfg.train_capacity < worst:
+        raise ConfigError(
+            f"train_capacity={cfg.train_capacity} is too small: {worst} nodes finish an "
+            f"iteration at the same tick; set --train-capacity {worst} or 0 (auto)")
+    if check_memory:
+        est = memory_estimate(cfg, layout, cfg.ring_ticks)
+        have = available_memory_bytes()
+        if est["total"] > 0.8 * have:
+            raise ConfigError(
+                f"the state needs about {est['total'] / 2**30:.2f} GiB "
+                f"({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.items() if k != 'total')}"
+                f" GiB) but the device has {have / 2**30:.2f} GiB: lower n_nodes, use "
+                f"delivery='receiver_iteration', or a coarser tick_s (fewer ring slots)")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class Engine(NamedTuple):
+    """Pure functions of one configuration; jit them at the call site."""
+
+    cfg: SimConfig
+    task: Task
+    layout: FragmentLayout
+    init: Callable      # init(key, hp) -> SimState
+    advance: Callable   # advance(state, hp) -> (state, metrics): one eval interval of ticks
+    evaluate: Callable  # evaluate(state) -> metrics dict
+
+
+def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
+                hp: HParams | None = None) -> Engine:
+    """Build the engine for a config. `hp` (concrete) sizes the ring; default_hparams if None."""
+    task = task if task is not None else make_task(cfg)
+    if algo is None:
+        if cfg.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm={cfg.algorithm!r} is unknown: choose one of "
+                              f"{sorted(ALGORITHMS)}")
+        algo = ALGORITHMS[cfg.algorithm](cfg)
+    check_memory_early(cfg, task)
+    layout = model_layout(cfg, task)
+    if cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0:
+        cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout)
+    adj = adjacency(cfg)
+    nb_np, deg_np = neighbor_table(adj)
+    if cfg.fanout > int(deg_np.min()):
+        raise ConfigError(
+            f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg_np.min())} "
+            f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
+    n, K, F = cfg.n_nodes, layout.K, layout.F
+    C, E = cfg.train_capacity, cfg.eval_every
+    ring_slots = cfg.ring_ticks
+    counter_ticks = cfg.delay_ticks + 1  # the counters' ring: longest delay + 1 ticks
+    real = jnp.asarray(layout.real_mask())
+    frag_bytes = jnp.asarray(layout.fragment_bytes, jnp.float32)
+
+    def context(hp):
+        table = network.link_table(cfg, hp, layout.fragment_bytes)
+        return Context(cfg, layout, jnp.asarray(nb_np), jnp.asarray(deg_np), table)
+
+    def init(key: jax.Array, hp: HParams) -> SimState:
+        k_init, k_sim = jax.random.split(key)
+        del key
+        ctx = context(hp)
+        if cfg.same_init:
+            one = layout.flatten(task.init(k_init))
+            params = jnp.broadcast_to(one, (n, K, F))
+        else:
+            params = jax.vmap(lambda k: layout.flatten(task.init(k)))(
+                jax.random.split(k_init, n))
+        params = params.astype(jnp.float32)
+        tx = make_optimizer(cfg, hp)
+        table = ctx.table
+        delay = jnp.max(table.compute_ticks + table.latency_ticks)
+        if cfg.delivery == "arrival_tick":
+            fits = delay <= ring_slots
+        else:
+            fits = (delay + jnp.min(table.compute_ticks) - 1) // jnp.min(table.compute_ticks) + 1 \
+                <= ring_slots
+        fits &= delay <= cfg.delay_ticks
+        errors = jnp.where(fits, 0, ERR_RING_TOO_SHORT).astype(jnp.int32)
+        return SimState(
+            params=params,
+            opt_state=jax.vmap(tx.init)(params),
+            algo_state=algo.init(ctx, params),
+            inbox=network.init_inbox(cfg, ring_slots, K, F),
+            counters=network.init_counters(n, K, counter_ticks),
+            next_end=table.compute_ticks,
+            iterations=jnp.zeros((n,), jnp.int32),
+            errors=errors,
+            first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
+            t=jnp.zeros((), jnp.int32),
+            k_sim=k_sim,
+        )
+
+
+    def tick(state: SimState, hp: HParams, ctx: Context) -> SimState:
+        t = state.t
+        keys = tick_keys(state.k_sim, t)
+        tx = make_optimizer(cfg, hp)
+        train_one = make_train_one(cfg, task, layout, tx)
+        state = state.replace(counters=network.tick_counters(state.counters, t),
+                              inbox=network.arrive(cfg, state.inbox, t))
+        if algo.on_tick is not None:
+            state = algo.on_tick(ctx, state, keys, t)
+        done = state.next_end == t                                              # (n,)
+
+        def work(state: SimState) -> SimState:
+            node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)   # (C,)
+            valid = node < n
+            safe = jnp.minimum(node, n - 1)
+            drop = jnp.where(valid, node, n)
+            p = state.params[safe]
+            o = jax.tree.map(lambda x: x[safe], state.opt_state)
+            bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
+            trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
+            state, after = algo.iteration_end(ctx, state, node, valid, trained, keys, t)
+            if cfg.reset_optimizer:
+                o = jax.vmap(tx.init)(after)
+            err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0,
+                            ERR_NONFINITE)
+            err |= jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0)
+            return state.replace(
+                params=state.params.at[drop].set(after, mode="drop"),
+                opt_state=jax.tree.map(lambda full, part: full.at[drop].set(part, mode="drop"),
+                                       state.opt_state, o),
+                errors=state.errors | err,
+                first_error_tick=jnp.where((state.first_error_tick < 0) & (err > 0), t,
+                                           state.first_error_tick),
+            )
+
+        state = jax.lax.cond(jnp.any(done), work, lambda s: s, state)
+        return state.replace(
+            next_end=jnp.where(done, t + ctx.table.compute_ticks, state.next_end),
+            iterations=state.iterations + done.astype(jnp.int32),
+            t=t + 1,
+        )
+
+    def evaluate(state: SimState) -> dict:
+        params = state.params
+        per_node = jax.lax.map(lambda a: task.evaluate(layout.unflatten(a[0]), a[1]),
+                               (params, jnp.arange(n, dtype=jnp.int32)),
+                               batch_size=min(cfg.eval_chunk, n))
+        avg = jnp.mean(params, axis=0)
+        avg_metrics = task.evaluate(layout.unflatten(avg), jnp.int32(-1))
+        out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
+        for name in task.metric_names:
+            v = per_node[name]
+            out[f"{name}_mean"] = jnp.mean(v)
+            out[f"{name}_min"] = jnp.min(v)
+            out[f"{name}_max"] = jnp.max(v)
+            out[f"{name}_avgmodel"] = avg_metrics[name]
+        diff = jnp.where(real, params - avg, 0.0)
+        out["consensus"] = jnp.mean(jnp.sum(diff**2, axis=(1, 2)))
+        c = state.counters
+        out["bytes_sent"] = jnp.sum(c.sent.astype(jnp.float32) * frag_bytes)
+        out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)
+        out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
+        out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
+        out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
+        out["node"] = {name: per_node[name] for name in task.metric_names}
+        return out
+
+    def advance(state: SimState, hp: HParams):
+        ctx = context(hp)
+        state = jax.lax.fori_loop(0, E, lambda _, s: tick(s, hp, ctx), state)
+        return state, evaluate(state)
+
+    return Engine(cfg, task, layout, init, advance, evaluate)
+
+
+def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
+             hp: HParams | None = None) -> Callable:
+    """Return a pure `run(key, hp) -> (final SimState, metrics)` for jit, vmap and scan.
+
+    Metrics leaves have a leading axis C (one entry per eval interval of `eval_every_s`).
+
+    Example:
+        >>> cfg = SimConfig(n_nodes=8, duration_s=10)
+        >>> run = jax.jit(make_run(cfg))
+        >>> state, metrics = run(jax.random.key(0), default_hparams(cfg))
+    """
+    engine = make_engine(cfg, task, algo, hp)
+
+    def run(key, hp):
+        state = engine.init(key, hp)
+        return jax.lax.scan(lambda s, _: engine.advance(s, hp), state, None,
+                            length=engine.cfg.num_chunks)
+
+    run.engine = engine
+    return run
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+class SimulationError(RuntimeError):
+    """Something went wrong inside a run (NaN, ring or capacity overflow): says what and how to fix."""
+
+
+def check_state(state: SimState, cfg: SimConfig) -> None:
+    """Raise a clear error if the run raised any error flag (host side)."""
+    errors = np.asarray(jax.device_get(state.errors)).reshape(-1)
+    first = np.asarray(jax.device_get(state.first_error_tick)).reshape(-1)
+    if not errors.any():
+        return
+    i = int(np.flatnonzero(errors)[0])
+    e, when = int(errors[i]), float(first[i]) * cfg.tick_s
+    msgs = []
+    if e & ERR_NONFINITE:
+        msgs.append(f"a node model became NaN/inf at simulated time {when:.3f}s: training "
+                    f"diverged; lower --lr (now {cfg.lr}) or check the data")
+    if e & ERR_RING_TOO_SHORT:
+        msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
+                    "build the run with these HParams (make_run(cfg, hp=hp)) or set --ring-ticks 0")
+    if e & ERR_CAPACITY:
+        msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
+                    f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
+    raise SimulationError("; ".join(msgs))
+
+
+def round_up(x: float, step: float) -> float:
+    return math.ceil(x / step) * step
+
+
+def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | None = None,
+             state: SimState | None = None, stop_chunk: int | None = None):
+    """The Python driver: one jitted eval interval at a time, with progress reports.
+
+    Bit-identical to `make_run` (same tick function, keys folded from the tick). Starts from
+    `state` if given (e.g. a resumed checkpoint). Returns (state, metrics stacked over chunks).
+    Not jittable: host loop.
+    """
+    advance = jax.jit(engine.advance, donate_argnums=0)
+    if state is None:
+        state = jax.jit(engine.init)(key, hp)
+    done_chunks = int(state.t) // engine.cfg.eval_every
+    last = engine.cfg.num_chunks if stop_chunk is None else stop_chunk
+    history = []
+    for c in range(done_chunks, last):
+        state, metrics = advance(state, hp)
+        check_state(state, engine.cfg)
+        metrics = jax.device_get(metrics)
+        history.append(metrics)
+        if progress is not None:
+            progress(c + 1, engine.cfg.num_chunks, metrics)
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *history) if history else {}
+    return state, stacked

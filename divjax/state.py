@@ -1,0 +1,42 @@
+"""The simulation state: one immutable pytree that the tick function maps to the next."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+from flax import struct
+
+from divjax.network import Counters, Inbox
+
+# Bit flags of SimState.errors; the host turns them into clear exceptions (sim.check_state).
+ERR_RING_TOO_SHORT = 1   # a message's delay exceeded the ring
+ERR_CAPACITY = 2         # more nodes finished in one tick than train_capacity
+ERR_NONFINITE = 4        # a trained model holds NaN or inf
+
+
+@struct.dataclass
+class SimState:
+    params: jax.Array        # (n, K, F) float32: every node's flat model, in fragment order
+    opt_state: Any           # optax state, leaves (n, ...): one per node
+    algo_state: Any          # algorithm-specific pytree, leaves (n, ...) or ()
+    inbox: Inbox             # messages in flight and arrived payloads
+    counters: Counters       # per-node sent / dropped / delivered
+    next_end: jax.Array      # (n,) int32: tick at which each node finishes its current iteration
+    iterations: jax.Array    # (n,) int32: iterations each node has finished
+    errors: jax.Array        # () int32: ERR_* bit flags raised during the run
+    first_error_tick: jax.Array  # () int32: tick of the first error (-1 if none)
+    t: jax.Array             # () int32: the next tick to simulate
+    k_sim: jax.Array         # () typed PRNG key of the simulation stream (ticks fold into it)
+
+
+class TickKeys(NamedTuple):
+    """Keys of tick t; each depends only on (sim key, t), never on how the run is chunked."""
+
+    batch: jax.Array   # mini-batch sampling (folded with the node id)
+    route: jax.Array   # receivers and queue order (folded with the node id)
+    spare: jax.Array   # reserved for algorithms that need more randomness
+
+
+def tick_keys(k_sim: jax.Array, t: jax.Array) -> TickKeys:
+    return TickKeys(*jax.random.split(jax.random.fold_in(k_sim, t), 3))

@@ -1,0 +1,31 @@
+"""Shared tiny fixtures: the suite runs on CPU with n <= 8 and a few simulated seconds."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+from divjax.config import SimConfig, default_hparams  # noqa: E402
+
+
+def tiny_config(**changes) -> SimConfig:
+    base = SimConfig(n_nodes=5, n_fragments=4, fanout=2, local_steps=2, batch_size=4,
+                     tick_s=0.01, duration_s=2.0, eval_every_s=0.5, compute_s=0.1)
+    return base.replace(**changes)
+
+
+def straggler_hparams(cfg: SimConfig):
+    """Stragglers in compute and links, for n = 5: slow links are the last two nodes."""
+    assert cfg.n_nodes == 5
+    return default_hparams(cfg).replace(
+        compute_s=jnp.array([0.1, 0.1, 0.13, 0.17, 0.1], jnp.float32),
+        upload_bps=jnp.array([1e4, 1e4, 1e4, 2e3, 5e2], jnp.float32),
+        latency_s=jnp.array([0.02, 0.0, 0.01, 0.03, 0.02], jnp.float32))
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)

@@ -1,0 +1,174 @@
+"""The vectorized engine against the event-driven reference simulator, and its invariants."""
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import straggler_hparams, tiny_config
+
+from divjax import reference
+from divjax.config import default_hparams, product
+from divjax.sim import make_run, simulate
+from divjax.tasks import Task
+
+
+def run_engine(cfg, hp, seed=0):
+    run = make_run(cfg, hp=hp)
+    state, metrics = jax.jit(run)(jax.random.key(seed), hp)
+    return run, state, metrics
+
+
+@pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])
+@pytest.mark.parametrize("omega,fanout", [(1, 1), (4, 3), (7, 1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_engine__equals_reference_simulator(delivery, omega, fanout, seed):
+    """Every node's parameters and every counter, after ~20 iterations with stragglers."""
+    cfg = tiny_config(n_fragments=omega, fanout=fanout, delivery=delivery, duration_s=3.0)
+    hp = straggler_hparams(cfg)
+    run, state, _ = run_engine(cfg, hp, seed)
+    ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed))
+    assert ref.dropped.sum() > 0 and ref.sent.sum() > 0  # the stragglers do lose messages
+    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
+    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+
+
+def test_engine__identical_models_are_a_fixed_point():
+    cfg = tiny_config(lr=0.0)
+    hp = straggler_hparams(cfg)
+    run, state, metrics = run_engine(cfg, hp)
+    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    assert int(state.counters.delivered.sum()) > 0
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(init), rtol=1e-6, atol=1e-7)
+    assert float(np.max(metrics["consensus"])) < 1e-10
+
+
+def test_network__fast_links_deliver_every_message_before_the_next_iteration():
+    cfg = tiny_config(n_fragments=3, fanout=2)
+    hp = default_hparams(cfg).replace(upload_bps=jnp.full(5, 1e15), latency_s=jnp.zeros(5))
+    run, state, _ = run_engine(cfg, hp)
+    ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
+                             keep_log=True)
+    assert int(state.counters.dropped.sum()) == 0
+    M = cfg.n_fragments * cfg.fanout
+    assert int(state.counters.sent.sum()) == int(state.iterations.sum()) * M
+    c = int(round(cfg.compute_s / cfg.tick_s))
+    for t, kind, _ in ref.log:  # sent at end tick + 1, arrives then: before the next end
+        if kind in ("sent", "arrive"):
+            assert t % c == 1
+
+
+def test_network__slower_link_delivers_fewer_fragments():
+    cfg = tiny_config(n_fragments=4, fanout=3, duration_s=3.0)
+    hp = default_hparams(cfg).replace(
+        upload_bps=jnp.array([1e4, 1e4, 1e4, 1e4, 1e3], jnp.float32))
+    _, state, _ = run_engine(cfg, hp)
+    sent = np.asarray(state.counters.sent).sum(1)
+    dropped = np.asarray(state.counters.dropped)
+    assert sent[4] < sent[:4].min()
+    assert dropped[4] > 0 and dropped[:4].sum() == 0
+
+
+class _Quadratic(NamedTuple):
+    targets: np.ndarray
+
+
+def quadratic_task(targets) -> Task:
+    """Node i minimises 0.5 (w - targets[i])^2; no sampling noise, so each step is exact."""
+    a = jnp.asarray(targets, jnp.float32)
+    return Task(
+        name="quadratic", init=lambda key: {"w": jnp.zeros((1,))},
+        loss=lambda p, batch: 0.5 * jnp.sum((p["w"] - batch) ** 2),
+        sample_batch=lambda key, node: a[node],
+        evaluate=lambda p, node: {"loss": jnp.sum(p["w"] ** 2)},
+        metric_names=("loss",), primary="loss", higher_is_better=False, info={})
+
+
+def test_divshare__sends_post_training_pre_aggregation_values():
+    """Two nodes, one fragment, instant links: by hand, y_i^k = x_i^{k-1} - lr (x_i^{k-1} - a_i)
+    and x_i^k = (y_i^k + y_j^{k-1}) / 2. Sending the aggregated model instead gives other numbers."""
+    targets, lr, iters = [1.0, -3.0], 0.5, 6
+    cfg = tiny_config(n_nodes=2, n_fragments=1, fanout=1, local_steps=1, lr=lr,
+                      compute_s=0.1, duration_s=0.1 * iters + 0.05, eval_every_s=0.05)
+    hp = default_hparams(cfg).replace(upload_bps=jnp.full(2, 1e15), latency_s=jnp.zeros(2))
+    run = make_run(cfg, task=quadratic_task(targets), hp=hp)
+    state, _ = jax.jit(run)(jax.random.key(0), hp)
+    x, y_prev = np.zeros(2), None
+    for _ in range(iters):
+        y = x - lr * (x - np.array(targets))
+        x = y if y_prev is None else (y + y_prev[::-1]) / 2
+        y_prev = y
+    got = np.asarray(state.params)[:, 0, 0]
+    np.testing.assert_allclose(got, x, rtol=1e-6)
+    # the other order (send the aggregate) is measurably different
+    x2, s_prev = np.zeros(2), None
+    for _ in range(iters):
+        y = x2 - lr * (x2 - np.array(targets))
+        x2 = y if s_prev is None else (y + s_prev[::-1]) / 2
+        s_prev = x2
+    assert np.abs(x2 - x).max() > 1e-3
+
+
+def test_run__same_key_same_bits_and_other_key_differs():
+    cfg = tiny_config()
+    hp = straggler_hparams(cfg)
+    run = jax.jit(make_run(cfg, hp=hp))
+    a = run(jax.random.key(7), hp)
+    b = run(jax.random.key(7), hp)
+    chex.assert_trees_all_equal(a[1], b[1])
+    chex.assert_trees_all_equal(a[0].params, b[0].params)
+    c = run(jax.random.key(8), hp)
+    assert not np.array_equal(np.asarray(a[0].params), np.asarray(c[0].params))
+
+
+def test_run__chunked_driver_and_eval_interval_do_not_change_bits():
+    cfg = tiny_config()
+    hp = straggler_hparams(cfg)
+    run = make_run(cfg, hp=hp)
+    s1, m1 = jax.jit(run)(jax.random.key(3), hp)
+    s2, m2 = simulate(run.engine, jax.random.key(3), hp)
+    chex.assert_trees_all_equal(np.asarray(s1.params), np.asarray(s2.params))
+    chex.assert_trees_all_equal(np.asarray(m1["consensus"]), m2["consensus"])
+    run_fine = make_run(cfg.replace(eval_every_s=0.25), hp=hp)
+    s3, _ = jax.jit(run_fine)(jax.random.key(3), hp)
+    chex.assert_trees_all_equal(np.asarray(s1.params), np.asarray(s3.params))
+
+
+def test_sweep__row_equals_single_run():
+    cfg = tiny_config()
+    hp = straggler_hparams(cfg)
+    run = make_run(cfg, hp=hp)
+    keys = jax.random.split(jax.random.key(0), 2)
+    grid = product(hp, lr=[0.01, 0.1])
+    _, m = jax.jit(jax.vmap(jax.vmap(run, (0, None)), (None, 0)))(keys, grid)
+    dims = chex.Dimensions(H=2, S=2, C=cfg.num_chunks)
+    chex.assert_shape(m["loss_mean"], dims["HSC"])
+    _, m1 = jax.jit(run)(keys[1], hp.replace(lr=jnp.float32(0.1)))
+    chex.assert_trees_all_close(m["loss_mean"][1, 1], m1["loss_mean"], rtol=1e-5)
+
+
+def test_run__traces_once_across_hparam_values():
+    cfg = tiny_config()
+    hp = straggler_hparams(cfg)
+    chex.clear_trace_counter()
+    run = jax.jit(chex.assert_max_traces(make_run(cfg, hp=hp), n=1))
+    run(jax.random.key(0), hp.replace(lr=jnp.float32(0.1)))
+    run(jax.random.key(1), hp.replace(lr=jnp.float32(0.3)))
+
+
+def test_run__metrics_have_documented_shapes_and_are_finite():
+    cfg = tiny_config()
+    hp = straggler_hparams(cfg)
+    _, state, m = run_engine(cfg, hp)
+    chex.assert_shape(state.params, (cfg.n_nodes, cfg.n_fragments, None))
+    for name in ("time_s", "loss_mean", "loss_avgmodel", "consensus", "bytes_sent",
+                 "msgs_delivered", "msgs_dropped"):
+        chex.assert_shape(m[name], (cfg.num_chunks,))
+    chex.assert_shape(m["node"]["loss"], (cfg.num_chunks, cfg.n_nodes))
+    chex.assert_tree_all_finite(m)
+    np.testing.assert_allclose(m["time_s"], np.arange(1, cfg.num_chunks + 1) * 0.5, rtol=1e-6)

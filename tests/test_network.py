@@ -1,0 +1,53 @@
+"""The ring buffer on its own: nothing is visible before its arrival tick."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from divjax import network
+from divjax.config import SimConfig
+
+
+@pytest.mark.parametrize("delay", [1, 2, 3, 4])
+def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
+    cfg = SimConfig(n_nodes=3, fanout=1, delivery="arrival_tick")
+    L, K, F = 4, 2, 1
+    inbox = network.init_inbox(cfg, L, K, F)
+    counters = network.init_counters(3, K, L + 1)
+    table = network.LinkTable(jnp.full(3, 10), jnp.zeros(3, jnp.int32),
+                              jnp.ones((3, K), jnp.int32))
+    sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
+                             leave_tick=jnp.full((1, 1, K), 5 + delay),
+                             arrival=jnp.full((1, 1, K), 5 + delay),
+                             drop_tick=jnp.array([15]))
+    inbox, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+                            jnp.array([True]), jnp.full((1, 1, K), 1),
+                            jnp.ones((1, K, F)))
+    seen = []
+    for t in range(6, 6 + L):
+        inbox = network.arrive(cfg, inbox, jnp.int32(t))
+        seen.append(float(inbox.pending_count[1].sum()))
+    assert seen == [2.0 * (t >= 5 + delay) for t in range(6, 6 + L)]
+
+
+@pytest.mark.parametrize("arrival", [11, 19, 20, 21, 29])
+def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_arrival(arrival):
+    cfg = SimConfig(n_nodes=3, fanout=1, delivery="receiver_iteration")
+    B, K, F, c = 3, 1, 1, 10
+    inbox = network.init_inbox(cfg, B, K, F)
+    counters = network.init_counters(3, K, 40)
+    table = network.LinkTable(jnp.full(3, c), jnp.zeros(3, jnp.int32),
+                              jnp.ones((3, K), jnp.int32))
+    sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
+                             leave_tick=jnp.full((1, 1, K), arrival),
+                             arrival=jnp.full((1, 1, K), arrival), drop_tick=jnp.array([20]))
+    inbox, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+                            jnp.array([True]), jnp.full((1, 1, K), 2), jnp.ones((1, K, F)))
+    got_at = []
+    for t in (10, 20, 30):
+        inbox, total, count = network.collect(cfg, inbox, jnp.array([2]), jnp.array([True]),
+                                              table.compute_ticks, jnp.int32(t))
+        got_at.append(float(count.sum()))
+    expect = [float(t >= arrival and t - c < arrival) for t in (10, 20, 30)]
+    assert got_at == expect
+    assert np.all(np.asarray(inbox.count) == 0)
