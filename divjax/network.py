@@ -96,9 +96,9 @@ def longest_delay_ticks(table: LinkTable) -> int:
     return int(np.max(table.compute_ticks + table.latency_ticks))
 
 
-def ring_slots_needed(cfg: SimConfig, table: LinkTable) -> int:
+def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None) -> int:
     """Smallest ring length that holds every message in flight, for cfg.delivery."""
-    delay = longest_delay_ticks(table)
+    delay = longest_delay_ticks(table) if delay is None else delay
     if cfg.delivery == "arrival_tick":
         return delay
     # receiver_iteration: messages for receiver r in flight target its aggregations in
@@ -225,6 +225,7 @@ class Schedule(NamedTuple):
     leave_tick: jax.Array  # (C, ...) int32: tick at which it has fully left the link
     arrival: jax.Array     # (C, ...) int32: tick at which it reaches its receiver
     drop_tick: jax.Array   # (C,) int32: when the unsent rest of the queue is dropped
+    enqueue_tick: jax.Array  # (C,) int32: the tick the messages were queued
 
 
 def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Array,
@@ -247,13 +248,17 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     sent = valid[:, None] & (leave_rel <= budget)
     leave_tick = t + (leave_rel + resolution - 1) // resolution
     arrival = leave_tick + table.latency_ticks[safe][:, None]
-    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe])
+    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe],
+                    jnp.broadcast_to(t, safe.shape))
 
 
 def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sched: Schedule,
          sender: jax.Array, valid: jax.Array, receiver: jax.Array,
-         payload: jax.Array) -> tuple[Inbox, Counters]:
+         payload: jax.Array) -> tuple[Inbox, Counters, jax.Array]:
     """Scatter queued messages into the ring slot they will be read from; time the counters.
+
+    Returns (inbox, counters, too_late): too_late is a () bool, True if a sent message's delay
+    exceeds what the rings were sized for (the caller raises ERR_RING_TOO_SHORT; never silent).
 
     Messages are laid out in fragment order: message (c, j, k) carries fragment k of sender c's
     payload to receiver[c, j, k] (j = copy). The payload is scattered straight from the (C, K, F)
@@ -273,6 +278,14 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     else:
         c_recv = table.compute_ticks[jnp.minimum(recv_all, n - 1)]
         slot_all = ((sched.arrival + c_recv - 1) // c_recv) % inbox.total.shape[0]
+    R = inbox.total.shape[0]
+    if cfg.delivery == "arrival_tick":
+        span = sched.arrival - sched.enqueue_tick[:, None, None]       # ticks in flight
+    else:  # aggregations ahead of the receiver's current one
+        span = ((sched.arrival + c_recv - 1) // c_recv
+                               - sched.enqueue_tick[:, None, None] // c_recv)
+    too_late = jnp.any(sched.sent & ((span > R) | (
+        sched.arrival - sched.enqueue_tick[:, None, None] >= Lc)))
     total, count = inbox.total, inbox.count
     for j in range(J):  # static and small (fanout): one fragment-order scatter per copy
         recv, slot = recv_all[:, j], slot_all[:, j]
@@ -290,4 +303,4 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
                                               jnp.where(valid, sender, n)].add(
             n_dropped, mode="drop"),
     )
-    return inbox, counters
+    return inbox, counters, too_late

@@ -106,7 +106,7 @@ def os_total_memory() -> int:
 
 
 def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
-            check_memory: bool = True) -> SimConfig:
+            check_memory: bool = True, algo: Algorithm | None = None) -> SimConfig:
     """Check the network in `hp` and size the ring and the training capacity for it.
 
     Returns cfg with `ring_ticks` and `train_capacity` set (fields left at 0 are filled with the
@@ -114,6 +114,8 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     """
     network.check_network(cfg, hp)
     table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
+    if algo is not None and algo.adjust_timing is not None:
+        table = algo.adjust_timing(cfg, table)
     if np.max(table.compute_ticks) * cfg.link_resolution >= 2**30:
         raise ConfigError(
             f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
@@ -121,13 +123,16 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     if np.max(table.msg_units) >= 2**30 // max(1, cfg.messages_per_iteration):
         raise ConfigError("a message takes too long on the slowest link for the int32 link clock: "
                           "raise the bandwidth or tick_s, or lower link_resolution")
-    delay = network.longest_delay_ticks(table)
+    if algo is not None and algo.longest_delay is not None:
+        delay = int(algo.longest_delay(cfg, table))
+    else:
+        delay = network.longest_delay_ticks(table)
     if cfg.delay_ticks == 0:
         cfg = cfg.replace(delay_ticks=delay)
     elif cfg.delay_ticks < delay:
         raise ConfigError(f"delay_ticks={cfg.delay_ticks} is below the longest delay {delay} "
                           f"ticks; set --delay-ticks {delay} or 0 (auto)")
-    need = network.ring_slots_needed(cfg, table)
+    need = network.ring_slots_needed(cfg, table, delay)
     if cfg.ring_ticks == 0:
         cfg = cfg.replace(ring_ticks=need)
     elif cfg.ring_ticks < need:
@@ -180,7 +185,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0:
-        cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout)
+        cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
     adj = adjacency(cfg)
     nb_np, deg_np = neighbor_table(adj)
     if cfg.fanout > int(deg_np.min()):
@@ -196,6 +201,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
 
     def context(hp):
         table = network.link_table(cfg, hp, layout.fragment_bytes)
+        if algo.adjust_timing is not None:
+            table = algo.adjust_timing(cfg, table)
         return Context(cfg, layout, jnp.asarray(nb_np), jnp.asarray(deg_np), table)
 
     def init(key: jax.Array, hp: HParams) -> SimState:
@@ -211,13 +218,15 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         params = params.astype(jnp.float32)
         tx = make_optimizer(cfg, hp)
         table = ctx.table
-        delay = jnp.max(table.compute_ticks + table.latency_ticks)
-        if cfg.delivery == "arrival_tick":
-            fits = delay <= ring_slots
+        # a queue that is replaced every iteration bounds every delay by compute + latency;
+        # other queues are checked message by message in network.push
+        if algo.longest_delay is None:
+            delay = jnp.max(table.compute_ticks + table.latency_ticks)
+            c_min = jnp.min(table.compute_ticks)
+            slots = delay if cfg.delivery == "arrival_tick" else (delay + c_min - 1) // c_min + 1
+            fits = (slots <= ring_slots) & (delay <= cfg.delay_ticks)
         else:
-            fits = (delay + jnp.min(table.compute_ticks) - 1) // jnp.min(table.compute_ticks) + 1 \
-                <= ring_slots
-        fits &= delay <= cfg.delay_ticks
+            fits = jnp.bool_(True)
         errors = jnp.where(fits, 0, ERR_RING_TOO_SHORT).astype(jnp.int32)
         return SimState(
             params=params,

@@ -40,3 +40,12 @@ class TickKeys(NamedTuple):
 
 def tick_keys(k_sim: jax.Array, t: jax.Array) -> TickKeys:
     return TickKeys(*jax.random.split(jax.random.fold_in(k_sim, t), 3))
+
+
+def flag_error(state: SimState, err: jax.Array, t: jax.Array) -> SimState:
+    """Raise ERR_* bits (traced) in the state; the host turns them into exceptions."""
+    err = jax.numpy.asarray(err, jax.numpy.int32)
+    return state.replace(
+        errors=state.errors | err,
+        first_error_tick=jax.numpy.where((state.first_error_tick < 0) & (err > 0), t,
+                                         state.first_error_tick))

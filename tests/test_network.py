@@ -19,8 +19,8 @@ def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
     sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
                              leave_tick=jnp.full((1, 1, K), 5 + delay),
                              arrival=jnp.full((1, 1, K), 5 + delay),
-                             drop_tick=jnp.array([15]))
-    inbox, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+                             drop_tick=jnp.array([15]), enqueue_tick=jnp.array([5]))
+    inbox, _, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
                             jnp.array([True]), jnp.full((1, 1, K), 1),
                             jnp.ones((1, K, F)))
     seen = []
@@ -40,8 +40,9 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
                               jnp.ones((3, K), jnp.int32))
     sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
                              leave_tick=jnp.full((1, 1, K), arrival),
-                             arrival=jnp.full((1, 1, K), arrival), drop_tick=jnp.array([20]))
-    inbox, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+                             arrival=jnp.full((1, 1, K), arrival), drop_tick=jnp.array([20]),
+                             enqueue_tick=jnp.array([10]))
+    inbox, _, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
                             jnp.array([True]), jnp.full((1, 1, K), 2), jnp.ones((1, K, F)))
     got_at = []
     for t in (10, 20, 30):

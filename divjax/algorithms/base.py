@@ -44,6 +44,13 @@ class Algorithm(NamedTuple):
     # Optional: on_tick(ctx, state, keys, t) -> state, called every tick after arrivals and
     # before iteration ends (e.g. AD-PSGD answers the pings that arrived with pongs).
     on_tick: Callable | None = None
+    # Optional: adjust_timing(cfg, table) -> LinkTable, applied to the per-node timing before
+    # anything uses it (e.g. a synchronous round lasts as long as its slowest node and link).
+    # Must be jittable and work on host numpy tables too.
+    adjust_timing: Callable | None = None
+    # Optional: longest_delay(cfg, table) -> int ticks from enqueue to arrival (host side, numpy
+    # table), used to size the rings. Default: compute + latency (a replaced queue).
+    longest_delay: Callable | None = None
 
 
 def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,

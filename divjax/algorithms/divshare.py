@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from divjax.algorithms.base import Algorithm, Context, sample_peers
 from divjax.config import SimConfig
 from divjax.network import collect, push, schedule_replaced_queue
+from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
 
 def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -54,10 +55,10 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
             unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731
             sched = sched._replace(sent=unq(sched.sent), leave_tick=unq(sched.leave_tick),
                                    arrival=unq(sched.arrival))
-            inbox, counters = push(cfg, inbox, counters, ctx.table, sched, node, valid,
-                                   receivers, trained)
-        else:  # nothing to send, but the old queue is still replaced (nothing left in it)
-            pass
+            inbox, counters, too_late = push(cfg, inbox, counters, ctx.table, sched, node,
+                                             valid, receivers, trained)
+            state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
+        # with s = 0 nothing is sent, and replacing the (empty) old queue drops nothing
         inbox, got_total, got_count = collect(cfg, inbox, node, valid,
                                               ctx.table.compute_ticks, t)
         averaged = (trained + got_total) / (1.0 + got_count)[..., None]
