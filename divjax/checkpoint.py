@@ -1,0 +1,244 @@
+"""Checkpoints of long runs: save the full simulation state, resume it bit-identically.
+
+A checkpoint holds everything `simulate` needs to continue: the `SimState` (every node's model and
+optimizer state, the algorithm state, the ring buffer of messages in flight, the counters, the
+clock `t` and the simulation key `k_sim`) and the metrics recorded so far. The typed PRNG key is
+stored as `jax.random.key_data` (uint32) and wrapped back with `jax.random.wrap_key_data`, so the
+resumed run draws exactly the same numbers. Storage is orbax-checkpoint (synchronous saves; each
+checkpoint is a step directory named by the tick it was taken at).
+
+Layout of a run directory that checkpoints:
+
+    RUN_DIR/run.json          the resolved SimConfig, the HParams and the seed (enough to rebuild)
+    RUN_DIR/checkpoints/<t>/  orbax steps: items "state" and "history"
+
+`drive(...)` is the host loop (the same jitted `engine.advance` with donation as
+`divjax.sim.simulate`, hence bit-identical to it and to `make_run`) that saves every
+`every_s` simulated seconds and on Ctrl-C (KeyboardInterrupt), then re-raises.
+Host-side only; nothing here is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax.config import HParams, SimConfig
+from divjax.sim import Engine, check_state
+from divjax.state import SimState
+
+CHECKPOINT_DIR = "checkpoints"
+RUN_SPEC = "run.json"
+
+
+# ----------------------------------------------------------------------------- run spec
+
+
+def save_run_spec(run_dir: Path, cfg: SimConfig, hp: HParams, seed: int, extra: dict | None = None):
+    """Write RUN_DIR/run.json: the resolved config, the HParams and the seed of the run."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"config": dataclasses.asdict(cfg),
+            "hparams": {f.name: np.asarray(getattr(hp, f.name)).tolist()
+                        for f in dataclasses.fields(HParams)},
+            "seed": int(seed), **(extra or {})}
+    (run_dir / RUN_SPEC).write_text(json.dumps(spec, indent=1))
+
+
+def load_run_spec(run_dir: Path) -> tuple[SimConfig, HParams, int, dict]:
+    """Read RUN_DIR/run.json back: (cfg, hp, seed, the whole spec)."""
+    spec = json.loads((Path(run_dir) / RUN_SPEC).read_text())
+    fields = {f.name: f for f in dataclasses.fields(SimConfig)}
+    values = {}
+    for k, v in spec["config"].items():
+        if k in fields:
+            values[k] = tuple(v) if isinstance(fields[k].default, tuple) else v
+    cfg = SimConfig(**values)
+    # float32 -> JSON (float64 repr, exact) -> float32 is lossless
+    hp = HParams(**{k: jnp.asarray(np.asarray(v, np.float32)) for k, v in spec["hparams"].items()})
+    return cfg, hp, int(spec["seed"]), spec
+
+
+# ----------------------------------------------------------------------------- state <-> storage
+
+
+def _to_storable(state: SimState) -> dict:
+    """A flat dict {"leaf_00012": array} of the state's non-empty leaves (orbax refuses empty
+    arrays); the typed key becomes its uint32 key data."""
+    leaves = jax.tree.leaves(state.replace(k_sim=jax.random.key_data(state.k_sim)))
+    return {f"leaf_{i:05d}": x for i, x in enumerate(leaves) if np.prod(np.shape(x)) > 0}
+
+
+def _from_storable(flat: dict, template: SimState, impl) -> SimState:
+    """Inverse of `_to_storable`, given the abstract state (`jax.eval_shape(engine.init, ...)`)."""
+    shaped = template.replace(k_sim=jax.eval_shape(jax.random.key_data, template.k_sim))
+    leaves, treedef = jax.tree.flatten(shaped)
+    out = []
+    for i, x in enumerate(leaves):
+        name = f"leaf_{i:05d}"
+        if name in flat:
+            got = jnp.asarray(np.asarray(flat[name]))   # uncommitted, like init's output
+            if got.shape != x.shape or got.dtype != x.dtype:
+                raise ValueError(f"checkpoint leaf {i} has {got.shape} {got.dtype}, the engine "
+                                 f"expects {x.shape} {x.dtype}: was it saved by another config?")
+            out.append(got)
+        else:
+            out.append(jnp.zeros(x.shape, x.dtype))
+    state = jax.tree.unflatten(treedef, out)
+    return state.replace(k_sim=jax.random.wrap_key_data(state.k_sim, impl=impl))
+
+
+def _manager(run_dir: Path, max_to_keep: int | None = 2):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
+                                        create=True)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=opts)
+
+
+def save(run_dir: Path, state: SimState, history: list[dict], max_to_keep: int | None = 2) -> int:
+    """Save `state` and the per-chunk metrics so far; returns the step (the tick `t`)."""
+    import orbax.checkpoint as ocp
+
+    step = int(jax.device_get(state.t))
+    stacked = _stack(history)
+    hist = {"chunks_done": np.int32(len(history)), "metrics": stacked} if history else \
+        {"chunks_done": np.int32(0)}
+    mgr = _manager(run_dir, max_to_keep)
+    if step in mgr.all_steps():   # the same tick again (e.g. Ctrl-C right after a save)
+        mgr.close()
+        return step
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
+                                           history=ocp.args.StandardSave(hist)))
+    mgr.wait_until_finished()
+    mgr.close()
+    return step
+
+
+def latest_step(run_dir: Path) -> int | None:
+    path = Path(run_dir) / CHECKPOINT_DIR
+    if not path.exists():
+        return None
+    mgr = _manager(run_dir, None)
+    step = mgr.latest_step()
+    mgr.close()
+    return step
+
+
+def restore(run_dir: Path, engine: Engine, hp: HParams, step: int | None = None,
+            key: jax.Array | None = None):
+    """Load a checkpoint of a run built by `engine`: (state, history as a list of chunk metrics).
+
+    `key` only gives the PRNG implementation of the run's key (default: jax.random.key's)."""
+    import orbax.checkpoint as ocp
+
+    key = jax.random.key(0) if key is None else key
+    impl = jax.random.key_impl(key)
+    template = jax.eval_shape(engine.init, key, hp)
+    abstract = jax.eval_shape(_to_storable, template)
+    mgr = _manager(run_dir, None)
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        mgr.close()
+        raise FileNotFoundError(f"no checkpoint under {Path(run_dir) / CHECKPOINT_DIR}")
+    got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                    history=ocp.args.StandardRestore()))
+    mgr.close()
+    state = _from_storable(got["state"], template, impl)
+    hist = got["history"]
+    C = int(hist["chunks_done"])
+    history = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), hist["metrics"]) for i in range(C)] \
+        if C else []
+    if int(state.t) != C * engine.cfg.eval_every:
+        raise ValueError(f"checkpoint step {step}: state tick {int(state.t)} does not match "
+                         f"{C} recorded eval intervals of {engine.cfg.eval_every} ticks")
+    return state, history
+
+
+def _stack(history: list[dict]) -> dict:
+    return jax.tree.map(lambda *xs: np.stack(xs), *history) if history else {}
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = None,
+          every_s: float | None = None, progress: Callable | None = None,
+          state: SimState | None = None, history: list[dict] | None = None,
+          stop_chunk: int | None = None, max_to_keep: int | None = 2):
+    """Run (or continue) a simulation, checkpointing into `run_dir`.
+
+    Saves after every eval interval that crosses a multiple of `every_s` simulated seconds, at
+    the end, and when interrupted (KeyboardInterrupt, e.g. Ctrl-C or raised by `progress`), in
+    which case it re-raises after saving. With `run_dir=None` nothing is saved. Returns
+    (state, metrics stacked over all chunks, including restored ones). Bit-identical to
+    `divjax.sim.simulate` and `make_run`: the same jitted `engine.advance` with state donation.
+    """
+    cfg = engine.cfg
+    advance = jax.jit(engine.advance, donate_argnums=0)
+    if state is None:
+        state = jax.jit(engine.init)(key, hp)
+    history = list(history or [])
+    c = int(state.t) // cfg.eval_every
+    if c != len(history):
+        raise ValueError(f"state is at eval interval {c} but {len(history)} are recorded")
+    last = cfg.num_chunks if stop_chunk is None else stop_chunk
+    every_chunks = None
+    if every_s:
+        every_chunks = max(1, int(round(every_s / cfg.eval_every_s)))
+    pending = None
+
+    def do_save():
+        if run_dir is not None:
+            save(run_dir, state, history, max_to_keep)
+
+    try:
+        while c < last:
+            state, pending = advance(state, hp)
+            m = jax.device_get(pending)
+            check_state(state, cfg)
+            history.append(m)
+            pending = None
+            c += 1
+            if every_chunks and c % every_chunks == 0 and c < last:
+                do_save()
+            if progress is not None:
+                progress(c, cfg.num_chunks, m)
+    except KeyboardInterrupt:
+        if pending is not None and len(history) < int(state.t) // cfg.eval_every:
+            history.append(jax.device_get(pending))   # the interval finished; keep its metrics
+        if _alive(state) and run_dir is not None:
+            do_save()
+            print(f"\ndivjax: interrupted at simulated t={int(state.t) * cfg.tick_s:g}s; "
+                  f"checkpoint saved in {Path(run_dir) / CHECKPOINT_DIR} "
+                  f"(resume with --resume {run_dir})", flush=True)
+        raise
+    if run_dir is not None and every_s:
+        do_save()
+    return state, _stack(history)
+
+
+def _alive(state: SimState) -> bool:
+    return not any(getattr(x, "is_deleted", lambda: False)()
+                   for x in jax.tree.leaves(state) if isinstance(x, jax.Array))
+
+
+def resume(run_dir: Path, progress: Callable | None = None, every_s: float | None = None,
+           stop_chunk: int | None = None, engine: Engine | None = None):
+    """Continue the run saved in `run_dir` to its end: (engine, hp, seed, state, metrics)."""
+    from divjax.sim import make_engine
+
+    cfg, hp, seed, _ = load_run_spec(run_dir)
+    engine = engine or make_engine(cfg, hp=hp)
+    key = jax.random.key(seed)
+    state, history = restore(run_dir, engine, hp, key=key)
+    state, metrics = drive(engine, key, hp, run_dir=run_dir, every_s=every_s,
+                           progress=progress, state=state, history=history,
+                           stop_chunk=stop_chunk)
+    return engine, hp, seed, state, metrics
