@@ -1,0 +1,215 @@
+"""Flax models of the real-data tasks, and the sparse local update of matrix factorisation.
+
+This is the only module of divjax that knows Flax. Everything it exports is a pure function or a
+Flax module whose parameters are a plain pytree (the `"params"` collection; no batch statistics,
+no mutable collections), so the engine can ravel them into its `(K, F)` fragment array.
+
+- `GNLeNet`: the CIFAR-10 model of the DivShare authors (decentralizepy `LeNet`): three 5x5
+  convolutions (32, 32, 64 channels, "same" padding), each followed by GroupNorm (2 groups), ReLU
+  and 2x2 max-pooling, then one dense layer to 10 classes. 89,834 parameters
+  (`GNLENET_PARAMS`; paper.md: "about 89.8k"). Initialised as PyTorch initialises these layers
+  (weights and biases uniform in +-1/sqrt(fan_in); GroupNorm scale 1, bias 0), eps = 1e-5.
+- `MatrixFactorization`: 20 factors per user and per item, no biases, embeddings uniform in
+  +-0.05, prediction = <user row, item row>. 610 users and 9,724 items give 206,680 parameters
+  (`mf_param_count`), the paper's figure; the authors' code has no +1 rows.
+- `make_mf_sparse_train`: local SGD steps of matrix factorisation that touch only the rows in
+  the mini-batch (2 * B * factors coordinates per step instead of the whole model), equal to the
+  dense update to float tolerance (tests/test_models.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from divjax.config import ConfigError
+
+NUM_CLASSES = 10
+GNLENET_PARAMS = 89_834   # 2,432 + 64 + 25,632 + 64 + 51,264 + 128 + 10,250
+MF_FACTORS = 20
+MF_INIT_SCALE = 0.05
+
+
+def _torch_uniform(fan_in: int) -> Callable:
+    """PyTorch's default init of conv/linear weights and biases: U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class GNLeNet(nn.Module):
+    """GN-LeNet for 32x32x3 images: (B, 32, 32, 3) float32 -> (B, 10) logits."""
+
+    num_classes: int = NUM_CLASSES
+    channels: tuple = (32, 32, 64)
+
+    @nn.compact
+    def __call__(self, x):                                  # (B, H, W, C)
+        for ch in self.channels:
+            fan_in = x.shape[-1] * 5 * 5
+            x = nn.Conv(ch, (5, 5), padding="SAME", kernel_init=_torch_uniform(fan_in),
+                        bias_init=_torch_uniform(fan_in))(x)
+            x = nn.GroupNorm(num_groups=2, epsilon=1e-5)(x)
+            x = nn.relu(x)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))      # 32 -> 16 -> 8 -> 4
+        x = x.reshape(x.shape[0], -1)                       # (B, 4 * 4 * 64)
+        fan_in = x.shape[-1]
+        return nn.Dense(self.num_classes, kernel_init=_torch_uniform(fan_in),
+                        bias_init=_torch_uniform(fan_in))(x)
+
+
+def _uniform_pm(scale: float) -> Callable:
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+def mf_predict_rows(user_rows: jax.Array, item_rows: jax.Array) -> jax.Array:
+    """(B, f), (B, f) -> (B,) predicted ratings."""
+    return jnp.sum(user_rows * item_rows, axis=-1)
+
+
+def mf_loss_rows(user_rows: jax.Array, item_rows: jax.Array, rating: jax.Array) -> jax.Array:
+    """Mean squared error of one mini-batch from its gathered rows: () float32."""
+    return jnp.mean((mf_predict_rows(user_rows, item_rows) - rating) ** 2)
+
+
+class MatrixFactorization(nn.Module):
+    """Rating of (user, item) = <user factors, item factors>; ids are dense, 0-based."""
+
+    n_users: int
+    n_items: int
+    n_factors: int = MF_FACTORS
+
+    def setup(self):
+        self.user = nn.Embed(self.n_users, self.n_factors,
+                             embedding_init=_uniform_pm(MF_INIT_SCALE))
+        self.item = nn.Embed(self.n_items, self.n_factors,
+                             embedding_init=_uniform_pm(MF_INIT_SCALE))
+
+    def __call__(self, user, item):                         # (B,) int32, (B,) int32 -> (B,)
+        return mf_predict_rows(self.user(user), self.item(item))
+
+
+def mf_param_count(n_users: int, n_items: int, n_factors: int = MF_FACTORS) -> int:
+    return (n_users + n_items) * n_factors
+
+
+# ----------------------------------------------------------------------------- pure wrappers
+
+
+def cnn_functions(model: nn.Module | None = None):
+    """(init(key) -> params, logits(params, images (B,32,32,3) float32) -> (B, 10))."""
+    model = model if model is not None else GNLeNet()
+
+    def init(key):
+        return model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+
+    def logits(params, images):
+        return model.apply({"params": params}, images)
+
+    return init, logits
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """(B, C) float, (B,) int -> (B,) per-example cross-entropy."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def mf_functions(n_users: int, n_items: int, n_factors: int = MF_FACTORS):
+    """(init(key) -> params, predict(params, user (B,), item (B,)) -> (B,))."""
+    model = MatrixFactorization(n_users, n_items, n_factors)
+
+    def init(key):
+        one = jnp.zeros((1,), jnp.int32)
+        return model.init(key, one, one)["params"]
+
+    def predict(params, user, item):
+        return model.apply({"params": params}, user, item)
+
+    return init, predict
+
+
+def mf_table_offsets(template: Any) -> dict:
+    """Raveled offset of the first coordinate of the "user" and "item" tables of MF params.
+
+    `ravel_pytree` concatenates the leaves in `tree_flatten` order; the tables are row-major, so
+    row r, factor j of a table starting at `o` is coordinate o + r * n_factors + j.
+    """
+    offsets, offset = {}, 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+        for table in ("user", "item"):
+            if table in names:
+                offsets[table] = offset
+        offset += int(np.size(leaf))
+    if set(offsets) != {"user", "item"}:
+        raise ValueError(f"not a MatrixFactorization parameter tree: {offsets}")
+    return offsets
+
+
+def mf_row_positions(layout, template: Any, n_users: int, n_items: int,
+                     n_factors: int = MF_FACTORS) -> tuple[np.ndarray, np.ndarray]:
+    """(n_users, f), (n_items, f) int32: where each factor of each row sits in the flat K*F."""
+    flat, _ = ravel_pytree(template)
+    if int(flat.size) != layout.D:
+        raise ValueError(f"layout has D={layout.D} but the model has {int(flat.size)} params")
+    off = mf_table_offsets(template)
+    pos = np.asarray(layout.position)
+    user = pos[off["user"] + np.arange(n_users * n_factors)].reshape(n_users, n_factors)
+    item = pos[off["item"] + np.arange(n_items * n_factors)].reshape(n_items, n_factors)
+    return user.astype(np.int32), item.astype(np.int32)
+
+
+def make_mf_sparse_train(cfg, layout, tx, sample_batch: Callable, user_pos: np.ndarray,
+                         item_pos: np.ndarray) -> Callable:
+    """train_one(params (K, F), opt_state, key, node) -> (params, opt_state), sparse rows.
+
+    The optimizer must be stateless and linear in (gradient, params), which is what
+    `divjax.local.make_optimizer` builds without a momentum buffer: update = -lr (g + wd p).
+    Its two coefficients are read off `tx` itself (a = update of g=1, p=0 = -lr;
+    b = update of g=0, p=1 = -lr wd), so traced or vmapped learning rates work. A step is
+        p <- (1 + b) p + a G,   G = the mini-batch gradient (non-zero only on touched rows).
+    Weight decay shrinks every coordinate, touched or not; to keep the step sparse the model is
+    kept as p = s * q with a scalar s: s <- (1 + b) s, and q changes only on the touched rows
+    (q[c] += a G[c] / s). p is materialised once, at the end of the iteration. With wd = 0,
+    s stays exactly 1. Keys and batches are the dense path's (`local.make_train_one`): same
+    `split(key, local_steps)`, same `sample_batch`, so the two agree to float rounding.
+    """
+    if jax.tree.leaves(tx.init(jnp.zeros((1,), jnp.float32))):
+        raise ConfigError("the sparse matrix-factorisation update needs a stateless optimizer "
+                          "(plain SGD, optional weight decay); use momentum_buffer=False or "
+                          "the dense path")
+    K, F = layout.K, layout.F
+    upos, ipos = jnp.asarray(user_pos), jnp.asarray(item_pos)
+    grad_rows = jax.grad(mf_loss_rows, argnums=(0, 1))
+
+    def train_one(params, opt_state, key, node):
+        one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
+        a = tx.update(one, opt_state, zero)[0]              # -lr
+        decay = 1.0 + tx.update(zero, opt_state, one)[0]     # 1 - lr * wd
+
+        def step(carry, k):
+            q, s = carry                                     # (K*F,), ()
+            batch = sample_batch(k, node)
+            pu, pi = upos[batch["user"]], ipos[batch["item"]]   # (B, f) flat positions
+            gu, gi = grad_rows(q[pu] * s, q[pi] * s, batch["rating"])
+            s = s * decay
+            q = q.at[pu].add(a * gu / s).at[pi].add(a * gi / s)
+            return (q, s), None
+
+        keys = jax.random.split(key, cfg.local_steps)
+        (q, s), _ = jax.lax.scan(step, (params.reshape(K * F), one), keys)
+        return (q * s).reshape(K, F), opt_state
+
+    return train_one
