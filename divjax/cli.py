@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="check the config, print sizes and memory, and stop")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                     help="save the full state every SECONDS of simulated time, at the end and "
+                          "on Ctrl-C (into OUT/checkpoints)")
+    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="continue the checkpointed run in RUN_DIR (its config, seed and "
+                          "HParams; other configuration flags are ignored)")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard scalars to OUT/tensorboard (needs tensorboardX "
+                          "or tensorflow)")
     add_config_flags(run)
     sub.add_parser("presets", help="list the presets")
     for module in _plugin_modules():
@@ -98,11 +107,18 @@ def main(argv=None) -> int:
 
 
 def cmd_run(args) -> int:
-    from divjax import report
+    from divjax import checkpoint, report
     from divjax.sim import make_engine, memory_estimate, simulate
 
-    cfg = config_from_args(args)
-    hp = default_hparams(cfg)
+    history, state = [], None
+    if args.resume is not None:
+        cfg, hp, seed, spec = checkpoint.load_run_spec(args.resume)
+        args.seed = seed
+        if args.checkpoint_every is None:
+            args.checkpoint_every = spec.get("checkpoint_every_s")
+    else:
+        cfg = config_from_args(args)
+        hp = default_hparams(cfg)
     t0 = time.perf_counter()
     engine = make_engine(cfg, hp=hp)
     cfg, task, layout = engine.cfg, engine.task, engine.layout
@@ -119,10 +135,28 @@ def cmd_run(args) -> int:
         print(json.dumps({k: v for k, v in mem.items()}, indent=1))
         return 0
     primary = task.primary
+    if args.resume is not None:
+        out = args.resume
+        state, history = checkpoint.restore(out, engine, hp, key=jax.random.key(args.seed))
+        print(f"divjax: resuming {out} at simulated t={int(state.t) * cfg.tick_s:g}s "
+              f"({len(history)}/{cfg.num_chunks} eval intervals done)")
+    else:
+        out = args.out or Path("runs") / time.strftime(
+            f"%Y%m%d-%H%M%S-{cfg.algorithm}-{task.name}")
+    checkpointing = args.checkpoint_every is not None or args.resume is not None
+    if checkpointing and args.resume is None:
+        checkpoint.save_run_spec(out, cfg, hp, args.seed,
+                                 extra={"checkpoint_every_s": args.checkpoint_every})
+    tb = _tensorboard_writer(out / "tensorboard") if args.tensorboard else None
 
     tty = sys.stdout.isatty()
 
     def progress(c, C, m):
+        if tb is not None:
+            step = int(round(float(m["time_s"]) / cfg.tick_s))
+            for k, v in m.items():
+                if k != "node":
+                    tb.add_scalar(k, float(v), step)
         if args.quiet or (not tty and c % max(1, C // 10) and c != C):
             return
         bar = "#" * int(30 * c / C)
@@ -130,7 +164,21 @@ def cmd_run(args) -> int:
               f"{float(m[primary + '_mean']):.4f} (avg model {float(m[primary + '_avgmodel']):.4f})"
               f"  consensus={float(m['consensus']):.3g}", end="" if tty else "\n", flush=True)
 
-    state, metrics = simulate(engine, jax.random.key(args.seed), hp, progress=progress)
+    try:
+        if checkpointing:
+            state, metrics = checkpoint.drive(
+                engine, jax.random.key(args.seed), hp, run_dir=out,
+                every_s=args.checkpoint_every, progress=progress, state=state, history=history)
+        else:
+            state, metrics = simulate(engine, jax.random.key(args.seed), hp, progress=progress)
+    except KeyboardInterrupt:
+        if not checkpointing:
+            print("\ndivjax: interrupted (no checkpoint: use --checkpoint-every SECONDS)",
+                  file=sys.stderr)
+        return 130
+    finally:
+        if tb is not None:
+            tb.close()
     wall = time.perf_counter() - t0
     if not args.quiet and tty:
         print()
@@ -139,10 +187,11 @@ def cmd_run(args) -> int:
     if primary != "loss" and "loss_mean" in metrics:
         cols.insert(5, "loss_mean")
     print(report.format_table(metrics, cols))
-    out = args.out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-{cfg.algorithm}-{task.name}")
     extra = {"seed": args.seed, "wall_s": wall, "jax": jax.__version__,
              "device": jax.devices()[0].device_kind,
              "task_primary": primary}
+    if args.resume is not None:
+        extra["resumed"] = True
     info = dict(task.info, primary=primary)
     report.write_run_dir(out, cfg, hp, metrics, info, extra)
     final = float(np.asarray(metrics[f"{primary}_mean"])[-1])
@@ -151,11 +200,41 @@ def cmd_run(args) -> int:
         f"- n={cfg.n_nodes}, Omega={layout.K}, s={cfg.fanout}, {cfg.n_stragglers} stragglers, "
         f"{cfg.duration_s:g} simulated seconds, seed {args.seed}\n"
         f"- final {primary} (mean over nodes): {final:.4f}\n"
-        f"- wall time: {wall:.1f} s on {jax.devices()[0].device_kind}\n\n"
+        f"- wall time: {wall:.1f} s on {jax.devices()[0].device_kind}"
+        f"{' (this session, resumed from a checkpoint)' if args.resume is not None else ''}\n\n"
         f"```\n{report.format_table(metrics, cols)}\n```\n")
     print(f"divjax: {wall:.1f} s wall; wrote {out}/ (config.json, metrics.json, metrics.csv, "
           f"plot.png, summary.md)")
     return 0
+
+
+def _tensorboard_writer(logdir: Path):
+    """A SummaryWriter-like object (add_scalar, close), or None with a message if none exists."""
+    try:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter(str(logdir))
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # noqa: F401
+
+        class _TF:
+            def __init__(self, path):
+                self.w = tf.summary.create_file_writer(str(path))
+
+            def add_scalar(self, tag, value, step):
+                with self.w.as_default():
+                    tf.summary.scalar(tag, value, step=step)
+
+            def close(self):
+                self.w.flush()
+
+        return _TF(logdir)
+    except ImportError:
+        print("divjax: --tensorboard skipped: no writer installed "
+              "(pip install tensorboardX, or tensorflow)", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -1,21 +1,28 @@
 """Checkpoints: a run interrupted midway and resumed is bit-identical to an uninterrupted one."""
 
+import json
+
 import chex
 import jax
 import numpy as np
 import pytest
-from conftest import straggler_hparams, tiny_config
 
-from divjax import checkpoint
+from divjax import checkpoint, cli, presets
+from divjax.config import default_hparams
 from divjax.sim import make_engine, simulate
+
+# the CLI flags that turn the default preset into CFG (momentum buffer: optimizer state to save)
+FLAGS = ["--n-nodes", "6", "--n-stragglers", "2", "--duration-s", "2", "--eval-every-s", "0.25",
+         "--momentum-buffer", "--momentum", "0.9", "--no-reset-optimizer", "--seed", "3"]
+CFG = presets.get_preset(presets.DEFAULT_PRESET).replace(
+    n_nodes=6, n_stragglers=2, duration_s=2.0, eval_every_s=0.25, momentum_buffer=True,
+    momentum=0.9, reset_optimizer=False)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = tiny_config(duration_s=2.0, eval_every_s=0.25, momentum_buffer=True, momentum=0.9,
-                      reset_optimizer=False)
-    hp = straggler_hparams(cfg)
-    engine = make_engine(cfg, hp=hp)
+    hp = default_hparams(CFG)
+    engine = make_engine(CFG, hp=hp)
     full_state, full_metrics = simulate(engine, jax.random.key(3), hp)   # uninterrupted
     return engine, hp, full_state, full_metrics
 
@@ -26,21 +33,33 @@ def _assert_same(m1, m2):
         chex.assert_trees_all_equal(m1[k], m2[k])
 
 
-def test_checkpoint__kill_and_resume_is_bit_identical(setup, tmp_path):
+def test_checkpoint__kill_and_resume_is_bit_identical(setup, tmp_path, monkeypatch):
+    """`divjax run --checkpoint-every` killed (Ctrl-C) midway, then `divjax run --resume`."""
     engine, hp, full_state, full_metrics = setup
-    key = jax.random.key(3)
+    real_drive = checkpoint.drive
 
-    checkpoint.save_run_spec(tmp_path, engine.cfg, hp, seed=3)
+    def interrupted_drive(*args, progress=None, **kw):
+        def killer(c, C, m):
+            progress(c, C, m)
+            if c == 5:
+                raise KeyboardInterrupt   # what Ctrl-C raises in the host loop
+        return real_drive(*args, progress=killer, **kw)
 
-    def killer(c, C, m):
-        if c == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.drive(engine, key, hp, run_dir=tmp_path, every_s=0.5, progress=killer)
+    monkeypatch.setattr(checkpoint, "drive", interrupted_drive)
+    assert cli.main(["run", *FLAGS, "--checkpoint-every", "0.5", "--quiet", "--out",
+                     str(tmp_path)]) == 130
     assert checkpoint.latest_step(tmp_path) == 5 * engine.cfg.eval_every
-    _, _, seed, state, metrics = checkpoint.resume(tmp_path)
-    assert seed == 3
+    monkeypatch.setattr(checkpoint, "drive", real_drive)
+    assert cli.main(["run", "--resume", str(tmp_path), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for k, v in full_metrics.items():
+        if k != "node":
+            np.testing.assert_array_equal(np.asarray(saved[k], np.float32), v)
+    assert checkpoint.latest_step(tmp_path) == engine.cfg.num_ticks
+
+    # the final checkpoint of the resumed run holds the uninterrupted run's final state
+    state, history = checkpoint.restore(tmp_path, engine, hp)
+    metrics = jax.tree.map(lambda *xs: np.stack(xs), *history)
     chex.assert_trees_all_equal(jax.random.key_data(state.k_sim),
                                 jax.random.key_data(full_state.k_sim))
     state, full_state = (s.replace(k_sim=jax.random.key_data(s.k_sim)) for s in (state, full_state))
