@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Callable
 
+from divjax.algorithms.adpsgd import make_adpsgd
 from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.divshare import divshare_routes, make_divshare
+from divjax.algorithms.dpsgd import make_dpsgd
+from divjax.algorithms.epidemic import make_epidemic
+from divjax.algorithms.local_only import make_local_only
+from divjax.algorithms.swift import make_swift
 from divjax.config import SimConfig
 
 ALGORITHMS: dict[str, Callable[[SimConfig], Algorithm]] = {
     "divshare": make_divshare,
+    "adpsgd": make_adpsgd,
+    "swift": make_swift,
+    "dpsgd": make_dpsgd,
+    "epidemic": make_epidemic,
+    "local": make_local_only,
 }
 
-__all__ = ["ALGORITHMS", "Algorithm", "Context", "divshare_routes", "make_divshare"]
+__all__ = ["ALGORITHMS", "Algorithm", "Context", "divshare_routes", "make_adpsgd",
+           "make_divshare", "make_dpsgd", "make_epidemic", "make_local_only", "make_swift"]

@@ -1,0 +1,145 @@
+"""Link timing shared by the baselines: appended (never replaced) queues and synchronous rounds.
+
+Appended queue (Swift, AD-PSGD). Every node keeps `link_free[i]`, the absolute link sub-tick at
+which its link has sent everything queued so far. Messages queued at tick t start at
+max(link_free, t * R) (R = cfg.link_resolution), one after another; nothing is ever dropped.
+A full model takes `model_units[i] = sum_k msg_units[i, k]` sub-ticks on node i's link (each
+fragment's time is rounded up to a sub-tick on its own, as for DivShare, so a model costs at most
+K sub-ticks more than bytes / bandwidth). A message whose link time ends at or after the end of
+the run (tick T = cfg.num_ticks) is never sent within the run: it is neither scattered nor
+counted, and `link_free` is clamped to T * R, which changes nothing inside the run but keeps the
+int32 link clock from overflowing on a link whose queue grows without bound.
+
+A full-model message is pushed as K fragments through `network.push`'s (C, J, K) layout, the
+receiver broadcast across K: so the counters count fragments (`counters.sent[i, k]` counts the
+models of node i that have fully left its link once per fragment k; bytes are exact).
+
+Synchronous rounds (D-PSGD, Epidemic Learning): every node's round lasts as long as the slowest
+node computes, plus the time the slowest link needs to send all of its node's models of the round
+one after another, plus the largest latency (`sync_round_timing`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax.config import ConfigError, SimConfig
+from divjax.network import LinkTable, Schedule
+
+
+class QueueState(NamedTuple):
+    """Per-node appended-queue bookkeeping (leaves (n,) int32)."""
+
+    link_free: jax.Array  # (n,) int32: absolute link sub-tick when the queue is empty (<= T*R)
+    enqueued: jax.Array   # (n,) int32: full-model messages ever queued by the node
+
+
+def init_queue_state(n: int) -> QueueState:
+    z = jnp.zeros((n,), jnp.int32)
+    return QueueState(z, z)
+
+
+def model_units(table: LinkTable) -> jax.Array:
+    """(..., n) link sub-ticks a full model takes on every node's link."""
+    return jnp.sum(table.msg_units, axis=-1)
+
+
+def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
+                            sender: jax.Array, active: jax.Array, position: jax.Array,
+                            t: jax.Array, K: int) -> Schedule:
+    """Timing of full-model messages appended at tick t to the queues of C senders.
+
+    Args:
+      link_free: (n,) int32, every link's current end of queue (sub-ticks).
+      sender: (C,) int32; active: (C, J) bool, which messages exist;
+      position: (C, J) int32, each message's place among the messages appended now (0-based).
+    Returns: a Schedule with (C, J, K) fields (the K fragments of one message leave together);
+      drop_tick is unused (nothing is dropped). The new end of queue is `appended_link_free`.
+    """
+    R, T = cfg.link_resolution, cfg.num_ticks
+    safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
+    units = model_units(table)[safe][:, None]                               # (C, 1)
+    start = jnp.maximum(link_free[safe], t * R)[:, None]
+    leave_sub = start + (position + 1) * units                              # (C, J)
+    leave_tick = (leave_sub + R - 1) // R
+    sent = active & (leave_tick < T)
+    arrival = leave_tick + table.latency_ticks[safe][:, None]
+    wide = lambda x: jnp.broadcast_to(x[..., None], x.shape + (K,))  # noqa: E731
+    return Schedule(wide(sent), wide(leave_tick), wide(arrival),
+                    jnp.broadcast_to(t, safe.shape), jnp.broadcast_to(t, safe.shape))
+
+
+def appended_link_free(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
+                       sender: jax.Array, valid: jax.Array, count: jax.Array,
+                       t: jax.Array) -> jax.Array:
+    """link_free after C senders (valid) appended `count` (C,) full models at tick t."""
+    R, T, n = cfg.link_resolution, cfg.num_ticks, link_free.shape[0]
+    safe = jnp.minimum(sender, n - 1)
+    start = jnp.maximum(link_free[safe], t * R)
+    new = jnp.minimum(start + count * model_units(table)[safe], T * R)
+    return link_free.at[jnp.where(valid, sender, n)].set(new.astype(jnp.int32), mode="drop")
+
+
+def check_link_clock(cfg: SimConfig, table: LinkTable, per_enqueue: int) -> None:
+    """Host check: the absolute int32 link clock of an appended queue cannot overflow."""
+    U = int(np.max(np.asarray(model_units(table))))
+    if (cfg.num_ticks + 1) * cfg.link_resolution + max(1, per_enqueue) * U >= 2**31 - 1:
+        raise ConfigError(
+            f"num_ticks * link_resolution = {cfg.num_ticks} * {cfg.link_resolution} is too "
+            f"large for the int32 link clock of an appended queue: lower --link-resolution "
+            f"or --duration-s, or raise --tick-s")
+
+
+def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration: int) -> int:
+    """Exact longest enqueue-to-arrival delay (ticks) of messages sent within the run when
+    every node appends `per_iteration` full models at each of its iteration ends (Swift).
+
+    The schedule is deterministic (fixed compute times and sizes): with S = per_iteration * U,
+    the end of queue after the m-th iteration end t_m = (m+1) c is
+    free_m = (m+1) S + max_{j<=m} (t_j R - j S). Host side, numpy.
+    """
+    check_link_clock(cfg, table, per_iteration)
+    R, T = cfg.link_resolution, cfg.num_ticks
+    c_all = np.asarray(table.compute_ticks, np.int64)
+    n = c_all.shape[-1]
+    c_all = c_all.reshape(-1, n)
+    lat_all = np.asarray(table.latency_ticks, np.int64).reshape(-1, n)
+    U_all = np.asarray(model_units(table), np.int64).reshape(-1, n)
+    worst = 1
+    if per_iteration == 0:
+        return worst
+    for c_row, lat_row, U_row in zip(c_all, lat_all, U_all, strict=True):
+        for c, lat, U in zip(c_row, lat_row, U_row, strict=True):
+            ends = np.arange(c, T, c)                       # iteration end ticks within the run
+            if ends.size == 0:
+                continue
+            m = np.arange(ends.size)
+            S = per_iteration * U
+            free = (m + 1) * S + np.maximum.accumulate(ends * R - m * S)
+            start = free - S
+            # the last message of batch m that still leaves the link before tick T
+            q_last = np.minimum(per_iteration - 1, ((T - 1) * R - start) // U - 1)
+            ok = q_last >= 0
+            if not ok.any():
+                continue
+            leave = -(-(start[ok] + (q_last[ok] + 1) * U) // R)
+            worst = max(worst, int(np.max(leave + lat - ends[ok])))
+    return worst
+
+
+def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> LinkTable:
+    """Give every node the same round: slowest compute + slowest link sending `sends[i]` full
+    models of node i one after another + largest latency. Works on traced and host tables
+    (leaves may carry leading sweep axes)."""
+    c = jnp.asarray(table.compute_ticks)
+    U = model_units(table)
+    comm_sub = jnp.max(jnp.asarray(sends, jnp.int32) * U, axis=-1)
+    comm = (comm_sub + cfg.link_resolution - 1) // cfg.link_resolution
+    lat = jnp.max(jnp.asarray(table.latency_ticks), axis=-1)
+    round_ticks = jnp.max(c, axis=-1) + comm + jnp.where(comm > 0, lat, 0)
+    return table._replace(
+        compute_ticks=jnp.broadcast_to(round_ticks[..., None], c.shape).astype(jnp.int32))

@@ -1,0 +1,208 @@
+"""Event-driven reference simulator of the baselines (Swift, AD-PSGD, D-PSGD, Epidemic Learning,
+local-only): the oracle the tests compare the vectorized engine against.
+
+Like divjax.reference (DivShare), it runs one node and one message at a time from a heap of
+events and shares with the engine only what defines a run's random draws and arithmetic: the
+integer link timing (`network.link_table`, and the algorithm's `adjust_timing` for synchronous
+rounds), the fragment layout, the per-node local training function, the receivers of each
+iteration end (`swift_routes`, `adpsgd_routes`, `epidemic_routes`, drawn from the same keys) and
+the Metropolis-Hastings weights. Gathering, ring buffers, masked scatters, per-tick ping rings and
+the counters' tick ring are done here the plain way: each node's link is a FIFO of messages with
+an explicit "free at" sub-tick; a message appended at tick t starts at max(free at, t * R).
+
+Event order at one tick: a message leaving a link and a message arriving (phase 0), then
+AD-PSGD's pongs for the pings that arrived at that tick (phase 1, in increasing order of the
+pinging node), then iteration ends (phase 2). Counters count full models once per fragment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from divjax import network
+from divjax.algorithms import ALGORITHMS
+from divjax.algorithms.adpsgd import adpsgd_routes
+from divjax.algorithms.epidemic import epidemic_routes
+from divjax.algorithms.swift import swift_routes
+from divjax.config import HParams, SimConfig
+from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.sim import model_layout
+from divjax.state import tick_keys
+from divjax.tasks import Task
+from divjax.topology import adjacency, metropolis_hastings, neighbor_table
+
+BASELINES = ("swift", "adpsgd", "dpsgd", "epidemic", "local")
+
+
+@dataclass
+class BaselineResult:
+    params: np.ndarray      # (n, K, F) every node's model at the end
+    sent: np.ndarray        # (n, K) full models fully sent, counted once per fragment
+    delivered: np.ndarray   # (n,) fragments of full models that arrived, per receiver
+    iterations: np.ndarray  # (n,)
+    enqueued: np.ndarray    # (n,) full models ever queued (appended-queue algorithms)
+    pongs: int              # AD-PSGD: pongs queued
+    replaced: int           # inbox entries overwritten by a newer one (policy "latest")
+    log: list = field(default_factory=list)
+
+
+def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
+             inbox_policy: str = "sum") -> BaselineResult:
+    """Run cfg.algorithm (one of BASELINES) event by event for cfg.num_ticks ticks.
+
+    inbox_policy: "sum" averages every model that arrived since the last aggregation (the
+    engine); "latest" keeps only the newest model per sender (the authors' code).
+    """
+    assert cfg.algorithm in BASELINES, cfg.algorithm
+    assert inbox_policy in ("sum", "latest")
+    algo = ALGORITHMS[cfg.algorithm](cfg)
+    n, s, R, T = cfg.n_nodes, cfg.fanout, cfg.link_resolution, cfg.num_ticks
+    layout = model_layout(cfg, task)
+    K = layout.K
+    table = network.link_table(cfg, hp, layout.fragment_bytes)
+    if algo.adjust_timing is not None:
+        table = algo.adjust_timing(cfg, table)
+    table = jax.tree.map(np.asarray, table)
+    c, lat = table.compute_ticks, table.latency_ticks
+    model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
+    adj = adjacency(cfg)
+    nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adj))
+    tx = make_optimizer(cfg, hp)
+    train_one = jax.jit(make_train_one(cfg, task, layout, tx))
+    init_opt = jax.jit(tx.init)
+    route = {"swift": lambda k, i: swift_routes(k, i, nb, deg, s),
+             "adpsgd": lambda k, i: adpsgd_routes(k, i, nb, deg, s // 2),
+             "epidemic": lambda k, i: epidemic_routes(k, i, nb, deg, s)}.get(cfg.algorithm)
+    route = jax.jit(route) if route is not None else None
+
+    k_init, k_sim = jax.random.split(key)
+    if cfg.same_init:
+        one = np.asarray(layout.flatten(task.init(k_init)), np.float32)
+        params = [one.copy() for _ in range(n)]
+    else:
+        params = [np.asarray(layout.flatten(task.init(k)), np.float32)
+                  for k in jax.random.split(k_init, n)]
+    opt = [init_opt(p) for p in params]
+    latest = [p.copy() for p in params]            # AD-PSGD snapshots
+
+    sent = np.zeros((n, K), np.int64)
+    delivered = np.zeros(n, np.int64)
+    iterations = np.zeros(n, np.int64)
+    enqueued = np.zeros(n, np.int64)
+    free_at = np.zeros(n, np.int64)                # sub-tick at which each link is idle
+    inbox_sum: list[list] = [[] for _ in range(n)]
+    inbox_latest: list[dict] = [{} for _ in range(n)]
+    pings_now: list[list] = [[] for _ in range(n)]  # senders of pings arriving this tick
+    counts = {"pongs": 0, "replaced": 0}
+    log: list = []
+    events: list = []
+    seq = itertools.count()
+
+    def at(tick, phase, kind, *data):
+        heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
+
+    def enqueue(i, t, receiver, payload, kind):
+        """Append one full model to node i's link at tick t; it leaves after the ones before."""
+        start = max(int(free_at[i]), t * R)
+        free_at[i] = start + int(model_units[i])
+        enqueued[i] += 1
+        at(-(-int(free_at[i]) // R), 0, "leave", i, receiver, payload, kind)
+
+    def receive(i, r, payload):
+        delivered[r] += K
+        if inbox_policy == "sum":
+            inbox_sum[r].append((i, payload))
+        else:
+            counts["replaced"] += i in inbox_latest[r]
+            inbox_latest[r][i] = payload
+
+    def average_inbox(i, trained):
+        got = (inbox_sum[i] if inbox_policy == "sum" else list(inbox_latest[i].items()))
+        total = trained.copy()
+        for _, payload in got:
+            total += payload
+        inbox_sum[i], inbox_latest[i] = [], {}
+        return total / np.float32(1 + len(got))
+
+    def train(i, t):
+        keys = tick_keys(k_sim, t)
+        p, o = train_one(params[i], opt[i], node_batch_key(keys.batch, i), i)
+        return np.asarray(p, np.float32), o, keys
+
+    def finish(i, t, new, o):
+        params[i] = new
+        opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
+        iterations[i] += 1
+        at(t + c[i], 2, "end", i)
+
+    for i in range(n):
+        at(c[i], 2, "end", i)
+
+    while events and events[0][0] < T:
+        t, _, _, kind, data = heapq.heappop(events)
+        if kind == "leave":
+            i, r, payload, what = data
+            sent[i] += 1
+            at(t + lat[i], 0, "arrive", i, r, payload, what)
+            log.append((t, "sent", (i, r, what)))
+        elif kind == "arrive":
+            i, r, payload, what = data
+            receive(i, r, payload)
+            log.append((t, "arrive", (i, r, what)))
+            if what == "ping":
+                if not pings_now[r]:
+                    at(t, 1, "pong", r)
+                pings_now[r].append(i)
+        elif kind == "pong":
+            (r,) = data
+            for j in sorted(pings_now[r]):  # every ping is answered, with r's latest snapshot
+                enqueue(r, t, j, latest[r].copy(), "pong")
+                counts["pongs"] += 1
+            pings_now[r] = []
+        elif cfg.algorithm in ("swift", "adpsgd", "local"):
+            (i,) = data
+            trained, o, keys = train(i, t)
+            if cfg.algorithm == "swift" and s > 0:
+                for r in np.asarray(route(keys.route, i)):
+                    enqueue(i, t, int(r), trained.copy(), "model")
+            if cfg.algorithm == "adpsgd":
+                latest[i] = trained.copy()
+                if s // 2 > 0:
+                    for r in np.asarray(route(keys.route, i)):
+                        enqueue(i, t, int(r), trained.copy(), "ping")
+            new = trained if cfg.algorithm == "local" else average_inbox(i, trained)
+            finish(i, t, new, o)
+        else:  # synchronous round end: every node ends now (same round length)
+            (i,) = data
+            assert np.all(c == c[0]), "synchronous rounds give every node the same length"
+            # the other nodes' end events of this tick are handled here, all at once
+            ends = [i] + [e[4][0] for e in events if e[0] == t and e[3] == "end"]
+            events[:] = [e for e in events if not (e[0] == t and e[3] == "end")]
+            heapq.heapify(events)
+            ends = sorted(ends)
+            trained, opts, keys = {}, {}, None
+            for j in ends:
+                trained[j], opts[j], keys = train(j, t)
+            if cfg.algorithm == "dpsgd":
+                W = metropolis_hastings(adj)
+                for j in ends:  # every node sends its model to each neighbour, one at a time
+                    for r in np.flatnonzero(adj[j]):
+                        sent[j] += 1
+                        delivered[r] += K
+                new = {r: sum(np.float32(W[r, j]) * trained[j] for j in ends) for r in ends}
+            else:  # epidemic
+                for j in ends:
+                    for r in np.asarray(route(keys.route, j)):
+                        sent[j] += 1
+                        receive(j, int(r), trained[j])
+                new = {r: average_inbox(r, trained[r]) for r in ends}
+            for j in ends:
+                finish(j, t, new[j].astype(np.float32), opts[j])
+
+    return BaselineResult(np.stack(params), sent, delivered, iterations, enqueued,
+                          counts["pongs"], counts["replaced"], log)

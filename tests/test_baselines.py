@@ -1,0 +1,166 @@
+"""The baselines (Swift, AD-PSGD, D-PSGD, Epidemic Learning, local-only) against their
+event-driven reference, and their invariants."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import straggler_hparams, tiny_config
+
+from divjax import reference_baselines
+from divjax.algorithms.swift import queue_length
+from divjax.config import default_hparams
+from divjax.local import node_batch_key
+from divjax.sim import make_run
+from divjax.state import tick_keys
+
+ASYNC = ("swift", "adpsgd", "local")
+SYNC = ("dpsgd", "epidemic")
+ALL = ASYNC + SYNC
+
+
+def sync_hparams(cfg):
+    """Stragglers in compute and links, fast enough that a synchronous round is ~0.3 s."""
+    return straggler_hparams(cfg).replace(
+        upload_bps=jnp.array([1e4, 1e4, 1e4, 5e3, 4e3], jnp.float32))
+
+
+def hparams_for(cfg):
+    return sync_hparams(cfg) if cfg.algorithm in SYNC else straggler_hparams(cfg)
+
+
+# One configuration per algorithm (fanout, delivery), compiled once per module and reused with
+# other HParams (lr, links): compile time dominates this file on CPU.
+SETTINGS = {"swift": ("receiver_iteration", 2), "adpsgd": ("arrival_tick", 4),
+            "dpsgd": ("receiver_iteration", 2), "epidemic": ("receiver_iteration", 2),
+            "local": ("receiver_iteration", 2)}
+
+
+@functools.cache
+def compiled(algorithm, same_init):
+    delivery, fanout = SETTINGS[algorithm]
+    cfg = tiny_config(algorithm=algorithm, delivery=delivery, fanout=fanout, duration_s=2.5,
+                      n_fragments=3, same_init=same_init,
+                      local_steps=1 if algorithm == "dpsgd" else 2)
+    run = make_run(cfg, hp=hparams_for(cfg))
+    return run, jax.jit(run)
+
+
+def run_engine(algorithm, same_init=False, seed=0, **hp_changes):
+    run, fn = compiled(algorithm, same_init)
+    hp = hparams_for(run.engine.cfg).replace(**hp_changes)
+    state, metrics = fn(jax.random.key(seed), hp)
+    assert int(state.errors) == 0
+    return run, hp, state, metrics
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_engine__equals_reference_simulator(algorithm):
+    """Every node's parameters and every counter, with compute and link stragglers and
+    independent initial models."""
+    run, hp, state, _ = run_engine(algorithm, seed=1)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1))
+    chex.assert_tree_all_finite(state.params)
+    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
+    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), 0)
+    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+    assert ref.iterations.min() >= 3
+    if algorithm in ("swift", "adpsgd"):
+        np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
+    if algorithm == "adpsgd":
+        assert ref.pongs > 0
+    if algorithm != "local":
+        assert ref.sent.sum() > 0
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_baseline__identical_models_are_a_fixed_point(algorithm):
+    run, hp, state, metrics = run_engine(algorithm, same_init=True, lr=jnp.float32(0.0))
+    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    if algorithm != "local":
+        assert int(state.counters.delivered.sum()) > 0
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(init), rtol=1e-6, atol=1e-7)
+    assert float(np.max(metrics["consensus"])) < 1e-10
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_baseline__consensus_shrinks_without_learning(algorithm):
+    """lr = 0 from independent initial models: gossip contracts toward the average."""
+    run, hp, state, m = run_engine(algorithm, lr=jnp.float32(0.0))
+    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    start = float(np.mean(np.sum((init - init.mean(0)) ** 2, axis=(1, 2))))
+    end = float(m["consensus"][-1])
+    chex.assert_tree_all_finite(state.params)
+    if algorithm == "local":
+        assert end == pytest.approx(start, rel=1e-5)
+    else:
+        assert end < 0.5 * start
+
+
+def test_dpsgd__complete_graph_one_step_equals_centralized_minibatch_sgd():
+    """W = 11^T / n on the complete graph: one round is one SGD step on the union of batches."""
+    run, hp, state, _ = run_engine("dpsgd", same_init=True, lr=jnp.float32(0.1))
+    engine = run.engine
+    task, layout, n = engine.task, engine.layout, engine.cfg.n_nodes
+    assert engine.cfg.local_steps == 1 and engine.cfg.topology == "complete"
+    rounds = int(state.iterations[0])
+    assert rounds >= 2 and np.all(np.asarray(state.iterations) == rounds)
+    k_init, k_sim = jax.random.split(jax.random.key(0))
+    x = layout.flatten(task.init(k_init))
+    c = int(np.asarray(state.next_end)[0]) // (rounds + 1)
+
+    def union_loss(p, batches):
+        return jnp.mean(jnp.stack([task.loss(layout.unflatten(p), b) for b in batches]))
+
+    for r in range(1, rounds + 1):
+        keys = tick_keys(k_sim, jnp.int32(r * c))
+        batches = [task.sample_batch(jax.random.split(node_batch_key(keys.batch, i), 1)[0],
+                                     jnp.int32(i)) for i in range(n)]
+        x = x - 0.1 * jax.grad(union_loss)(x, batches)
+    for i in range(n):
+        np.testing.assert_allclose(np.asarray(state.params[i]), np.asarray(x), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_swift__queue_of_a_slow_link_grows_without_bound():
+    _, _, state, _ = run_engine("swift")
+    q = np.asarray(queue_length(state))
+    assert q[4] > 10 * max(1, q[:3].max())
+    assert q[4] > 20
+
+
+def test_sync__round_lasts_slowest_compute_plus_slowest_link_plus_latency():
+    run, _, state, _ = run_engine("epidemic")
+    # slowest compute 0.17 s; fanout 2 models of 4 D bytes at 4e3 B/s; latency 0.03 s
+    model_bytes = 4 * run.engine.layout.D
+    expect = 17 + int(np.ceil(2 * model_bytes / 4e3 / 0.01)) + 3
+    np.testing.assert_array_equal(np.asarray(state.next_end) % expect, 0)
+    assert int(state.iterations[0]) == run.engine.cfg.num_ticks // expect
+
+
+def test_adpsgd__sweep_row_equals_single_run():
+    """The pong loop (lax.while_loop) under vmap gives the single run's numbers."""
+    run, fn = compiled("adpsgd", False)
+    hp = hparams_for(run.engine.cfg)
+    keys = jax.random.split(jax.random.key(0), 2)
+    _, m = jax.jit(jax.vmap(run, (0, None)))(keys, hp)
+    _, m1 = fn(keys[1], hp)
+    chex.assert_trees_all_close(m["loss_mean"][1], m1["loss_mean"], rtol=1e-5)
+    chex.assert_trees_all_equal(m["msgs_delivered"][1], m1["msgs_delivered"])
+
+
+def test_adpsgd__every_ping_is_answered():
+    run, hp, state, _ = run_engine("adpsgd", upload_bps=jnp.full(5, 1e6, jnp.float32),
+                                   latency_s=jnp.zeros(5, jnp.float32))
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0))
+    pings = sum(1 for _, kind, (_, _, what) in ref.log if kind == "arrive" and what == "ping")
+    assert ref.pongs == pings > 0
+    p = run.engine.cfg.fanout // 2
+    # fast links: each node queued p pings per iteration plus one pong per ping it received
+    assert int(np.asarray(state.algo_state.queue.enqueued).sum()) == \
+        p * int(np.asarray(state.iterations).sum()) + pings
