@@ -164,3 +164,33 @@ def test_adpsgd__every_ping_is_answered():
     # fast links: each node queued p pings per iteration plus one pong per ping it received
     assert int(np.asarray(state.algo_state.queue.enqueued).sum()) == \
         p * int(np.asarray(state.iterations).sum()) + pings
+
+
+def test_compare__summary_columns_and_time_to_target():
+    from divjax.compare import summarize
+
+    def fake(loss):
+        return {"metrics": {"time_s": np.array([1.0, 2.0, 3.0]), "loss_mean": np.array(loss),
+                            "loss_avgmodel": np.array(loss), "bytes_sent": np.array([0, 4e6, 8e6]),
+                            "msgs_sent": np.array([0, 4, 8]), "msgs_dropped": np.zeros(3),
+                            "consensus": np.ones(3), "iterations_mean": np.arange(3.0)},
+                "K": 4, "max_queue": None, "wall_s": 1.0}
+
+    rows, target = summarize({"a": fake([10.0, 5.0, 1.0]), "b": fake([8.0, 6.0, 6.0])},
+                             "loss", higher_is_better=False, target=None)
+    assert target == pytest.approx(10 + 0.9 * (1 - 10))
+    assert [r["time to target (s)"] for r in rows] == [3.0, None]
+    assert rows[0]["models sent"] == 2 and rows[0]["MB sent"] == 8.0
+    rows, _ = summarize({"a": fake([10.0, 5.0, 1.0])}, "loss", False, target=5.0)
+    assert rows[0]["time to target (s)"] == 2.0
+
+
+def test_compare__cli_writes_table_json_and_plot(tmp_path):
+    from divjax.cli import main
+
+    code = main(["compare", "--algorithms", "local", "--n-nodes", "4", "--duration-s", "1",
+                 "--eval-every-s", "0.5", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    for name in ("compare.md", "compare.json", "compare.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| local |" in (tmp_path / "compare.md").read_text()
