@@ -47,20 +47,11 @@ def model_layout(cfg: SimConfig, task: Task) -> FragmentLayout:
 
 
 def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int) -> dict:
-    """Bytes the run's state needs, by part (float32 everywhere)."""
-    n, K, F, f = cfg.n_nodes, layout.K, layout.F, 4
-    C = cfg.train_capacity or n
-    model = n * K * F * f
-    parts = {
-        "params": model,
-        "optimizer": model if cfg.momentum_buffer else 0,
-        "ring": ring_slots * model + ring_slots * n * K * f,
-        "pending": model if cfg.delivery == "arrival_tick" else 0,
-        "training (gathered nodes, x3)": 3 * C * K * F * f,
-        "neighbours": n * n * 4,
-    }
-    parts["total"] = sum(parts.values())
-    return parts
+    """Bytes the run's state needs, by part, and their "total" (see divjax.memory)."""
+    from divjax.memory import memory_model
+
+    m = memory_model(cfg, layout, ring_slots=ring_slots, available=1)
+    return {**{k: v for k, v in m["parts"].items() if v}, "total": m["total"]}
 
 
 def check_memory_early(cfg: SimConfig, task: Task) -> None:

@@ -1,0 +1,400 @@
+"""Engine benchmark: throughput, the cost of emulating the network, memory (CPU or accelerator).
+
+    python benchmarks/engine.py                    # both suites, ~5-10 min on 2 CPU cores
+    python benchmarks/engine.py --suite engine     # synthetic task, n in 16..4096
+    python benchmarks/engine.py --suite throughput # synthetic, MovieLens MF, CIFAR-10 CNN
+
+Writes benchmarks/results/engine-<device>-<date>.json and .md and prints the table.
+
+How it is measured (STYLE.md 3.9): every function is compiled ahead of time
+(`jax.jit(f).lower(...).compile()`, compile time recorded apart), run once to warm up, then
+timed `repeats` times with `block_until_ready`; the figure is the median. All ratios of one row
+come from the same process, the same inputs and back-to-back timings:
+
+  full       one eval interval of the engine (`engine.advance`: E ticks), minus one evaluation
+  local      the same node-iterations of local training alone: gather the finishing nodes'
+             models, `vmap(train_one)`, scatter them back (what a simulator without a network
+             would do)
+  exchange   DivShare's iteration end alone (`algo.iteration_end`: routes, link schedule,
+             scatter of the fragments into the ring, collecting and averaging the inbox), for
+             the same finishing nodes and ticks
+  ring       the delay buffer alone: the fan-out scatter-adds of the payload into the ring
+             slots plus clearing the collected slots (a part of `exchange`)
+  ratio_a    full / local                      (cost of emulating the network)
+  ratio_b    ring / memory-traffic floor, where floor = bytes the scatter reads and writes /
+             bandwidth of a plain array copy of the same size on this device
+             (ratio_b_exchange: the same for the whole iteration end, routes included)
+  ratio_c    vmapped per-node training / one shared-weights model on the same total batch
+  sweep      vmap over 8 seeds vs 8 single runs (time ratio; < 1 means the sweep is cheaper)
+  memory     XLA's buffer analysis of the compiled interval (arguments + outputs + temps -
+             donated) and the analytic model (divjax.memory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax import memory, network
+from divjax.algorithms import ALGORITHMS, Context
+from divjax.config import SimConfig, default_hparams
+from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.sim import make_engine
+from divjax.state import tick_keys
+from divjax.tasks import make_task
+from divjax.topology import adjacency, neighbor_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def timed(fn, *args, repeats=3):
+    """(compile_s, median run_s, compiled) of jit(fn)(*args), AOT-compiled apart."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(times), compiled
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=Path(__file__).parent).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """Bytes/s a plain array copy (read + write) of `nbytes` reaches on the default device."""
+    x = jnp.zeros(max(1, nbytes // 4), jnp.float32)
+    _, s, _ = timed(lambda a: a + 1.0, x, repeats=repeats)
+    return 2 * x.nbytes / s
+
+
+# ----------------------------------------------------------------------------- one config
+
+
+def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=None) -> dict:
+    task = task if task is not None else make_task(cfg)
+    hp = default_hparams(cfg)
+    engine = make_engine(cfg, task, hp=hp)
+    cfg = engine.cfg
+    layout = engine.layout
+    algo = ALGORITHMS[cfg.algorithm](cfg)
+    n, K, F, C, E = cfg.n_nodes, layout.K, layout.F, cfg.train_capacity, cfg.eval_every
+    c_ticks = int(round(cfg.compute_s / cfg.tick_s))
+    finishes = E // c_ticks                      # finishing ticks per interval (uniform compute)
+    state = jax.jit(engine.init)(jax.random.key(0), hp)
+    row = {"task": label or cfg.task, "n": n, "K": K, "F": F, "D": layout.D,
+           "ticks": E, "finish_ticks": finishes, "train_capacity": C,
+           "ring_slots": cfg.ring_ticks, "batch": cfg.batch_size,
+           "local_steps": cfg.local_steps}
+
+    # full: one eval interval (E ticks + one evaluation), donated like sim.simulate
+    advance = jax.jit(engine.advance, donate_argnums=0)
+    t0 = time.perf_counter()
+    adv_c = advance.lower(state, hp).compile()
+    row["compile_s"] = time.perf_counter() - t0
+    st = adv_c(state, hp)[0]
+    jax.block_until_ready(st)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        st, _m = adv_c(st, hp)
+        jax.block_until_ready(st)
+        times.append(time.perf_counter() - t0)
+    state = st
+    full_interval = statistics.median(times)
+    _, eval_s, _ = timed(engine.evaluate, state, repeats=repeats)
+    full = max(full_interval - eval_s, 1e-9)
+    row.update(interval_s=full_interval, eval_s=eval_s, full_s=full)
+    mem = memory.compiled_memory(adv_c)
+    row["xla_peak_bytes"] = mem.get("peak_estimate", 0)
+    model = memory.memory_model(cfg, layout, data_bytes=memory.task_data_bytes(task))
+    row["model_bytes"] = model["total"]
+    row["model_state_bytes_per_node"] = int(sum(model["per_node"][k] for k in
+                                                ("params", "optimizer", "ring", "counters")))
+
+    # shared pieces for the isolated timings: the nodes finishing at a tick (all of them here)
+    nb, deg = neighbor_table(adjacency(cfg))
+    tx = make_optimizer(cfg, hp)
+    train_one = make_train_one(cfg, task, layout, tx)
+    node = jnp.arange(C, dtype=jnp.int32)
+    valid = node < n
+    ticks = jnp.arange(1, finishes + 1, dtype=jnp.int32) * c_ticks
+
+    def local(params, opt_state, k_sim):
+        def body(i, carry):
+            params, opt_state = carry
+            keys = tick_keys(k_sim, ticks[i])
+            p = params[node]
+            o = jax.tree.map(lambda x: x[node], opt_state)
+            bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, node)
+            trained, o = jax.vmap(train_one)(p, o, bkeys, node)
+            if cfg.reset_optimizer:
+                o = jax.vmap(tx.init)(trained)
+            return (params.at[node].set(trained),
+                    jax.tree.map(lambda f, x: f.at[node].set(x), opt_state, o))
+        return jax.lax.fori_loop(0, finishes, body, (params, opt_state))
+
+    _, local_s, _ = timed(local, state.params, state.opt_state, state.k_sim, repeats=repeats)
+    row["local_s"] = local_s
+
+    def exchange(state, hp):
+        table = network.link_table(cfg, hp, layout.fragment_bytes)
+        ctx = Context(cfg, layout, jnp.asarray(nb), jnp.asarray(deg), table)
+
+        def body(i, s):
+            t = ticks[i]
+            s, after = algo.iteration_end(ctx, s, node, valid, s.params[node],
+                                          tick_keys(s.k_sim, t), t)
+            return s.replace(params=s.params.at[node].set(after))
+        return jax.lax.fori_loop(0, finishes, body, state)
+
+    _, exch_s, _ = timed(exchange, state, hp, repeats=repeats)
+    row["exchange_s"] = exch_s
+
+    # the delay buffer alone: fan-out scatter-adds into the ring slots, then the collect
+    R, J = state.inbox.total.shape[0], cfg.fanout
+    recv = jax.random.randint(jax.random.key(1), (finishes, C, J, K), 0, n)
+    slot = jax.random.randint(jax.random.key(2), (finishes, C, J, K), 0, R)
+    frag = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (C, K))
+
+    def ring(total, count, payload):
+        def body(i, carry):
+            total, count, acc = carry
+            for j in range(J):
+                total = total.at[slot[i, :, j], recv[i, :, j], frag].add(payload)
+                count = count.at[slot[i, :, j], recv[i, :, j], frag].add(1.0)
+            s = i % R
+            got = total[s, node] + payload            # collect: read the slot, average
+            total = total.at[s, node].set(0.0)
+            count = count.at[s, node].set(0.0)
+            return total, count, acc + got[:, 0, 0]
+        return jax.lax.fori_loop(0, finishes, body, (total, count, jnp.zeros(C)))
+
+    payload = state.params[node]
+    _, ring_s, _ = timed(ring, state.inbox.total, state.inbox.count, payload, repeats=repeats)
+    row["ring_s"] = ring_s
+    per_tick_bytes = (3 * J + 3) * C * K * F * 4   # J x (read payload, read+write row); collect
+    bw = copy_bandwidth(per_tick_bytes * finishes)
+    floor = per_tick_bytes * finishes / bw
+    row.update(copy_GBps=bw / 1e9, ring_floor_s=floor, ratio_b=ring_s / floor,
+               ratio_b_exchange=exch_s / floor)
+    row["ratio_a"] = full / local_s
+    node_iters = finishes * C
+    row["node_iters_per_s"] = node_iters / full
+    row["sim_s_per_wall_s"] = E * cfg.tick_s / full
+    row["local_share"] = local_s / full
+    row["exchange_share"] = (exch_s - ring_s) / full
+    row["ring_share"] = ring_s / full
+
+    if with_ratio_c:  # vmapped per-node training vs one shared-weights model, same total batch
+        one = state.params[0]
+
+        def shared(p, k_sim):
+            grad = jax.grad(lambda q, b: task.loss(layout.unflatten(q), b))
+
+            def body(i, p):
+                keys = tick_keys(k_sim, ticks[i])
+                for st_ in range(cfg.local_steps):
+                    ks = jax.vmap(lambda i: jax.random.fold_in(node_batch_key(keys.batch, i),
+                                                               st_))(node)
+                    b = jax.vmap(task.sample_batch)(ks, node)
+                    b = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), b)
+                    p = p - hp.lr * grad(p, b)
+                return p
+            return jax.lax.fori_loop(0, finishes, body, p)
+
+        _, shared_s, _ = timed(shared, one, state.k_sim, repeats=repeats)
+        row["shared_s"] = shared_s
+        row["ratio_c"] = local_s / shared_s
+    row["max_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return row
+
+
+def bench_sweep(cfg: SimConfig, seeds: int = 8, repeats: int = 3) -> dict:
+    """vmap over `seeds` keys against `seeds` single runs, one compiled program each."""
+    from divjax.sim import make_run
+
+    hp = default_hparams(cfg)
+    run = make_run(cfg, hp=hp)
+    keys = jax.random.split(jax.random.key(0), seeds)
+    c1, single, _ = timed(run, keys[0], hp, repeats=repeats)
+    cS, sweep, _ = timed(jax.vmap(run, (0, None)), keys, hp, repeats=repeats)
+    return {"task": cfg.task, "n": cfg.n_nodes, "seeds": seeds, "single_s": single,
+            "sweep_s": sweep, "sweep_over_singles": sweep / (seeds * single),
+            "compile_single_s": c1, "compile_sweep_s": cS}
+
+
+def compile_only_memory(cfg: SimConfig, task=None) -> dict:
+    """XLA's memory figures of one interval at a large n, compiled but not run."""
+    task = task if task is not None else make_task(cfg)
+    hp = default_hparams(cfg)
+    engine = make_engine(cfg, task, hp=hp)
+    state = jax.eval_shape(engine.init, jax.random.key(0), hp)
+    t0 = time.perf_counter()
+    comp = jax.jit(engine.advance, donate_argnums=0).lower(state, hp).compile()
+    out = memory.compiled_memory(comp)
+    m = memory.memory_model(engine.cfg, engine.layout, data_bytes=memory.task_data_bytes(task))
+    return {"task": cfg.task, "n": cfg.n_nodes, "compile_s": time.perf_counter() - t0,
+            "xla_peak_GiB": out.get("peak_estimate", 0) / 2**30,
+            "model_GiB": m["total"] / 2**30,
+            "largest_n_24GiB": memory.largest_n(
+                engine.cfg, engine.layout, int(24 * 2**30 / memory.FRACTION),
+                ring_slots=engine.cfg.ring_ticks,
+                data_bytes_fixed=memory.task_data_bytes(task))}
+
+
+# ----------------------------------------------------------------------------- suites
+
+
+def base_cfg(task: str, n: int, **kw) -> SimConfig:
+    common = dict(task=task, n_nodes=n, n_fragments=4, fanout=3, tick_s=0.1, compute_s=1.0,
+                  eval_every_s=2.0, duration_s=2.0, local_steps=4, batch_size=8)
+    if task == "cifar10":
+        common.update(local_steps=1, batch_size=8, eval_every_s=1.0, duration_s=1.0,
+                      data_dir="/work/shared/data")
+    if task == "movielens":
+        common.update(local_steps=4, batch_size=32)
+    common.update(kw)
+    return SimConfig(**common)
+
+
+def have_task(name: str) -> bool:
+    from divjax.tasks import TASKS, _load_builtin_tasks
+
+    try:
+        _load_builtin_tasks()
+    except Exception as e:  # noqa: BLE001
+        print(f"# real tasks unavailable: {e}", file=sys.stderr)
+        return False
+    return name in TASKS
+
+
+COLUMNS = [("task", "{}"), ("n", "{}"), ("D", "{}"), ("node_iters_per_s", "{:.0f}"),
+           ("sim_s_per_wall_s", "{:.2f}"), ("compile_s", "{:.1f}"), ("full_s", "{:.3f}"),
+           ("local_s", "{:.3f}"), ("exchange_s", "{:.3f}"), ("ring_s", "{:.4f}"),
+           ("ratio_a", "{:.2f}"), ("ratio_b", "{:.2f}"), ("ratio_b_exchange", "{:.1f}"),
+           ("ratio_c", "{:.2f}"), ("xla_peak_bytes", "{}"), ("model_bytes", "{}")]
+
+
+def fmt_bytes(b):
+    return f"{b / 2**20:.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
+
+
+def table(rows) -> str:
+    head = "| " + " | ".join(c for c, _ in COLUMNS) + " |"
+    sep = "|" + "---|" * len(COLUMNS)
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for c, f in COLUMNS:
+            v = r.get(c)
+            cells.append("-" if v is None else fmt_bytes(v) if c.endswith("bytes")
+                         else f.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", choices=("engine", "throughput", "all"), default="all")
+    ap.add_argument("--ns", type=int, nargs="*", default=[16, 256, 1024, 4096])
+    ap.add_argument("--mf-ns", type=int, nargs="*", default=[16, 256])
+    ap.add_argument("--cnn-ns", type=int, nargs="*", default=[16, 64])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--big-mf", type=int, default=4096,
+                    help="n of the compile-only memory check of MovieLens MF (0: skip)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    dev = jax.devices()[0]
+    rows, extra = [], {}
+
+    def log(r):
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in r.items()), flush=True)
+
+    if args.suite in ("engine", "all"):
+        for n in args.ns:
+            r = bench_config(base_cfg("synthetic", n), repeats=args.repeats,
+                             with_ratio_c=True)
+            rows.append(r)
+            log(r)
+        extra["sweep"] = bench_sweep(base_cfg("synthetic", 16, duration_s=10.0,
+                                              eval_every_s=2.0), repeats=args.repeats)
+        log(extra["sweep"])
+    if args.suite in ("throughput", "all"):
+        for name, ns in (("movielens", args.mf_ns), ("cifar10", args.cnn_ns)):
+            if not have_task(name):
+                print(f"# task {name} not registered: skipped", file=sys.stderr)
+                continue
+            for n in ns:
+                try:
+                    r = bench_config(base_cfg(name, n), repeats=args.repeats)
+                except Exception as e:  # noqa: BLE001  (e.g. data missing)
+                    print(f"# {name} n={n} failed: {e}", file=sys.stderr)
+                    continue
+                rows.append(r)
+                log(r)
+        if args.big_mf and have_task("movielens"):
+            try:
+                extra["mf_big"] = compile_only_memory(base_cfg("movielens", args.big_mf))
+                log(extra["mf_big"])
+            except Exception as e:  # noqa: BLE001
+                print(f"# movielens n={args.big_mf} compile failed: {e}", file=sys.stderr)
+
+    kind = dev.device_kind.replace(" ", "_")
+    date = datetime.date.today().isoformat()
+    meta = {"device": dev.device_kind, "platform": dev.platform, "n_devices": jax.device_count(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__,
+            "commit": git_commit(), "date": date, "repeats": args.repeats,
+            "total_wall_s": time.perf_counter() - t_start,
+            "note": "median of `repeats` after an AOT compile and a warm-up; "
+                    "block_until_ready; ratios from back-to-back timings in one process"}
+    out = {"meta": meta, "rows": rows, **extra}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    stem = Path(args.out) / f"engine-{kind}-{date}"
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1, default=float))
+    md = [f"# divjax engine benchmark: {dev.device_kind}, {date}, jax {jax.__version__}, "
+          f"commit {meta['commit']}", "", table(rows), ""]
+    if "sweep" in extra:
+        s = extra["sweep"]
+        md.append(f"8-seed vmap sweep (synthetic, n={s['n']}): {s['sweep_s']:.3f} s vs "
+                  f"8 x {s['single_s']:.3f} s single runs (ratio {s['sweep_over_singles']:.2f})")
+    if "mf_big" in extra:
+        b = extra["mf_big"]
+        md.append(f"MovieLens MF n={b['n']} (compiled, not run): XLA peak "
+                  f"{b['xla_peak_GiB']:.2f} GiB, memory model {b['model_GiB']:.2f} GiB, "
+                  f"largest n in 24 GiB (model) {b['largest_n_24GiB']}")
+    md += ["", "Columns: see the module docstring of benchmarks/engine.py. Times are per eval "
+           "interval (all finishing ticks of it), in seconds.", ""]
+    stem.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(md))
+    print(f"# wrote {stem}.json/.md in {meta['total_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

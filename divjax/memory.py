@@ -1,0 +1,238 @@
+"""A memory model of a run: bytes per node for the state, optimizer, ring buffer and data, and
+the largest number of nodes that fits on the current device.
+
+Everything the engine keeps per node is a float32 or int32 array with a node axis, so the state
+is linear in n apart from the neighbour table (n x max_degree) and data shared by every node
+(the global test set). The model counts, with n nodes, K fragments of F floats, R ring slots,
+Lc counter-ring ticks and C gathered (training) nodes:
+
+  params       n K F 4                       the node models, (n, K, F)
+  optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)
+  ring         R n K (F + 1) 4               payload sums and counts of messages in flight
+  pending      n K (F + 1) 4                 only with delivery="arrival_tick"
+  counters     (Lc + 1) n (K + 2) 4 + 8 n    the exact counters, next_end, iterations
+  training     C K F 4 * (4 + opt)           gathered models, trained models, gradients,
+               + C activation_bytes          averaged models; activations of one node's batch
+  neighbours   n max_degree 4                the padded neighbour table
+  data         what the task keeps on the device (node shards + shared test sets)
+
+`memory_model` returns these parts, their total and the same figures per node; `largest_n`
+bisects n against a budget (default: 80% of the device's memory). `compiled_memory` reads
+XLA's own figures (argument, output and temporary buffers) of a compiled function; the
+benchmarks report both, and tests/test_memory.py checks that the model covers the state
+`init` actually builds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from divjax.config import SimConfig
+
+F32 = 4
+DEFAULT_RING_SLOTS = 3      # receiver_iteration with latency < compute time: ceil((c+l)/c)+1
+FRACTION = 0.8              # share of the device's memory a run may plan to use
+
+
+def optimizer_floats_per_param(cfg: SimConfig) -> int:
+    """Floats of optimizer state per parameter (optax SGD: none; with momentum: one)."""
+    return 1 if cfg.momentum_buffer else 0
+
+
+def max_degree(cfg: SimConfig) -> int:
+    """Width of the padded neighbour table, without building the graph."""
+    if cfg.topology == "complete":
+        return cfg.n_nodes - 1
+    try:  # other topologies: build the (host) table once
+        from divjax.topology import adjacency, neighbor_table
+
+        nb, _ = neighbor_table(adjacency(cfg))
+        return int(nb.shape[1])
+    except Exception:  # noqa: BLE001  (an unknown topology is reported elsewhere)
+        return cfg.n_nodes - 1
+
+
+def task_data_bytes(task: Any) -> int:
+    """Bytes of device arrays a task's functions close over (its data on the device).
+
+    Walks the closures of the task's functions (and of functions they close over), counting
+    each distinct jax.Array once.
+    """
+    seen_fn, seen_arr, total = set(), set(), 0
+    stack = [getattr(task, name) for name in ("init", "loss", "sample_batch", "evaluate",
+                                               "make_local_train")
+             if getattr(task, name, None) is not None]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, jax.Array):
+            if id(obj) not in seen_arr:
+                seen_arr.add(id(obj))
+                total += int(obj.nbytes)
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+            continue
+        if isinstance(obj, list | tuple):
+            stack.extend(obj)
+            continue
+        fn = getattr(obj, "func", obj)  # functools.partial
+        if callable(fn) and id(fn) not in seen_fn:
+            seen_fn.add(id(fn))
+            for cell in getattr(fn, "__closure__", None) or ():
+                try:
+                    stack.append(cell.cell_contents)
+                except ValueError:  # empty cell
+                    pass
+            if fn is not obj:
+                stack.extend(list(getattr(obj, "args", ())) +
+                             list(getattr(obj, "keywords", {}).values()))
+    return total
+
+
+def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
+                 train_capacity: int | None = None, data_bytes: int = 0,
+                 activation_bytes: int = 0, counter_ticks: int | None = None,
+                 available: int | None = None) -> dict:
+    """Bytes a run needs, by part, in total and per node.
+
+    Args:
+      cfg: the config (n, K, delivery, optimizer, topology are read from it).
+      layout: a FragmentLayout, or anything with K and F (or an int D: K = n_fragments,
+        F = ceil(D / K)).
+      ring_slots: R; default cfg.ring_ticks, else DEFAULT_RING_SLOTS.
+      train_capacity: C; default cfg.train_capacity, else n (every node may finish together).
+      data_bytes: the task's device data (see `task_data_bytes`), counted as it is.
+      activation_bytes: temporary bytes of one node's local step beyond its parameters
+        (activations); multiplied by C.
+      counter_ticks: Lc; default cfg.delay_ticks + 1, else ring_slots + 1.
+      available: device bytes; default `available_memory_bytes()`.
+    Returns:
+      {"parts": {name: bytes}, "total": bytes, "per_node": {name: bytes}, "fixed": bytes,
+       "available": bytes, "budget": FRACTION * available, "fits": bool, "n": n, "K", "F", "D"}
+    """
+    n = cfg.n_nodes
+    if isinstance(layout, int | np.integer):
+        K = cfg.n_fragments
+        F, D = math.ceil(int(layout) / K), int(layout)
+    else:
+        K, F, D = int(layout.K), int(layout.F), int(getattr(layout, "D", layout.K * layout.F))
+    R = ring_slots if ring_slots is not None else (cfg.ring_ticks or DEFAULT_RING_SLOTS)
+    C = train_capacity if train_capacity is not None else (cfg.train_capacity or n)
+    Lc = counter_ticks if counter_ticks is not None else (
+        cfg.delay_ticks + 1 if cfg.delay_ticks else R + 1)
+    opt = optimizer_floats_per_param(cfg)
+    model = K * F * F32
+    per_node = {
+        "params": model,
+        "optimizer": opt * model,
+        "ring": R * K * (F + 1) * F32,
+        "pending": K * (F + 1) * F32 if cfg.delivery == "arrival_tick" else 0,
+        "counters": (Lc + 1) * (K + 2) * F32 + 2 * F32,   # + next_end, iterations
+        "neighbours": max_degree(cfg) * F32 + F32,
+    }
+    parts = {k: n * v for k, v in per_node.items()}
+    parts["training"] = C * ((4 + opt) * model + int(activation_bytes))
+    per_node["training"] = parts["training"] / n
+    parts["data"] = int(data_bytes)
+    per_node["data"] = parts["data"] / n
+    total = int(sum(parts.values()))
+    have = available_memory_bytes() if available is None else int(available)
+    return {"parts": parts, "total": total, "per_node": per_node,
+            "available": have, "budget": int(FRACTION * have), "fits": total <= FRACTION * have,
+            "n": n, "K": K, "F": F, "D": D, "ring_slots": R, "train_capacity": C}
+
+
+def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
+              ring_slots: int | None = None, capacity_fraction: float = 1.0,
+              data_bytes_per_node: float = 0.0, data_bytes_fixed: int = 0,
+              activation_bytes: int = 0, n_max: int = 1 << 24) -> int:
+    """The largest n whose `memory_model` total fits `budget` bytes (default: FRACTION of the
+    device's memory). Everything else in cfg stays as it is; the training capacity scales as
+    capacity_fraction * n (1.0: every node may finish at the same tick), the data as
+    data_bytes_fixed + data_bytes_per_node * n. Returns 0 if not even 2 nodes fit."""
+    budget = int(FRACTION * available_memory_bytes()) if budget is None else int(budget)
+
+    def total(n: int) -> int:
+        c = cfg.replace(n_nodes=n, fanout=min(cfg.fanout, n - 1), train_capacity=0)
+        return memory_model(c, layout, ring_slots=ring_slots,
+                            train_capacity=max(1, math.ceil(capacity_fraction * n)),
+                            data_bytes=int(data_bytes_fixed + data_bytes_per_node * n),
+                            activation_bytes=activation_bytes, available=budget)["total"]
+
+    if total(2) > budget:
+        return 0
+    lo, hi = 2, 4
+    while hi < n_max and total(hi) <= budget:
+        lo, hi = hi, hi * 2
+    hi = min(hi, n_max)
+    if total(hi) <= budget:
+        return hi
+    while hi - lo > 1:  # total(lo) fits, total(hi) does not
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
+    return lo
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of a (possibly abstract, e.g. from jax.eval_shape) state pytree."""
+    total = 0
+    for x in jax.tree.leaves(state):
+        if not hasattr(x, "shape"):
+            continue
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            total += int(np.prod(x.shape)) * 8  # a threefry key: two uint32
+        else:
+            total += int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def compiled_memory(compiled: Any) -> dict:
+    """XLA's buffer sizes of a compiled function (`jax.jit(f).lower(...).compile()`).
+
+    peak_estimate = arguments + outputs + temporaries - aliased (donated) bytes; on backends
+    without the analysis, the dict is empty."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return {}
+    if m is None:
+        return {}
+    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+           for k in ("argument", "output", "temp", "alias", "generated_code")}
+    out["peak_estimate"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def available_memory_bytes() -> int:
+    """Memory of the default device: the accelerator's limit, or the host's RAM on CPU."""
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001  (CPU backends may not implement it)
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError):
+        return 1 << 40
+
+
+def format_model(m: dict) -> str:
+    """Human-readable summary (what `divjax run --dry-run` prints)."""
+    gib = lambda b: f"{b / 2**30:.3f} GiB"  # noqa: E731
+    lines = [f"memory for n={m['n']} nodes, K={m['K']} fragments of F={m['F']} floats "
+             f"(D={m['D']}), ring slots={m['ring_slots']}, training capacity="
+             f"{m['train_capacity']}:"]
+    for k, v in m["parts"].items():
+        if v:
+            lines.append(f"  {k:<11} {gib(v):>12}   {m['per_node'][k] / 2**10:10.1f} KiB/node")
+    lines.append(f"  {'total':<11} {gib(m['total']):>12}   of {gib(m['available'])} "
+                 f"({'fits' if m['fits'] else 'does NOT fit'} in {FRACTION:.0%})")
+    return "\n".join(lines)
