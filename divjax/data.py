@@ -770,10 +770,10 @@ def cifar10_paper() -> SimConfig:
 
 
 def cifar10_small() -> SimConfig:
-    """CIFAR-10 kshard(5), 8 nodes (1 straggler), CPU-sized evaluation; minutes on a CPU (needs --data-dir)."""
+    """CIFAR-10 kshard(5), 8 nodes (1 straggler), 16 local steps, CPU-sized evaluation (needs --data-dir)."""
     return cifar10_paper().replace(task="cifar10-quick", n_nodes=8, n_stragglers=1,
-                                   local_steps=32, compute_s=1.25, fanout=3, tick_s=0.05,
-                                   duration_s=60.0, eval_every_s=6.0, eval_chunk=8)
+                                   local_steps=16, compute_s=0.625, fanout=3, tick_s=0.125,
+                                   duration_s=15.0, eval_every_s=3.0, eval_chunk=8)
 
 
 register_preset("movielens-paper", movielens_paper)
