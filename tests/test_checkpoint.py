@@ -65,6 +65,10 @@ def test_checkpoint__kill_and_resume_is_bit_identical(setup, tmp_path, monkeypat
     state, full_state = (s.replace(k_sim=jax.random.key_data(s.k_sim)) for s in (state, full_state))
     chex.assert_trees_all_equal(state, full_state)        # params, optimizer, ring, clock, counters
     _assert_same(metrics, full_metrics)
+    # `divjax plot` overlays run directories
+    assert cli.main(["plot", str(tmp_path), str(tmp_path), "--labels", "a,b", "--out",
+                     str(tmp_path / "cmp.png")]) == 0
+    assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
 def test_checkpoint__periodic_save_restores_the_state_at_that_tick(setup, tmp_path):
