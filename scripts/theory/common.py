@@ -243,6 +243,16 @@ def tail_mean(y: np.ndarray, frac: float = 0.25) -> np.ndarray:
     return np.mean(y[..., -k:], axis=-1)
 
 
+def plateau_reached(y: np.ndarray, tol: float = 0.25) -> bool:
+    """True if the mean of the third quarter of a 1-D curve is within `tol` of the last quarter's.
+
+    A constant-lr run whose transient has not died out by then has no plateau to compare.
+    """
+    q = max(1, y.shape[-1] // 4)
+    third, last = float(np.mean(y[-2 * q:-q])), float(np.mean(y[-q:]))
+    return abs(third - last) <= tol * abs(last)
+
+
 def running_mean(y: np.ndarray) -> np.ndarray:
     """(1/t) sum_{s<=t} y_s along the last axis (the left side of non-convex bounds)."""
     return np.cumsum(y, axis=-1) / np.arange(1, y.shape[-1] + 1)
