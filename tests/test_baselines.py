@@ -12,7 +12,7 @@ from conftest import straggler_hparams, tiny_config
 
 from divjax import reference_baselines
 from divjax.algorithms.swift import queue_length
-from divjax.config import default_hparams
+from divjax.config import product
 from divjax.local import node_batch_key
 from divjax.sim import make_run
 from divjax.state import tick_keys
@@ -40,29 +40,48 @@ SETTINGS = {"swift": ("receiver_iteration", 2), "adpsgd": ("arrival_tick", 4),
 
 
 @functools.cache
-def compiled(algorithm, same_init):
+def compiled(algorithm):
+    """(engine, init, run_from): run_from(state, hp) -> (state, metrics) runs the whole horizon
+    from any initial state, so every test of an algorithm shares one compiled program."""
     delivery, fanout = SETTINGS[algorithm]
-    cfg = tiny_config(algorithm=algorithm, delivery=delivery, fanout=fanout, duration_s=2.5,
-                      n_fragments=3, same_init=same_init,
+    cfg = tiny_config(algorithm=algorithm, delivery=delivery, fanout=fanout, duration_s=2.0,
+                      n_fragments=3, same_init=False,
                       local_steps=1 if algorithm == "dpsgd" else 2)
-    run = make_run(cfg, hp=hparams_for(cfg))
-    return run, jax.jit(run)
+    engine = make_run(cfg, hp=hparams_for(cfg)).engine
+
+    def run_from(state, hp):
+        return jax.lax.scan(lambda st, _: engine.advance(st, hp), state, None,
+                            length=engine.cfg.num_chunks)
+
+    return engine, jax.jit(engine.init), jax.jit(run_from)
+
+
+def identical(state):
+    """The same state with every node holding node 0's model (and AD-PSGD's snapshots too)."""
+    same = jnp.broadcast_to(state.params[0], state.params.shape)
+    algo_state = state.algo_state
+    if hasattr(algo_state, "latest"):
+        algo_state = algo_state._replace(latest=same)
+    return state.replace(params=same, algo_state=algo_state)
 
 
 def run_engine(algorithm, same_init=False, seed=0, **hp_changes):
-    run, fn = compiled(algorithm, same_init)
-    hp = hparams_for(run.engine.cfg).replace(**hp_changes)
-    state, metrics = fn(jax.random.key(seed), hp)
+    engine, init, run_from = compiled(algorithm)
+    hp = hparams_for(engine.cfg).replace(**hp_changes)
+    state0 = init(jax.random.key(seed), hp)
+    if same_init:
+        state0 = identical(state0)
+    state, metrics = run_from(state0, hp)
     assert int(state.errors) == 0
-    return run, hp, state, metrics
+    return engine, hp, state0, state, metrics
 
 
 @pytest.mark.parametrize("algorithm", ALL)
 def test_engine__equals_reference_simulator(algorithm):
     """Every node's parameters and every counter, with compute and link stragglers and
     independent initial models."""
-    run, hp, state, _ = run_engine(algorithm, seed=1)
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1))
+    engine, hp, _, state, _ = run_engine(algorithm, seed=1)
+    ref = reference_baselines.simulate(engine.cfg, engine.task, hp, jax.random.key(1))
     chex.assert_tree_all_finite(state.params)
     np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
@@ -80,8 +99,8 @@ def test_engine__equals_reference_simulator(algorithm):
 
 @pytest.mark.parametrize("algorithm", ALL)
 def test_baseline__identical_models_are_a_fixed_point(algorithm):
-    run, hp, state, metrics = run_engine(algorithm, same_init=True, lr=jnp.float32(0.0))
-    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    _, _, state0, state, metrics = run_engine(algorithm, same_init=True, lr=jnp.float32(0.0))
+    init = state0.params
     if algorithm != "local":
         assert int(state.counters.delivered.sum()) > 0
     np.testing.assert_allclose(np.asarray(state.params), np.asarray(init), rtol=1e-6, atol=1e-7)
@@ -91,8 +110,8 @@ def test_baseline__identical_models_are_a_fixed_point(algorithm):
 @pytest.mark.parametrize("algorithm", ALL)
 def test_baseline__consensus_shrinks_without_learning(algorithm):
     """lr = 0 from independent initial models: gossip contracts toward the average."""
-    run, hp, state, m = run_engine(algorithm, lr=jnp.float32(0.0))
-    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    _, _, state0, state, m = run_engine(algorithm, lr=jnp.float32(0.0))
+    init = state0.params
     start = float(np.mean(np.sum((init - init.mean(0)) ** 2, axis=(1, 2))))
     end = float(m["consensus"][-1])
     chex.assert_tree_all_finite(state.params)
@@ -104,14 +123,13 @@ def test_baseline__consensus_shrinks_without_learning(algorithm):
 
 def test_dpsgd__complete_graph_one_step_equals_centralized_minibatch_sgd():
     """W = 11^T / n on the complete graph: one round is one SGD step on the union of batches."""
-    run, hp, state, _ = run_engine("dpsgd", same_init=True, lr=jnp.float32(0.1))
-    engine = run.engine
+    engine, _, state0, state, _ = run_engine("dpsgd", same_init=True, lr=jnp.float32(0.1))
     task, layout, n = engine.task, engine.layout, engine.cfg.n_nodes
     assert engine.cfg.local_steps == 1 and engine.cfg.topology == "complete"
     rounds = int(state.iterations[0])
     assert rounds >= 2 and np.all(np.asarray(state.iterations) == rounds)
-    k_init, k_sim = jax.random.split(jax.random.key(0))
-    x = layout.flatten(task.init(k_init))
+    k_sim = state0.k_sim
+    x = state0.params[0]
     c = int(np.asarray(state.next_end)[0]) // (rounds + 1)
 
     def union_loss(p, batches):
@@ -128,39 +146,41 @@ def test_dpsgd__complete_graph_one_step_equals_centralized_minibatch_sgd():
 
 
 def test_swift__queue_of_a_slow_link_grows_without_bound():
-    _, _, state, _ = run_engine("swift")
+    _, _, _, state, _ = run_engine("swift")
     q = np.asarray(queue_length(state))
     assert q[4] > 10 * max(1, q[:3].max())
     assert q[4] > 20
 
 
 def test_sync__round_lasts_slowest_compute_plus_slowest_link_plus_latency():
-    run, _, state, _ = run_engine("epidemic")
+    engine, _, _, state, _ = run_engine("epidemic")
     # slowest compute 0.17 s; fanout 2 models of 4 D bytes at 4e3 B/s; latency 0.03 s
-    model_bytes = 4 * run.engine.layout.D
+    model_bytes = 4 * engine.layout.D
     expect = 17 + int(np.ceil(2 * model_bytes / 4e3 / 0.01)) + 3
     np.testing.assert_array_equal(np.asarray(state.next_end) % expect, 0)
-    assert int(state.iterations[0]) == run.engine.cfg.num_ticks // expect
+    assert int(state.iterations[0]) == engine.cfg.num_ticks // expect
 
 
 def test_adpsgd__sweep_row_equals_single_run():
     """The pong loop (lax.while_loop) under vmap gives the single run's numbers."""
-    run, fn = compiled("adpsgd", False)
-    hp = hparams_for(run.engine.cfg)
-    keys = jax.random.split(jax.random.key(0), 2)
-    _, m = jax.jit(jax.vmap(run, (0, None)))(keys, hp)
-    _, m1 = fn(keys[1], hp)
+    engine, init, run_from = compiled("adpsgd")
+    hp = hparams_for(engine.cfg)
+    grid = product(hp, lr=[0.01, 0.05])
+    states = jax.vmap(init)(jax.random.split(jax.random.key(0), 2), grid)
+    _, m = jax.jit(jax.vmap(run_from))(states, grid)
+    one = jax.random.split(jax.random.key(0), 2)[1]
+    _, m1 = run_from(init(one, hp.replace(lr=jnp.float32(0.05))), hp.replace(lr=jnp.float32(0.05)))
     chex.assert_trees_all_close(m["loss_mean"][1], m1["loss_mean"], rtol=1e-5)
     chex.assert_trees_all_equal(m["msgs_delivered"][1], m1["msgs_delivered"])
 
 
 def test_adpsgd__every_ping_is_answered():
-    run, hp, state, _ = run_engine("adpsgd", upload_bps=jnp.full(5, 1e6, jnp.float32),
-                                   latency_s=jnp.zeros(5, jnp.float32))
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0))
+    engine, hp, _, state, _ = run_engine("adpsgd", upload_bps=jnp.full(5, 1e6, jnp.float32),
+                                         latency_s=jnp.zeros(5, jnp.float32))
+    ref = reference_baselines.simulate(engine.cfg, engine.task, hp, jax.random.key(0))
     pings = sum(1 for _, kind, (_, _, what) in ref.log if kind == "arrive" and what == "ping")
     assert ref.pongs == pings > 0
-    p = run.engine.cfg.fanout // 2
+    p = engine.cfg.fanout // 2
     # fast links: each node queued p pings per iteration plus one pong per ping it received
     assert int(np.asarray(state.algo_state.queue.enqueued).sum()) == \
         p * int(np.asarray(state.iterations).sum()) + pings
