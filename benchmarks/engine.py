@@ -336,6 +336,7 @@ def main(argv=None):
     def log(r):
         print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in r.items()), flush=True)
+        write(rows, extra, args, dev, t_start)  # partial results survive an interrupted run
 
     if args.suite in ("engine", "all"):
         for n in args.ns:
@@ -366,6 +367,11 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001
                 print(f"# movielens n={args.big_mf} compile failed: {e}", file=sys.stderr)
 
+    md = write(rows, extra, args, dev, t_start)
+    print(md)
+
+
+def write(rows, extra, args, dev, t_start) -> str:
     kind = dev.device_kind.replace(" ", "_")
     date = datetime.date.today().isoformat()
     meta = {"device": dev.device_kind, "platform": dev.platform, "n_devices": jax.device_count(),
@@ -376,7 +382,8 @@ def main(argv=None):
                     "block_until_ready; ratios from back-to-back timings in one process"}
     out = {"meta": meta, "rows": rows, **extra}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    stem = Path(args.out) / f"engine-{kind}-{date}"
+    suffix = "" if args.suite == "all" else f"-{args.suite}"
+    stem = Path(args.out) / f"engine-{kind}-{date}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1, default=float))
     md = [f"# divjax engine benchmark: {dev.device_kind}, {date}, jax {jax.__version__}, "
           f"commit {meta['commit']}", "", table(rows), ""]
@@ -392,8 +399,9 @@ def main(argv=None):
     md += ["", "Columns: see the module docstring of benchmarks/engine.py. Times are per eval "
            "interval (all finishing ticks of it), in seconds.", ""]
     stem.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
-    print(f"# wrote {stem}.json/.md in {meta['total_wall_s']:.0f} s")
+    return "\n".join(md) + f"\n# wrote {stem}.json/.md in {meta['total_wall_s']:.0f} s"
+
+
 
 
 if __name__ == "__main__":
