@@ -16,6 +16,14 @@ differently). Writes benchmarks/results/sweep_vs_loop-<device>-<date>.json.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if "--host-devices" in sys.argv:  # must be set before jax starts: CPU "devices" for sharding
+    _n = sys.argv[sys.argv.index("--host-devices") + 1]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={_n}")
+
 import argparse
 import datetime
 import json
@@ -56,6 +64,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--duration-s", type=float, default=None, help="override the preset")
     ap.add_argument("--chunk-size", type=int, default=0, help="0 = all points at once")
+    ap.add_argument("--host-devices", type=int, default=0,
+                    help="split the CPU into this many XLA devices; the sweep shards its points "
+                         "over them (the loop stays on one)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
     overrides = {} if args.duration_s is None else {"duration_s": args.duration_s}
@@ -101,7 +112,7 @@ def main(argv=None) -> dict:
     metrics, timing = run_points(run, cfg, keys_p, hp_p, axes, args.chunk_size or P)
     sweep_final = [float(x) for x in metrics[f"{task.primary}_mean"][:, -1]]
     print(f"  sweep: compile {timing['compile_s']:.2f} s, 16 runs {timing['run_s']:.2f} s "
-          f"({timing['chunks']} chunk(s) of {timing['chunk_size']})", flush=True)
+          f"({timing['chunks']} chunk(s) of {timing['chunk_size']}, {timing['devices']} device(s))", flush=True)
     diff = float(np.max(np.abs(np.array(loop_final) - np.array(sweep_final))))
 
     result = {
@@ -116,7 +127,8 @@ def main(argv=None) -> dict:
                  "total_s": round(loop_compile + loop_run, 3), "compiles": 1},
         "sweep": {"compile_s": round(timing["compile_s"], 3), "run_s": round(timing["run_s"], 3),
                   "total_s": round(timing["compile_s"] + timing["run_s"], 3), "compiles": 1,
-                  "chunks": timing["chunks"], "chunk_size": timing["chunk_size"]},
+                  "chunks": timing["chunks"], "chunk_size": timing["chunk_size"],
+                  "devices": timing["devices"]},
         "speedup_run": round(loop_run / timing["run_s"], 2),
         "speedup_total": round((loop_compile + loop_run) / (timing["compile_s"]
                                                             + timing["run_s"]), 2),
@@ -126,7 +138,8 @@ def main(argv=None) -> dict:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     dev = jax.devices()[0].device_kind.replace(" ", "_").lower()
-    path = args.out / f"sweep_vs_loop-{dev}-{result['date']}.json"
+    tag = f"-{timing['devices']}dev" if timing["devices"] > 1 else ""
+    path = args.out / f"sweep_vs_loop-{dev}{tag}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"  speedup (run only) {result['speedup_run']}x, (with compile) "
           f"{result['speedup_total']}x; max |diff| of final metric {diff:.2e}; wrote {path}")

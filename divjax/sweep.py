@@ -154,20 +154,44 @@ def make_batched(run: Callable, hp_axes: HParams) -> Callable:
 
 
 def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_axes: HParams,
-               chunk_size: int, progress: Callable | None = None) -> tuple[dict, dict]:
+               chunk_size: int, progress: Callable | None = None,
+               shard: bool = True) -> tuple[dict, dict]:
     """Run P points (keys (P,), hp leaves (P, ...) where batched) in chunks of one compiled size.
 
     The last chunk is padded by repeating the last point, so every chunk has the same shape and
-    the program compiles once. Returns (metrics leaves (P, C), timings).
+    the program compiles once. With several devices (and `shard`), each chunk's points are split
+    over all of them (the chunk size is rounded down to a multiple of the device count).
+    Returns (metrics leaves (P, C), timings).
     """
     from divjax.sim import check_state
 
     P = keys.shape[0]
     B = max(1, min(chunk_size, P))
+    devices = jax.devices()
+    sharded = shard and len(devices) > 1 and B >= len(devices)
+    if sharded:  # split every chunk's points evenly over the devices
+        B -= B % len(devices)
     n_chunks = math.ceil(P / B)
     idx = np.minimum(np.arange(n_chunks * B), P - 1).reshape(n_chunks, B)
-    take = lambda i: (keys[i], jax.tree.map(lambda x, a: x if a is None else x[i], hp, hp_axes,  # noqa: E731
-                                            is_leaf=lambda x: x is None))
+    if sharded:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.array(devices), ("points",))
+        split, whole = NamedSharding(mesh, PartitionSpec("points")), NamedSharding(mesh,
+                                                                                   PartitionSpec())
+    else:
+        split = whole = None
+
+    def take(i):
+        k = keys[i]
+        h = jax.tree.map(lambda x, a: x if a is None else x[i], hp, hp_axes,
+                         is_leaf=lambda x: x is None)
+        if sharded:
+            k = jax.device_put(k, split)
+            h = jax.tree.map(lambda x, a: jax.device_put(x, whole if a is None else split), h,
+                             hp_axes, is_leaf=lambda x: x is None)
+        return k, h
+
     fn = jax.jit(make_batched(run, hp_axes))
     t0 = time.perf_counter()
     compiled = fn.lower(*take(idx[0])).compile()
@@ -181,7 +205,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
             progress(min((j + 1) * B, P), P)
     run_s = time.perf_counter() - t0
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:P], *out)
-    return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": B, "chunks": n_chunks}
+    return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": B, "chunks": n_chunks,
+                     "devices": len(devices) if sharded else 1}
 
 
 class _Errs(NamedTuple):
