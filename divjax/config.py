@@ -38,7 +38,8 @@ class SimConfig:
     task: str = "synthetic"          # key into divjax.tasks.TASKS
     n_nodes: int = 16                # n
     n_fragments: int = 4             # Omega (K): fragments per model
-    fanout: int = 3                  # s: distinct receivers per fragment per iteration ("degree")
+    fanout: int = 3                  # s: distinct receivers per fragment per iteration ("degree");
+    #                                  AD-PSGD pings fanout // 2 neighbours (with replacement)
     topology: str = "complete"       # neighbour graph the receivers are drawn from
     local_steps: int = 4             # SGD mini-batch steps per iteration
     batch_size: int = 8

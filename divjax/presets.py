@@ -18,7 +18,7 @@ PRESETS: dict[str, Callable[[], SimConfig]] = {
     "synthetic-small": synthetic_small,
 }
 
-DEFAULT_PRESET = "synthetic-small"
+DEFAULT_PRESET = "movielens-default"  # embedded MovieLens: a real run offline
 
 
 def register_preset(name: str, fn: Callable[[], SimConfig]) -> None:

@@ -352,7 +352,9 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
                     f"diverged; lower --lr (now {cfg.lr}) or check the data")
     if e & ERR_RING_TOO_SHORT:
         msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
-                    "build the run with these HParams (make_run(cfg, hp=hp)) or set --ring-ticks 0")
+                    "build the run with these HParams (make_run(cfg, hp=hp)), or set "
+                    "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
+                    "whose pong delays depend on random pings)")
     if e & ERR_CAPACITY:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
