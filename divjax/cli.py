@@ -132,7 +132,17 @@ def cmd_run(args) -> int:
           f"(ring {cfg.ring_ticks} slots, delivery={cfg.delivery}, "
           f"train capacity {cfg.train_capacity})")
     if args.dry_run:
-        print(json.dumps({k: v for k, v in mem.items()}, indent=1))
+        from divjax import memory
+
+        data = memory.task_data_bytes(task)
+        model = memory.memory_model(cfg, layout, data_bytes=data)
+        print(memory.format_model(model))
+        biggest = memory.largest_n(cfg, layout, ring_slots=cfg.ring_ticks,
+                                   capacity_fraction=cfg.train_capacity / cfg.n_nodes,
+                                   data_bytes_fixed=data)
+        print(f"divjax: largest n that fits on {jax.devices()[0].device_kind} with this "
+              f"config: {biggest} (ring {cfg.ring_ticks} slots, "
+              f"{cfg.train_capacity / cfg.n_nodes:.0%} of the nodes training at one tick)")
         return 0
     primary = task.primary
     if args.resume is not None:

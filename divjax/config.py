@@ -58,6 +58,9 @@ class SimConfig:
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
     train_capacity: int = 0          # most nodes that finish in one tick; 0 = exact maximum
+    train_chunk: int = 0             # nodes trained at once (0 = every finishing node under one
+    #                                  vmap; k: lax.map over chunks of k, bounding memory; 1 runs
+    #                                  per-node kernels, faster for CNNs on CPU)
     eval_chunk: int = 64             # nodes evaluated at once (bounds evaluation memory)
     # --- default network (builds HParams arrays) ---
     fast_mbps: float = 60.0          # upload bandwidth of a normal node, Mbit/s
@@ -119,6 +122,8 @@ class SimConfig:
             bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
         if not 0 <= self.train_capacity <= self.n_nodes:
             bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
+        if self.train_chunk < 0:
+            bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
         if self.eval_chunk < 1:
             bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
 

@@ -773,7 +773,8 @@ def cifar10_small() -> SimConfig:
     """CIFAR-10 kshard(5), 8 nodes (1 straggler), 16 local steps, CPU-sized evaluation (needs --data-dir)."""
     return cifar10_paper().replace(task="cifar10-quick", n_nodes=8, n_stragglers=1,
                                    local_steps=16, compute_s=0.625, fanout=3, tick_s=0.125,
-                                   duration_s=15.0, eval_every_s=3.0, eval_chunk=8)
+                                   duration_s=15.0, eval_every_s=3.0, eval_chunk=8,
+                                   train_chunk=1)  # per-node convs: ~2x faster than vmap on CPU
 
 
 register_preset("movielens-paper", movielens_paper)

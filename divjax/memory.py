@@ -135,7 +135,10 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
         "neighbours": max_degree(cfg) * F32 + F32,
     }
     parts = {k: n * v for k, v in per_node.items()}
-    parts["training"] = C * ((4 + opt) * model + int(activation_bytes))
+    # gathered copies of the finishing nodes (params, trained, averaged, optimizer) for all C,
+    # plus gradient and activations for the nodes trained at once (train_chunk of them)
+    at_once = min(C, cfg.train_chunk) if cfg.train_chunk else C
+    parts["training"] = C * (3 + opt) * model + at_once * (model + int(activation_bytes))
     per_node["training"] = parts["training"] / n
     parts["data"] = int(data_bytes)
     per_node["data"] = parts["data"] / n
@@ -157,7 +160,8 @@ def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
     budget = int(FRACTION * available_memory_bytes()) if budget is None else int(budget)
 
     def total(n: int) -> int:
-        c = cfg.replace(n_nodes=n, fanout=min(cfg.fanout, n - 1), train_capacity=0)
+        c = cfg.replace(n_nodes=n, fanout=min(cfg.fanout, n - 1), train_capacity=0,
+                        n_stragglers=min(cfg.n_stragglers, n))
         return memory_model(c, layout, ring_slots=ring_slots,
                             train_capacity=max(1, math.ceil(capacity_fraction * n)),
                             data_bytes=int(data_bytes_fixed + data_bytes_per_node * n),

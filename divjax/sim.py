@@ -253,7 +253,12 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             p = state.params[safe]
             o = jax.tree.map(lambda x: x[safe], state.opt_state)
             bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
-            trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
+            if cfg.train_chunk and cfg.train_chunk < C:
+                # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
+                trained, o = jax.lax.map(lambda a: train_one(*a), (p, o, bkeys, safe),
+                                         batch_size=cfg.train_chunk)
+            else:
+                trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
             state, after = algo.iteration_end(ctx, state, node, valid, trained, keys, t)
             if cfg.reset_optimizer:
                 o = jax.vmap(tx.init)(after)

@@ -52,3 +52,27 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
     expect = [float(t >= arrival and t - c < arrival) for t in (10, 20, 30)]
     assert got_at == expect
     assert np.all(np.asarray(inbox.count) == 0)
+
+
+def test_sample_peers__distinct_never_self_and_uniform():
+    import jax
+
+    from divjax.algorithms.base import sample_peers
+    from divjax.topology import adjacency, neighbor_table
+
+    n, s = 6, 3
+    nb, deg = neighbor_table(adjacency(SimConfig(n_nodes=n, fanout=1)))
+    draw = jax.jit(jax.vmap(lambda k: sample_peers(k, jnp.int32(2), jnp.asarray(nb),
+                                                   jnp.asarray(deg), (), s)))
+    peers = np.asarray(draw(jax.random.split(jax.random.key(0), 20000)))
+    assert peers.shape == (20000, s)
+    assert (peers != 2).all()
+    assert all(len(set(row)) == s for row in peers[:2000].tolist())
+    freq = np.bincount(peers.ravel(), minlength=n)[[0, 1, 3, 4, 5]] / 20000
+    np.testing.assert_allclose(freq, s / (n - 1), atol=0.015)   # each neighbour: s / (n - 1)
+    # sparse topology: only the node's neighbours are ever drawn
+    nb, deg = neighbor_table(adjacency(SimConfig(n_nodes=n, fanout=1, topology="ring")))
+    ring = np.asarray(jax.vmap(lambda k: sample_peers(k, jnp.int32(2), jnp.asarray(nb),
+                                                      jnp.asarray(deg), (4,), 2))(
+        jax.random.split(jax.random.key(1), 50)))
+    assert set(np.unique(ring).tolist()) == {1, 3}

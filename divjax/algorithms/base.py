@@ -6,6 +6,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from divjax.config import SimConfig
 from divjax.flat import FragmentLayout
@@ -57,10 +58,22 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
                  shape: tuple[int, ...], count: int) -> jax.Array:
     """`count` distinct random neighbours of `node`, independently for each entry of `shape`.
 
-    Returns (*shape, count) int32 node ids; uniform over subsets (top-k of uniform keys).
+    Floyd's algorithm over the node's degree: O(count) work per draw whatever the degree (a
+    complete graph on thousands of nodes costs the same as a ring), uniform over subsets.
+    Returns (*shape, count) int32 node ids.
     """
-    width = neighbors.shape[1]
-    u = jax.random.uniform(key, shape + (width,))
-    u = jnp.where(jnp.arange(width) < degree[node], u, -1.0)
-    _, pick = jax.lax.top_k(u, count)
-    return neighbors[node][pick]
+    N = degree[node]
+    total = int(np.prod(shape)) if shape else 1
+    keys = jax.random.split(key, total * count).reshape(total, count)
+
+    def one(ks):
+        chosen = jnp.full((count,), -1, jnp.int32)
+        for idx in range(count):  # static and small
+            j = N - count + idx
+            t = jax.random.randint(ks[idx], (), 0, j + 1, dtype=jnp.int32)
+            t = jnp.where(jnp.any(chosen == t), j, t)
+            chosen = chosen.at[idx].set(t)
+        return chosen
+
+    picks = jax.vmap(one)(keys).reshape(tuple(shape) + (count,))
+    return neighbors[node, picks]
