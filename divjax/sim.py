@@ -25,6 +25,7 @@ from divjax.algorithms import ALGORITHMS, Algorithm, Context
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout, make_layout
 from divjax.local import all_finite, make_optimizer, make_train_one, node_batch_key
+from divjax.memory import available_memory_bytes
 from divjax.state import (
     ERR_CAPACITY,
     ERR_NONFINITE,
@@ -73,27 +74,6 @@ def check_memory_early(cfg: SimConfig, task: Task) -> None:
             f"{lower_bound / 2**30:.1f} GiB (parameters and one ring slot) but the device has "
             f"{have / 2**30:.1f} GiB: lower --n-nodes (at most "
             f"{int(0.8 * have // (2 * per_model))}) or use a smaller model")
-
-
-def available_memory_bytes() -> int:
-    """Memory the default device can hold: the accelerator's limit, or host RAM on CPU."""
-    dev = jax.devices()[0]
-    try:
-        stats = dev.memory_stats()
-    except Exception:  # noqa: BLE001  (CPU backends may not implement it)
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
-    try:
-        return int(os_total_memory())
-    except (OSError, ValueError):
-        return 1 << 40
-
-
-def os_total_memory() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,

@@ -340,3 +340,13 @@ def matplotlib_pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finish(out, name, columns, rows, meta, fig, notes) -> dict:
+    """Write the table, JSON and plot of a script, print the table, and return them."""
+    import matplotlib.pyplot as plt
+
+    paths = write_outputs(out, name, columns, rows, meta, fig, notes)
+    plt.close(fig)
+    print(paths["md"].read_text())
+    return {"rows": rows, "paths": paths, "meta": meta}

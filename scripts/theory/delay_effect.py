@@ -91,10 +91,7 @@ def main(argv=None) -> dict:
     for a in ax:
         a.legend(fontsize=7)
     meta = C.meta_of(cfg, args, lrs=lrs, latencies_s=lats, fits=fits)
-    paths = C.write_outputs(args.out, NAME, columns, rows, meta, fig, notes)
-    plt.close(fig)
-    print(paths["md"].read_text())
-    return {"rows": rows, "paths": paths, "meta": meta}
+    return C.finish(args.out, NAME, columns, rows, meta, fig, notes)
 
 
 if __name__ == "__main__":

@@ -74,10 +74,7 @@ def main(argv=None) -> dict:
         a.legend(fontsize=7)
     meta = C.meta_of(C.base_config(args.tiny), args, omegas=omegas, lr=lr,
                      consensus_slope=cons_slope, slow_copies_per_iteration="fanout / 2")
-    paths = C.write_outputs(args.out, NAME, columns, rows, meta, fig, notes)
-    plt.close(fig)
-    print(paths["md"].read_text())
-    return {"rows": rows, "paths": paths, "meta": meta}
+    return C.finish(args.out, NAME, columns, rows, meta, fig, notes)
 
 
 if __name__ == "__main__":

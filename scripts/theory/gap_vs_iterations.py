@@ -111,10 +111,7 @@ def main(argv=None) -> dict:
     meta = C.meta_of(cfg, args, lrs=lrs, constants=consts, delay=delays,
                      lr_plateau_slope=lr_slope, envelope_slope_late=env_slope_late,
                      envelope_slope_all=env_slope_all)
-    paths = C.write_outputs(args.out, NAME, columns, rows, meta, fig, notes)
-    plt.close(fig)
-    print(paths["md"].read_text())
-    return {"rows": rows, "paths": paths, "meta": meta}
+    return C.finish(args.out, NAME, columns, rows, meta, fig, notes)
 
 
 if __name__ == "__main__":

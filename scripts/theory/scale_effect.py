@@ -72,10 +72,7 @@ def main(argv=None) -> dict:
         a.legend(fontsize=7)
     meta = C.meta_of(C.base_config(args.tiny), args, ns=ns, lrs=lrs,
                      slopes={str(k): v for k, v in slopes.items()})
-    paths = C.write_outputs(args.out, NAME, columns, rows, meta, fig, notes)
-    plt.close(fig)
-    print(paths["md"].read_text())
-    return {"rows": rows, "paths": paths, "meta": meta}
+    return C.finish(args.out, NAME, columns, rows, meta, fig, notes)
 
 
 if __name__ == "__main__":
