@@ -208,7 +208,7 @@ def test_compare__summary_columns_and_time_to_target():
 def test_compare__cli_writes_table_json_and_plot(tmp_path):
     from divjax.cli import main
 
-    code = main(["compare", "--algorithms", "local", "--n-nodes", "4", "--duration-s", "1",
+    code = main(["compare", "--preset", "synthetic-small", "--algorithms", "local", "--n-nodes", "4", "--duration-s", "1",
                  "--eval-every-s", "0.5", "--out", str(tmp_path), "--quiet"])
     assert code == 0
     for name in ("compare.md", "compare.json", "compare.png"):

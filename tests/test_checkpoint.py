@@ -11,10 +11,10 @@ from divjax import checkpoint, cli, presets
 from divjax.config import default_hparams
 from divjax.sim import make_engine, simulate
 
-# the CLI flags that turn the default preset into CFG (momentum buffer: optimizer state to save)
-FLAGS = ["--n-nodes", "6", "--n-stragglers", "2", "--duration-s", "2", "--eval-every-s", "0.25",
+# the CLI flags that turn the synthetic preset into CFG (momentum buffer: optimizer state to save)
+FLAGS = ["--preset", "synthetic-small", "--n-nodes", "6", "--n-stragglers", "2", "--duration-s", "2", "--eval-every-s", "0.25",
          "--momentum-buffer", "--momentum", "0.9", "--no-reset-optimizer", "--seed", "3"]
-CFG = presets.get_preset(presets.DEFAULT_PRESET).replace(
+CFG = presets.get_preset("synthetic-small").replace(
     n_nodes=6, n_stragglers=2, duration_s=2.0, eval_every_s=0.25, momentum_buffer=True,
     momentum=0.9, reset_optimizer=False)
 

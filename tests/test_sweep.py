@@ -74,7 +74,7 @@ def test_sweep__cli(tmp_path, capsys):
     assert parse_grid_item("lr=log:0.01:1:3") == ("lr", [0.01, 0.1, 1.0])
     assert parse_grid_item("n-nodes=4,8") == ("n_nodes", [4, 8])
     out = tmp_path / "sw"
-    rc = cli.main(["sweep", "--grid", "straggler_share=0,0.4", "--seeds", "2", "--n-nodes", "5",
+    rc = cli.main(["sweep", "--preset", "synthetic-small", "--grid", "straggler_share=0,0.4", "--seeds", "2", "--n-nodes", "5",
                    "--fanout", "2", "--duration-s", "1", "--eval-every-s", "0.5", "--out",
                    str(out)])
     assert rc == 0
