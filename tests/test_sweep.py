@@ -55,9 +55,12 @@ def test_sweep__rows_equal_single_runs_and_outputs_are_written(tmp_path):
     cid = next(c["config"] for c in res.configs
                if c["n_nodes"] == 5 and c["lr"] == 0.1 and c["latency_ms"] == 30.0)
     row = [r for r in res.rows if r["config"] == cid and r["seed"] == 1]
-    for name in ("loss_mean", "consensus", "msgs_delivered"):
-        np.testing.assert_array_equal(np.array([r[name] for r in row], np.float32),
-                                      np.asarray(m[name]))
+    # counters are exact; floats agree to rounding (a vmapped program may pick other kernels)
+    np.testing.assert_array_equal(np.array([r["msgs_delivered"] for r in row], np.float32),
+                                  np.asarray(m["msgs_delivered"]))
+    for name in ("loss_mean", "consensus"):
+        np.testing.assert_allclose(np.array([r[name] for r in row], np.float32),
+                                   np.asarray(m[name]), rtol=1e-5, atol=1e-7)
     # the files
     for f in ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "summary.md",
               "plot.png"):
