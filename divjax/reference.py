@@ -50,6 +50,17 @@ class _Link:
     tokens: itertools.count = field(default_factory=itertools.count)
 
 
+def initial_models(cfg: SimConfig, task: Task, layout, key: jax.Array):
+    """Every node's initial (K, F) model as a numpy array, and the simulation key, from `key`
+    exactly as the engine splits it."""
+    k_init, k_sim = jax.random.split(key)
+    if cfg.same_init:
+        one = np.asarray(layout.flatten(task.init(k_init)), np.float32)
+        return [one.copy() for _ in range(cfg.n_nodes)], k_sim
+    return [np.asarray(layout.flatten(task.init(k)), np.float32)
+            for k in jax.random.split(k_init, cfg.n_nodes)], k_sim
+
+
 def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
              inbox_policy: str = "sum", keep_log: bool = False) -> ReferenceResult:
     """Run DivShare event by event for cfg.num_ticks ticks.
@@ -69,13 +80,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     init_opt = jax.jit(tx.init)
     routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
 
-    k_init, k_sim = jax.random.split(key)
-    if cfg.same_init:
-        one = np.asarray(layout.flatten(task.init(k_init)), np.float32)
-        params = [one.copy() for _ in range(n)]
-    else:
-        params = [np.asarray(layout.flatten(task.init(k)), np.float32)
-                  for k in jax.random.split(k_init, n)]
+    params, k_sim = initial_models(cfg, task, layout, key)
     opt = [init_opt(p) for p in params]
 
     sent = np.zeros((n, K), np.int64)

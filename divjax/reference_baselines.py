@@ -31,6 +31,7 @@ from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.reference import initial_models
 from divjax.sim import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -80,13 +81,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
              "epidemic": lambda k, i: epidemic_routes(k, i, nb, deg, s)}.get(cfg.algorithm)
     route = jax.jit(route) if route is not None else None
 
-    k_init, k_sim = jax.random.split(key)
-    if cfg.same_init:
-        one = np.asarray(layout.flatten(task.init(k_init)), np.float32)
-        params = [one.copy() for _ in range(n)]
-    else:
-        params = [np.asarray(layout.flatten(task.init(k)), np.float32)
-                  for k in jax.random.split(k_init, n)]
+    params, k_sim = initial_models(cfg, task, layout, key)
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 

@@ -28,7 +28,6 @@ value(s): a line plot for one field, a heat-map for two). Seeds are
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import itertools

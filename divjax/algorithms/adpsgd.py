@@ -39,6 +39,7 @@ from divjax.algorithms.queues import (
     check_link_clock,
     init_queue_state,
     schedule_appended_queue,
+    send_full_models,
 )
 from divjax.config import SimConfig
 from divjax.network import collect, push
@@ -70,7 +71,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                            jnp.zeros((Lp, n, n), jnp.int32))
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        C, K = node.shape[0], trained.shape[1]
+        C = node.shape[0]
         n = ctx.cfg.n_nodes
         safe = jnp.minimum(node, n - 1)
         drop = jnp.where(valid, node, n)
@@ -80,14 +81,9 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         if p > 0:
             recv = jax.vmap(lambda i: adpsgd_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                     p))(safe)                     # (C, p)
-            position = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p))
-            active = jnp.broadcast_to(valid[:, None], (C, p))
-            sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, node, active,
-                                            position, t, K)
-            inbox, counters, too_late = push(
-                ctx.cfg, inbox, counters, ctx.table, sched, node, jnp.zeros_like(valid),
-                jnp.broadcast_to(recv[..., None], (C, p, K)), trained)
-            state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
+            state, sched = send_full_models(ctx, state, q.link_free, node, valid, recv, trained,
+                                            t)
+            inbox, counters = state.inbox, state.counters
             sent = sched.sent[..., 0]
             pings = pings.at[sched.arrival[..., 0] % pings.shape[0],
                              jnp.where(sent, recv, n),

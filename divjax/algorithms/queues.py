@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, SimConfig
-from divjax.network import LinkTable, Schedule
+from divjax.network import LinkTable, Schedule, push
+from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
 
 class QueueState(NamedTuple):
@@ -143,3 +144,25 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
     round_ticks = jnp.max(c, axis=-1) + comm + jnp.where(comm > 0, lat, 0)
     return table._replace(
         compute_ticks=jnp.broadcast_to(round_ticks[..., None], c.shape).astype(jnp.int32))
+
+
+def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: jax.Array,
+                     recv: jax.Array, payload: jax.Array, t: jax.Array):
+    """Append one full-model message per receiver recv[c, j] to each sender's queue, scatter
+    them into the ring (as K fragments each) and time the counters.
+
+    Args:
+      ctx: the algorithm Context; state: SimState; link_free: (n,) int32;
+      node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F).
+    Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
+    """
+    C, J = recv.shape
+    K = payload.shape[1]
+    position = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (C, J))
+    active = jnp.broadcast_to(valid[:, None], (C, J))
+    sched = schedule_appended_queue(ctx.cfg, ctx.table, link_free, node, active, position, t, K)
+    inbox, counters, too_late = push(
+        ctx.cfg, state.inbox, state.counters, ctx.table, sched, node, jnp.zeros_like(valid),
+        jnp.broadcast_to(recv[..., None], (C, J, K)), payload)
+    state = state.replace(inbox=inbox, counters=counters)
+    return flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t), sched

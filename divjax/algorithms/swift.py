@@ -23,11 +23,10 @@ from divjax.algorithms.queues import (
     appended_link_free,
     appended_queue_longest_delay,
     init_queue_state,
-    schedule_appended_queue,
+    send_full_models,
 )
 from divjax.config import SimConfig
-from divjax.network import collect, push
-from divjax.state import ERR_RING_TOO_SHORT, flag_error
+from divjax.network import collect
 
 
 class SwiftState(NamedTuple):
@@ -55,20 +54,14 @@ def make_swift(cfg: SimConfig) -> Algorithm:
         return SwiftState(init_queue_state(ctx.cfg.n_nodes))
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        C, K = node.shape[0], trained.shape[1]
+        C = node.shape[0]
         safe = jnp.minimum(node, ctx.cfg.n_nodes - 1)
         inbox, counters, q = state.inbox, state.counters, state.algo_state.queue
         if s > 0:
             recv = jax.vmap(lambda i: swift_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                    s))(safe)                      # (C, s)
-            position = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (C, s))
-            active = jnp.broadcast_to(valid[:, None], (C, s))
-            sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, node, active,
-                                            position, t, K)
-            inbox, counters, too_late = push(
-                ctx.cfg, inbox, counters, ctx.table, sched, node, jnp.zeros_like(valid),
-                jnp.broadcast_to(recv[..., None], (C, s, K)), trained)
-            state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
+            state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t)
+            inbox, counters = state.inbox, state.counters
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
                                    jnp.full((C,), s, jnp.int32), t),
