@@ -13,7 +13,6 @@ happen to be gathered together.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -344,10 +343,6 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
     raise SimulationError("; ".join(msgs))
-
-
-def round_up(x: float, step: float) -> float:
-    return math.ceil(x / step) * step
 
 
 def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | None = None,
