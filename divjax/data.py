@@ -741,12 +741,17 @@ register_task("movielens-100k", partial(make_movielens_task, variant="100k",
 # Swap them with --compute-s. MovieLens optimizer settings are not in paper.md either; we use the
 # CIFAR-10 ones (SGD, lr 0.05, batch 8, 128 local steps) and say so.
 
+def _paper_setting(**task_specific) -> SimConfig:
+    """The paper's network and training (paper.md): 60 nodes, 7 stragglers, degree 6, 1 ms."""
+    return SimConfig(algorithm="divshare", n_nodes=60, n_fragments=8, fanout=6, n_stragglers=7,
+                     straggler_mbps=PAPER_STRAGGLER_MBPS, fast_mbps=60.0, latency_ms=1.0,
+                     tick_s=0.01, local_steps=128, batch_size=8, lr=0.05, **task_specific)
+
+
 def movielens_paper() -> SimConfig:
     """MovieLens latest-small, DivShare, the paper's 60 nodes / 7 stragglers / degree 6 (needs data_dir or embedded)."""
-    return SimConfig(algorithm="divshare", task="movielens", n_nodes=60, n_fragments=8, fanout=6,
-                     n_stragglers=7, straggler_mbps=PAPER_STRAGGLER_MBPS, fast_mbps=60.0,
-                     latency_ms=1.0, compute_s=0.15, tick_s=0.01, local_steps=128, batch_size=8,
-                     lr=0.05, duration_s=60.0, eval_every_s=2.0, eval_chunk=64)
+    return _paper_setting(task="movielens", compute_s=0.15, duration_s=60.0, eval_every_s=2.0,
+                          eval_chunk=64)
 
 
 def movielens_default() -> SimConfig:
@@ -763,10 +768,8 @@ def movielens_small() -> SimConfig:
 
 def cifar10_paper() -> SimConfig:
     """CIFAR-10 kshard(5), GN-LeNet, DivShare, the paper's 60 nodes / 7 stragglers (needs --data-dir; GPU-sized)."""
-    return SimConfig(algorithm="divshare", task="cifar10", n_nodes=60, n_fragments=8, fanout=6,
-                     n_stragglers=7, straggler_mbps=PAPER_STRAGGLER_MBPS, fast_mbps=60.0,
-                     latency_ms=1.0, compute_s=5.0, tick_s=0.01, local_steps=128, batch_size=8,
-                     lr=0.05, duration_s=800.0, eval_every_s=20.0, eval_chunk=8)
+    return _paper_setting(task="cifar10", compute_s=5.0, duration_s=800.0, eval_every_s=20.0,
+                          eval_chunk=8)
 
 
 def cifar10_small() -> SimConfig:

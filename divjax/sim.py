@@ -24,7 +24,7 @@ from divjax.algorithms import ALGORITHMS, Algorithm, Context
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout, make_layout
 from divjax.local import all_finite, make_optimizer, make_train_one, node_batch_key
-from divjax.memory import available_memory_bytes
+from divjax.memory import available_memory_bytes, memory_model
 from divjax.state import (
     ERR_CAPACITY,
     ERR_NONFINITE,
@@ -48,8 +48,6 @@ def model_layout(cfg: SimConfig, task: Task) -> FragmentLayout:
 
 def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int) -> dict:
     """Bytes the run's state needs, by part, and their "total" (see divjax.memory)."""
-    from divjax.memory import memory_model
-
     m = memory_model(cfg, layout, ring_slots=ring_slots, available=1)
     return {**{k: v for k, v in m["parts"].items() if v}, "total": m["total"]}
 

@@ -288,6 +288,13 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(name: str, doc: str, argv=None) -> argparse.Namespace:
+    """The scripts' common flags, with the default seed count filled in (2 tiny, 4 otherwise)."""
+    args = parser(name, doc).parse_args(argv)
+    args.seeds = args.seeds or (2 if args.tiny else 4)
+    return args
+
+
 def fmt(v) -> str:
     if v is None:
         return "-"

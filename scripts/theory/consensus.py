@@ -19,8 +19,7 @@ NAME = "consensus"
 
 
 def main(argv=None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.seeds = args.seeds or (2 if args.tiny else 4)
+    args = C.parse_args(NAME, __doc__, argv)
     cfg = C.base_config(args.tiny)
     lrs = [0.03, 0.1] if args.tiny else [0.01, 0.03, 0.1, 0.3]
     hets = [1.0] if args.tiny else [0.0, 1.0, 3.0]

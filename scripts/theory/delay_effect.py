@@ -26,8 +26,7 @@ NAME = "delay_effect"
 
 
 def main(argv=None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.seeds = args.seeds or (2 if args.tiny else 4)
+    args = C.parse_args(NAME, __doc__, argv)
     cfg = C.base_config(args.tiny)
     task = C.theory_task(cfg, args.tiny)
     lrs = [0.1] if args.tiny else [0.03, 0.1]

@@ -24,8 +24,7 @@ NAME = "fragmentation_effect"
 
 
 def main(argv=None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.seeds = args.seeds or (2 if args.tiny else 4)
+    args = C.parse_args(NAME, __doc__, argv)
     omegas = [1, 2] if args.tiny else [1, 2, 4, 8, 16]
     lr = 0.1
     rows, curves = [], {}

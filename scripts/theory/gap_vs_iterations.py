@@ -24,8 +24,7 @@ NAME = "gap_vs_iterations"
 
 
 def main(argv=None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.seeds = args.seeds or (2 if args.tiny else 4)
+    args = C.parse_args(NAME, __doc__, argv)
     # 400 iterations: the small learning rates need them to leave their transient
     cfg = C.base_config(args.tiny) if args.tiny else C.base_config(False, duration_s=400.0)
     task = C.theory_task(cfg, args.tiny)
@@ -81,7 +80,7 @@ def main(argv=None) -> dict:
         f"log-log slope of gap plateau vs lr, over the lr whose plateau is reached (third and "
         f"last quarter of the run within 25%): {lr_slope:.2f} (reference: 1 for the "
         "gamma sigma^2/n term, 2 for the consensus/delay term gamma^2 (1/p + tau)(...)).",
-        f"ideal_plateau = lr * sigma^2 / (4 n): mini-batch SGD with batch n*B on the same "
+        "ideal_plateau = lr * sigma^2 / (4 n): mini-batch SGD with batch n*B on the same "
         "quadratic; plateau_ratio > 1 is the cost of gossip and delays (meaningful only where "
         "plateau_reached).",
         f"measured constants: L={consts['L']:.3g}, mu={consts['mu']:.3g}, F0={consts['F0']:.3g},"

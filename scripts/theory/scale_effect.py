@@ -21,8 +21,7 @@ NAME = "scale_effect"
 
 
 def main(argv=None) -> dict:
-    args = C.parser(NAME, __doc__).parse_args(argv)
-    args.seeds = args.seeds or (2 if args.tiny else 4)
+    args = C.parse_args(NAME, __doc__, argv)
     ns = [4, 8] if args.tiny else [4, 8, 16, 32, 64]
     lrs = [0.1] if args.tiny else [0.03, 0.1]
     rows, curves = [], {}
