@@ -8,7 +8,7 @@ Lc counter-ring ticks and C gathered (training) nodes:
 
   params       n K F 4                       the node models, (n, K, F)
   optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)
-  ring         R n K (F + 1) 4               payload sums and counts of messages in flight
+  ring         R n K (F + 1) 4 + 8 C         payload sums and counts of messages in flight
   pending      n K (F + 1) 4                 only with delivery="arrival_tick"
   counters     (Lc + 1) n (K + 2) 4 + 8 n    the exact counters, next_end, iterations
   training     C K F 4 * (4 + opt)           gathered models, trained models, gradients,
@@ -135,6 +135,7 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
         "neighbours": max_degree(cfg) * F32 + F32,
     }
     parts = {k: n * v for k, v in per_node.items()}
+    parts["ring"] += 2 * C * F32                          # the slots and nodes to clear next tick
     # gathered copies of the finishing nodes (params, trained, averaged, optimizer) for all C,
     # plus gradient and activations for the nodes trained at once (train_chunk of them)
     at_once = min(C, cfg.train_chunk) if cfg.train_chunk else C

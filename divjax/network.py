@@ -129,13 +129,19 @@ def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
 class Inbox(NamedTuple):
     """Messages in flight and arrived-but-not-averaged payloads.
 
-    R = L (arrival_tick) or B (receiver_iteration) slots.
+    R = L (arrival_tick) or B (receiver_iteration) slots. `collect` only reads the payloads of
+    the nodes that aggregate; their entries are zeroed at the start of the next tick
+    (`clear_collected`). Reading and clearing a slot in the same step makes XLA copy the whole
+    ring (it cannot order the read before the in-place write); across ticks they are ordered by
+    the loop itself, so every write to the ring is in place.
     """
 
     total: jax.Array          # (R, n, K, F) float32: summed payloads per slot, receiver, fragment
     count: jax.Array          # (R, n, K) float32: number of payloads summed there
     pending_total: jax.Array  # (n, K, F) float32 (arrival_tick) or (0, K, F): arrived, not averaged
     pending_count: jax.Array  # (n, K) float32 (arrival_tick) or (0, K)
+    clear_slot: jax.Array     # (C,) int32: ring slot (receiver_iteration) collected last tick
+    clear_node: jax.Array     # (C,) int32: nodes collected last tick, n = none
 
 
 class Counters(NamedTuple):
@@ -149,7 +155,8 @@ class Counters(NamedTuple):
     delivered: jax.Array      # (n,) int32: messages that arrived at receiver n
 
 
-def init_inbox(cfg: SimConfig, slots: int, K: int, F: int) -> Inbox:
+def init_inbox(cfg: SimConfig, slots: int, K: int, F: int, capacity: int = 1) -> Inbox:
+    """Empty ring of `slots` slots; `capacity` = most nodes collected at one tick."""
     n = cfg.n_nodes
     pend = n if cfg.delivery == "arrival_tick" else 0
     return Inbox(
@@ -157,6 +164,8 @@ def init_inbox(cfg: SimConfig, slots: int, K: int, F: int) -> Inbox:
         count=jnp.zeros((slots, n, K), jnp.float32),
         pending_total=jnp.zeros((pend, K, F), jnp.float32),
         pending_count=jnp.zeros((pend, K), jnp.float32),
+        clear_slot=jnp.zeros((capacity,), jnp.int32),
+        clear_node=jnp.full((capacity,), n, jnp.int32),
     )
 
 
@@ -193,29 +202,55 @@ def arrive(cfg: SimConfig, inbox: Inbox, t: jax.Array) -> Inbox:
 
 def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
             compute_ticks: jax.Array, t: jax.Array):
-    """Take the arrived payloads of the nodes aggregating at tick t and empty their inbox.
+    """Read the arrived payloads of the nodes aggregating at tick t (at most once per tick).
+
+    Their inbox entries are zeroed by `clear_collected` at the start of the next tick; until
+    then nothing can arrive there (a message sent at t arrives after t, so it joins a later
+    aggregation, hence another ring slot).
 
     Args:
-      node: (C,) int32 ids of the aggregating nodes (entries with valid=False are padding).
+      node: (C,) int32 ids of the aggregating nodes (entries with valid=False are padding);
+        C must not exceed the capacity the inbox was built with.
     Returns:
       (inbox, got_total (C, K, F), got_count (C, K)).
     """
-    drop = jnp.where(valid, node, cfg.n_nodes)  # out of range: dropped by the scatter
-    safe = jnp.minimum(node, cfg.n_nodes - 1)
+    n = cfg.n_nodes
+    drop = jnp.where(valid, node, n)
+    safe = jnp.minimum(node, n - 1)
     if cfg.delivery == "arrival_tick":
         got_total = inbox.pending_total[safe]
         got_count = inbox.pending_count[safe]
-        inbox = inbox._replace(
-            pending_total=inbox.pending_total.at[drop].set(0.0, mode="drop"),
-            pending_count=inbox.pending_count.at[drop].set(0.0, mode="drop"))
+        slot = jnp.zeros_like(safe)
     else:
         slot = (t // compute_ticks[safe]) % inbox.total.shape[0]  # this aggregation's index
         got_total = inbox.total[slot, safe]
         got_count = inbox.count[slot, safe]
-        inbox = inbox._replace(
-            total=inbox.total.at[slot, drop].set(0.0, mode="drop"),
-            count=inbox.count.at[slot, drop].set(0.0, mode="drop"))
+    C = inbox.clear_node.shape[0]
+    if node.shape[0] > C:
+        raise ValueError(f"collect of {node.shape[0]} nodes but the inbox clears at most {C}")
+    pad = C - node.shape[0]
+    inbox = inbox._replace(clear_slot=jnp.pad(slot, (0, pad)).astype(jnp.int32),
+                           clear_node=jnp.pad(drop, (0, pad), constant_values=n).astype(jnp.int32))
     return inbox, got_total, got_count
+
+
+def clear_collected(cfg: SimConfig, inbox: Inbox) -> Inbox:
+    """Zero what `collect` read at the previous tick (call first thing in a tick)."""
+    n = cfg.n_nodes
+    slot, node = inbox.clear_slot, inbox.clear_node
+
+    def clear(inbox: Inbox) -> Inbox:
+        if cfg.delivery == "arrival_tick":
+            inbox = inbox._replace(
+                pending_total=inbox.pending_total.at[node].set(0.0, mode="drop"),
+                pending_count=inbox.pending_count.at[node].set(0.0, mode="drop"))
+        else:
+            inbox = inbox._replace(
+                total=inbox.total.at[slot, node].set(0.0, mode="drop"),
+                count=inbox.count.at[slot, node].set(0.0, mode="drop"))
+        return inbox._replace(clear_node=jnp.full_like(node, n))
+
+    return jax.lax.cond(jnp.any(node < n), clear, lambda i: i, inbox)
 
 
 class Schedule(NamedTuple):

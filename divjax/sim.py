@@ -200,7 +200,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             params=params,
             opt_state=jax.vmap(tx.init)(params),
             algo_state=algo.init(ctx, params),
-            inbox=network.init_inbox(cfg, ring_slots, K, F),
+            inbox=network.init_inbox(cfg, ring_slots, K, F, C),
             counters=network.init_counters(n, K, counter_ticks),
             next_end=table.compute_ticks,
             iterations=jnp.zeros((n,), jnp.int32),
@@ -216,8 +216,9 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         keys = tick_keys(state.k_sim, t)
         tx = make_optimizer(cfg, hp)
         train_one = make_train_one(cfg, task, layout, tx)
+        inbox = network.clear_collected(cfg, state.inbox)
         state = state.replace(counters=network.tick_counters(state.counters, t),
-                              inbox=network.arrive(cfg, state.inbox, t))
+                              inbox=network.arrive(cfg, inbox, t))
         if algo.on_tick is not None:
             state = algo.on_tick(ctx, state, keys, t)
         done = state.next_end == t                                              # (n,)

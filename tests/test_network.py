@@ -46,12 +46,13 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
                             jnp.array([True]), jnp.full((1, 1, K), 2), jnp.ones((1, K, F)))
     got_at = []
     for t in (10, 20, 30):
+        inbox = network.clear_collected(cfg, inbox)
         inbox, total, count = network.collect(cfg, inbox, jnp.array([2]), jnp.array([True]),
                                               table.compute_ticks, jnp.int32(t))
         got_at.append(float(count.sum()))
     expect = [float(t >= arrival and t - c < arrival) for t in (10, 20, 30)]
     assert got_at == expect
-    assert np.all(np.asarray(inbox.count) == 0)
+    assert np.all(np.asarray(network.clear_collected(cfg, inbox).count) == 0)
 
 
 def test_sample_peers__distinct_never_self_and_uniform():
