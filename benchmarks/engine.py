@@ -11,15 +11,16 @@ How it is measured (STYLE.md 3.9): every function is compiled ahead of time
 timed `repeats` times with `block_until_ready`; the figure is the median. All ratios of one row
 come from the same process, the same inputs and back-to-back timings:
 
-  full       one eval interval of the engine (`engine.advance`: E ticks), minus one evaluation
+  full       the E ticks of one eval interval of the engine (`engine.run_ticks`), no evaluation
   local      the same node-iterations of local training alone: gather the finishing nodes'
              models, `vmap(train_one)`, scatter them back (what a simulator without a network
              would do)
   exchange   DivShare's iteration end alone (`algo.iteration_end`: routes, link schedule,
              scatter of the fragments into the ring, collecting and averaging the inbox), for
              the same finishing nodes and ticks
-  ring       the delay buffer alone: the fan-out scatter-adds of the payload into the ring
-             slots plus clearing the collected slots (a part of `exchange`)
+  ring       the delay buffer alone: clearing what the previous tick collected, the fan-out
+             scatter-adds of the payload into the ring slots, reading the collected slots
+             (a part of `exchange`)
   ratio_a    full / local                      (cost of emulating the network)
   ratio_b    ring / memory-traffic floor, where floor = bytes the scatter reads and writes /
              bandwidth of a plain array copy of the same size on this device
@@ -46,7 +47,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from divjax import memory, network
 from divjax.algorithms import ALGORITHMS, Context
@@ -111,24 +111,23 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
            "ring_slots": cfg.ring_ticks, "batch": cfg.batch_size,
            "local_steps": cfg.local_steps}
 
-    # full: one eval interval (E ticks + one evaluation), donated like sim.simulate
-    advance = jax.jit(engine.advance, donate_argnums=0)
+    # full: the E ticks of one eval interval (no evaluation), donated like sim.simulate
+    advance = jax.jit(engine.run_ticks, donate_argnums=0)
     t0 = time.perf_counter()
     adv_c = advance.lower(state, hp).compile()
     row["compile_s"] = time.perf_counter() - t0
-    st = adv_c(state, hp)[0]
+    st = adv_c(state, hp)
     jax.block_until_ready(st)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        st, _m = adv_c(st, hp)
+        st = adv_c(st, hp)
         jax.block_until_ready(st)
         times.append(time.perf_counter() - t0)
     state = st
-    full_interval = statistics.median(times)
+    full = statistics.median(times)
     _, eval_s, _ = timed(engine.evaluate, state, repeats=repeats)
-    full = max(full_interval - eval_s, 1e-9)
-    row.update(interval_s=full_interval, eval_s=eval_s, full_s=full)
+    row.update(interval_s=full + eval_s, eval_s=eval_s, full_s=full)
     mem = memory.compiled_memory(adv_c)
     row["xla_peak_bytes"] = mem.get("peak_estimate", 0)
     model = memory.memory_model(cfg, layout, data_bytes=memory.task_data_bytes(task))
@@ -167,6 +166,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
 
         def body(i, s):
             t = ticks[i]
+            s = s.replace(inbox=network.clear_collected(cfg, s.inbox))
             s, after = algo.iteration_end(ctx, s, node, valid, s.params[node],
                                           tick_keys(s.k_sim, t), t)
             return s.replace(params=s.params.at[node].set(after))
@@ -184,13 +184,14 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
     def ring(total, count, payload):
         def body(i, carry):
             total, count, acc = carry
+            s = i % R
+            prev = (i + R - 1) % R                    # clear what the last tick collected
+            total = total.at[prev, node].set(0.0)
+            count = count.at[prev, node].set(0.0)
             for j in range(J):
                 total = total.at[slot[i, :, j], recv[i, :, j], frag].add(payload)
                 count = count.at[slot[i, :, j], recv[i, :, j], frag].add(1.0)
-            s = i % R
             got = total[s, node] + payload            # collect: read the slot, average
-            total = total.at[s, node].set(0.0)
-            count = count.at[s, node].set(0.0)
             return total, count, acc + got[:, 0, 0]
         return jax.lax.fori_loop(0, finishes, body, (total, count, jnp.zeros(C)))
 

@@ -61,6 +61,9 @@ class SimConfig:
     train_chunk: int = 0             # nodes trained at once (0 = every finishing node under one
     #                                  vmap; k: lax.map over chunks of k, bounding memory; 1 runs
     #                                  per-node kernels, faster for CNNs on CPU)
+    iteration_chunk: int = 0         # finishing nodes whose whole iteration end (training,
+    #                                  sending, averaging) runs at once; 0 = all; k bounds the
+    #                                  gathered models to k (thousands of large models in memory)
     eval_chunk: int = 64             # nodes evaluated at once (bounds evaluation memory)
     # --- default network (builds HParams arrays) ---
     fast_mbps: float = 60.0          # upload bandwidth of a normal node, Mbit/s
@@ -124,6 +127,9 @@ class SimConfig:
             bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
         if self.train_chunk < 0:
             bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
+        if self.iteration_chunk < 0:
+            bad("iteration_chunk", self.iteration_chunk,
+                "use 0 (all at once) or a positive chunk size")
         if self.eval_chunk < 1:
             bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
 

@@ -645,10 +645,48 @@ def make_cifar10_task(cfg: SimConfig, partition: str = "kshard", shards: int = 5
                 metric_names=("acc", "loss"), primary="acc", higher_is_better=True, info=info)
 
 
+def synthetic_ratings(n_users: int, n_params: int = 206_680, rank: int = 5,
+                      per_user: int = 40, seed: int = 0) -> Ratings:
+    """MovieLens-shaped ratings from a planted low-rank model, for scaling runs past 610 users.
+
+    n_items is chosen so that the 20-factor model has `n_params` parameters (MovieLens
+    latest-small's 206,680 by default): n_items = n_params / 20 - n_users. Each user rates
+    `per_user` distinct random items and every item is rated at least once; a rating is
+    3.5 + <u, v> + noise, rounded to half stars in [0.5, 5].
+    """
+    n_items = n_params // models.MF_FACTORS - n_users
+    if n_items < per_user:
+        raise ConfigError(f"{n_users} users leave {n_items} items in a {n_params}-parameter "
+                          f"model: use fewer nodes (at most "
+                          f"{n_params // models.MF_FACTORS - per_user})")
+    rng = np.random.default_rng(seed)
+    u = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_users, rank))
+    v = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_items, rank))
+    item = np.argsort(rng.random((n_users, n_items)), axis=1)[:, :per_user] if n_items < 4096 \
+        else np.stack([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    user = np.repeat(np.arange(n_users), per_user)
+    item = item.reshape(-1)
+    unrated = np.setdiff1d(np.arange(n_items), item)    # every item is rated at least once
+    user = np.concatenate([user, rng.integers(0, n_users, unrated.size)])
+    item = np.concatenate([item, unrated])
+    raw = 3.5 + np.sum(u[user] * v[item], axis=1) + rng.normal(0.0, 0.3, user.size)
+    stars = np.clip(np.round(raw * 2) / 2, 0.5, 5.0).astype(np.float32)
+    return Ratings(user.astype(np.int64), item.astype(np.int64), stars)
+
+
 def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batch: int = 1024,
                         name: str = "movielens") -> Task:
-    """MovieLens with matrix factorisation (20 factors), users dealt to nodes in blocks."""
-    ratings, source = load_movielens(cfg.data_dir, variant)
+    """MovieLens with matrix factorisation (20 factors), users dealt to nodes in blocks.
+
+    variant "synthetic": `synthetic_ratings` with one user per node (at least 610), a model of
+    MovieLens latest-small's size; for scaling to thousands of nodes.
+    """
+    if variant == "synthetic":
+        ratings = synthetic_ratings(max(cfg.n_nodes, 610), seed=cfg.data_seed)
+        source = (f"synthetic ratings, planted rank 5 ({len(ratings.rating)} ratings, "
+                  f"seed {cfg.data_seed})")
+    else:
+        ratings, source = load_movielens(cfg.data_dir, variant)
     sp = split_movielens(ratings, cfg.n_nodes, cfg.data_seed)
     n = cfg.n_nodes
     tr, te = np.flatnonzero(sp.train), np.flatnonzero(~sp.train)
@@ -725,6 +763,8 @@ register_task("cifar10-quick", partial(make_cifar10_task, eval_node=200, eval_gl
 register_task("movielens", make_movielens_task)
 register_task("movielens-100k", partial(make_movielens_task, variant="100k",
                                         name="movielens-100k"))
+register_task("movielens-synthetic", partial(make_movielens_task, variant="synthetic",
+                                             name="movielens-synthetic"))
 
 
 # ============================================================================ presets

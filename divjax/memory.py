@@ -11,7 +11,7 @@ Lc counter-ring ticks and C gathered (training) nodes:
   ring         R n K (F + 1) 4 + 8 C         payload sums and counts of messages in flight
   pending      n K (F + 1) 4                 only with delivery="arrival_tick"
   counters     (Lc + 1) n (K + 2) 4 + 8 n    the exact counters, next_end, iterations
-  training     C K F 4 * (4 + opt)           gathered models, trained models, gradients,
+  training     C' K F 4 * (4 + opt)          gathered models, trained models, gradients,
                + C activation_bytes          averaged models; activations of one node's batch
   neighbours   n max_degree 4                the padded neighbour table
   data         what the task keeps on the device (node shards + shared test sets)
@@ -138,8 +138,9 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     parts["ring"] += 2 * C * F32                          # the slots and nodes to clear next tick
     # gathered copies of the finishing nodes (params, trained, averaged, optimizer) for all C,
     # plus gradient and activations for the nodes trained at once (train_chunk of them)
-    at_once = min(C, cfg.train_chunk) if cfg.train_chunk else C
-    parts["training"] = C * (3 + opt) * model + at_once * (model + int(activation_bytes))
+    gathered = min(C, cfg.iteration_chunk) if cfg.iteration_chunk else C
+    at_once = min(gathered, cfg.train_chunk) if cfg.train_chunk else gathered
+    parts["training"] = gathered * (3 + opt) * model + at_once * (model + int(activation_bytes))
     per_node["training"] = parts["training"] / n
     parts["data"] = int(data_bytes)
     per_node["data"] = parts["data"] / n

@@ -316,9 +316,12 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     R = inbox.total.shape[0]
     if cfg.delivery == "arrival_tick":
         span = sched.arrival - sched.enqueue_tick[:, None, None]       # ticks in flight
-    else:  # aggregations ahead of the receiver's current one
-        span = ((sched.arrival + c_recv - 1) // c_recv
-                               - sched.enqueue_tick[:, None, None] // c_recv)
+    else:
+        # the receiver's slots free at tick t belong to its aggregations after t (one that
+        # aggregates at t keeps that slot until the next tick clears it): aggregations
+        # ceil(t / c) .. ceil(t / c) + R - 1, counting t's own only if it is still to come
+        enq = sched.enqueue_tick[:, None, None]
+        span = ((sched.arrival + c_recv - 1) // c_recv - (enq + c_recv - 1) // c_recv) + 1
     too_late = jnp.any(sched.sent & ((span > R) | (
         sched.arrival - sched.enqueue_tick[:, None, None] >= Lc)))
     total, count = inbox.total, inbox.count

@@ -139,6 +139,7 @@ class Engine(NamedTuple):
     init: Callable      # init(key, hp) -> SimState
     advance: Callable   # advance(state, hp) -> (state, metrics): one eval interval of ticks
     evaluate: Callable  # evaluate(state) -> metrics dict
+    run_ticks: Callable  # run_ticks(state, hp) -> state: the ticks of `advance`, no evaluation
 
 
 def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
@@ -162,6 +163,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
     n, K, F = cfg.n_nodes, layout.K, layout.F
     C, E = cfg.train_capacity, cfg.eval_every
+    Ch = cfg.iteration_chunk
     ring_slots = cfg.ring_ticks
     counter_ticks = cfg.delay_ticks + 1  # the counters' ring: longest delay + 1 ticks
     real = jnp.asarray(layout.real_mask())
@@ -223,15 +225,15 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             state = algo.on_tick(ctx, state, keys, t)
         done = state.next_end == t                                              # (n,)
 
-        def work(state: SimState) -> SimState:
-            node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)   # (C,)
+        def end_iterations(state: SimState, node: jax.Array) -> SimState:
+            """Train, send and average the nodes `node` (entries == n are padding)."""
             valid = node < n
             safe = jnp.minimum(node, n - 1)
             drop = jnp.where(valid, node, n)
             p = state.params[safe]
             o = jax.tree.map(lambda x: x[safe], state.opt_state)
             bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
-            if cfg.train_chunk and cfg.train_chunk < C:
+            if cfg.train_chunk and cfg.train_chunk < node.shape[0]:
                 # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
                 trained, o = jax.lax.map(lambda a: train_one(*a), (p, o, bkeys, safe),
                                          batch_size=cfg.train_chunk)
@@ -242,7 +244,6 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
                 o = jax.vmap(tx.init)(after)
             err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0,
                             ERR_NONFINITE)
-            err |= jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0)
             return state.replace(
                 params=state.params.at[drop].set(after, mode="drop"),
                 opt_state=jax.tree.map(lambda full, part: full.at[drop].set(part, mode="drop"),
@@ -251,6 +252,38 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
                 first_error_tick=jnp.where((state.first_error_tick < 0) & (err > 0), t,
                                            state.first_error_tick),
             )
+
+        def work(state: SimState) -> SimState:
+            node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)   # (C,)
+            if Ch and Ch < C:
+                # chunks of Ch nodes, one after another: only Ch models are gathered at once.
+                # Equal to all at once: a message sent at t joins an aggregation after t, so no
+                # chunk reads what another chunk of the same tick sends.
+                chunks = -(-C // Ch)
+                node = jnp.pad(node, (0, chunks * Ch - C), constant_values=n)
+
+                def chunk(i, carry):
+                    state, clear_slot, clear_node = carry
+                    state = end_iterations(state, jax.lax.dynamic_slice(node, (i * Ch,), (Ch,)))
+                    at = (i * Ch,)
+                    inbox = state.inbox
+                    return (state,
+                            jax.lax.dynamic_update_slice(clear_slot, inbox.clear_slot[:Ch], at),
+                            jax.lax.dynamic_update_slice(clear_node, inbox.clear_node[:Ch], at))
+
+                needed = (jnp.minimum(jnp.sum(done), C) + Ch - 1) // Ch
+                state, clear_slot, clear_node = jax.lax.fori_loop(
+                    0, needed, chunk, (state, jnp.zeros((chunks * Ch,), jnp.int32),
+                                       jnp.full((chunks * Ch,), n, jnp.int32)))
+                state = state.replace(inbox=state.inbox._replace(
+                    clear_slot=clear_slot[:C], clear_node=clear_node[:C]))
+            else:
+                state = end_iterations(state, node)
+            err = jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0)
+            return state.replace(
+                errors=state.errors | err,
+                first_error_tick=jnp.where((state.first_error_tick < 0) & (err > 0), t,
+                                           state.first_error_tick))
 
         state = jax.lax.cond(jnp.any(done), work, lambda s: s, state)
         return state.replace(
@@ -284,12 +317,15 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         out["node"] = {name: per_node[name] for name in task.metric_names}
         return out
 
-    def advance(state: SimState, hp: HParams):
+    def run_ticks(state: SimState, hp: HParams) -> SimState:
         ctx = context(hp)
-        state = jax.lax.fori_loop(0, E, lambda _, s: tick(s, hp, ctx), state)
+        return jax.lax.fori_loop(0, E, lambda _, s: tick(s, hp, ctx), state)
+
+    def advance(state: SimState, hp: HParams):
+        state = run_ticks(state, hp)
         return state, evaluate(state)
 
-    return Engine(cfg, task, layout, init, advance, evaluate)
+    return Engine(cfg, task, layout, init, advance, evaluate, run_ticks)
 
 
 def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,

@@ -370,3 +370,16 @@ def test_cifar10_task__partition_summary_and_evaluation(tmp_path):
     # the node view is the first 20 images of the fixed order: the mean over 20 of its outputs
     vm = jax.jit(jax.vmap(task.evaluate, (None, 0)))(params, jnp.arange(3, dtype=jnp.int32))
     chex.assert_trees_all_close(vm["acc"], jnp.full(3, node_m["acc"]), atol=1e-6)
+
+
+def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
+    from divjax.data import synthetic_ratings
+    from divjax.tasks import make_task
+
+    task = make_task(SimConfig(task="movielens-synthetic", n_nodes=700, batch_size=8))
+    assert task.info["n_users"] == 700 and task.info["params"] == 206_680
+    assert task.info["users_per_node"] == [1] * 700
+    r = synthetic_ratings(700)
+    assert r.rating.min() >= 0.5 and r.rating.max() <= 5.0 and np.all(r.rating * 2 % 1 == 0)
+    with pytest.raises(ConfigError, match="use fewer nodes"):
+        synthetic_ratings(10_334)

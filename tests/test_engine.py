@@ -172,3 +172,22 @@ def test_run__metrics_have_documented_shapes_and_are_finite():
     chex.assert_shape(m["node"]["loss"], (cfg.num_chunks, cfg.n_nodes))
     chex.assert_tree_all_finite(m)
     np.testing.assert_allclose(m["time_s"], np.arange(1, cfg.num_chunks + 1) * 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm,delivery", [("divshare", "receiver_iteration"),
+                                                ("divshare", "arrival_tick"),
+                                                ("adpsgd", "arrival_tick")])
+def test_iteration_chunk__equals_every_finishing_node_at_once(algorithm, delivery):
+    """Up to 4 nodes finish together; chunks of 2 give the same models and the same counters."""
+    cfg = tiny_config(algorithm=algorithm, delivery=delivery, fanout=2, duration_s=1.5)
+    hp = straggler_hparams(cfg)
+    _, whole, m_whole = run_engine(cfg, hp, seed=3)
+    run, chunked, m_chunked = run_engine(cfg.replace(iteration_chunk=2), hp, seed=3)
+    assert run.engine.cfg.train_capacity > 2            # so the finishers span two chunks
+    np.testing.assert_allclose(np.asarray(chunked.params), np.asarray(whole.params),
+                               rtol=1e-6, atol=1e-7)
+    for field in ("sent", "dropped", "delivered"):
+        np.testing.assert_array_equal(np.asarray(getattr(chunked.counters, field)),
+                                      np.asarray(getattr(whole.counters, field)))
+    np.testing.assert_array_equal(np.asarray(chunked.iterations), np.asarray(whole.iterations))
+    assert float(m_whole["msgs_delivered"][-1]) > 0
