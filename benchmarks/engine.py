@@ -249,23 +249,40 @@ def bench_sweep(cfg: SimConfig, seeds: int = 8, repeats: int = 3) -> dict:
             "compile_single_s": c1, "compile_sweep_s": cS}
 
 
-def compile_only_memory(cfg: SimConfig, task=None) -> dict:
-    """XLA's memory figures of one interval at a large n, compiled but not run."""
-    task = task if task is not None else make_task(cfg)
-    hp = default_hparams(cfg)
-    engine = make_engine(cfg, task, hp=hp)
-    state = jax.eval_shape(engine.init, jax.random.key(0), hp)
-    t0 = time.perf_counter()
-    comp = jax.jit(engine.advance, donate_argnums=0).lower(state, hp).compile()
-    out = memory.compiled_memory(comp)
-    m = memory.memory_model(engine.cfg, engine.layout, data_bytes=memory.task_data_bytes(task))
-    return {"task": cfg.task, "n": cfg.n_nodes, "compile_s": time.perf_counter() - t0,
-            "xla_peak_GiB": out.get("peak_estimate", 0) / 2**30,
-            "model_GiB": m["total"] / 2**30,
-            "largest_n_24GiB": memory.largest_n(
-                engine.cfg, engine.layout, int(24 * 2**30 / memory.FRACTION),
-                ring_slots=engine.cfg.ring_ticks,
-                data_bytes_fixed=memory.task_data_bytes(task))}
+def run_big_mf(n: int, chunk: int) -> dict:
+    """`divjax run` of n MovieLens-sized MF nodes (206,680 parameters each) in a child process:
+    wall time, its peak resident memory (getrusage of the child) and the memory model."""
+    args = ["--task", "movielens-synthetic", "--n-nodes", str(n), "--iteration-chunk",
+            str(chunk), "--n-fragments", "4", "--fanout", "3", "--tick-s", "0.1",
+            "--compute-s", "1.0", "--duration-s", "2", "--eval-every-s", "1",
+            "--local-steps", "4", "--batch-size", "32"]
+    cfg = SimConfig(task="movielens-synthetic", n_nodes=n, iteration_chunk=chunk, n_fragments=4,
+                    fanout=3, tick_s=0.1, compute_s=1.0, duration_s=2.0, eval_every_s=1.0,
+                    local_steps=4, batch_size=32)
+    task = make_task(cfg)
+    engine = make_engine(cfg, task)
+    model = memory.memory_model(engine.cfg, engine.layout,
+                                data_bytes=memory.task_data_bytes(task))
+    del engine, task
+    out_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"divjax-bench-mf{n}"
+    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(r.returncode, time.perf_counter() - t, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+            "print(r.stdout[-2000:], r.stderr[-2000:])")
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "divjax.cli", "run", "--quiet",
+           "--out", str(out_dir), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    rc, wall, rss_kb = res.stdout.split("\n")[0].split()
+    if int(rc) != 0:
+        raise RuntimeError(res.stdout[-3000:])
+    final = json.loads((out_dir / "metrics.json").read_text())
+    return {"task": "movielens-synthetic", "n": n, "D": 206_680, "iteration_chunk": chunk,
+            "wall_s": float(wall), "peak_rss_GiB": int(rss_kb) / 2**20,
+            "model_GiB": model["total"] / 2**30,
+            "model_state_GiB": sum(model["parts"][k] for k in ("params", "ring")) / 2**30,
+            "simulated_s": 2.0, "command": "divjax run " + " ".join(args),
+            "final_rmse_mean": final["rmse_mean"][-1]}
 
 
 # ----------------------------------------------------------------------------- suites
@@ -327,7 +344,10 @@ def main(argv=None):
     ap.add_argument("--cnn-ns", type=int, nargs="*", default=[16, 64])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--big-mf", type=int, default=4096,
-                    help="n of the compile-only memory check of MovieLens MF (0: skip)")
+                    help="n of the large MovieLens-sized MF run, in a child process whose peak "
+                         "resident memory is recorded (0: skip)")
+    ap.add_argument("--big-mf-chunk", type=int, default=256,
+                    help="iteration_chunk of that run (bounds the gathered models)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -361,12 +381,12 @@ def main(argv=None):
                     continue
                 rows.append(r)
                 log(r)
-        if args.big_mf and have_task("movielens"):
+        if args.big_mf and have_task("movielens-synthetic"):
             try:
-                extra["mf_big"] = compile_only_memory(base_cfg("movielens", args.big_mf))
+                extra["mf_big"] = run_big_mf(args.big_mf, args.big_mf_chunk)
                 log(extra["mf_big"])
             except Exception as e:  # noqa: BLE001
-                print(f"# movielens n={args.big_mf} compile failed: {e}", file=sys.stderr)
+                print(f"# movielens-synthetic n={args.big_mf} failed: {e}", file=sys.stderr)
 
     md = write(rows, extra, args, dev, t_start)
     print(md)
@@ -394,9 +414,10 @@ def write(rows, extra, args, dev, t_start) -> str:
                   f"8 x {s['single_s']:.3f} s single runs (ratio {s['sweep_over_singles']:.2f})")
     if "mf_big" in extra:
         b = extra["mf_big"]
-        md.append(f"MovieLens MF n={b['n']} (compiled, not run): XLA peak "
-                  f"{b['xla_peak_GiB']:.2f} GiB, memory model {b['model_GiB']:.2f} GiB, "
-                  f"largest n in 24 GiB (model) {b['largest_n_24GiB']}")
+        md.append(f"MovieLens-sized MF, n={b['n']} nodes x {b['D']} parameters, run for "
+                  f"{b['simulated_s']:g} simulated s (iteration_chunk={b['iteration_chunk']}): "
+                  f"{b['wall_s']:.0f} s wall, peak resident memory {b['peak_rss_GiB']:.2f} GiB "
+                  f"(memory model {b['model_GiB']:.2f} GiB)")
     md += ["", "Columns: see the module docstring of benchmarks/engine.py. Times are per eval "
            "interval (all finishing ticks of it), in seconds.", ""]
     stem.with_suffix(".md").write_text("\n".join(md))

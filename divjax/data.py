@@ -694,12 +694,17 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
     train_parts = [tr[node_of_user[sp.user[tr]] == i] for i in range(n)]
     test_parts = [te[node_of_user[sp.user[te]] == i] for i in range(n)] + [te]
     node_idx, node_size = padded_table(train_parts)
-    views, view_size = padded_table(test_parts, multiple=eval_batch)
+    # test views back to back (row n = the global test set): a padded (n + 1, m) table would
+    # be as wide as the global set, n * |test| entries
+    view_size = np.array([len(p) for p in test_parts], np.int32)
+    view_start = np.concatenate([[0], np.cumsum(view_size)[:-1]]).astype(np.int32)
+    flat_views = np.concatenate(test_parts + [np.zeros(eval_batch, np.int64)]).astype(np.int32)
 
     user_d, item_d = jnp.asarray(sp.user), jnp.asarray(sp.item)
     rating_d = jnp.asarray(sp.rating, jnp.float32)
     node_idx_d, node_size_d = jnp.asarray(node_idx), jnp.asarray(node_size)
-    views_d, view_size_d = jnp.asarray(views), jnp.asarray(view_size)
+    flat_views_d = jnp.asarray(flat_views)
+    view_start_d, view_size_d = jnp.asarray(view_start), jnp.asarray(view_size)
     init, predict = models.mf_functions(sp.n_users, sp.n_items)
     B = cfg.batch_size
 
@@ -713,13 +718,18 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
 
     def evaluate(params, node):
         row = jnp.where(node < 0, n, node)
+        size = view_size_d[row]
 
-        def sums(idx, mask):
+        def body(c, se):
+            start = c * eval_batch
+            idx = jax.lax.dynamic_slice(flat_views_d, (view_start_d[row] + start,),
+                                        (eval_batch,))
+            mask = start + jnp.arange(eval_batch) < size
             err = predict(params, user_d[idx], item_d[idx]) - rating_d[idx]
-            return {"se": jnp.sum(jnp.where(mask, err**2, 0.0))}
+            return se + jnp.sum(jnp.where(mask, err**2, 0.0))
 
-        tot = chunked_sums(sums, views_d, view_size_d, row, eval_batch, {"se": jnp.float32(0)})
-        mse = tot["se"] / jnp.maximum(view_size_d[row], 1).astype(jnp.float32)
+        se = jax.lax.fori_loop(0, (size + eval_batch - 1) // eval_batch, body, jnp.float32(0))
+        mse = se / jnp.maximum(size, 1).astype(jnp.float32)
         return {"rmse": jnp.sqrt(mse), "loss": mse}
 
     def make_local_train(cfg_, layout, tx):

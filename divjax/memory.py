@@ -140,7 +140,8 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     # plus gradient and activations for the nodes trained at once (train_chunk of them)
     gathered = min(C, cfg.iteration_chunk) if cfg.iteration_chunk else C
     at_once = min(gathered, cfg.train_chunk) if cfg.train_chunk else gathered
-    parts["training"] = gathered * (3 + opt) * model + at_once * (model + int(activation_bytes))
+    # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
+    parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))
     per_node["training"] = parts["training"] / n
     parts["data"] = int(data_bytes)
     per_node["data"] = parts["data"] / n

@@ -239,15 +239,29 @@ def clear_collected(cfg: SimConfig, inbox: Inbox) -> Inbox:
     n = cfg.n_nodes
     slot, node = inbox.clear_slot, inbox.clear_node
 
-    def clear(inbox: Inbox) -> Inbox:
+    # XLA materialises the zeros a scatter writes: clear in chunks of iteration_chunk nodes so
+    # that buffer holds iteration_chunk models, not one per collected node
+    C = node.shape[0]
+    ch = cfg.iteration_chunk if 0 < cfg.iteration_chunk < C else C
+    chunks = -(-C // ch)
+    slot_p = jnp.pad(slot, (0, chunks * ch - C))
+    node_p = jnp.pad(node, (0, chunks * ch - C), constant_values=n)
+
+    def clear_chunk(i, inbox: Inbox) -> Inbox:
+        s = jax.lax.dynamic_slice(slot_p, (i * ch,), (ch,))
+        r = jax.lax.dynamic_slice(node_p, (i * ch,), (ch,))
         if cfg.delivery == "arrival_tick":
-            inbox = inbox._replace(
-                pending_total=inbox.pending_total.at[node].set(0.0, mode="drop"),
-                pending_count=inbox.pending_count.at[node].set(0.0, mode="drop"))
+            return inbox._replace(
+                pending_total=inbox.pending_total.at[r].set(0.0, mode="drop"),
+                pending_count=inbox.pending_count.at[r].set(0.0, mode="drop"))
+        return inbox._replace(total=inbox.total.at[s, r].set(0.0, mode="drop"),
+                              count=inbox.count.at[s, r].set(0.0, mode="drop"))
+
+    def clear(inbox: Inbox) -> Inbox:
+        if chunks == 1:
+            inbox = clear_chunk(0, inbox)
         else:
-            inbox = inbox._replace(
-                total=inbox.total.at[slot, node].set(0.0, mode="drop"),
-                count=inbox.count.at[slot, node].set(0.0, mode="drop"))
+            inbox = jax.lax.fori_loop(0, (jnp.sum(node < n) + ch - 1) // ch, clear_chunk, inbox)
         return inbox._replace(clear_node=jnp.full_like(node, n))
 
     return jax.lax.cond(jnp.any(node < n), clear, lambda i: i, inbox)

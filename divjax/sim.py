@@ -294,10 +294,15 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
 
     def evaluate(state: SimState) -> dict:
         params = state.params
-        per_node = jax.lax.map(lambda a: task.evaluate(layout.unflatten(a[0]), a[1]),
-                               (params, jnp.arange(n, dtype=jnp.int32)),
-                               batch_size=min(cfg.eval_chunk, n))
         avg = jnp.mean(params, axis=0)
+
+        def one_node(a):  # metrics and squared distance to the average, eval_chunk at a time
+            p, node = a
+            return (task.evaluate(layout.unflatten(p), node),
+                    jnp.sum(jnp.where(real, p - avg, 0.0) ** 2))
+
+        per_node, dist2 = jax.lax.map(one_node, (params, jnp.arange(n, dtype=jnp.int32)),
+                                      batch_size=min(cfg.eval_chunk, n))
         avg_metrics = task.evaluate(layout.unflatten(avg), jnp.int32(-1))
         out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
         for name in task.metric_names:
@@ -306,8 +311,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             out[f"{name}_min"] = jnp.min(v)
             out[f"{name}_max"] = jnp.max(v)
             out[f"{name}_avgmodel"] = avg_metrics[name]
-        diff = jnp.where(real, params - avg, 0.0)
-        out["consensus"] = jnp.mean(jnp.sum(diff**2, axis=(1, 2)))
+        out["consensus"] = jnp.mean(dist2)
         c = state.counters
         out["bytes_sent"] = jnp.sum(c.sent.astype(jnp.float32) * frag_bytes)
         out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)

@@ -383,3 +383,22 @@ def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
     assert r.rating.min() >= 0.5 and r.rating.max() <= 5.0 and np.all(r.rating * 2 % 1 == 0)
     with pytest.raises(ConfigError, match="use fewer nodes"):
         synthetic_ratings(10_334)
+
+
+def test_movielens_evaluate__equals_numpy_rmse_on_global_and_node_test_sets():
+    from divjax import models
+    from divjax.tasks import make_task
+
+    n = 16
+    task = make_task(SimConfig(task="movielens", n_nodes=n))
+    params = jax.tree.map(lambda x: x + 0.3, task.init(jax.random.key(0)))
+    ratings, _ = data.load_movielens("")
+    sp = data.split_movielens(ratings, n, 0)
+    _, predict = models.mf_functions(sp.n_users, sp.n_items)
+    node_of = np.searchsorted(sp.node_users, sp.user, side="right") - 1
+    evaluate = jax.jit(task.evaluate)
+    for node, rows in ((-1, ~sp.train), (3, ~sp.train & (node_of == 3))):
+        pred = np.asarray(predict(params, jnp.asarray(sp.user[rows]), jnp.asarray(sp.item[rows])))
+        want = np.sqrt(np.mean((pred - sp.rating[rows]) ** 2))
+        np.testing.assert_allclose(float(evaluate(params, jnp.int32(node))["rmse"]), want,
+                                   rtol=1e-5)
