@@ -23,7 +23,8 @@ come from the same process, the same inputs and back-to-back timings:
              (a part of `exchange`)
   ratio_a    full / local                      (cost of emulating the network)
   ratio_b    ring / memory-traffic floor, where floor = bytes the scatter reads and writes /
-             bandwidth of a plain array copy of the same size on this device
+             bandwidth of a plain array copy of the same size on this device (both best of
+             3 x repeats: short timings on a shared machine are noisy)
              (ratio_b_exchange: the same for the whole iteration end, routes included)
   ratio_c    vmapped per-node training / one shared-weights model on the same total batch
   sweep      vmap over 8 seeds vs 8 single runs (time ratio; < 1 means the sweep is cheaper)
@@ -54,17 +55,20 @@ from divjax.config import SimConfig, default_hparams
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.sim import make_engine
 from divjax.state import tick_keys
-from divjax.tasks import make_task
+from divjax.tasks import make_synthetic_task, make_task
 from divjax.topology import adjacency, neighbor_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# CIFAR-10 copy (see divjax.data); --data-dir or DIVJAX_DATA_DIR override it
+DATA_DIR = os.environ.get("DIVJAX_DATA_DIR",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 # ----------------------------------------------------------------------------- timing
 
 
-def timed(fn, *args, repeats=3):
-    """(compile_s, median run_s, compiled) of jit(fn)(*args), AOT-compiled apart."""
+def timed(fn, *args, repeats=3, stat=statistics.median):
+    """(compile_s, stat(run times), compiled) of jit(fn)(*args), AOT-compiled apart."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -74,7 +78,7 @@ def timed(fn, *args, repeats=3):
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), compiled
+    return compile_s, stat(times), compiled
 
 
 def git_commit() -> str:
@@ -85,10 +89,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
-    """Bytes/s a plain array copy (read + write) of `nbytes` reaches on the default device."""
+def copy_bandwidth(nbytes: int, repeats: int = 15) -> float:
+    """Bytes/s a plain array copy (read + write) of `nbytes` reaches on the default device
+    (best of `repeats`: the floor is what the machine can do)."""
     x = jnp.zeros(max(1, nbytes // 4), jnp.float32)
-    _, s, _ = timed(lambda a: a + 1.0, x, repeats=repeats)
+    _, s, _ = timed(lambda a: a + 1.0, x, repeats=repeats, stat=min)
     return 2 * x.nbytes / s
 
 
@@ -196,7 +201,9 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
         return jax.lax.fori_loop(0, finishes, body, (total, count, jnp.zeros(C)))
 
     payload = state.params[node]
-    _, ring_s, _ = timed(ring, state.inbox.total, state.inbox.count, payload, repeats=repeats)
+    # best of 3x repeats, like the copy it is compared with (both are short and noisy)
+    _, ring_s, _ = timed(ring, state.inbox.total, state.inbox.count, payload,
+                         repeats=3 * repeats, stat=min)
     row["ring_s"] = ring_s
     per_tick_bytes = (3 * J + 3) * C * K * F * 4   # J x (read payload, read+write row); collect
     bw = copy_bandwidth(per_tick_bytes * finishes)
@@ -291,9 +298,9 @@ def run_big_mf(n: int, chunk: int) -> dict:
 def base_cfg(task: str, n: int, **kw) -> SimConfig:
     common = dict(task=task, n_nodes=n, n_fragments=4, fanout=3, tick_s=0.1, compute_s=1.0,
                   eval_every_s=2.0, duration_s=2.0, local_steps=4, batch_size=8)
-    if task == "cifar10":
+    if task.startswith("cifar10"):
         common.update(local_steps=1, batch_size=8, eval_every_s=1.0, duration_s=1.0,
-                      data_dir="/work/shared/data")
+                      data_dir=DATA_DIR)
     if task == "movielens":
         common.update(local_steps=4, batch_size=32)
     common.update(kw)
@@ -340,6 +347,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", choices=("engine", "throughput", "all"), default="all")
     ap.add_argument("--ns", type=int, nargs="*", default=[16, 256, 1024, 4096])
+    ap.add_argument("--wide-ns", type=int, nargs="*", default=[1024],
+                    help="n of the synthetic rows with a 4,100-parameter model (dim 1024)")
     ap.add_argument("--mf-ns", type=int, nargs="*", default=[16, 256])
     ap.add_argument("--cnn-ns", type=int, nargs="*", default=[16, 64])
     ap.add_argument("--repeats", type=int, default=3)
@@ -349,7 +358,10 @@ def main(argv=None):
     ap.add_argument("--big-mf-chunk", type=int, default=256,
                     help="iteration_chunk of that run (bounds the gathered models)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--data-dir", default=None, help="folder with the CIFAR-10 copy")
     args = ap.parse_args(argv)
+    global DATA_DIR
+    DATA_DIR = args.data_dir or DATA_DIR
     t_start = time.perf_counter()
     dev = jax.devices()[0]
     rows, extra = [], {}
@@ -365,11 +377,19 @@ def main(argv=None):
                              with_ratio_c=True)
             rows.append(r)
             log(r)
+        for n in args.wide_ns:  # a model large enough for the scatter to be bandwidth-bound
+            cfg = base_cfg("synthetic", n)
+            r = bench_config(cfg, task=make_synthetic_task(cfg, dim=1024), repeats=args.repeats,
+                             with_ratio_c=True, label="synthetic-wide")
+            rows.append(r)
+            log(r)
         extra["sweep"] = bench_sweep(base_cfg("synthetic", 16, duration_s=10.0,
                                               eval_every_s=2.0), repeats=args.repeats)
         log(extra["sweep"])
     if args.suite in ("throughput", "all"):
-        for name, ns in (("movielens", args.mf_ns), ("cifar10", args.cnn_ns)):
+        # cifar10-quick: GN-LeNet on CIFAR-10 with a CPU-sized evaluation (200 test images
+        # per node); training and exchange are those of cifar10
+        for name, ns in (("movielens", args.mf_ns), ("cifar10-quick", args.cnn_ns)):
             if not have_task(name):
                 print(f"# task {name} not registered: skipped", file=sys.stderr)
                 continue
