@@ -2,7 +2,7 @@
 simulated seconds per wall second, ratios (a) (b) (c) and memory. Same code as
 benchmarks/engine.py (`--suite throughput`); see its docstring for how each figure is measured.
 
-    python benchmarks/throughput.py [--mf-ns 16 256 1024] [--cnn-ns 16 64] [--big-mf 4096]
+    python benchmarks/throughput.py [--mf-ns 16 256] [--cnn-ns 16 64] [--big-mf 4096]
 """
 
 import sys
