@@ -30,6 +30,8 @@ come from the same process, the same inputs and back-to-back timings:
   sweep      vmap over 8 seeds vs 8 single runs (time ratio; < 1 means the sweep is cheaper)
   memory     XLA's buffer analysis of the compiled interval (arguments + outputs + temps -
              donated) and the analytic model (divjax.memory)
+  ring_copies_in_hlo  copies of the whole ring in the compiled interval (should be 0: the ring
+             is updated in place)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -97,6 +100,13 @@ def copy_bandwidth(nbytes: int, repeats: int = 15) -> float:
     return 2 * x.nbytes / s
 
 
+def ring_copies(compiled, shape) -> int:
+    """Copies of a whole ring-shaped buffer in a compiled program (0 when it is written in
+    place; a copy per tick costs as much as the exchange itself)."""
+    dims = ",".join(str(d) for d in shape)
+    return len(re.findall(rf"= f32\[{dims}\]\{{[\d,]*\}} copy\(", compiled.as_text()))
+
+
 # ----------------------------------------------------------------------------- one config
 
 
@@ -137,6 +147,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
     jax.block_until_ready(eval_c(state))
     eval_s = time.perf_counter() - t0
     row.update(interval_s=full + eval_s, eval_s=eval_s, full_s=full)
+    row["ring_copies_in_hlo"] = ring_copies(adv_c, state.inbox.total.shape)
     mem = memory.compiled_memory(adv_c)
     row["xla_peak_bytes"] = mem.get("peak_estimate", 0)
     model = memory.memory_model(cfg, layout, data_bytes=memory.task_data_bytes(task))
