@@ -662,8 +662,7 @@ def synthetic_ratings(n_users: int, n_params: int = 206_680, rank: int = 5,
     rng = np.random.default_rng(seed)
     u = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_users, rank))
     v = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_items, rank))
-    item = np.argsort(rng.random((n_users, n_items)), axis=1)[:, :per_user] if n_items < 4096 \
-        else np.stack([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    item = np.stack([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
     user = np.repeat(np.arange(n_users), per_user)
     item = item.reshape(-1)
     unrated = np.setdiff1d(np.arange(n_items), item)    # every item is rated at least once

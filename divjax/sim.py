@@ -30,6 +30,7 @@ from divjax.state import (
     ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
     SimState,
+    flag_error,
     tick_keys,
 )
 from divjax.tasks import Task, make_task
@@ -244,14 +245,11 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
                 o = jax.vmap(tx.init)(after)
             err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0,
                             ERR_NONFINITE)
-            return state.replace(
+            state = state.replace(
                 params=state.params.at[drop].set(after, mode="drop"),
                 opt_state=jax.tree.map(lambda full, part: full.at[drop].set(part, mode="drop"),
-                                       state.opt_state, o),
-                errors=state.errors | err,
-                first_error_tick=jnp.where((state.first_error_tick < 0) & (err > 0), t,
-                                           state.first_error_tick),
-            )
+                                       state.opt_state, o))
+            return flag_error(state, err, t)
 
         def work(state: SimState) -> SimState:
             node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)   # (C,)
@@ -279,11 +277,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
                     clear_slot=clear_slot[:C], clear_node=clear_node[:C]))
             else:
                 state = end_iterations(state, node)
-            err = jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0)
-            return state.replace(
-                errors=state.errors | err,
-                first_error_tick=jnp.where((state.first_error_tick < 0) & (err > 0), t,
-                                           state.first_error_tick))
+            return flag_error(state, jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0), t)
 
         state = jax.lax.cond(jnp.any(done), work, lambda s: s, state)
         return state.replace(
