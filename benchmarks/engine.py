@@ -274,13 +274,11 @@ def bench_sweep(cfg: SimConfig, seeds: int = 8, repeats: int = 3) -> dict:
 def run_big_mf(n: int, chunk: int) -> dict:
     """`divjax run` of n MovieLens-sized MF nodes (206,680 parameters each) in a child process:
     wall time, its peak resident memory (getrusage of the child) and the memory model."""
-    args = ["--task", "movielens-synthetic", "--n-nodes", str(n), "--iteration-chunk",
-            str(chunk), "--n-fragments", "4", "--fanout", "3", "--tick-s", "0.1",
-            "--compute-s", "1.0", "--duration-s", "2", "--eval-every-s", "1",
-            "--local-steps", "4", "--batch-size", "32"]
-    cfg = SimConfig(task="movielens-synthetic", n_nodes=n, iteration_chunk=chunk, n_fragments=4,
-                    fanout=3, tick_s=0.1, compute_s=1.0, duration_s=2.0, eval_every_s=1.0,
-                    local_steps=4, batch_size=32)
+    setting = dict(task="movielens-synthetic", n_nodes=n, iteration_chunk=chunk, n_fragments=4,
+                   fanout=3, tick_s=0.1, compute_s=1.0, duration_s=2.0, eval_every_s=1.0,
+                   local_steps=4, batch_size=32)
+    cfg = SimConfig(**setting)
+    args = [a for k, v in setting.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     task = make_task(cfg)
     engine = make_engine(cfg, task)
     model = memory.memory_model(engine.cfg, engine.layout,
