@@ -185,6 +185,8 @@ def make_mf_sparse_train(cfg, layout, tx, sample_batch: Callable, user_pos: np.n
     (q[c] += a G[c] / s). p is materialised once, at the end of the iteration. With wd = 0,
     s stays exactly 1. Keys and batches are the dense path's (`local.make_train_one`): same
     `split(key, local_steps)`, same `sample_batch`, so the two agree to float rounding.
+    The steps themselves run in `mf_sgd_steps`, whose batching rule lets models that draw the
+    same mini-batches (a learning-rate sweep under one seed) share every row access.
     """
     if jax.tree.leaves(tx.init(jnp.zeros((1,), jnp.float32))):
         raise ConfigError("the sparse matrix-factorisation update needs a stateless optimizer "
@@ -192,24 +194,83 @@ def make_mf_sparse_train(cfg, layout, tx, sample_batch: Callable, user_pos: np.n
                           "the dense path")
     K, F = layout.K, layout.F
     upos, ipos = jnp.asarray(user_pos), jnp.asarray(item_pos)
-    grad_rows = jax.grad(mf_loss_rows, argnums=(0, 1))
 
     def train_one(params, opt_state, key, node):
         one, zero = jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32)
         a = tx.update(one, opt_state, zero)[0]              # -lr
         decay = 1.0 + tx.update(zero, opt_state, one)[0]     # 1 - lr * wd
-
-        def step(carry, k):
-            q, s = carry                                     # (K*F,), ()
-            batch = sample_batch(k, node)
-            pu, pi = upos[batch["user"]], ipos[batch["item"]]   # (B, f) flat positions
-            gu, gi = grad_rows(q[pu] * s, q[pi] * s, batch["rating"])
-            s = s * decay
-            q = q.at[pu].add(a * gu / s).at[pi].add(a * gi / s)
-            return (q, s), None
-
         keys = jax.random.split(key, cfg.local_steps)
-        (q, s), _ = jax.lax.scan(step, (params.reshape(K * F), one), keys)
-        return (q * s).reshape(K, F), opt_state
+        batch = jax.vmap(sample_batch, (0, None))(keys, node)        # leaves (T, B)
+        pu, pi = upos[batch["user"]], ipos[batch["item"]]          # (T, B, f) flat positions
+        q, s = mf_sgd_steps(params.reshape(1, K * F, 1), one.reshape(1, 1), a.reshape(1, 1),
+                            decay.reshape(1, 1), pu[None], pi[None], batch["rating"][None])
+        return (q[0, :, 0] * s[0, 0]).reshape(K, F), opt_state
 
     return train_one
+
+
+_grad_rows = jax.grad(mf_loss_rows, argnums=(0, 1))
+# W models at once, W the minor axis: rows (B, f, W), one rating vector for all of them
+_grad_rows_w = jax.vmap(_grad_rows, in_axes=(-1, -1, None), out_axes=-1)
+
+
+def _mf_sgd_steps_impl(q, s, a, decay, pu, pi, rating):
+    """T sparse SGD steps for N groups of W models; the W models of a group share their batches.
+
+    q (N, D, W) flat models (model w of group g is q[g, :, w]); s, a, decay (N, W) (scale,
+    -lr, 1 - lr wd); pu, pi (N, T, B, f) positions of the touched coordinates; rating (N, T, B).
+    Returns (q, s). A row access moves W contiguous floats, so W models cost about one.
+    """
+
+    def one_group(q, s, a, decay, pu, pi, rating):
+        def step(carry, batch):
+            q, s = carry                                                   # (D, W), (W,)
+            pu_t, pi_t, r_t = batch
+            gu, gi = _grad_rows_w(q[pu_t] * s, q[pi_t] * s, r_t)           # (B, f, W)
+            s = s * decay
+            q = q.at[pu_t].add(a * gu / s).at[pi_t].add(a * gi / s)
+            return (q, s), None
+
+        (q, s), _ = jax.lax.scan(step, (q, s), (pu, pi, rating))
+        return q, s
+
+    return jax.vmap(one_group)(q, s, a, decay, pu, pi, rating)
+
+
+mf_sgd_steps = jax.custom_batching.custom_vmap(_mf_sgd_steps_impl)
+
+
+@mf_sgd_steps.def_vmap
+def _mf_sgd_steps_vmap(axis_size, in_batched, q, s, a, decay, pu, pi, rating):
+    """vmap of `mf_sgd_steps` over P: P more groups, or P times wider groups.
+
+    If the batches (pu, pi, rating) are not batched, the P copies draw the same mini-batches (a
+    sweep of learning rates under one seed): they join the W axis, so each row access serves
+    all of them. Otherwise they become P * N separate groups (nodes, seeds). Either way the
+    result is `mf_sgd_steps` once, so nested vmaps (points of nodes) apply this rule again.
+    """
+    P = axis_size
+    models = (q, s, a, decay)
+
+    def lead(x, batched):                       # a leading P axis, broadcast if not batched
+        return x if batched else jnp.broadcast_to(x, (P,) + x.shape)
+
+    models = [lead(x, b) for x, b in zip(models, in_batched[:4])]
+    if not any(in_batched[4:]):
+        def to_w(x):                            # (P, N, ..., W) -> (N, ..., P * W)
+            x = jnp.moveaxis(x, 0, -2)
+            return x.reshape(x.shape[:-2] + (P * x.shape[-1],))
+
+        q, s = mf_sgd_steps(*(to_w(x) for x in models), pu, pi, rating)
+
+        def from_w(x):                          # (N, ..., P * W) -> (P, N, ..., W)
+            return jnp.moveaxis(x.reshape(x.shape[:-1] + (P, x.shape[-1] // P)), -2, 0)
+
+        return (from_w(q), from_w(s)), (True, True)
+    batches = [lead(x, b) for x, b in zip((pu, pi, rating), in_batched[4:])]
+
+    def to_n(x):                                # (P, N, ...) -> (P * N, ...)
+        return x.reshape((P * x.shape[1],) + x.shape[2:])
+
+    q, s = mf_sgd_steps(*(to_n(x) for x in models + batches))
+    return (q.reshape((P, -1) + q.shape[1:]), s.reshape((P, -1) + s.shape[1:])), (True, True)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig
+from divjax.rows import add_rows, get_rows, set_rows
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
 
@@ -218,13 +219,13 @@ def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
     drop = jnp.where(valid, node, n)
     safe = jnp.minimum(node, n - 1)
     if cfg.delivery == "arrival_tick":
-        got_total = inbox.pending_total[safe]
-        got_count = inbox.pending_count[safe]
+        got_total = get_rows(inbox.pending_total, (safe,))
+        got_count = get_rows(inbox.pending_count, (safe,))
         slot = jnp.zeros_like(safe)
     else:
         slot = (t // compute_ticks[safe]) % inbox.total.shape[0]  # this aggregation's index
-        got_total = inbox.total[slot, safe]
-        got_count = inbox.count[slot, safe]
+        got_total = get_rows(inbox.total, (slot, safe))
+        got_count = get_rows(inbox.count, (slot, safe))
     C = inbox.clear_node.shape[0]
     if node.shape[0] > C:
         raise ValueError(f"collect of {node.shape[0]} nodes but the inbox clears at most {C}")
@@ -252,10 +253,10 @@ def clear_collected(cfg: SimConfig, inbox: Inbox) -> Inbox:
         r = jax.lax.dynamic_slice(node_p, (i * ch,), (ch,))
         if cfg.delivery == "arrival_tick":
             return inbox._replace(
-                pending_total=inbox.pending_total.at[r].set(0.0, mode="drop"),
-                pending_count=inbox.pending_count.at[r].set(0.0, mode="drop"))
-        return inbox._replace(total=inbox.total.at[s, r].set(0.0, mode="drop"),
-                              count=inbox.count.at[s, r].set(0.0, mode="drop"))
+                pending_total=set_rows(inbox.pending_total, (r,), 0.0),
+                pending_count=set_rows(inbox.pending_count, (r,), 0.0))
+        return inbox._replace(total=set_rows(inbox.total, (s, r), 0.0),
+                              count=set_rows(inbox.count, (s, r), 0.0))
 
     def clear(inbox: Inbox) -> Inbox:
         if chunks == 1:
@@ -341,8 +342,8 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     total, count = inbox.total, inbox.count
     for j in range(J):  # static and small (fanout): one fragment-order scatter per copy
         recv, slot = recv_all[:, j], slot_all[:, j]
-        total = total.at[slot, recv, frag].add(payload, mode="drop")
-        count = count.at[slot, recv, frag].add(1.0, mode="drop")
+        total = add_rows(total, (slot, recv, frag), payload)
+        count = add_rows(count, (slot, recv, frag), 1.0)
     inbox = inbox._replace(total=total, count=count)
     snd = jnp.where(sched.sent, sender[:, None, None], n)
     fr = jnp.broadcast_to(frag[:, None, :], (C, J, K))

@@ -25,6 +25,7 @@ from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout, make_layout
 from divjax.local import all_finite, make_optimizer, make_train_one, node_batch_key
 from divjax.memory import available_memory_bytes, memory_model
+from divjax.rows import get_rows, set_rows
 from divjax.state import (
     ERR_CAPACITY,
     ERR_NONFINITE,
@@ -231,8 +232,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             valid = node < n
             safe = jnp.minimum(node, n - 1)
             drop = jnp.where(valid, node, n)
-            p = state.params[safe]
-            o = jax.tree.map(lambda x: x[safe], state.opt_state)
+            p = get_rows(state.params, (safe,))
+            o = jax.tree.map(lambda x: get_rows(x, (safe,)), state.opt_state)
             bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
             if cfg.train_chunk and cfg.train_chunk < node.shape[0]:
                 # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
@@ -246,8 +247,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0,
                             ERR_NONFINITE)
             state = state.replace(
-                params=state.params.at[drop].set(after, mode="drop"),
-                opt_state=jax.tree.map(lambda full, part: full.at[drop].set(part, mode="drop"),
+                params=set_rows(state.params, (drop,), after),
+                opt_state=jax.tree.map(lambda full, part: set_rows(full, (drop,), part),
                                        state.opt_state, o))
             return flag_error(state, err, t)
 

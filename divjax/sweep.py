@@ -141,70 +141,95 @@ def auto_chunk(engine, points: int, fraction: float = 0.4) -> int:
     return int(max(1, min(points, fraction * available_memory_bytes() // max(1, 3 * per))))
 
 
-def make_batched(run: Callable, hp_axes: HParams) -> Callable:
-    """points(keys (P,), hp with sweep axis where hp_axes is 0) -> (errors, first_error, metrics)."""
+def make_batched(run: Callable, hp_axes: HParams, configs: int) -> Callable:
+    """grid(keys (S,), hp with a config axis where hp_axes is 0) -> (errors, first_error,
+    metrics), leaves (S, H, ...): a vmap over seeds of a vmap over configs.
+
+    The configs of one seed share its key, so everything random (mini-batches, routes,
+    fragment masks) and, for optimizer-only grids, the whole schedule is unbatched inside the
+    inner vmap: scatters and gathers keep unbatched indices, and the sparse matrix-factorisation
+    steps serve all of a seed's learning rates with one row access (`models.mf_sgd_steps`).
+    """
 
     def point(key, hp):
         state, metrics = run(key, hp)
         metrics = {k: v for k, v in metrics.items() if k != "node"}
         return state.errors, state.first_error_tick, metrics
 
-    return jax.vmap(point, in_axes=(0, hp_axes))
+    over_configs = jax.vmap(point, in_axes=(None, hp_axes), axis_size=configs)
+    return jax.vmap(over_configs, in_axes=(0, None))
+
+
+def grid_blocks(H: int, S: int, chunk_size: int, multiple: int = 1) -> tuple[int, int]:
+    """(configs, seeds) per chunk for at most `chunk_size` points: all configs of as many seeds
+    as fit (a multiple of `multiple` when possible, for sharding seeds), else fewer configs."""
+    B = max(1, chunk_size)
+    if B < H:
+        return B, 1
+    Sb = max(1, min(S, B // H))
+    if multiple > 1 and Sb >= multiple:
+        Sb -= Sb % multiple
+    return H, Sb
 
 
 def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_axes: HParams,
                chunk_size: int, progress: Callable | None = None,
                shard: bool = True) -> tuple[dict, dict]:
-    """Run P points (keys (P,), hp leaves (P, ...) where batched) in chunks of one compiled size.
+    """Run H configs (hp leaves (H, ...) where batched) x S seeds (keys (S,)) in chunks.
 
-    The last chunk is padded by repeating the last point, so every chunk has the same shape and
-    the program compiles once. With several devices (and `shard`), each chunk's points are split
-    over all of them (the chunk size is rounded down to a multiple of the device count).
-    Returns (metrics leaves (P, C), timings).
+    A chunk is a block of configs x seeds of one compiled shape (`grid_blocks`), at most
+    `chunk_size` points; the last block along each axis is padded by repeating its last entry,
+    so the program compiles once. With several devices (and `shard`), each chunk's seeds are
+    split over all of them when their count allows it.
+    Returns (metrics leaves (H, S, C), timings).
     """
     from divjax.sim import check_state
 
-    P = keys.shape[0]
-    B = max(1, min(chunk_size, P))
+    S = keys.shape[0]
+    H = max(jax.tree.leaves(jax.tree.map(lambda x, a: 1 if a is None else x.shape[0], hp,
+                                         hp_axes, is_leaf=lambda x: x is None)))
     devices = jax.devices()
-    sharded = shard and len(devices) > 1 and B >= len(devices)
-    if sharded:  # split every chunk's points evenly over the devices
-        B -= B % len(devices)
-    n_chunks = math.ceil(P / B)
-    idx = np.minimum(np.arange(n_chunks * B), P - 1).reshape(n_chunks, B)
+    Hb, Sb = grid_blocks(H, S, chunk_size, len(devices) if shard else 1)
+    sharded = shard and len(devices) > 1 and Sb % len(devices) == 0
+    h_blocks, s_blocks = math.ceil(H / Hb), math.ceil(S / Sb)
+    h_idx = np.minimum(np.arange(h_blocks * Hb), H - 1).reshape(h_blocks, Hb)
+    s_idx = np.minimum(np.arange(s_blocks * Sb), S - 1).reshape(s_blocks, Sb)
     if sharded:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         mesh = Mesh(np.array(devices), ("points",))
         split, whole = NamedSharding(mesh, PartitionSpec("points")), NamedSharding(mesh,
                                                                                    PartitionSpec())
-    else:
-        split = whole = None
 
-    def take(i):
-        k = keys[i]
-        h = jax.tree.map(lambda x, a: x if a is None else x[i], hp, hp_axes,
+    def take(hi, si):
+        k = keys[si]
+        h = jax.tree.map(lambda x, a: x if a is None else x[hi], hp, hp_axes,
                          is_leaf=lambda x: x is None)
         if sharded:
             k = jax.device_put(k, split)
-            h = jax.tree.map(lambda x, a: jax.device_put(x, whole if a is None else split), h,
-                             hp_axes, is_leaf=lambda x: x is None)
+            h = jax.tree.map(lambda x: jax.device_put(x, whole), h)
         return k, h
 
-    fn = jax.jit(make_batched(run, hp_axes))
+    fn = jax.jit(make_batched(run, hp_axes, Hb))
     t0 = time.perf_counter()
-    compiled = fn.lower(*take(idx[0])).compile()
+    compiled = fn.lower(*take(h_idx[0], s_idx[0])).compile()
     compile_s = time.perf_counter() - t0
-    out, t0 = [], time.perf_counter()
-    for j, i in enumerate(idx):
-        errors, first, metrics = jax.block_until_ready(compiled(*take(i)))
-        check_state(_Errs(errors, first), cfg)
-        out.append(jax.device_get(metrics))
-        if progress is not None:
-            progress(min((j + 1) * B, P), P)
+    blocks = [[None] * s_blocks for _ in range(h_blocks)]
+    t0, done = time.perf_counter(), 0
+    for i, hi in enumerate(h_idx):
+        for j, si in enumerate(s_idx):
+            errors, first, metrics = jax.block_until_ready(compiled(*take(hi, si)))
+            check_state(_Errs(errors, first), cfg)
+            # (Sb, Hb, C) -> (Hb, Sb, C)
+            blocks[i][j] = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), jax.device_get(metrics))
+            done += Hb * Sb
+            if progress is not None:
+                progress(min(done, H * S), H * S)
     run_s = time.perf_counter() - t0
-    metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:P], *out)
-    return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": B, "chunks": n_chunks,
+    rows = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :S], *b) for b in blocks]
+    metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:H], *rows)
+    return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": Hb * Sb,
+                     "chunk_configs": Hb, "chunk_seeds": Sb, "chunks": h_blocks * s_blocks,
                      "devices": len(devices) if sharded else 1}
 
 
@@ -246,17 +271,12 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
         primary, higher = task.primary, task.higher_is_better
         H, S = len(points), seeds
         hp, hp_axes = stack_hparams(hps)
-        # flatten (H, S) -> P points, config-major: point p = (h = p // S, s = p % S)
-        h_of = np.repeat(np.arange(H), S)
-        hp_p = jax.tree.map(lambda x, a: x if a is None else x[h_of], hp, hp_axes,
-                            is_leaf=lambda x: x is None)
-        keys_p = keys[np.tile(np.arange(S), H)]
         B = chunk_size or auto_chunk(run.engine, H * S)
+        Hb, Sb = grid_blocks(H, S, B, len(jax.devices()))
         if verbose:
             print(f"divjax sweep: group {g + 1} {st or ''}: {H} configs x {S} seeds in "
-                  f"{math.ceil(H * S / B)} chunk(s) of {B}", flush=True)
-        metrics, timing = run_points(run, run.engine.cfg, keys_p, hp_p, hp_axes, B, progress)
-        metrics = jax.tree.map(lambda x: x.reshape((H, S) + x.shape[1:]), metrics)
+                  f"{math.ceil(H / Hb) * math.ceil(S / Sb)} chunk(s) of {Hb} x {Sb}", flush=True)
+        metrics, timing = run_points(run, run.engine.cfg, keys, hp, hp_axes, B, progress)
         group_metrics.append(metrics)
         groups.append({"static": st, "resolved": dataclasses.asdict(run.engine.cfg),
                        "configs": H, "seeds": S, **timing})

@@ -1,5 +1,7 @@
 """Models: parameter counts, and the sparse matrix-factorisation update equals the dense one."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -137,3 +139,41 @@ def test_movielens_engine__test_loss_falls(small_dir):
     assert int(state.errors) == 0
     rmse = np.asarray(m["rmse_mean"])
     assert rmse.shape == (2,) and rmse[-1] < rmse[0] < 4.0
+
+
+def _sgd_inputs(seeds=2, lrs=3, D=50, T=4, B=3, f=2, seed=0):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.normal(size=(seeds, lrs, D)), jnp.float32)
+    a = -jnp.asarray(rng.uniform(0.05, 0.5, size=(lrs,)), jnp.float32)      # -lr per config
+    decay = 1.0 + 0.01 * a                                                   # wd = 0.01
+    pu = jnp.asarray(rng.integers(0, D // 2, size=(seeds, T, B, f)), jnp.int32)
+    pi = jnp.asarray(rng.integers(D // 2, D, size=(seeds, T, B, f)), jnp.int32)
+    rating = jnp.asarray(rng.uniform(0.5, 5, size=(seeds, T, B)), jnp.float32)
+    return q, a, decay, pu, pi, rating
+
+
+def _one_model(q, a, decay, pu, pi, rating):
+    one = jnp.ones((1, 1), jnp.float32)
+    out, s = models.mf_sgd_steps(q[None, :, None], one, a.reshape(1, 1), decay.reshape(1, 1),
+                                 pu[None], pi[None], rating[None])
+    return out[0, :, 0] * s[0, 0]
+
+
+def test_mf_sgd_steps__shared_batches_share_rows_and_equal_one_model_at_a_time():
+    q, a, decay, pu, pi, rating = _sgd_inputs()
+    # seeds (own batches) outside, learning rates (the seed's batches) inside, as in a sweep
+    per_lr = jax.vmap(_one_model, in_axes=(0, 0, 0, None, None, None))
+    nested = jax.jit(jax.vmap(per_lr, in_axes=(0, None, None, 0, 0, 0)))
+    got = nested(q, a, decay, pu, pi, rating)
+    want = np.stack([np.stack([np.asarray(jax.jit(_one_model)(q[s, h], a[h], decay[h], pu[s],
+                                                                pi[s], rating[s]))
+                               for h in range(q.shape[1])]) for s in range(q.shape[0])])
+    assert float(np.max(np.abs(want - np.asarray(q)))) > 1e-3                 # it did learn
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+    # the learning rates ride on the minor axis: each row access gathers all 3 of them
+    text = str(jax.make_jaxpr(nested)(q, a, decay, pu, pi, rating))
+    assert re.search(r"f32\[2,\d+,2,3\] = gather", text), "shared batches are not shared"
+    alone = str(jax.make_jaxpr(jax.vmap(_one_model))(q[0], a, decay, pu[:1].repeat(3, 0),
+                                                       pi[:1].repeat(3, 0),
+                                                       rating[:1].repeat(3, 0)))
+    assert not re.search(r"f32\[\d+,\d+,2,3\] = gather", alone)               # own batches: N axis

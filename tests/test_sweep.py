@@ -40,10 +40,10 @@ def test_sweep__ci95_matches_student_t():
 def test_sweep__rows_equal_single_runs_and_outputs_are_written(tmp_path):
     cfg = tiny_config(n_stragglers=2, straggler_mbps=(0.005,), fast_mbps=0.05)
     grid = {"n_nodes": [4, 5], "lr": [0.01, 0.1], "latency_ms": [1.0, 30.0]}
-    res = sweep(cfg, grid, seeds=2, chunk_size=3, out=tmp_path)   # 8 points: chunks 3+3+2(pad)
+    res = sweep(cfg, grid, seeds=2, chunk_size=3, out=tmp_path)   # 4 configs x 2 seeds per group
     C = cfg.num_chunks
     assert len(res.configs) == 8 and len(res.rows) == 8 * 2 * C
-    assert [g["chunks"] for g in res.summary["groups"]] == [3, 3]
+    assert [g["chunks"] for g in res.summary["groups"]] == [4, 4]   # 3 + 1(pad) configs x 2 seeds
     assert res.metrics[1]["loss_mean"].shape == (4, 2, C)
     # config (n=5, lr=0.1, latency 30 ms), seed 1 == the single run with that key and those values
     g = res.summary["groups"][1]
