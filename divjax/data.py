@@ -715,21 +715,29 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
         idx = node_idx_d[node, j]
         return {"user": user_d[idx], "item": item_d[idx], "rating": rating_d[idx]}
 
-    def evaluate(params, node):
-        row = jnp.where(node < 0, n, node)
-        size = view_size_d[row]
+    def make_evaluate(predict_fn):
+        """evaluate(params, node) from predict_fn(params, user (B,), item (B,)) -> (B,)."""
 
-        def body(c, se):
-            start = c * eval_batch
-            idx = jax.lax.dynamic_slice(flat_views_d, (view_start_d[row] + start,),
-                                        (eval_batch,))
-            mask = start + jnp.arange(eval_batch) < size
-            err = predict(params, user_d[idx], item_d[idx]) - rating_d[idx]
-            return se + jnp.sum(jnp.where(mask, err**2, 0.0))
+        def evaluate(params, node):
+            row = jnp.where(node < 0, n, node)
+            size = view_size_d[row]
 
-        se = jax.lax.fori_loop(0, (size + eval_batch - 1) // eval_batch, body, jnp.float32(0))
-        mse = se / jnp.maximum(size, 1).astype(jnp.float32)
-        return {"rmse": jnp.sqrt(mse), "loss": mse}
+            def body(c, se):
+                start = c * eval_batch
+                idx = jax.lax.dynamic_slice(flat_views_d, (view_start_d[row] + start,),
+                                            (eval_batch,))
+                mask = start + jnp.arange(eval_batch) < size
+                err = predict_fn(params, user_d[idx], item_d[idx]) - rating_d[idx]
+                return se + jnp.sum(jnp.where(mask, err**2, 0.0))
+
+            se = jax.lax.fori_loop(0, (size + eval_batch - 1) // eval_batch, body,
+                                   jnp.float32(0))
+            mse = se / jnp.maximum(size, 1).astype(jnp.float32)
+            return {"rmse": jnp.sqrt(mse), "loss": mse}
+
+        return evaluate
+
+    evaluate = make_evaluate(predict)
 
     def make_local_train(cfg_, layout, tx):
         if cfg_.momentum_buffer:   # stateful optimizer: the generic dense update (documented)
@@ -739,6 +747,20 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
                                 jax.eval_shape(init, jax.random.key(0)))
         upos, ipos = models.mf_row_positions(layout, template, sp.n_users, sp.n_items)
         return models.make_mf_sparse_train(cfg_, layout, tx, sample_batch, upos, ipos)
+
+    def make_flat_evaluate(layout):
+        # the rows a test rating needs, read straight from the (K, F) fragment array: no
+        # unflatten (a gather of the whole model) per node and evaluation
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                jax.eval_shape(init, jax.random.key(0)))
+        upos, ipos = (jnp.asarray(x) for x in
+                      models.mf_row_positions(layout, template, sp.n_users, sp.n_items))
+
+        def predict_flat(params, user, item):
+            q = params.reshape(-1)
+            return models.mf_predict_rows(q[upos[user]], q[ipos[item]])
+
+        return make_evaluate(predict_flat)
 
     users_per_node = np.diff(sp.node_users)
     info = {
@@ -755,7 +777,8 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
     dense_task = Task(name=name, init=init, loss=loss, sample_batch=sample_batch,
                       evaluate=evaluate, metric_names=("rmse", "loss"), primary="rmse",
                       higher_is_better=False, info=info)
-    return dense_task._replace(make_local_train=make_local_train)
+    return dense_task._replace(make_local_train=make_local_train,
+                               make_flat_evaluate=make_flat_evaluate)
 
 
 # ============================================================================ registration

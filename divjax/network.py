@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig
-from divjax.rows import add_rows, get_rows, set_rows
+from divjax.rows import add_rows, get_rows, set_rows, zero_rows
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
 
@@ -253,9 +253,9 @@ def clear_collected(cfg: SimConfig, inbox: Inbox) -> Inbox:
         r = jax.lax.dynamic_slice(node_p, (i * ch,), (ch,))
         if cfg.delivery == "arrival_tick":
             return inbox._replace(
-                pending_total=set_rows(inbox.pending_total, (r,), 0.0),
+                pending_total=zero_rows(inbox.pending_total, (r,)),
                 pending_count=set_rows(inbox.pending_count, (r,), 0.0))
-        return inbox._replace(total=set_rows(inbox.total, (s, r), 0.0),
+        return inbox._replace(total=zero_rows(inbox.total, (s, r)),
                               count=set_rows(inbox.count, (s, r), 0.0))
 
     def clear(inbox: Inbox) -> Inbox:

@@ -78,3 +78,26 @@ def _make_scatter(kind: str):
 
 add_rows = _make_scatter("add")
 set_rows = _make_scatter("set")
+
+
+def zero_rows(x: jax.Array, idx: tuple) -> jax.Array:
+    """`set_rows(x, idx, 0.0)` for 1-D index arrays, one row at a time, in place.
+
+    A scatter of zeros makes XLA write a zeros buffer as large as all the rows first (under a
+    sweep's vmap: every point's rows); here each row is a `dynamic_update_slice` of one block,
+    guarded by `where` (out-of-range entries keep their row) so that no branch depends on the
+    indices, which may be batched.
+    """
+    idx = tuple(jnp.asarray(i, jnp.int32) for i in idx)
+    lead = len(idx)
+    block = (1,) * lead + x.shape[lead:]
+
+    def one(k, x):
+        at = [i[k] for i in idx]
+        valid = jnp.all(jnp.stack([(a >= 0) & (a < x.shape[d]) for d, a in enumerate(at)]))
+        start = tuple(jnp.clip(a, 0, x.shape[d] - 1) for d, a in enumerate(at))
+        start = start + (jnp.int32(0),) * (x.ndim - lead)
+        row = jax.lax.dynamic_slice(x, start, block)
+        return jax.lax.dynamic_update_slice(x, jnp.where(valid, jnp.zeros_like(row), row), start)
+
+    return jax.lax.fori_loop(0, idx[0].shape[0], one, x)

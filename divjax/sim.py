@@ -287,18 +287,24 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             t=t + 1,
         )
 
+    if task.make_flat_evaluate is not None:
+        evaluate_flat = task.make_flat_evaluate(layout)
+    else:
+        def evaluate_flat(p, node):
+            return task.evaluate(layout.unflatten(p), node)
+
     def evaluate(state: SimState) -> dict:
         params = state.params
         avg = jnp.mean(params, axis=0)
 
         def one_node(a):  # metrics and squared distance to the average, eval_chunk at a time
             p, node = a
-            return (task.evaluate(layout.unflatten(p), node),
+            return (evaluate_flat(p, node),
                     jnp.sum(jnp.where(real, p - avg, 0.0) ** 2))
 
         per_node, dist2 = jax.lax.map(one_node, (params, jnp.arange(n, dtype=jnp.int32)),
                                       batch_size=min(cfg.eval_chunk, n))
-        avg_metrics = task.evaluate(layout.unflatten(avg), jnp.int32(-1))
+        avg_metrics = evaluate_flat(avg, jnp.int32(-1))
         out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
         for name in task.metric_names:
             v = per_node[name]

@@ -39,6 +39,10 @@ class Task(NamedTuple):
     # node) -> (params, opt_state), replacing the generic dense-gradient steps (e.g. sparse
     # row updates for matrix factorisation). It must compute the same result.
     make_local_train: Callable | None = None
+    # Optional: make_flat_evaluate(layout) -> evaluate(params (K, F), node), equal to
+    # evaluate(layout.unflatten(params), node) without unflattening the whole model (e.g.
+    # matrix factorisation reads only the rows of the test ratings).
+    make_flat_evaluate: Callable | None = None
 
 
 def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,

@@ -177,3 +177,15 @@ def test_mf_sgd_steps__shared_batches_share_rows_and_equal_one_model_at_a_time()
                                                        pi[:1].repeat(3, 0),
                                                        rating[:1].repeat(3, 0)))
     assert not re.search(r"f32\[\d+,\d+,2,3\] = gather", alone)               # own batches: N axis
+
+
+def test_mf__flat_evaluate_equals_evaluate_of_the_unflattened_model(ml_task):
+    cfg, task = ml_task
+    layout = model_layout(cfg, task)
+    params = layout.flatten(task.init(jax.random.key(4))) * 30.0        # (K, F), shuffled coords
+    flat = jax.jit(task.make_flat_evaluate(layout))
+    tree = jax.jit(lambda p, node: task.evaluate(layout.unflatten(p), node))
+    for node in (-1, 0, 5):
+        got, want = flat(params, jnp.int32(node)), tree(params, jnp.int32(node))
+        assert float(want["rmse"]) > 0.5
+        chex.assert_trees_all_close(got, want, rtol=1e-6)
