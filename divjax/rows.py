@@ -84,20 +84,26 @@ def zero_rows(x: jax.Array, idx: tuple) -> jax.Array:
     """`set_rows(x, idx, 0.0)` for 1-D index arrays, one row at a time, in place.
 
     A scatter of zeros makes XLA write a zeros buffer as large as all the rows first (under a
-    sweep's vmap: every point's rows); here each row is a `dynamic_update_slice` of one block,
-    guarded by `where` (out-of-range entries keep their row) so that no branch depends on the
-    indices, which may be batched.
+    sweep's vmap: every point's rows); here each row is a `dynamic_update_slice` of a zeros
+    block. An out-of-range entry clears the first in-range entry's row again instead (harmless),
+    so no row is read. (If the indices are batched under vmap, the `cond` on "any entry in
+    range" becomes a select over `x`: call it where that predicate is unbatched, as the engine
+    does inside its own cond on the same condition.)
     """
     idx = tuple(jnp.asarray(i, jnp.int32) for i in idx)
     lead = len(idx)
-    block = (1,) * lead + x.shape[lead:]
+    block = jnp.zeros((1,) * lead + x.shape[lead:], x.dtype)
+    valid = jnp.all(jnp.stack([(i >= 0) & (i < x.shape[d]) for d, i in enumerate(idx)]), axis=0)
+    first = jnp.argmax(valid)
+    rows = tuple(jnp.clip(jnp.where(valid, i, i[first]), 0, x.shape[d] - 1)
+                 for d, i in enumerate(idx))
 
     def one(k, x):
-        at = [i[k] for i in idx]
-        valid = jnp.all(jnp.stack([(a >= 0) & (a < x.shape[d]) for d, a in enumerate(at)]))
-        start = tuple(jnp.clip(a, 0, x.shape[d] - 1) for d, a in enumerate(at))
-        start = start + (jnp.int32(0),) * (x.ndim - lead)
-        row = jax.lax.dynamic_slice(x, start, block)
-        return jax.lax.dynamic_update_slice(x, jnp.where(valid, jnp.zeros_like(row), row), start)
+        start = tuple(r[k] for r in rows) + (jnp.int32(0),) * (x.ndim - lead)
+        return jax.lax.dynamic_update_slice(x, block, start)
 
-    return jax.lax.fori_loop(0, idx[0].shape[0], one, x)
+    def clear(x):
+        return jax.lax.fori_loop(0, idx[0].shape[0], one, x)
+
+    # with no entry in range there is no row to fall back on: write nothing
+    return jax.lax.cond(jnp.any(valid), clear, lambda x: x, x)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax.rows import add_rows, get_rows, set_rows
+from divjax.rows import add_rows, get_rows, set_rows, zero_rows
 
 P = 3
 
@@ -74,3 +74,14 @@ def test_rows__shared_indices_keep_blocks_contiguous():
         return len(eq.params["dimension_numbers"].update_window_dims)
 
     assert windows(ours) == 1 and windows(plain) == 2
+
+
+def test_rows__zero_rows_equals_set_zero_and_skips_out_of_range():
+    x, a, b, _ = _data(3)
+    x = x[0]
+    for rows_a, rows_b in ((a[0, 0], b[0, 0]), (jnp.array([9, 9]), jnp.array([0, 1]))):
+        want = x.at[rows_a, rows_b].set(0.0, mode="drop")
+        np.testing.assert_array_equal(jax.jit(zero_rows)(x, (rows_a, rows_b)), want)
+    xx = jnp.broadcast_to(x, (P,) + x.shape)       # vmapped over copies, shared rows
+    got = jax.vmap(lambda x: zero_rows(x, (a[0, 0], b[0, 0])))(xx)
+    np.testing.assert_array_equal(got, xx.at[:, a[0, 0], b[0, 0]].set(0.0, mode="drop"))
