@@ -84,3 +84,16 @@ def test_sweep__cli(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 2 and {r["straggler_share"] for r in rows} == {0.0, 0.4}
     assert "best config" in capsys.readouterr().out
+
+
+def test_sweep__auto_chunk_caps_cpu_working_set_at_one_seed_of_configs():
+    from divjax.sim import make_engine
+    from divjax.sweep import auto_chunk, grid_blocks
+
+    engine = make_engine(tiny_config())
+    assert auto_chunk(engine, 16, configs=4, platform="gpu") == 16          # memory is plenty
+    assert auto_chunk(engine, 16, configs=4, platform="cpu") == 16          # tiny states
+    assert auto_chunk(engine, 16, configs=4, platform="cpu", cpu_budget_bytes=1) == 4
+    assert auto_chunk(engine, 16, configs=1, platform="cpu", cpu_budget_bytes=1) == 1
+    assert grid_blocks(4, 4, 4) == (4, 1) and grid_blocks(4, 4, 16) == (4, 4)
+    assert grid_blocks(4, 4, 3) == (3, 1) and grid_blocks(4, 6, 12, multiple=2) == (4, 2)
