@@ -8,7 +8,8 @@
 
 Grid fields are split in two (STYLE.md 3.3):
 - shape-preserving fields become `HParams` leaves with a sweep axis and run under `jax.vmap`
-  together with the seeds, in chunks that fit in memory (one compilation per group): the
+  (a vmap over seeds of a vmap over configs, so a seed's configs share its mini-batches,
+  routes and schedule), in chunks that fit in memory (one compilation per group): the
   optimizer (`lr`, `momentum`, `weight_decay`) and the network description the per-node arrays
   are built from (`fast_mbps`, `straggler_mbps`, `n_stragglers`, `straggler_share` (fraction of
   the nodes), `latency_ms`, `compute_s`, `straggler_compute_factor`);
