@@ -240,8 +240,9 @@ def clear_collected(cfg: SimConfig, inbox: Inbox) -> Inbox:
     n = cfg.n_nodes
     slot, node = inbox.clear_slot, inbox.clear_node
 
-    # XLA materialises the zeros a scatter writes: clear in chunks of iteration_chunk nodes so
-    # that buffer holds iteration_chunk models, not one per collected node
+    # model rows are zeroed one dynamic_update_slice at a time (`rows.zero_rows`: no zeros
+    # buffer of every collected model), in chunks of iteration_chunk entries so that only the
+    # chunks holding collected nodes are visited
     C = node.shape[0]
     ch = cfg.iteration_chunk if 0 < cfg.iteration_chunk < C else C
     chunks = -(-C // ch)
