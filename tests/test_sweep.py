@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from divjax import cli
-from divjax.config import ConfigError, default_hparams
+from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
 from divjax.sweep import ci95, hparams_for, parse_grid_item, split_grid, stack_hparams, sweep
 
@@ -97,3 +97,31 @@ def test_sweep__auto_chunk_caps_cpu_working_set_at_one_seed_of_configs():
     assert auto_chunk(engine, 16, configs=1, platform="cpu", cpu_budget_bytes=1) == 1
     assert grid_blocks(4, 4, 4) == (4, 1) and grid_blocks(4, 4, 16) == (4, 4)
     assert grid_blocks(4, 4, 3) == (3, 1) and grid_blocks(4, 6, 12, multiple=2) == (4, 2)
+
+
+def test_sweep__movielens_rows_equal_single_runs(tmp_path):
+    """The MF path under the sweep's nested vmap (a seed's learning rates share row accesses,
+    seeds are separate groups, ring rows indexed by the batch) gives the single runs' metrics."""
+    from test_models import write_small_ratings
+
+    cfg = SimConfig(task="movielens", data_dir=write_small_ratings(tmp_path), n_nodes=4,
+                    n_fragments=2, fanout=2, local_steps=8, batch_size=8, compute_s=0.1,
+                    tick_s=0.1, duration_s=1.0, eval_every_s=0.5, fast_mbps=60.0,
+                    n_stragglers=1, straggler_mbps=(0.5,))
+    res = sweep(cfg, {"lr": [0.1, 0.3]}, seeds=2, chunk_size=4)
+    g = res.summary["groups"][0]
+    assert (g["chunk_configs"], g["chunk_seeds"]) == (2, 2)
+    cfg_r = cfg.replace(**{k: g["resolved"][k] for k in ("ring_ticks", "delay_ticks",
+                                                         "train_capacity")})
+    keys = jax.random.split(jax.random.key(0), 2)
+    for lr, seed in ((0.3, 1), (0.1, 0)):
+        hp = default_hparams(cfg.replace(lr=lr))
+        _, m = jax.jit(make_run(cfg_r, hp=hp))(keys[seed], hp)
+        cid = next(c["config"] for c in res.configs if c["lr"] == lr)
+        row = [r for r in res.rows if r["config"] == cid and r["seed"] == seed]
+        np.testing.assert_array_equal(np.array([r["msgs_delivered"] for r in row], np.float32),
+                                      np.asarray(m["msgs_delivered"]))
+        assert np.asarray(m["rmse_mean"])[-1] < np.asarray(m["rmse_mean"])[0]   # it learns
+        for name in ("rmse_mean", "rmse_avgmodel", "consensus"):
+            np.testing.assert_allclose(np.array([r[name] for r in row], np.float32),
+                                       np.asarray(m[name]), rtol=1e-5, atol=1e-6)
