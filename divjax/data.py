@@ -739,22 +739,23 @@ def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batc
 
     evaluate = make_evaluate(predict)
 
+    def row_positions(layout):
+        """(n_users, f), (n_items, f): where each factor of each row sits in the (K, F) array."""
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                jax.eval_shape(init, jax.random.key(0)))
+        return models.mf_row_positions(layout, template, sp.n_users, sp.n_items)
+
     def make_local_train(cfg_, layout, tx):
         if cfg_.momentum_buffer:   # stateful optimizer: the generic dense update (documented)
             from divjax.local import make_train_one
             return make_train_one(cfg_, dense_task, layout, tx)
-        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                jax.eval_shape(init, jax.random.key(0)))
-        upos, ipos = models.mf_row_positions(layout, template, sp.n_users, sp.n_items)
+        upos, ipos = row_positions(layout)
         return models.make_mf_sparse_train(cfg_, layout, tx, sample_batch, upos, ipos)
 
     def make_flat_evaluate(layout):
         # the rows a test rating needs, read straight from the (K, F) fragment array: no
         # unflatten (a gather of the whole model) per node and evaluation
-        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                jax.eval_shape(init, jax.random.key(0)))
-        upos, ipos = (jnp.asarray(x) for x in
-                      models.mf_row_positions(layout, template, sp.n_users, sp.n_items))
+        upos, ipos = (jnp.asarray(x) for x in row_positions(layout))
 
         def predict_flat(params, user, item):
             q = params.reshape(-1)
