@@ -141,10 +141,10 @@ def auto_chunk(engine, points: int, configs: int | None = None, fraction: float 
     need more.
 
     On a CPU the exchange is bound by memory bandwidth once the working set leaves the caches:
-    benchmarks/sweep_vs_loop.py measured a 4 x 4 MovieLens grid (about 60 MB of state per point)
-    faster in chunks of one seed's 4 configs (which still share the seed's batches and schedule)
-    than all 16 points at once (16.0 s against 17.6 s, best of 3). Small models (a seed sweep of
-    the synthetic task) keep whole chunks.
+    benchmarks/sweep_vs_loop.py measured a 4 x 4 MovieLens grid (about 110 MiB of state per
+    point) faster in chunks of one seed's 4 configs (which still share the seed's batches and
+    schedule) than all 16 points at once (16.6 s against 18.1 s, best of 3). Small models (a seed
+    sweep of the synthetic task) keep whole chunks.
     """
     from divjax.sim import available_memory_bytes, memory_estimate
 
