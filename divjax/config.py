@@ -54,6 +54,9 @@ class SimConfig:
     duration_s: float = 20.0         # simulated time of the run
     eval_every_s: float = 1.0        # metrics sampling interval (simulated seconds)
     delivery: str = "receiver_iteration"  # ring indexing: "arrival_tick" or "receiver_iteration"
+    inbox: str = "latest"            # inbox rule at an aggregation: "latest" keeps the newest
+    #                                  message per (sender, fragment), as the authors' code does;
+    #                                  "sum" averages every copy that arrived since the last one
     ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
@@ -117,6 +120,8 @@ class SimConfig:
                 f"must be a whole number of eval intervals (eval_every_s={self.eval_every_s})")
         if self.delivery not in ("arrival_tick", "receiver_iteration"):
             bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
+        if self.inbox not in ("latest", "sum"):
+            bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
         if self.ring_ticks < 0:
             bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
         if self.delay_ticks < 0:
