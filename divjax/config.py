@@ -57,6 +57,8 @@ class SimConfig:
     inbox: str = "latest"            # inbox rule at an aggregation: "latest" keeps the newest
     #                                  message per (sender, fragment), as the authors' code does;
     #                                  "sum" averages every copy that arrived since the last one
+    inbox_history: int = 0           # AD-PSGD with inbox "latest": post-training snapshots kept
+    #                                  per node to take a replaced message out again; 0 = auto
     ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
@@ -122,6 +124,8 @@ class SimConfig:
             bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
         if self.inbox not in ("latest", "sum"):
             bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
+        if self.inbox_history < 0:
+            bad("inbox_history", self.inbox_history, "use 0 (auto) or a positive count")
         if self.ring_ticks < 0:
             bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
         if self.delay_ticks < 0:

@@ -151,9 +151,13 @@ class Counters(NamedTuple):
     ring_sent: jax.Array      # (Lc, n, K) int32: messages of sender n, fragment k, leaving at tick
     ring_dropped: jax.Array   # (Lc, n) int32: messages of sender n dropped at that tick
     ring_delivered: jax.Array  # (Lc, n) int32: messages arriving at receiver n at that tick
+    ring_replaced: jax.Array  # (Lc, n) int32: arrivals at receiver n (that tick) that a newer
+    #                           message from the same sender (and fragment) replaces in the inbox
     sent: jax.Array           # (n, K) int32: messages fully sent, per sender and fragment
     dropped: jax.Array        # (n,) int32: messages dropped from sender n's queue (or wire)
     delivered: jax.Array      # (n,) int32: messages that arrived at receiver n
+    replaced: jax.Array       # (n,) int32: of those, replaced before the receiver aggregated
+    #                           (inbox "latest"; always 0 with inbox "sum")
 
 
 def init_inbox(cfg: SimConfig, slots: int, K: int, F: int, capacity: int = 1) -> Inbox:
@@ -172,7 +176,8 @@ def init_inbox(cfg: SimConfig, slots: int, K: int, F: int, capacity: int = 1) ->
 
 def init_counters(n: int, K: int, ticks: int) -> Counters:
     z = lambda *s: jnp.zeros(s, jnp.int32)  # noqa: E731
-    return Counters(z(ticks, n, K), z(ticks, n), z(ticks, n), z(n, K), z(n), z(n))
+    return Counters(z(ticks, n, K), z(ticks, n), z(ticks, n), z(ticks, n), z(n, K), z(n), z(n),
+                    z(n))
 
 
 def tick_counters(counters: Counters, t: jax.Array) -> Counters:
@@ -182,9 +187,11 @@ def tick_counters(counters: Counters, t: jax.Array) -> Counters:
         sent=counters.sent + counters.ring_sent[s],
         dropped=counters.dropped + counters.ring_dropped[s],
         delivered=counters.delivered + counters.ring_delivered[s],
+        replaced=counters.replaced + counters.ring_replaced[s],
         ring_sent=counters.ring_sent.at[s].set(0),
         ring_dropped=counters.ring_dropped.at[s].set(0),
         ring_delivered=counters.ring_delivered.at[s].set(0),
+        ring_replaced=counters.ring_replaced.at[s].set(0),
     )
 
 
@@ -294,19 +301,33 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     Returns: a Schedule whose per-message fields are (C, M), in queue order.
     """
     safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
+    t = jnp.broadcast_to(t, safe.shape)                                     # () or (C,)
     leave_rel = jnp.cumsum(units, axis=1)                                   # sub-ticks after t
     budget = (table.compute_ticks[safe] * resolution)[:, None]             # until next end
     sent = valid[:, None] & (leave_rel <= budget)
-    leave_tick = t + (leave_rel + resolution - 1) // resolution
+    leave_tick = t[:, None] + (leave_rel + resolution - 1) // resolution
     arrival = leave_tick + table.latency_ticks[safe][:, None]
-    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe],
-                    jnp.broadcast_to(t, safe.shape))
+    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe], t)
+
+
+def aggregation_index(arrival: jax.Array, receiver_compute: jax.Array) -> jax.Array:
+    """Index g of the receiver's first aggregation at or after `arrival` (it aggregates at ticks
+    g * c, and arrivals come before iteration ends): the inbox window a message lands in.
+    Under the "latest" rule, of the messages of one sender (and fragment) that land in the same
+    window only the newest counts."""
+    return (arrival + receiver_compute - 1) // receiver_compute
 
 
 def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sched: Schedule,
          sender: jax.Array, valid: jax.Array, receiver: jax.Array,
-         payload: jax.Array) -> tuple[Inbox, Counters, jax.Array]:
+         payload: jax.Array, replaced: jax.Array | None = None
+         ) -> tuple[Inbox, Counters, jax.Array]:
     """Scatter queued messages into the ring slot they will be read from; time the counters.
+
+    `replaced` (C, J, K) bool, optional: sent messages that a newer message from the same
+    sender (and fragment) replaces in the receiver's inbox before it aggregates (the "latest"
+    rule; the caller knows it from the schedule). They are sent, counted as delivered and as
+    replaced, but their payload is never scattered: it would not be averaged in.
 
     Returns (inbox, counters, too_late): too_late is a () bool, True if a sent message's delay
     exceeds what the rings were sized for (the caller raises ERR_RING_TOO_SHORT; never silent).
@@ -324,6 +345,8 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     frag = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (C, K))
     Lc = counters.ring_sent.shape[0]
     recv_all = jnp.where(sched.sent, receiver, n)                    # unsent: out of range
+    counted = sched.sent if replaced is None else sched.sent & ~replaced
+    recv_pay = jnp.where(counted, receiver, n)                       # payloads that count
     if cfg.delivery == "arrival_tick":
         slot_all = sched.arrival % inbox.total.shape[0]
     else:
@@ -342,7 +365,7 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
         sched.arrival - sched.enqueue_tick[:, None, None] >= Lc)))
     total, count = inbox.total, inbox.count
     for j in range(J):  # static and small (fanout): one fragment-order scatter per copy
-        recv, slot = recv_all[:, j], slot_all[:, j]
+        recv, slot = recv_pay[:, j], slot_all[:, j]
         total = add_rows(total, (slot, recv, frag), payload)
         count = add_rows(count, (slot, recv, frag), 1.0)
     inbox = inbox._replace(total=total, count=count)
@@ -352,6 +375,10 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     counters = counters._replace(
         ring_sent=counters.ring_sent.at[sched.leave_tick % Lc, snd, fr].add(1, mode="drop"),
         ring_delivered=counters.ring_delivered.at[sched.arrival % Lc, recv_all].add(
+            1, mode="drop"),
+        ring_replaced=counters.ring_replaced if replaced is None else
+        counters.ring_replaced.at[sched.arrival % Lc,
+                                  jnp.where(sched.sent & replaced, receiver, n)].add(
             1, mode="drop"),
         ring_dropped=counters.ring_dropped.at[sched.drop_tick % Lc,
                                               jnp.where(valid, sender, n)].add(

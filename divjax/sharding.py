@@ -35,7 +35,8 @@ _NODE_AXIS = {
     "params": 0,
     "inbox.total": 1, "inbox.count": 1, "inbox.pending_total": 0, "inbox.pending_count": 0,
     "counters.ring_sent": 1, "counters.ring_dropped": 1, "counters.ring_delivered": 1,
-    "counters.sent": 0, "counters.dropped": 0, "counters.delivered": 0,
+    "counters.ring_replaced": 1,
+    "counters.sent": 0, "counters.dropped": 0, "counters.delivered": 0, "counters.replaced": 0,
     "next_end": 0, "iterations": 0,
 }
 _REPLICATED = ("errors", "first_error_tick", "t", "k_sim", "inbox.clear_slot", "inbox.clear_node")

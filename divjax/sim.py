@@ -28,6 +28,7 @@ from divjax.memory import available_memory_bytes, memory_model
 from divjax.rows import get_rows, set_rows
 from divjax.state import (
     ERR_CAPACITY,
+    ERR_HISTORY,
     ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
     SimState,
@@ -110,6 +111,8 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"ring_ticks={cfg.ring_ticks} cannot hold the longest delay: delivery="
             f"{cfg.delivery!r} needs at least {need} slots (longest delay "
             f"{network.longest_delay_ticks(table)} ticks); set --ring-ticks {need} or 0 (auto)")
+    if algo is not None and algo.resolve_sizes is not None:
+        cfg = algo.resolve_sizes(cfg, table)
     worst = network.max_simultaneous_finishers(cfg, table)
     if cfg.train_capacity == 0:
         cfg = cfg.replace(train_capacity=worst)
@@ -155,7 +158,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         algo = ALGORITHMS[cfg.algorithm](cfg)
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
-    if cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0:
+    if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
+            or (algo.resolve_sizes is not None and cfg.inbox_history == 0)):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
     adj = adjacency(cfg)
     nb_np, deg_np = neighbor_table(adj)
@@ -318,6 +322,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)
         out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
         out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
+        out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
         out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
         out["node"] = {name: per_node[name] for name in task.metric_names}
         return out
@@ -379,6 +384,10 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
                     "build the run with these HParams (make_run(cfg, hp=hp)), or set "
                     "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
                     "whose pong delays depend on random pings)")
+    if e & ERR_HISTORY:
+        msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
+                    f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
+                    f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
     if e & ERR_CAPACITY:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")

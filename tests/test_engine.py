@@ -21,21 +21,46 @@ def run_engine(cfg, hp, seed=0):
     return run, state, metrics
 
 
+def uneven_hparams(cfg):
+    """Uneven compute (50 to 270 ms) and links, n = 5: fast senders often land two copies of a
+    fragment in one inbox window of a slow receiver, so the inbox rule matters."""
+    return straggler_hparams(cfg).replace(
+        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
+        upload_bps=jnp.array([1e5, 1e4, 1e4, 2e3, 5e2], jnp.float32))
+
+
 @pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])
 @pytest.mark.parametrize("omega,fanout", [(1, 1), (4, 3), (7, 1)])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_engine__equals_reference_simulator(delivery, omega, fanout, seed):
-    """Every node's parameters and every counter, after ~20 iterations with stragglers."""
-    cfg = tiny_config(n_fragments=omega, fanout=fanout, delivery=delivery, duration_s=3.0)
-    hp = straggler_hparams(cfg)
+@pytest.mark.parametrize("inbox,seed", [("latest", 0), ("sum", 1)])
+def test_engine__equals_reference_simulator(delivery, omega, fanout, inbox, seed):
+    """Every node's parameters and every counter (replacements included), after ~20 iterations
+    with stragglers and uneven compute, under both inbox rules."""
+    cfg = tiny_config(n_fragments=omega, fanout=fanout, delivery=delivery, duration_s=3.0,
+                      inbox=inbox)
+    hp = uneven_hparams(cfg)
     run, state, _ = run_engine(cfg, hp, seed)
-    ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed))
+    ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed),
+                             inbox_policy=inbox)
     assert ref.dropped.sum() > 0 and ref.sent.sum() > 0  # the stragglers do lose messages
     np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
     np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
     np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
     np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+    assert int(state.counters.replaced.sum()) == ref.replaced
+    if inbox == "latest":
+        assert ref.replaced > 0                            # the rule was exercised
+
+
+def test_engine__latest_and_sum_differ_where_copies_pile_up():
+    """The two inbox rules give different models on a network where replacements happen (so
+    the equality test above can tell them apart), and the same where none can."""
+    cfg = tiny_config(n_fragments=4, fanout=3, duration_s=3.0)
+    hp = uneven_hparams(cfg)
+    _, latest, _ = run_engine(cfg, hp)
+    _, summed, _ = run_engine(cfg.replace(inbox="sum"), hp)
+    assert int(latest.counters.replaced.sum()) > 0
+    assert np.abs(np.asarray(latest.params) - np.asarray(summed.params)).max() > 1e-3
 
 
 def test_engine__identical_models_are_a_fixed_point():

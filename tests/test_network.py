@@ -77,3 +77,21 @@ def test_sample_peers__distinct_never_self_and_uniform():
                                                       jnp.asarray(deg), (4,), 2))(
         jax.random.split(jax.random.key(1), 50)))
     assert set(np.unique(ring).tolist()) == {1, 3}
+
+
+def test_sample_peers__send_order_is_uniform():
+    """Swift sends its model to its receivers in the order drawn: the first receiver must be
+    uniform over the neighbours (Floyd's algorithm alone never puts the last neighbour first)."""
+    import jax
+
+    from divjax.algorithms.swift import swift_routes
+    from divjax.topology import adjacency, neighbor_table
+
+    n, s, draws = 8, 2, 20000
+    nb, deg = neighbor_table(adjacency(SimConfig(n_nodes=n, fanout=s)))
+    draw = jax.jit(jax.vmap(lambda k: swift_routes(k, jnp.int32(0), jnp.asarray(nb),
+                                                   jnp.asarray(deg), s)))
+    routes = np.asarray(draw(jax.random.split(jax.random.key(0), draws)))
+    for position in range(s):
+        freq = np.bincount(routes[:, position], minlength=n)[1:] / draws
+        np.testing.assert_allclose(freq, 1 / (n - 1), atol=0.015)   # 3.5 sigma at 20,000

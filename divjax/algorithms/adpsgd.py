@@ -13,8 +13,16 @@ Documented differences from the authors' code:
 - the authors' pings and pongs of one iteration share one message object whose "first ping" flag
   is overwritten, so whether a ping gets answered depends on thread timing; here every ping is
   answered (the algorithm as its paper defines it);
-- the authors keep the latest model per sender in the inbox; the engine averages every model that
-  arrived (divjax.reference_baselines implements both rules).
+
+Inbox rule. With inbox="latest" (the default, the authors' rule) a node averages only the newest
+model of each sender that arrived since its last aggregation: a ping and a pong from the same
+sender, or two pings, count once. Pong times depend on other nodes' pings, so the engine cannot
+know in advance which message will be replaced (as it does for DivShare and Swift); instead it
+keeps, for every (receiver, sender) link, the inbox window, arrival tick and snapshot version of
+the last model sent, and every node's last `inbox_history` post-training snapshots: when a newer
+model from the same sender lands in the same window, the older one is subtracted from the
+receiver's slot. A snapshot needed after it left the history raises ERR_HISTORY (never silent).
+With inbox="sum" every model that arrived is averaged in.
 Within one tick, arrivals come first, then pongs (in increasing order of the pinging node's id),
 then iteration ends; a pong answering a ping that arrives at the tick its receiver finishes an
 iteration carries the receiver's previous snapshot.
@@ -38,20 +46,106 @@ from divjax.algorithms.queues import (
     appended_link_free,
     check_link_clock,
     init_queue_state,
+    model_units,
     schedule_appended_queue,
-    send_full_models,
 )
 from divjax.config import SimConfig
-from divjax.network import collect, push
-from divjax.state import ERR_RING_TOO_SHORT, flag_error
+from divjax.network import Inbox, aggregation_index, collect, push
+from divjax.rows import add_rows, get_rows
+from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
 
 class ADPSGDState(NamedTuple):
-    """AD-PSGD's algorithm state."""
+    """AD-PSGD's algorithm state (the last four are empty, leading size 0, with inbox="sum")."""
 
     queue: QueueState    # link end of queue and models queued, per node
     latest: jax.Array    # (n, K, F) float32: every node's latest post-training snapshot
     pings: jax.Array     # (Lp, n, n) int32: [arrival tick mod Lp, receiver, sender] ping counts
+    history: jax.Array   # (H, n, K, F) float32: snapshot version v of node i at [v % H, i]
+    #                      (version = iterations finished when it was taken; 0 = initial model)
+    last_window: jax.Array   # (n, n) int32 [receiver, sender]: inbox window of the last model
+    #                          sent on that link (-1: none)
+    last_arrival: jax.Array  # (n, n) int32: its arrival tick
+    last_version: jax.Array  # (n, n) int32: its snapshot version
+
+
+def history_depth(cfg: SimConfig, table) -> int:
+    """Snapshots per node that the "latest" rule needs (host side, numpy table).
+
+    Two models of one sender in one inbox window of receiver r arrive less than c_r ticks apart;
+    on a FIFO link the models queued between them leave in that time, so at most
+    c_r R / (p U) iterations (p pings of U sub-ticks each) separate their snapshots; and their
+    enqueue times are less than c_r + the longest delay apart. Both bounds, the smaller per
+    sender, plus the snapshot being written.
+    """
+    p = max(1, cfg.fanout // 2)
+    n = cfg.n_nodes
+    c = np.asarray(table.compute_ticks, np.int64).reshape(-1, n)
+    U = np.asarray(model_units(table), np.int64).reshape(-1, n)
+    c_max = c.max(axis=1, keepdims=True)
+    fifo = c_max * cfg.link_resolution // (p * U) + 2
+    timed = -(-(c_max + cfg.delay_ticks) // c) + 1
+    return int(np.clip(np.max(np.minimum(fifo, timed)) + 1, 2, 64))
+
+
+def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDState,
+                     sender: jax.Array, recv: jax.Array, sent: jax.Array, arrival: jax.Array,
+                     version: jax.Array, t: jax.Array):
+    """The "latest" rule for full models queued at tick t: what the newest of each sender
+    replaces in the receivers' inboxes.
+
+    Args:
+      sender: (C,) int32 (n = padding); recv, sent, arrival: (C, J) in queue order;
+      version: (C,) int32 snapshot version the messages carry.
+    Returns: (inbox, counters, algo state, replaced (C, J): messages of this batch that a later
+      message of the same batch replaces (not to be scattered), error flag () bool).
+    """
+    n, K = cfg.n_nodes, inbox.total.shape[2]
+    H = a.history.shape[0]
+    C, J = recv.shape
+    safe = jnp.minimum(sender, n - 1)
+    r = jnp.minimum(recv, n - 1)
+    window = aggregation_index(arrival, table.compute_ticks[r])                  # (C, J)
+    same_r = (recv[:, :, None] == recv[:, None, :]) & sent[:, None, :]           # (C, J, J')
+    later = jnp.triu(jnp.ones((J, J), bool), 1)                                  # j' > j
+    earlier = later.T
+    replaced = sent & jnp.any(same_r & later & (window[:, :, None] == window[:, None, :]),
+                              axis=2)
+    first = sent & ~jnp.any(same_r & earlier, axis=2)
+    last = sent & ~jnp.any(same_r & later, axis=2)
+    s_b = jnp.broadcast_to(safe[:, None], (C, J))
+    old_w, old_a = a.last_window[r, s_b], a.last_arrival[r, s_b]
+    old_v = a.last_version[r, s_b]
+    retract = first & (old_w == window)
+    lost = jnp.any(retract & (version[:, None] - old_v >= H))
+    old = get_rows(a.history, (old_v % H, s_b))                                  # (C, J, K, F)
+    minus = jnp.full((C, J, K), -1.0, jnp.float32)
+    if cfg.delivery == "arrival_tick":
+        ahead = retract & (old_a > t)                                            # still in flight
+        arrived = retract & (old_a <= t)
+        slot = old_a % inbox.total.shape[0]
+        tgt = jnp.where(ahead, recv, n)
+        total = add_rows(inbox.total, (slot, tgt), -old)
+        count = add_rows(inbox.count, (slot, tgt), minus)
+        tgt = jnp.where(arrived, recv, n)
+        inbox = inbox._replace(
+            total=total, count=count,
+            pending_total=add_rows(inbox.pending_total, (tgt,), -old),
+            pending_count=add_rows(inbox.pending_count, (tgt,), minus))
+    else:
+        slot = window % inbox.total.shape[0]
+        tgt = jnp.where(retract, recv, n)
+        inbox = inbox._replace(total=add_rows(inbox.total, (slot, tgt), -old),
+                               count=add_rows(inbox.count, (slot, tgt), minus))
+    Lc = counters.ring_replaced.shape[0]
+    counters = counters._replace(ring_replaced=counters.ring_replaced.at[
+        arrival % Lc, jnp.where(retract, recv, n)].add(K, mode="drop"))
+    keep = jnp.where(last, recv, n)
+    a = a._replace(last_window=a.last_window.at[keep, s_b].set(window, mode="drop"),
+                   last_arrival=a.last_arrival.at[keep, s_b].set(arrival, mode="drop"),
+                   last_version=a.last_version.at[keep, s_b].set(
+                       jnp.broadcast_to(version[:, None], (C, J)), mode="drop"))
+    return inbox, counters, a, replaced, lost
 
 
 def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -63,12 +157,22 @@ def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree:
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
     p = cfg.fanout // 2
+    latest_rule = cfg.inbox == "latest"
 
     def init(ctx: Context, params):
         n = ctx.cfg.n_nodes
         Lp = ctx.cfg.delay_ticks + 1  # as long as the counters' ring: every delay fits
+        H, m = (ctx.cfg.inbox_history, n) if latest_rule else (0, 0)
+        if latest_rule and H < 2:
+            raise ValueError("inbox_history must be resolved (>= 2) before init: build the "
+                             "engine with make_engine / make_run")
+        history = jnp.zeros((H,) + params.shape, jnp.float32)
+        if H:
+            history = history.at[0].set(params)                                  # version 0
         return ADPSGDState(init_queue_state(n), params,
-                           jnp.zeros((Lp, n, n), jnp.int32))
+                           jnp.zeros((Lp, n, n), jnp.int32), history,
+                           jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
+                           jnp.zeros((m, m), jnp.int32))
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         C = node.shape[0]
@@ -76,27 +180,44 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         safe = jnp.minimum(node, n - 1)
         drop = jnp.where(valid, node, n)
         a = state.algo_state
-        inbox, counters, q, pings = state.inbox, state.counters, a.queue, a.pings
+        version = state.iterations[safe] + 1                      # of the snapshot taken now
         latest = a.latest.at[drop].set(trained, mode="drop")
+        if latest_rule:
+            H = a.history.shape[0]
+            a = a._replace(history=a.history.at[version % H, drop].set(trained, mode="drop"))
         if p > 0:
             recv = jax.vmap(lambda i: adpsgd_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                     p))(safe)                     # (C, p)
-            state, sched = send_full_models(ctx, state, q.link_free, node, valid, recv, trained,
-                                            t)
-            inbox, counters = state.inbox, state.counters
+            K = trained.shape[1]
+            sched = schedule_appended_queue(
+                ctx.cfg, ctx.table, a.queue.link_free, node,
+                jnp.broadcast_to(valid[:, None], (C, p)),
+                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K)
             sent = sched.sent[..., 0]
-            pings = pings.at[sched.arrival[..., 0] % pings.shape[0],
-                             jnp.where(sent, recv, n),
-                             jnp.broadcast_to(safe[:, None], (C, p))].add(1, mode="drop")
+            inbox, counters, replaced = state.inbox, state.counters, None
+            if latest_rule:
+                inbox, counters, a, rep, lost = retract_replaced(
+                    ctx.cfg, ctx.table, inbox, counters, a, node, recv, sent,
+                    sched.arrival[..., 0], version, t)
+                replaced = jnp.broadcast_to(rep[..., None], (C, p, K))
+                state = flag_error(state, jnp.where(lost, ERR_HISTORY, 0), t)
+            inbox, counters, too_late = push(
+                ctx.cfg, inbox, counters, ctx.table, sched, node, jnp.zeros_like(valid),
+                jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced)
+            state = flag_error(state.replace(inbox=inbox, counters=counters),
+                               jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
+            pings = a.pings.at[sched.arrival[..., 0] % a.pings.shape[0],
+                               jnp.where(sent, recv, n),
+                               jnp.broadcast_to(safe[:, None], (C, p))].add(1, mode="drop")
             q = QueueState(
-                appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
+                appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
                                    jnp.full((C,), p, jnp.int32), t),
-                q.enqueued.at[drop].add(p, mode="drop"))
-        inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid,
+                a.queue.enqueued.at[drop].add(p, mode="drop"))
+            a = a._replace(queue=q, pings=pings)
+        inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid,
                                               ctx.table.compute_ticks, t)
         averaged = (trained + got_total) / (1.0 + got_count)[..., None]
-        return state.replace(inbox=inbox, counters=counters,
-                             algo_state=ADPSGDState(q, latest, pings)), averaged
+        return state.replace(inbox=inbox, algo_state=a._replace(latest=latest)), averaged
 
     def on_tick(ctx: Context, state, keys, t):
         """Answer the pings arriving at tick t with pongs carrying the latest models."""
@@ -117,24 +238,31 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             none = jnp.zeros((n,), bool)
 
             def body(carry):
-                m, inbox, counters, late = carry
+                m, inbox, counters, a, late, lost = carry
                 # node r's m-th pong goes to the pinging node j with cum[r, j-1] <= m < cum[r, j]
                 target = jnp.minimum(jnp.sum(cum <= m, axis=1), n - 1).astype(jnp.int32)
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 (total > m)[:, None],
                                                 jnp.full((n, 1), m, jnp.int32), t, K)
+                if latest_rule:
+                    inbox, counters, a, _, lost_m = retract_replaced(
+                        ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
+                        sched.sent[..., 0], sched.arrival[..., 0], state.iterations, t)
+                    lost = lost | lost_m
                 inbox, counters, too_late = push(
                     ctx.cfg, inbox, counters, ctx.table, sched, sender, none,
                     jnp.broadcast_to(target[:, None, None], (n, 1, K)), a.latest)
-                return m + 1, inbox, counters, late | too_late
+                return m + 1, inbox, counters, a, late | too_late, lost
 
-            _, inbox, counters, late = jax.lax.while_loop(
+            _, inbox, counters, a, late, lost = jax.lax.while_loop(
                 lambda c: c[0] < jnp.max(total), body,
-                (jnp.int32(0), state.inbox, state.counters, jnp.bool_(False)))
+                (jnp.int32(0), state.inbox, state.counters, a, jnp.bool_(False),
+                 jnp.bool_(False)))
             q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, sender,
                                               total > 0, total, t),
                            q.enqueued + total)
             state = flag_error(state, jnp.where(late, ERR_RING_TOO_SHORT, 0), t)
+            state = flag_error(state, jnp.where(lost, ERR_HISTORY, 0), t)
             return state.replace(inbox=inbox, counters=counters,
                                  algo_state=a._replace(queue=q))
 
@@ -149,5 +277,10 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         lat_max = int(np.max(np.asarray(table.latency_ticks)))
         return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
 
+    def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
+        if not latest_rule or cfg_resolved.inbox_history > 0:
+            return cfg_resolved
+        return cfg_resolved.replace(inbox_history=history_depth(cfg_resolved, table))
+
     return Algorithm("adpsgd", init, iteration_end, on_tick=on_tick,
-                     longest_delay=longest_delay)
+                     longest_delay=longest_delay, resolve_sizes=resolve_sizes)

@@ -52,6 +52,9 @@ class Algorithm(NamedTuple):
     # Optional: longest_delay(cfg, table) -> int ticks from enqueue to arrival (host side, numpy
     # table), used to size the rings. Default: compute + latency (a replaced queue).
     longest_delay: Callable | None = None
+    # Optional: resolve_sizes(cfg, table) -> cfg, host side: fill the algorithm's own sizing
+    # fields left at 0 (e.g. AD-PSGD's snapshot history), from the numpy timing table.
+    resolve_sizes: Callable | None = None
 
 
 def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -59,21 +62,24 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
     """`count` distinct random neighbours of `node`, independently for each entry of `shape`.
 
     Floyd's algorithm over the node's degree: O(count) work per draw whatever the degree (a
-    complete graph on thousands of nodes costs the same as a ring), uniform over subsets.
+    complete graph on thousands of nodes costs the same as a ring), uniform over subsets. Floyd
+    returns the set in a biased order (the last slot takes the largest index more often), so
+    the picks are then shuffled: the order is uniform too, and callers may send in it.
     Returns (*shape, count) int32 node ids.
     """
     N = degree[node]
     total = int(np.prod(shape)) if shape else 1
-    keys = jax.random.split(key, total * count).reshape(total, count)
+    k_set, k_order = jax.random.split(key)
+    keys = jax.random.split(k_set, total * count).reshape(total, count)
 
-    def one(ks):
+    def one(ks, k_perm):
         chosen = jnp.full((count,), -1, jnp.int32)
         for idx in range(count):  # static and small
             j = N - count + idx
             t = jax.random.randint(ks[idx], (), 0, j + 1, dtype=jnp.int32)
             t = jnp.where(jnp.any(chosen == t), j, t)
             chosen = chosen.at[idx].set(t)
-        return chosen
+        return jax.random.permutation(k_perm, chosen) if count > 1 else chosen
 
-    picks = jax.vmap(one)(keys).reshape(tuple(shape) + (count,))
-    return neighbors[node, picks]
+    picks = jax.vmap(one)(keys, jax.random.split(k_order, total))
+    return neighbors[node, picks.reshape(tuple(shape) + (count,))]

@@ -4,7 +4,9 @@ At the end of each iteration a node (1) cuts its post-training model into the K 
 (2) drops whatever of its previous queue has not fully left its link, (3) queues K*s messages,
 each fragment to s distinct random neighbours, in random order, and (4) averages every
 coordinate of its model with the fragments that have arrived since its last aggregation:
-x[c] = (x[c] + sum of received values of c) / (1 + number received). See ../shared/paper.md.
+x[c] = (x[c] + sum of received values of c) / (1 + number received). With inbox="latest" (the
+authors' rule, the default) only the newest fragment per (sender, fragment index) counts; with
+inbox="sum" every copy that arrived does. See ../shared/paper.md.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, sample_peers
 from divjax.config import SimConfig
-from divjax.network import collect, push, schedule_replaced_queue
-from divjax.state import ERR_RING_TOO_SHORT, flag_error
+from divjax.network import (
+    Schedule,
+    aggregation_index,
+    collect,
+    push,
+    schedule_replaced_queue,
+)
+from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 
 def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -32,31 +40,83 @@ def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
     return peers.T, queue
 
 
+def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: jax.Array,
+                    t: jax.Array) -> tuple[jax.Array, Schedule]:
+    """The K*s messages that C nodes queue at their iteration end at tick t (() or (C,)), with
+    the keys of that tick. Returns receivers (C, s, K) and their Schedule, fields (C, s, K).
+
+    `k_route` is the route key of tick t: () for one tick, (C,) for one tick per node."""
+    K, s = ctx.layout.K, ctx.cfg.fanout
+    C = node.shape[0]
+    safe = jnp.minimum(node, ctx.cfg.n_nodes - 1)
+    k_route = jnp.broadcast_to(k_route, (C,))
+    receivers, queue = jax.vmap(
+        lambda k, i: divshare_routes(k, i, ctx.neighbors, ctx.degree, K, s))(k_route, safe)
+    fragment_q = queue % K                                                       # (C, M)
+    units_q = jnp.take_along_axis(ctx.table.msg_units[safe], fragment_q, axis=1)
+    sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution)
+    # back from queue order to message order m = j * K + k, then (C, s, K)
+    to_msg = jnp.argsort(queue, axis=1)
+    unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731
+    return receivers, sched._replace(sent=unq(sched.sent), leave_tick=unq(sched.leave_tick),
+                                     arrival=unq(sched.arrival))
+
+
+def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
+                      receivers: jax.Array, sched: Schedule, t: jax.Array) -> jax.Array:
+    """(C, s, K) bool: which messages queued at tick t a newer message from the same sender,
+    with the same fragment, replaces in the receiver's inbox before the receiver aggregates.
+
+    Compute times are fixed, so the sender's later iteration ends (t + i c), their receivers
+    (drawn from the keys of those ticks) and their link schedules are known now: a message is
+    replaced when a later iteration sends the same fragment to the same receiver and it arrives
+    within the run in the same inbox window (`aggregation_index`). The loop looks ahead only
+    while a later iteration end precedes the last aggregation these messages join.
+    """
+    n, T = ctx.cfg.n_nodes, ctx.cfg.num_ticks
+    safe = jnp.minimum(node, n - 1)
+    c_send = ctx.table.compute_ticks[safe]                                       # (C,)
+    c_recv = ctx.table.compute_ticks[receivers]                                  # (C, s, K)
+    window = aggregation_index(sched.arrival, c_recv)
+    last_agg = jnp.max(jnp.where(sched.sent, window * c_recv, 0), axis=(1, 2))   # (C,)
+    horizon = jnp.where(valid, jnp.minimum(last_agg, T), 0)
+
+    def pending(i):
+        return t + i * c_send < horizon                                          # (C,)
+
+    def body(carry):
+        i, replaced = carry
+        t_i = t + i * c_send
+        alive = pending(i)
+        k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt).route)(t_i)
+        recv_i, sched_i = queued_messages(ctx, k_i, node, alive, t_i)
+        ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
+        same = ((receivers[:, :, None, :] == recv_i[:, None, :, :]) & ok_i[:, None]
+                & (aggregation_index(sched_i.arrival[:, None], c_recv[:, :, None])
+                   == window[:, :, None]))                                       # (C, s, s', K)
+        return i + 1, replaced | jnp.any(same, axis=2)
+
+    _, replaced = jax.lax.while_loop(lambda c: jnp.any(pending(c[0])), body,
+                                     (jnp.int32(1), jnp.zeros(receivers.shape, bool)))
+    return replaced & sched.sent
+
+
 def make_divshare(cfg: SimConfig) -> Algorithm:
-    K, s = cfg.n_fragments, cfg.fanout
+    s = cfg.fanout
 
     def init(ctx: Context, params):
         del ctx, params  # DivShare keeps no state beyond the inbox.
         return ()
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        C = node.shape[0]
-        safe = jnp.minimum(node, cfg.n_nodes - 1)
         inbox, counters = state.inbox, state.counters
         if s > 0:
-            receivers, queue = jax.vmap(
-                lambda i: divshare_routes(keys.route, i, ctx.neighbors, ctx.degree, K, s))(safe)
-            fragment_q = queue % K                                               # (C, M)
-            units_q = jnp.take_along_axis(ctx.table.msg_units[safe], fragment_q, axis=1)
-            sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t,
-                                            cfg.link_resolution)
-            # back from queue order to message order m = j * K + k, then (C, s, K)
-            to_msg = jnp.argsort(queue, axis=1)
-            unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731
-            sched = sched._replace(sent=unq(sched.sent), leave_tick=unq(sched.leave_tick),
-                                   arrival=unq(sched.arrival))
+            receivers, sched = queued_messages(ctx, keys.route, node, valid, t)
+            replaced = None
+            if cfg.inbox == "latest":
+                replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t)
             inbox, counters, too_late = push(cfg, inbox, counters, ctx.table, sched, node,
-                                             valid, receivers, trained)
+                                             valid, receivers, trained, replaced)
             state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
         # with s = 0 nothing is sent, and replacing the (empty) old queue drops nothing
         inbox, got_total, got_count = collect(cfg, inbox, node, valid,

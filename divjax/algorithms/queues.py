@@ -21,7 +21,7 @@ one after another, plus the largest latency (`sync_round_timing`).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,13 +147,16 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
 
 
 def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: jax.Array,
-                     recv: jax.Array, payload: jax.Array, t: jax.Array):
+                     recv: jax.Array, payload: jax.Array, t: jax.Array,
+                     replaced_fn: Callable | None = None):
     """Append one full-model message per receiver recv[c, j] to each sender's queue, scatter
     them into the ring (as K fragments each) and time the counters.
 
     Args:
       ctx: the algorithm Context; state: SimState; link_free: (n,) int32;
-      node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F).
+      node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F);
+      replaced_fn: optional, Schedule (C, J, K) -> (C, J) bool, the messages a newer one from
+        the same sender replaces in the receiver's inbox (inbox "latest"; see network.push).
     Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
     """
     C, J = recv.shape
@@ -161,8 +164,11 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
     position = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (C, J))
     active = jnp.broadcast_to(valid[:, None], (C, J))
     sched = schedule_appended_queue(ctx.cfg, ctx.table, link_free, node, active, position, t, K)
+    replaced = None
+    if replaced_fn is not None:
+        replaced = jnp.broadcast_to(replaced_fn(sched)[..., None], (C, J, K))
     inbox, counters, too_late = push(
         ctx.cfg, state.inbox, state.counters, ctx.table, sched, node, jnp.zeros_like(valid),
-        jnp.broadcast_to(recv[..., None], (C, J, K)), payload)
+        jnp.broadcast_to(recv[..., None], (C, J, K)), payload, replaced)
     state = state.replace(inbox=inbox, counters=counters)
     return flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t), sched

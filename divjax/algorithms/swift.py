@@ -2,11 +2,12 @@
 wait-free model communication"), with the semantics of the DivShare authors' `node/Swift.py`.
 
 The same loop and order as DivShare (train, queue the post-training model, aggregate) with the
-full model as one message to `fanout` distinct random neighbours, and the outgoing queue
+full model as one message to `fanout` distinct random neighbours (sent in random order), and
+the outgoing queue
 APPENDED to, never replaced: on a slow link it grows without bound (`QueueState.enqueued` minus
 the models sent, see `queue_length`). Nobody waits for anybody. At its iteration end a node
-averages its model with every model that arrived since its last aggregation (the engine's "sum"
-inbox; the authors keep the latest per sender, see divjax.reference_baselines).
+averages its model with the newest model of each sender that arrived since its last aggregation
+(inbox="latest", the authors' rule; inbox="sum" averages every copy that arrived).
 See ../../shared/paper.md.
 """
 
@@ -23,10 +24,12 @@ from divjax.algorithms.queues import (
     appended_link_free,
     appended_queue_longest_delay,
     init_queue_state,
+    model_units,
     send_full_models,
 )
 from divjax.config import SimConfig
-from divjax.network import collect
+from divjax.network import aggregation_index, collect
+from divjax.state import tick_keys
 
 
 class SwiftState(NamedTuple):
@@ -46,6 +49,59 @@ def queue_length(state) -> jax.Array:
     return state.algo_state.queue.enqueued - state.counters.sent[:, 0]
 
 
+def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
+                      recv: jax.Array, arrival: jax.Array, sent: jax.Array,
+                      link_free: jax.Array, t: jax.Array) -> jax.Array:
+    """(C, s) bool: which full models queued at tick t a newer model from the same sender
+    replaces in the receiver's inbox before the receiver aggregates (inbox "latest").
+
+    The appended queue is deterministic: from the link's end of queue after this append
+    (`link_free`, (C,) sub-ticks), the sender's later iteration ends t + i c append s models
+    each to receivers drawn from the keys of those ticks. A model is replaced when a later one
+    to the same receiver arrives within the run in the same inbox window. The loop looks ahead
+    while a later iteration end precedes the last aggregation these models join and the link
+    can still deliver a later model before it.
+    """
+    cfg, table = ctx.cfg, ctx.table
+    n, T, R, s = cfg.n_nodes, cfg.num_ticks, cfg.link_resolution, cfg.fanout
+    safe = jnp.minimum(node, n - 1)
+    c_send = table.compute_ticks[safe]                                           # (C,)
+    U = model_units(table)[safe]
+    lat = table.latency_ticks[safe]
+    c_recv = table.compute_ticks[recv]                                           # (C, s)
+    window = aggregation_index(arrival, c_recv)
+    last_agg = jnp.max(jnp.where(sent, window * c_recv, 0), axis=1)
+    horizon = jnp.where(valid, jnp.minimum(last_agg, T), 0)                      # (C,)
+    position = jnp.arange(1, s + 1, dtype=jnp.int32)
+
+    def pending(i, free):
+        t_i = t + i * c_send
+        first = (jnp.maximum(free, t_i * R) + U + R - 1) // R + lat             # earliest arrival
+        return (t_i < horizon) & (first <= horizon)
+
+    def body(carry):
+        i, free, replaced = carry
+        t_i = t + i * c_send
+        alive = pending(i, free)
+        k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt).route)(t_i)
+        recv_i = jax.vmap(lambda k, j: swift_routes(k, j, ctx.neighbors, ctx.degree, s))(
+            k_i, safe)                                                           # (C, s)
+        start = jnp.maximum(free, t_i * R)
+        leave = (start[:, None] + position * U[:, None] + R - 1) // R
+        arrival_i = leave + lat[:, None]
+        ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
+        same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
+                & (aggregation_index(arrival_i[:, None, :], c_recv[:, :, None])
+                   == window[:, :, None]))                                       # (C, s, s')
+        free = jnp.minimum(start + s * U, T * R)
+        return i + 1, free, replaced | jnp.any(same, axis=2)
+
+    _, _, replaced = jax.lax.while_loop(
+        lambda c: jnp.any(pending(c[0], c[1])), body,
+        (jnp.int32(1), link_free, jnp.zeros(recv.shape, bool)))
+    return replaced & sent
+
+
 def make_swift(cfg: SimConfig) -> Algorithm:
     s = cfg.fanout
 
@@ -60,12 +116,20 @@ def make_swift(cfg: SimConfig) -> Algorithm:
         if s > 0:
             recv = jax.vmap(lambda i: swift_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                    s))(safe)                      # (C, s)
-            state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t)
+            link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
+                                           jnp.full((C,), s, jnp.int32), t)
+            replaced_fn = None
+            if ctx.cfg.inbox == "latest":
+                def replaced_fn(sched):
+                    return replaced_by_newer(ctx, state.k_sim, node, valid, recv,
+                                             sched.arrival[..., 0], sched.sent[..., 0],
+                                             link_free[safe], t)
+            state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t,
+                                        replaced_fn)
             inbox, counters = state.inbox, state.counters
-            q = QueueState(
-                appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
-                                   jnp.full((C,), s, jnp.int32), t),
-                q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(s, mode="drop"))
+            q = QueueState(link_free,
+                           q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(
+                               s, mode="drop"))
         inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid,
                                               ctx.table.compute_ticks, t)
         averaged = (trained + got_total) / (1.0 + got_count)[..., None]
