@@ -153,7 +153,8 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
     model = memory.memory_model(cfg, layout, data_bytes=memory.task_data_bytes(task))
     row["model_bytes"] = model["total"]
     row["model_state_bytes_per_node"] = int(sum(model["per_node"][k] for k in
-                                                ("params", "optimizer", "ring", "counters")))
+                                                ("params", "optimizer", "ring", "pending",
+                                                 "counters", "algorithm")))
 
     # shared pieces for the isolated timings: the nodes finishing at a tick (all of them here)
     nb, deg = neighbor_table(adjacency(cfg))

@@ -1,37 +1,45 @@
 """A memory model of a run: bytes per node for the state, optimizer, ring buffer and data, and
 the largest number of nodes that fits on the current device.
 
-Everything the engine keeps per node is a float32 or int32 array with a node axis, so the state
-is linear in n apart from the neighbour table (n x max_degree) and data shared by every node
-(the global test set). The model counts, with n nodes, K fragments of F floats, R ring slots,
-Lc counter-ring ticks and C gathered (training) nodes:
+The state's parts are not hand-counted: `abstract_state` builds the engine's initial `SimState`
+(divjax.sim.make_engine's `init`) under `jax.eval_shape`, without allocating anything, and the
+model sums the bytes of its leaves. So every array an algorithm keeps (AD-PSGD's ping ring of
+(delay + 1, n, n) int32 and its copy of every model, Swift's queues, ...) and every field a
+change adds are counted as they are. With n nodes, K fragments of F floats, R ring slots, Lc
+counter-ring ticks and C gathered (training) nodes, the parts are:
 
-  params       n K F 4                       the node models, (n, K, F)
-  optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)
-  ring         R n K (F + 1) 4 + 8 C         payload sums and counts of messages in flight
-  pending      n K (F + 1) 4                 only with delivery="arrival_tick"
-  counters     (Lc + 1) n (K + 2) 4 + 8 n    the exact counters, next_end, iterations
+  params       n K F 4                       the node models, (n, K, F)          (state)
+  optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)     (state)
+  algorithm    the algorithm's own state (SimState.algo_state)                    (state)
+  ring         R n K (F + 1) 4 + 8 C         payload sums and counts in flight     (state)
+  pending      n K (F + 1) 4                 only with delivery="arrival_tick"     (state)
+  counters     (Lc + 1) n (K + 2) 4 + 8 n    counters, next_end, iterations, clock (state)
   training     C' K F 4 * (4 + opt)          gathered models, trained models, gradients,
                + C activation_bytes          averaged models; activations of one node's batch
   neighbours   n max_degree 4                the padded neighbour table
   data         what the task keeps on the device (node shards + shared test sets)
 
-`memory_model` returns these parts, their total and the same figures per node; `largest_n`
-bisects n against a budget (default: 80% of the device's memory). `compiled_memory` reads
-XLA's own figures (argument, output and temporary buffers) of a compiled function; the
-benchmarks report both, and tests/test_memory.py checks that the model covers the state
-`init` actually builds.
+(the formulas of the state parts are what the engine keeps today, for orientation; the figures
+come from eval_shape). `memory_model` returns these parts, their total and the same figures per
+node; `largest_n` bisects n against a budget (default: 80% of the device's memory).
+`compiled_memory` reads XLA's own figures (argument, output and temporary buffers) of a compiled
+function; the benchmarks report both, and tests/test_memory_state.py checks that the state parts
+are exactly the bytes of `jax.eval_shape(engine.init)` for every algorithm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from divjax.config import SimConfig
+from divjax.config import ConfigError, SimConfig, default_hparams
 
 F32 = 4
 DEFAULT_RING_SLOTS = 3      # receiver_iteration with latency < compute time: ceil((c+l)/c)+1
@@ -44,9 +52,21 @@ def optimizer_floats_per_param(cfg: SimConfig) -> int:
 
 
 def max_degree(cfg: SimConfig) -> int:
-    """Width of the padded neighbour table, without building the graph."""
-    if cfg.topology == "complete":
-        return cfg.n_nodes - 1
+    """Width of the padded neighbour table, without building the graph where a closed form
+    is known (complete; ring, torus and regular:D at large n)."""
+    n, name = cfg.n_nodes, cfg.topology
+    if name == "complete":
+        return n - 1
+    if n > 4096:  # closed forms: never build an n x n graph to size it
+        if name == "ring":
+            return 2
+        if name == "torus":
+            return 4
+        if name.startswith("regular:"):
+            try:
+                return int(name.split(":", 1)[1])
+            except ValueError:
+                pass
     try:  # other topologies: build the (host) table once
         from divjax.topology import adjacency, neighbor_table
 
@@ -83,20 +103,111 @@ def task_data_bytes(task: Any) -> int:
         if callable(fn) and id(fn) not in seen_fn:
             seen_fn.add(id(fn))
             for cell in getattr(fn, "__closure__", None) or ():
-                try:
+                with contextlib.suppress(ValueError):  # an empty cell
                     stack.append(cell.cell_contents)
-                except ValueError:  # empty cell
-                    pass
             if fn is not obj:
                 stack.extend(list(getattr(obj, "args", ())) +
                              list(getattr(obj, "keywords", {}).values()))
     return total
 
 
+# SimState fields -> parts of the model; inbox fields named pending* are "pending", the rest
+# of the inbox "ring", and every other field (counters, clocks, key) "counters".
+STATE_FIELD_PARTS = {"params": "params", "opt_state": "optimizer", "algo_state": "algorithm"}
+STATE_PARTS = ("params", "optimizer", "algorithm", "ring", "pending", "counters")
+
+
+def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity: int,
+                   counter_ticks: int, algo: Any = None) -> Any:
+    """The engine's initial `SimState` for `cfg`, as ShapeDtypeStructs (`jax.eval_shape`: no
+    array is allocated, so it is cheap at any n).
+
+    Built as divjax.sim.make_engine's `init` builds it, with the algorithm's own `init`: the
+    algorithm sees `cfg` with ring_ticks=ring_slots, train_capacity and delay_ticks =
+    counter_ticks - 1 (the resolved values the engine would hand it).
+
+    Args:
+      layout: a FragmentLayout, or anything with K and F (and optionally D, fragment_bytes).
+      algo: an Algorithm; default `ALGORITHMS[cfg.algorithm](cfg)`.
+    """
+    from divjax import network
+    from divjax.algorithms import ALGORITHMS, Context
+    from divjax.local import make_optimizer
+    from divjax.state import SimState
+
+    n, K, F = cfg.n_nodes, int(layout.K), int(layout.F)
+    cfg = cfg.replace(ring_ticks=int(ring_slots), train_capacity=min(int(train_capacity), n),
+                      delay_ticks=max(0, int(counter_ticks) - 1))
+    if algo is None:
+        if cfg.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm={cfg.algorithm!r} is unknown: choose one of "
+                              f"{sorted(ALGORITHMS)}")
+        algo = ALGORITHMS[cfg.algorithm](cfg)
+    fragment_bytes = np.asarray(getattr(layout, "fragment_bytes", np.full(K, F * F32)))
+    hp = jax.eval_shape(lambda: default_hparams(cfg))  # shapes only (values never matter)
+
+    def init(hp, neighbors, degree):  # as make_engine's init, from zeros
+        # (algo.adjust_timing changes timing values, never shapes: skipped, so that D-PSGD's
+        # graph is not built just to size the state)
+        table = network.link_table(cfg, hp, fragment_bytes)
+        ctx = Context(cfg, layout, neighbors, degree, table)
+        params = jnp.zeros((n, K, F), jnp.float32)
+        tx = make_optimizer(cfg, hp)
+        return SimState(
+            params=params,
+            opt_state=jax.vmap(tx.init)(params),
+            algo_state=algo.init(ctx, params),
+            inbox=network.init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
+            counters=network.init_counters(n, K, int(counter_ticks)),
+            next_end=table.compute_ticks,
+            iterations=jnp.zeros((n,), jnp.int32),
+            errors=jnp.zeros((), jnp.int32),
+            first_error_tick=jnp.zeros((), jnp.int32),
+            t=jnp.zeros((), jnp.int32),
+            k_sim=jax.random.key(0),
+        )
+
+    return jax.eval_shape(init, hp, jax.ShapeDtypeStruct((n, max_degree(cfg)), jnp.int32),
+                          jax.ShapeDtypeStruct((n,), jnp.int32))
+
+
+def state_part_bytes(state: Any) -> dict:
+    """Bytes of a (possibly abstract) SimState, by part of the memory model (STATE_PARTS)."""
+    parts = dict.fromkeys(STATE_PARTS, 0)
+    for name in state.__dataclass_fields__:
+        value = getattr(state, name)
+        if name == "inbox" and hasattr(value, "_fields"):
+            for field in value._fields:
+                part = "pending" if field.startswith("pending") else "ring"
+                parts[part] += state_bytes(getattr(value, field))
+        elif name == "inbox":
+            parts["ring"] += state_bytes(value)
+        else:
+            parts[STATE_FIELD_PARTS.get(name, "counters")] += state_bytes(value)
+    return parts
+
+
+@functools.lru_cache(maxsize=256)
+def _state_parts_cached(cfg: SimConfig, K: int, F: int, D: int, R: int, C: int,
+                        Lc: int) -> tuple:
+    layout = SimpleNamespace(K=K, F=F, D=D, fragment_bytes=np.full(K, F * F32, np.int64))
+    return tuple(state_part_bytes(abstract_state(cfg, layout, R, C, Lc)).items())
+
+
+def state_parts(cfg: SimConfig, K: int, F: int, D: int, ring_slots: int, train_capacity: int,
+                counter_ticks: int, algo: Any = None) -> dict:
+    """Bytes of the engine's state by part (`abstract_state`, cached per configuration)."""
+    if algo is not None:  # a custom algorithm: not cached (it need not be hashable)
+        layout = SimpleNamespace(K=K, F=F, D=D, fragment_bytes=np.full(K, F * F32, np.int64))
+        return state_part_bytes(abstract_state(cfg, layout, ring_slots, train_capacity,
+                                               counter_ticks, algo))
+    return dict(_state_parts_cached(cfg, K, F, D, ring_slots, train_capacity, counter_ticks))
+
+
 def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
                  train_capacity: int | None = None, data_bytes: int = 0,
                  activation_bytes: int = 0, counter_ticks: int | None = None,
-                 available: int | None = None) -> dict:
+                 available: int | None = None, algo: Any = None) -> dict:
     """Bytes a run needs, by part, in total and per node.
 
     Args:
@@ -110,6 +221,9 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
         (activations); multiplied by C.
       counter_ticks: Lc; default cfg.delay_ticks + 1, else ring_slots + 1.
       available: device bytes; default `available_memory_bytes()`.
+      algo: the Algorithm the engine runs; default `ALGORITHMS[cfg.algorithm](cfg)`.
+    The state parts (STATE_PARTS) are the bytes of `abstract_state`: the engine's own initial
+    state under jax.eval_shape, algorithm state included.
     Returns:
       {"parts": {name: bytes}, "total": bytes, "per_node": {name: bytes}, "fixed": bytes,
        "available": bytes, "budget": FRACTION * available, "fits": bool, "n": n, "K", "F", "D"}
@@ -126,25 +240,16 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
         cfg.delay_ticks + 1 if cfg.delay_ticks else R + 1)
     opt = optimizer_floats_per_param(cfg)
     model = K * F * F32
-    per_node = {
-        "params": model,
-        "optimizer": opt * model,
-        "ring": R * K * (F + 1) * F32,
-        "pending": K * (F + 1) * F32 if cfg.delivery == "arrival_tick" else 0,
-        "counters": (Lc + 1) * (K + 2) * F32 + 2 * F32,   # + next_end, iterations
-        "neighbours": max_degree(cfg) * F32 + F32,
-    }
-    parts = {k: n * v for k, v in per_node.items()}
-    parts["ring"] += 2 * C * F32                          # the slots and nodes to clear next tick
+    parts = state_parts(cfg, K, F, D, R, C, Lc, algo)
+    parts["neighbours"] = n * (max_degree(cfg) * F32 + F32)
     # gathered copies of the finishing nodes (params, trained, averaged, optimizer) for all C,
     # plus gradient and activations for the nodes trained at once (train_chunk of them)
     gathered = min(C, cfg.iteration_chunk) if cfg.iteration_chunk else C
     at_once = min(gathered, cfg.train_chunk) if cfg.train_chunk else gathered
     # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
     parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))
-    per_node["training"] = parts["training"] / n
     parts["data"] = int(data_bytes)
-    per_node["data"] = parts["data"] / n
+    per_node = {k: v / n for k, v in parts.items()}
     total = int(sum(parts.values()))
     have = available_memory_bytes() if available is None else int(available)
     return {"parts": parts, "total": total, "per_node": per_node,
@@ -159,20 +264,22 @@ def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
     """The largest n whose `memory_model` total fits `budget` bytes (default: FRACTION of the
     device's memory). Everything else in cfg stays as it is; the training capacity scales as
     capacity_fraction * n (1.0: every node may finish at the same tick), the data as
-    data_bytes_fixed + data_bytes_per_node * n. Returns 0 if not even 2 nodes fit."""
+    data_bytes_fixed + data_bytes_per_node * n. The fanout stays too, so the search starts at
+    n = fanout + 1 (at least 2); returns 0 if not even that fits. Every n tried builds the
+    algorithm's state under jax.eval_shape (`abstract_state`): nothing is allocated."""
     budget = int(FRACTION * available_memory_bytes()) if budget is None else int(budget)
 
     def total(n: int) -> int:
-        c = cfg.replace(n_nodes=n, fanout=min(cfg.fanout, n - 1), train_capacity=0,
-                        n_stragglers=min(cfg.n_stragglers, n))
+        c = cfg.replace(n_nodes=n, train_capacity=0, n_stragglers=min(cfg.n_stragglers, n))
         return memory_model(c, layout, ring_slots=ring_slots,
                             train_capacity=max(1, math.ceil(capacity_fraction * n)),
                             data_bytes=int(data_bytes_fixed + data_bytes_per_node * n),
                             activation_bytes=activation_bytes, available=budget)["total"]
 
-    if total(2) > budget:
+    smallest = max(2, cfg.fanout + 1)
+    if smallest > n_max or total(smallest) > budget:
         return 0
-    lo, hi = 2, 4
+    lo, hi = smallest, 2 * smallest
     while hi < n_max and total(hi) <= budget:
         lo, hi = hi, hi * 2
     hi = min(hi, n_max)

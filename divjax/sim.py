@@ -49,9 +49,10 @@ def model_layout(cfg: SimConfig, task: Task) -> FragmentLayout:
 # ----------------------------------------------------------------------------- config checks
 
 
-def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int) -> dict:
+def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int,
+                    algo: Algorithm | None = None) -> dict:
     """Bytes the run's state needs, by part, and their "total" (see divjax.memory)."""
-    m = memory_model(cfg, layout, ring_slots=ring_slots, available=1)
+    m = memory_model(cfg, layout, ring_slots=ring_slots, available=1, algo=algo)
     return {**{k: v for k, v in m["parts"].items() if v}, "total": m["total"]}
 
 
@@ -121,7 +122,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"train_capacity={cfg.train_capacity} is too small: {worst} nodes finish an "
             f"iteration at the same tick; set --train-capacity {worst} or 0 (auto)")
     if check_memory:
-        est = memory_estimate(cfg, layout, cfg.ring_ticks)
+        est = memory_estimate(cfg, layout, cfg.ring_ticks, algo=algo)
         have = available_memory_bytes()
         if est["total"] > 0.8 * have:
             raise ConfigError(

@@ -6,60 +6,126 @@ and replaces its model by x_i = sum_j W_ij y_j (W: Metropolis-Hastings weights o
 symmetric and doubly stochastic). A round lasts as long as its slowest node and link
 (`sync_round_timing`): the slowest compute time, plus the time the slowest link needs to send its
 node's model to all of its neighbours one after another, plus the largest latency. Every node
-therefore ends its round at the same tick; the engine gathers them all there and mixes directly.
+therefore ends its round at the same tick, and mixes there (`sync_iteration_end`).
 Counters: node i sends deg_i full models per round (counted once per fragment, like every full
 model message in divjax, see divjax.algorithms.queues), counted at the round end.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
+from divjax.rows import get_rows, set_rows
 from divjax.topology import adjacency, metropolis_hastings
 
 
-def gather_all(trained, node, valid, n):
-    """(n, K, F) models of every node from the C gathered ones (all nodes end together)."""
-    drop = jnp.where(valid, node, n)
-    return jnp.zeros((n,) + trained.shape[1:], trained.dtype).at[drop].set(trained, mode="drop")
+def round_progress(ctx: Context, state, node, valid, t):
+    """Which nodes end the synchronous round at tick t, and whether this call holds the last.
+
+    The engine hands the nodes that finish at t (`state.next_end == t` until the tick ends) to
+    `iteration_end` in one call, or, with `SimConfig.iteration_chunk`, in chunks of increasing
+    node ids, one call after another, writing the models each chunk returns to `state.params`
+    before the next chunk trains.
+
+    Returns:
+      handled: (n,) bool, the nodes the engine trains at t (those finishing at t, at most
+        train_capacity of them, lowest ids first, as the engine gathers them);
+      closes: () bool, True if this call holds the last of them; the Python True without
+        chunks (every handled node is in this call).
+    """
+    n = ctx.cfg.n_nodes
+    cap = ctx.cfg.train_capacity or n
+    finishing = state.next_end == t
+    handled = finishing & (jnp.cumsum(finishing) <= cap)
+    if node.shape[0] >= cap:  # not chunked
+        return handled, True
+    last = jnp.max(jnp.where(handled, jnp.arange(n), -1))
+    return handled, jnp.any(valid & (node == last))
 
 
-def count_full_models(counters, node, valid, sent_per_node, recv_per_node, K, n):
-    """Add synchronous full-model messages to the totals (sent per fragment, delivered per
-    fragment), for the C gathered senders and every receiver."""
-    drop = jnp.where(valid, node, n)
+def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_node: jax.Array,
+                       mix: Callable):
+    """`iteration_end` of a synchronous round whose nodes may come in several chunks.
+
+    In a round every node mixes the post-training models of the same round, but with
+    `SimConfig.iteration_chunk` the nodes of later chunks have not trained when an earlier chunk
+    ends. So until the round's last chunk, a chunk's nodes return their post-training models
+    unmixed (the engine keeps them in `state.params`); the last chunk mixes the post-training
+    models of every node of the round (earlier chunks' from `state.params`, its own `trained`),
+    writes the mixed models of the earlier chunks' nodes into `state.params` and returns its
+    own. Equal to one call with every node (tests/test_chunking.py).
+
+    Args:
+      sent_per_node: (n,) int32 full models each node sends per round (counted per fragment,
+        for this call's nodes).
+      mix: mix(y (n, K, F), handled (n,) bool) -> (x (n, K, F) mixed models of every node,
+        received (n,) int32 full models each node received this round), called once per round
+        with y the post-training models (rows of nodes that did not train: their models).
+    Returns: (state, params_after (C, K, F)).
+    """
+    n, K = ctx.cfg.n_nodes, trained.shape[1]
     safe = jnp.minimum(node, n - 1)
+    drop = jnp.where(valid, node, n)
+    handled, closes = round_progress(ctx, state, node, valid, t)
+    counters = state.counters
     sent = counters.sent.at[drop].add(
         jnp.broadcast_to(sent_per_node[safe][:, None], (node.shape[0], K)), mode="drop")
-    return counters._replace(sent=sent, delivered=counters.delivered + K * recv_per_node)
+
+    def close(_):
+        y = set_rows(state.params, (drop,), trained)                   # (n, K, F) post-training
+        x, received = mix(y, handled)
+        params = state.params
+        if closes is not True:  # the earlier chunks' nodes take their mixed models too
+            params = jnp.where(handled[:, None, None], x, params)
+        return params, get_rows(x, (safe,)), counters.delivered + K * received
+
+    def wait(_):
+        return state.params, trained, counters.delivered
+
+    if closes is True:
+        params, after, delivered = close(None)
+    else:
+        params, after, delivered = jax.lax.cond(closes, close, wait, None)
+    counters = counters._replace(sent=sent, delivered=delivered)
+    return state.replace(params=params, counters=counters), after
 
 
 def make_dpsgd(cfg: SimConfig) -> Algorithm:
-    adj = adjacency(cfg)
-    W_np = metropolis_hastings(adj)
-    deg_np = adj.sum(1).astype(np.int32)
+    @functools.cache
+    def graph() -> tuple[np.ndarray, np.ndarray]:
+        """(W (n, n) Metropolis-Hastings weights, degrees (n,) int32), built on first use (the
+        memory model builds the algorithm at many n without ever needing the n x n graph)."""
+        adj = adjacency(cfg)
+        return metropolis_hastings(adj), adj.sum(1).astype(np.int32)
 
     def init(ctx: Context, params):
         del ctx, params  # the mixing matrix is a constant
         return ()
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        del keys, t  # deterministic mixing
-        n, K = ctx.cfg.n_nodes, trained.shape[1]
-        y = gather_all(trained, node, valid, n)
-        x = jnp.einsum("ij,jkf->ikf", jnp.asarray(W_np, jnp.float32), y)
+        del keys  # deterministic mixing
+        W_np, deg_np = graph()
         deg = jnp.asarray(deg_np)
-        counters = count_full_models(state.counters, node, valid, deg,
-                                     jnp.where(jnp.any(valid), deg, 0), K, n)
-        return state.replace(counters=counters), x[jnp.minimum(node, n - 1)]
+
+        def mix(y, handled):
+            del handled  # a node that does not train (capacity overflow) still mixes as is
+            W = jnp.asarray(W_np, jnp.float32)
+            x = jnp.einsum("ij,jkf->ikf", W, y)
+            return x, deg
+
+        return sync_iteration_end(ctx, state, node, valid, trained, t, deg, mix)
 
     def adjust_timing(cfg_, table):
         del cfg_
-        return sync_round_timing(cfg, table, deg_np)
+        return sync_round_timing(cfg, table, graph()[1])
 
     def longest_delay(cfg_, table) -> int:
         del cfg_, table  # messages are mixed at the round end: nothing waits in the ring

@@ -6,7 +6,8 @@ received with its own, x_j = (y_j + sum of received) / (1 + number received).
 
 A round lasts the slowest compute time, plus the time the slowest link needs to send `fanout`
 full models one after another, plus the largest latency (`sync_round_timing`); every node ends
-its round at the same tick and is gathered there. Counters as for D-PSGD (once per fragment).
+its round at the same tick and mixes there, also when the engine hands the round's nodes over in
+chunks (`dpsgd.sync_iteration_end`). Counters as for D-PSGD (once per fragment).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context, sample_peers
-from divjax.algorithms.dpsgd import count_full_models, gather_all
+from divjax.algorithms.dpsgd import sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
 
@@ -35,22 +36,24 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
         return ()
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        del t  # receivers come from the tick keys
-        n, K = ctx.cfg.n_nodes, trained.shape[1]
-        y = gather_all(trained, node, valid, n)
         if s == 0:
             return state, trained
-        safe = jnp.minimum(node, n - 1)
-        recv = jax.vmap(lambda i: epidemic_routes(keys.route, i, ctx.neighbors, ctx.degree,
-                                                  s))(safe)                       # (C, s)
-        recv = jnp.where(valid[:, None], recv, n)
-        # A[r, i] = 1 if i sent its model to r this round
-        A = jnp.zeros((n, n), jnp.float32).at[recv, safe[:, None]].add(1.0, mode="drop")
-        got = jnp.sum(A, axis=1)
-        x = (y + jnp.einsum("ri,ikf->rkf", A, y)) / (1.0 + got)[:, None, None]
-        counters = count_full_models(state.counters, node, valid,
-                                     jnp.full((n,), s, jnp.int32), got.astype(jnp.int32), K, n)
-        return state.replace(counters=counters), x[safe]
+        n = ctx.cfg.n_nodes
+
+        def mix(y, handled):
+            # every node of the round sends its model to s peers drawn from the tick's key
+            sender = jnp.arange(n, dtype=jnp.int32)
+            recv = jax.vmap(lambda i: epidemic_routes(keys.route, i, ctx.neighbors, ctx.degree,
+                                                      s))(sender)                 # (n, s)
+            recv = jnp.where(handled[:, None], recv, n)
+            # A[r, i] = 1 if i sent its model to r this round
+            A = jnp.zeros((n, n), jnp.float32).at[recv, sender[:, None]].add(1.0, mode="drop")
+            got = jnp.sum(A, axis=1)
+            x = (y + jnp.einsum("ri,ikf->rkf", A, y)) / (1.0 + got)[:, None, None]
+            return x, got.astype(jnp.int32)
+
+        return sync_iteration_end(ctx, state, node, valid, trained, t,
+                                  jnp.full((n,), s, jnp.int32), mix)
 
     def adjust_timing(cfg_, table):
         del cfg_

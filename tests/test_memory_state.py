@@ -1,0 +1,74 @@
+"""The memory model counts the engine's whole state, the algorithms' own state included (issue 16:
+AD-PSGD's ping ring of (delay + 1, n, n) int32 and its copy of every model were left out, 6.8 MB
+modelled against 39.4 MB kept at n=64 over 20 s). Shapes only: nothing here allocates a state."""
+
+import jax
+import pytest
+from conftest import tiny_config
+
+import divjax.sim
+from divjax import memory
+from divjax.algorithms import ALGORITHMS
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.sim import make_engine, memory_estimate
+
+
+def engine_state(cfg):
+    engine = make_engine(cfg)
+    return engine, jax.eval_shape(engine.init, jax.random.key(0), default_hparams(engine.cfg))
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("delivery,momentum", [("receiver_iteration", False),
+                                               ("arrival_tick", True)])
+def test_memory_model__state_parts_are_the_bytes_of_engine_init(algorithm, delivery, momentum):
+    cfg = tiny_config(algorithm=algorithm, n_nodes=6, fanout=2, delivery=delivery,
+                      momentum_buffer=momentum)
+    engine, state = engine_state(cfg)
+    m = memory.memory_model(engine.cfg, engine.layout)
+    p = m["parts"]
+    not_state = p["neighbours"] + p["training"] + p["data"]  # tables and temporaries
+    assert m["total"] - not_state == memory.state_bytes(state)
+    assert sum(p[k] for k in memory.STATE_PARTS) == memory.state_bytes(state)
+    assert p["params"] == memory.state_bytes(state.params)
+    assert p["optimizer"] == memory.state_bytes(state.opt_state)
+    assert p["algorithm"] == memory.state_bytes(state.algo_state)
+    assert p["ring"] + p["pending"] == memory.state_bytes(state.inbox)
+    assert m["total"] == sum(p.values())
+    # and the abstract state is the engine's, leaf for leaf
+    abstract = memory.abstract_state(engine.cfg, engine.layout, engine.cfg.ring_ticks,
+                                     engine.cfg.train_capacity, engine.cfg.delay_ticks + 1)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
+def test_memory_model__counts_adpsgd_pings_and_snapshots_at_the_issue_size():
+    cfg = SimConfig(algorithm="adpsgd", n_nodes=64, duration_s=20.0)
+    engine, state = engine_state(cfg)
+    n, delay = 64, engine.cfg.delay_ticks
+    exact = memory.state_bytes(state)
+    assert exact > 30e6                                    # the ping ring dominates
+    est = memory_estimate(engine.cfg, engine.layout, engine.cfg.ring_ticks)
+    assert est["algorithm"] >= (delay + 1) * n * n * 4 + n * engine.layout.K * engine.layout.F * 4
+    assert est["total"] >= exact
+
+
+def test_resolve__refuses_adpsgd_whose_ping_ring_does_not_fit(monkeypatch):
+    """A device of 40 MB (32 MB usable) cannot hold the ~35 MB AD-PSGD state of n=64 over 20 s."""
+    monkeypatch.setattr(divjax.sim, "available_memory_bytes", lambda: 40 * 2**20)
+    with pytest.raises(ConfigError, match="GiB"):
+        make_engine(SimConfig(algorithm="adpsgd", n_nodes=64, duration_s=20.0))
+    make_engine(SimConfig(algorithm="divshare", n_nodes=64, duration_s=20.0))  # fits
+
+
+def test_largest_n__includes_the_quadratic_ping_ring():
+    engine = make_engine(SimConfig(algorithm="adpsgd", n_nodes=16, duration_s=20.0))
+    cfg, layout, budget = engine.cfg, engine.layout, 64 * 2**20
+    n = memory.largest_n(cfg, layout, budget, ring_slots=cfg.ring_ticks)
+    model = lambda k: memory.memory_model(  # noqa: E731
+        cfg.replace(n_nodes=k, train_capacity=0), layout, ring_slots=cfg.ring_ticks,
+        train_capacity=k, available=budget)
+    assert model(n)["total"] <= budget < model(n + 1)["total"]
+    assert model(n)["parts"]["algorithm"] >= (cfg.delay_ticks + 1) * n * n * 4
+    assert 16 < n < 128  # a linear model of the same parts would allow thousands
