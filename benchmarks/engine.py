@@ -292,7 +292,7 @@ def run_big_mf(n: int, chunk: int) -> dict:
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
             "print(r.stdout[-2000:], r.stderr[-2000:])")
     cmd = [sys.executable, "-c", code, sys.executable, "-m", "divjax.cli", "run", "--quiet",
-           "--out", str(out_dir), *args]
+           "--overwrite", "--out", str(out_dir), *args]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     rc, wall, rss_kb = res.stdout.split("\n")[0].split()
     if int(rc) != 0:

@@ -10,7 +10,9 @@ checkpoint is a step directory named by the tick it was taken at).
 Layout of a run directory that checkpoints:
 
     RUN_DIR/run.json          the resolved SimConfig, the HParams and the seed (enough to rebuild)
-    RUN_DIR/checkpoints/<t>/  orbax steps: items "state" and "history"
+    RUN_DIR/checkpoints/<t>/  orbax steps: items "state", "history" and "spec" (the fingerprint:
+                              resolved config, HParams digests, key data; checked on restore and
+                              save, so a run never mixes with another run's checkpoints)
 
 `drive(...)` is the host loop (the same jitted `engine.advance` with donation as
 `divjax.sim.simulate`, hence bit-identical to it and to `make_run`) that saves every
@@ -21,7 +23,10 @@ Host-side only; nothing here is traced.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -29,12 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.config import HParams, SimConfig
+from divjax.config import ConfigError, HParams, SimConfig, check_hparams
 from divjax.sim import Engine, check_state
 from divjax.state import SimState
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_SPEC = "run.json"
+SPEC_ITEM = "spec"   # the fingerprint item of every checkpoint (JSON)
 
 
 # ----------------------------------------------------------------------------- run spec
@@ -52,17 +58,69 @@ def save_run_spec(run_dir: Path, cfg: SimConfig, hp: HParams, seed: int, extra: 
 
 
 def load_run_spec(run_dir: Path) -> tuple[SimConfig, HParams, int, dict]:
-    """Read RUN_DIR/run.json back: (cfg, hp, seed, the whole spec)."""
-    spec = json.loads((Path(run_dir) / RUN_SPEC).read_text())
-    fields = {f.name: f for f in dataclasses.fields(SimConfig)}
-    values = {}
-    for k, v in spec["config"].items():
-        if k in fields:
-            values[k] = tuple(v) if isinstance(fields[k].default, tuple) else v
+    """Read RUN_DIR/run.json back: (cfg, hp, seed, the whole spec).
+
+    A missing directory, a directory that is not a checkpointed run, or an unreadable run.json
+    is a ConfigError that says what to do instead."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_SPEC
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such directory; give the --out directory of a "
+                          "run started with --checkpoint-every SECONDS")
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: it holds no {RUN_SPEC}, so it is not a "
+                          "checkpointed run; only runs started with --checkpoint-every SECONDS "
+                          "can be resumed")
+    try:
+        spec = json.loads(path.read_text())
+        fields = {f.name: f for f in dataclasses.fields(SimConfig)}
+        values = {}
+        for k, v in spec["config"].items():
+            if k in fields:
+                values[k] = tuple(v) if isinstance(fields[k].default, tuple) else v
+        # float32 -> JSON (float64 repr, exact) -> float32 is lossless
+        hp = HParams(**{k: jnp.asarray(np.asarray(v, np.float32))
+                        for k, v in spec["hparams"].items()})
+        seed = int(spec["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path} is unreadable or incomplete ({type(e).__name__}: {e}); it "
+                          "cannot be resumed: start a new run") from e
     cfg = SimConfig(**values)
-    # float32 -> JSON (float64 repr, exact) -> float32 is lossless
-    hp = HParams(**{k: jnp.asarray(np.asarray(v, np.float32)) for k, v in spec["hparams"].items()})
-    return cfg, hp, int(spec["seed"]), spec
+    check_hparams(cfg, hp, where=f"{path}: hparams")
+    return cfg, hp, seed, spec
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(cfg: SimConfig, hp: HParams, key: jax.Array | None = None) -> dict:
+    """What a checkpoint belongs to: the resolved config, a digest of every HParams leaf and,
+    when given, the run's key data. Stored in every checkpoint and checked on restore and save,
+    so a run never continues from (or overwrites) another run's checkpoints."""
+    digests = {f.name: hashlib.sha256(np.ascontiguousarray(
+        np.asarray(getattr(hp, f.name), np.float32)).tobytes()).hexdigest()[:16]
+        for f in dataclasses.fields(HParams)}
+    fp = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "hparams": digests}
+    if key is not None:
+        fp["key"] = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return fp
+
+
+def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
+    """None if `saved` (a checkpoint's) and `current` agree, else what differs in words."""
+    diffs = []
+    a, b = saved.get("config", {}), current["config"]
+    for k in b:
+        if k in a and a[k] != b[k]:
+            diffs.append(f"{k}={a[k]!r} there, {b[k]!r} here")
+    hp = [k for k, v in current["hparams"].items() if saved.get("hparams", {}).get(k, v) != v]
+    if hp:
+        diffs.append(f"HParams differ in {', '.join(hp)}")
+    if "key" in saved and "key" in current and saved["key"] != current["key"]:
+        diffs.append("the seed (key) differs")
+    return "; ".join(diffs) or None
 
 
 # ----------------------------------------------------------------------------- state <-> storage
@@ -85,8 +143,9 @@ def _from_storable(flat: dict, template: SimState, impl) -> SimState:
         if name in flat:
             got = jnp.asarray(np.asarray(flat[name]))   # uncommitted, like init's output
             if got.shape != x.shape or got.dtype != x.dtype:
-                raise ValueError(f"checkpoint leaf {i} has {got.shape} {got.dtype}, the engine "
-                                 f"expects {x.shape} {x.dtype}: was it saved by another config?")
+                raise ConfigError(f"checkpoint leaf {i} has {got.shape} {got.dtype}, the engine "
+                                  f"expects {x.shape} {x.dtype}: it was saved by another "
+                                  f"config; resume it with its own run.json (--resume RUN_DIR)")
             out.append(got)
         else:
             out.append(jnp.zeros(x.shape, x.dtype))
@@ -102,8 +161,47 @@ def _manager(run_dir: Path, max_to_keep: int | None = 2):
     return ocp.CheckpointManager(Path(run_dir).absolute() / CHECKPOINT_DIR, options=opts)
 
 
-def save(run_dir: Path, state: SimState, history: list[dict], max_to_keep: int | None = 2) -> int:
-    """Save `state` and the per-chunk metrics so far; returns the step (the tick `t`)."""
+def _saved_fingerprint(mgr, run_dir: Path, step: int) -> dict | None:
+    """The fingerprint stored with checkpoint `step`; None for checkpoints that predate them."""
+    import orbax.checkpoint as ocp
+
+    if not (Path(run_dir).absolute() / CHECKPOINT_DIR / str(step) / SPEC_ITEM).is_dir():
+        return None
+    try:
+        return mgr.restore(step, args=ocp.args.Composite(
+            **{SPEC_ITEM: ocp.args.JsonRestore()}))[SPEC_ITEM]
+    except Exception:  # noqa: BLE001 - an unreadable fingerprint: the step is checked on restore
+        return None
+
+
+def _another_run(run_dir: Path, step: int, diff: str) -> ConfigError:
+    return ConfigError(
+        f"checkpoint step {step} in {Path(run_dir) / CHECKPOINT_DIR} belongs to another run "
+        f"({diff}): resume that run with `divjax run --resume {run_dir}` (its own run.json), "
+        f"or write this one into a new --out (or pass --overwrite to replace the old run)")
+
+
+def check_checkpoints_belong(run_dir: Path, fp: dict) -> None:
+    """ConfigError if RUN_DIR already holds checkpoints of another run (compared with `fp`)."""
+    if not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+        return
+    mgr = _manager(run_dir, None)
+    try:
+        for step in mgr.all_steps():
+            saved = _saved_fingerprint(mgr, run_dir, step)
+            diff = fingerprint_mismatch(saved, fp) if saved is not None else None
+            if diff:
+                raise _another_run(run_dir, step, diff)
+    finally:
+        mgr.close()
+
+
+def save(run_dir: Path, state: SimState, history: list[dict], max_to_keep: int | None = 2,
+         fp: dict | None = None) -> int:
+    """Save `state` and the per-chunk metrics so far; returns the step (the tick `t`).
+
+    `fp` (`fingerprint(...)`) is stored with the checkpoint; a checkpoint of another run at
+    the same step is a ConfigError, never silently kept."""
     import orbax.checkpoint as ocp
 
     step = int(jax.device_get(state.t))
@@ -111,13 +209,21 @@ def save(run_dir: Path, state: SimState, history: list[dict], max_to_keep: int |
     hist = {"chunks_done": np.int32(len(history)), "metrics": stacked} if history else \
         {"chunks_done": np.int32(0)}
     mgr = _manager(run_dir, max_to_keep)
-    if step in mgr.all_steps():   # the same tick again (e.g. Ctrl-C right after a save)
+    try:
+        if step in mgr.all_steps():   # the same tick again (e.g. Ctrl-C right after a save)
+            saved = _saved_fingerprint(mgr, run_dir, step) if fp is not None else None
+            diff = fingerprint_mismatch(saved, fp) if saved is not None else None
+            if diff:
+                raise _another_run(run_dir, step, diff)
+            return step
+        items = {"state": ocp.args.StandardSave(_to_storable(state)),
+                 "history": ocp.args.StandardSave(hist)}
+        if fp is not None:
+            items[SPEC_ITEM] = ocp.args.JsonSave(fp)
+        mgr.save(step, args=ocp.args.Composite(**items))
+        mgr.wait_until_finished()
+    finally:
         mgr.close()
-        return step
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(state)),
-                                           history=ocp.args.StandardSave(hist)))
-    mgr.wait_until_finished()
-    mgr.close()
     return step
 
 
@@ -135,30 +241,68 @@ def restore(run_dir: Path, engine: Engine, hp: HParams, step: int | None = None,
             key: jax.Array | None = None):
     """Load a checkpoint of a run built by `engine`: (state, history as a list of chunk metrics).
 
-    `key` only gives the PRNG implementation of the run's key (default: jax.random.key's)."""
+    `key` gives the PRNG implementation of the run's key (default: jax.random.key's) and, when
+    given, is checked against the checkpoint's fingerprint like the config and the HParams: a
+    checkpoint of another run is a ConfigError naming what differs. Without `step`, the newest
+    readable checkpoint: an unreadable one (truncated, half-copied) is reported on stderr,
+    removed, and the previous kept step restored."""
     import orbax.checkpoint as ocp
 
+    check_hparams(engine.cfg, hp)
+    fp = fingerprint(engine.cfg, hp, key)
     key = jax.random.key(0) if key is None else key
     impl = jax.random.key_impl(key)
     template = jax.eval_shape(engine.init, key, hp)
     abstract = jax.eval_shape(_to_storable, template)
+    where = Path(run_dir) / CHECKPOINT_DIR
+    if not where.is_dir():
+        raise ConfigError(f"no checkpoint under {where}: the run stopped before its first "
+                          f"checkpoint; start it again (a new --out, or --overwrite)")
     mgr = _manager(run_dir, None)
-    step = mgr.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
         mgr.close()
-        raise FileNotFoundError(f"no checkpoint under {Path(run_dir) / CHECKPOINT_DIR}")
-    got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                    history=ocp.args.StandardRestore()))
-    mgr.close()
-    state = _from_storable(got["state"], template, impl)
-    hist = got["history"]
-    C = int(hist["chunks_done"])
-    history = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), hist["metrics"]) for i in range(C)] \
-        if C else []
-    if int(state.t) != C * engine.cfg.eval_every:
-        raise ValueError(f"checkpoint step {step}: state tick {int(state.t)} does not match "
-                         f"{C} recorded eval intervals of {engine.cfg.eval_every} ticks")
-    return state, history
+        raise ConfigError(f"no checkpoint under {where}: the run stopped before its first "
+                          f"checkpoint; start it again (a new --out, or --overwrite)")
+    failed = []
+    try:
+        for s in steps:
+            saved = _saved_fingerprint(mgr, run_dir, s)
+            diff = fingerprint_mismatch(saved, fp) if saved is not None else None
+            if diff:
+                raise _another_run(run_dir, s, diff)
+            try:
+                got = mgr.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    history=ocp.args.StandardRestore()))
+                state = _from_storable(got["state"], template, impl)
+                hist = got["history"]
+                C = int(hist["chunks_done"])
+                history = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), hist["metrics"])
+                           for i in range(C)] if C else []
+                if int(state.t) != C * engine.cfg.eval_every:
+                    raise ValueError(f"state tick {int(state.t)} does not match {C} recorded "
+                                     f"eval intervals of {engine.cfg.eval_every} ticks")
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any storage failure: try the step before
+                failed.append(s)
+                print(f"divjax: checkpoint step {s} in {where} is unreadable "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                      file=sys.stderr)
+                continue
+            if failed:
+                for bad in failed:   # else a later save at that tick would keep the broken one
+                    shutil.rmtree(where / str(bad), ignore_errors=True)
+                print(f"divjax: falling back to checkpoint step {s} (simulated t="
+                      f"{s * engine.cfg.tick_s:g}s), the newest readable one; removed the "
+                      f"unreadable step(s) {failed}", file=sys.stderr)
+            return state, history
+    finally:
+        mgr.close()
+    raise ConfigError(f"no readable checkpoint under {where} (tried steps {failed}): the files "
+                      f"are truncated or corrupt; start the run again (a new --out, or "
+                      f"--overwrite)")
 
 
 def _stack(history: list[dict]) -> dict:
@@ -181,6 +325,10 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     `divjax.sim.simulate` and `make_run`: the same jitted `engine.advance` with state donation.
     """
     cfg = engine.cfg
+    check_hparams(cfg, hp)
+    fp = fingerprint(cfg, hp, key)
+    if run_dir is not None:
+        check_checkpoints_belong(run_dir, fp)
     advance = jax.jit(engine.advance, donate_argnums=0)
     if state is None:
         state = jax.jit(engine.init)(key, hp)
@@ -196,7 +344,7 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
 
     def do_save():
         if run_dir is not None:
-            save(run_dir, state, history, max_to_keep)
+            save(run_dir, state, history, max_to_keep, fp=fp)
 
     try:
         while c < last:

@@ -8,8 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import itertools
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,27 +22,121 @@ import jax
 import numpy as np
 
 from divjax import presets
-from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.config import ConfigError, SimConfig, default_hparams, field_help
 
 
 def _parse_tuple(text: str) -> tuple:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of numbers (e.g. 12,12,13)") from None
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{x:g}" for x in value)
+    if isinstance(value, str):
+        return repr(value) if value == "" else value
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per SimConfig field; unset flags keep the preset's value."""
-    group = parser.add_argument_group("configuration (override the preset)")
+    """One --flag per SimConfig field; unset flags keep the preset's value.
+
+    Each flag's help is the field's documentation in divjax/config.py (`config.field_help`),
+    with the value the default preset gives it."""
+    help_of = field_help()
+    try:
+        base = presets.get_preset(presets.DEFAULT_PRESET)
+    except ConfigError:
+        base = SimConfig()
+    group = parser.add_argument_group(
+        "configuration (override the preset)",
+        f"Defaults are those of the default preset {presets.DEFAULT_PRESET}; --preset changes "
+        f"them. Times are simulated seconds.")
     for f in dataclasses.fields(SimConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
+        text = (help_of.get(f.name, "") + f" (default: {_show(getattr(base, f.name))})")
+        text = text.replace("%", "%%")
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS)
+                               default=argparse.SUPPRESS, help=text)
         elif isinstance(default, tuple):
             group.add_argument(flag, type=_parse_tuple, default=argparse.SUPPRESS,
-                               help="comma-separated numbers")
+                               metavar="X[,X...]", help=text + "; comma-separated")
         else:
-            group.add_argument(flag, type=type(default), default=argparse.SUPPRESS)
+            group.add_argument(flag, type=type(default), default=argparse.SUPPRESS,
+                               metavar="TEXT" if isinstance(default, str) else None, help=text)
+
+
+# Files and folders that mark a directory as holding results of divjax run, sweep or compare.
+RESULT_FILES = ("metrics.json", "metrics.csv", "metrics.jsonl", "summary.md", "summary.json",
+                "plot.png", "compare.md", "compare.json", "compare.png", "run.json",
+                "checkpoints", "tensorboard")
+
+
+def prepare_out(out: Path | None, default_name: str, overwrite: bool = False) -> Path:
+    """Create (and return) the output directory of a command before anything is computed.
+
+    Without `out`: runs/<default_name>, or -2, -3, ... when that exists (each name claimed with
+    an atomic mkdir, so two runs started in the same second never share a directory). With
+    `out`: refused if it already holds results (RESULT_FILES) unless `overwrite`, which removes
+    those results first (never other files). A path that cannot be created is a ConfigError."""
+    try:
+        if out is None:
+            base = Path("runs") / default_name
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for i in itertools.count(1):
+                cand = base if i == 1 else base.with_name(f"{base.name}-{i}")
+                try:
+                    cand.mkdir()
+                    return cand
+                except FileExistsError:
+                    continue
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a directory: choose another --out")
+        held = [name for name in RESULT_FILES if (out / name).exists()]
+        if held and not overwrite:
+            resume = (f", or `divjax run --resume {out}` to continue it"
+                      if "run.json" in held else "")
+            raise ConfigError(f"--out {out} already holds results ({', '.join(held)}): choose a "
+                              f"new --out, or add --overwrite to replace them{resume}")
+        for name in held:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".divjax-write-test"
+        probe.write_text("")
+        probe.unlink()
+        return out
+    except OSError as e:
+        raise ConfigError(f"--out {out if out is not None else Path('runs') / default_name}: "
+                          f"cannot write there ({e.strerror or e}): choose a writable "
+                          f"directory") from e
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (a scheduler's kill, `kill PID`) raises KeyboardInterrupt like
+    Ctrl-C, so runs checkpoint and say so instead of dying silently."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -55,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default=presets.DEFAULT_PRESET,
                      help="named configuration (see `divjax presets`)")
     run.add_argument("--seed", type=int, default=0, help="PRNG seed of the run")
-    run.add_argument("--out", type=Path, default=None, help="output directory (default runs/...)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="output directory (default: a new runs/<date>-<time>-<algorithm>-"
+                          "<task>[-N]); refused if it already holds results, see --overwrite")
+    run.add_argument("--overwrite", action="store_true",
+                     help="let --out replace the results (and checkpoints) already there")
     run.add_argument("--dry-run", action="store_true",
                      help="check the config, print sizes and memory, and stop")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -90,19 +193,31 @@ def _plugin_modules():
 
 
 def main(argv=None) -> int:
+    """The `divjax` command. A ConfigError (a bad flag, file or directory) is one line
+    `divjax: error: ...` and exit code 2; a failed simulation (SimulationError) exit code 1;
+    Ctrl-C or SIGTERM exit code 130."""
+    from divjax.sim import SimulationError
+
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "presets":
-            presets._load_data_presets()
-            for name, fn in sorted(presets.PRESETS.items()):
-                print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-            return 0
-        if args.command == "run":
-            return cmd_run(args)
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            if args.command == "presets":
+                presets._load_data_presets()
+                for name, fn in sorted(presets.PRESETS.items()):
+                    print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+                return 0
+            if args.command == "run":
+                return cmd_run(args)
+            return args.handler(args)
     except ConfigError as e:
-        print(f"divjax: configuration error: {e}", file=sys.stderr)
+        print(f"divjax: error: {e}", file=sys.stderr)
         return 2
+    except SimulationError as e:
+        print(f"divjax: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"\ndivjax: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return 130
 
 
 def cmd_run(args) -> int:
@@ -115,9 +230,15 @@ def cmd_run(args) -> int:
         args.seed = seed
         if args.checkpoint_every is None:
             args.checkpoint_every = spec.get("checkpoint_every_s")
+        out = args.resume
     else:
         cfg = config_from_args(args)
         hp = default_hparams(cfg)
+        out = None
+        if not args.dry_run:   # found before any data is loaded or anything compiled
+            out = prepare_out(args.out, time.strftime(
+                f"%Y%m%d-%H%M%S-{cfg.algorithm}-{cfg.task}"), args.overwrite)
+            _write_pending_config(out, cfg, args.seed)
     t0 = time.perf_counter()
     engine = make_engine(cfg, hp=hp)
     cfg, task, layout = engine.cfg, engine.task, engine.layout
@@ -145,13 +266,9 @@ def cmd_run(args) -> int:
         return 0
     primary = task.primary
     if args.resume is not None:
-        out = args.resume
         state, history = checkpoint.restore(out, engine, hp, key=jax.random.key(args.seed))
         print(f"divjax: resuming {out} at simulated t={int(state.t) * cfg.tick_s:g}s "
               f"({len(history)}/{cfg.num_chunks} eval intervals done)")
-    else:
-        out = args.out or Path("runs") / time.strftime(
-            f"%Y%m%d-%H%M%S-{cfg.algorithm}-{task.name}")
     checkpointing = args.checkpoint_every is not None or args.resume is not None
     if checkpointing and args.resume is None:
         checkpoint.save_run_spec(out, cfg, hp, args.seed,
@@ -180,9 +297,16 @@ def cmd_run(args) -> int:
                 every_s=args.checkpoint_every, progress=progress, state=state, history=history)
         else:
             state, metrics = simulate(engine, jax.random.key(args.seed), hp, progress=progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        why = f" ({e})" if str(e) else ""
         if not checkpointing:
-            print("\ndivjax: interrupted (no checkpoint: use --checkpoint-every SECONDS)",
+            print(f"\ndivjax: interrupted{why} (no checkpoint: use --checkpoint-every SECONDS)",
+                  file=sys.stderr)
+        elif checkpoint.latest_step(out) is None:
+            print(f"\ndivjax: interrupted{why} before the first checkpoint: nothing to resume",
+                  file=sys.stderr)
+        else:
+            print(f"divjax: interrupted{why}; continue with divjax run --resume {out}",
                   file=sys.stderr)
         return 130
     finally:
@@ -215,6 +339,16 @@ def cmd_run(args) -> int:
     print(f"divjax: {wall:.1f} s wall; wrote {out}/ (config.json, metrics.json, metrics.csv, "
           f"plot.png, summary.md)")
     return 0
+
+
+def _write_pending_config(out: Path, cfg: SimConfig, seed: int) -> None:
+    """OUT/config.json at the start of a run (the unresolved config and the seed; the finished
+    run rewrites it in full): proves OUT writable before data is loaded or code compiled."""
+    import json
+
+    (out / "config.json").write_text(json.dumps(
+        {"config": dataclasses.asdict(cfg), "seed": seed, "status": "running"}, indent=1,
+        default=str))
 
 
 def _tensorboard_writer(logdir: Path):

@@ -43,7 +43,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default=presets.DEFAULT_PRESET,
                    help="named configuration (see `divjax presets`)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed shared by every run")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/...)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: a new runs/<date>-<time>-compare-<task>"
+                        "[-N]); refused if it already holds results, see --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace the results already there")
     p.add_argument("--target", type=float, default=None,
                    help="primary-metric target for the time-to-target column (default: 90%% "
                         "of the way from the worst first sample to the best value reached)")
@@ -104,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Not jittable: host driver, file output."""
     from divjax import report
     from divjax.algorithms import ALGORITHMS
-    from divjax.cli import config_from_args
+    from divjax.cli import config_from_args, prepare_out
     from divjax.config import ConfigError, default_hparams
     from divjax.sim import make_engine, simulate
 
@@ -114,6 +118,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--algorithms {args.algorithms!r}: unknown {unknown}; choose from "
                           f"{sorted(ALGORITHMS)}")
     base = config_from_args(args)
+    for name in names:   # every algorithm's config is valid before anything runs
+        base.replace(algorithm=name)
+    out = prepare_out(args.out, time.strftime("%Y%m%d-%H%M%S-compare-" + base.task),
+                      args.overwrite)
     hp = default_hparams(base)  # the same network for every algorithm
     runs, task = {}, None
     for name in names:
@@ -133,8 +141,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       "wall_s": time.perf_counter() - t0}
     primary = task.primary
     rows, target = summarize(runs, primary, task.higher_is_better, args.target)
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S-compare-" + task.name)
-    out.mkdir(parents=True, exist_ok=True)
     head = (f"# {', '.join(names)} on {task.name}\n\n"
             f"n={base.n_nodes}, Omega={base.n_fragments}, s={base.fanout}, "
             f"topology={base.topology}, {base.n_stragglers} stragglers, "

@@ -8,8 +8,10 @@ upload bandwidth and latency); any leaf may carry a leading sweep axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+import numbers
 from dataclasses import dataclass
 
 import jax
@@ -25,6 +27,16 @@ class ConfigError(ValueError):
     """An invalid configuration: the message names the field, the value and the fix."""
 
 
+# Algorithms whose exchange is driven by `fanout`: (smallest useful fanout, what it does).
+# dpsgd follows the topology and local never communicates, so they take any fanout.
+FANOUT_NEEDED = {
+    "divshare": (1, "sends each fragment to fanout receivers"),
+    "swift": (1, "sends its model to fanout receivers"),
+    "epidemic": (1, "sends its model to fanout peers"),
+    "adpsgd": (2, "sends fanout // 2 pings"),
+}
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Static settings: anything that fixes an array shape or selects code.
@@ -32,27 +44,34 @@ class SimConfig:
     Times are in simulated seconds; the engine works in integer ticks of `tick_s` seconds.
     The network fields (`fast_mbps` ... `straggler_compute_factor`) only build the default
     per-node arrays of `HParams` (see `default_hparams`); a sweep replaces those arrays.
+    `straggler_mbps` holds one bandwidth that every straggler gets, or at least one per
+    straggler (never cycled). Every field's trailing comment is its documentation: the CLI's
+    `--help` is built from it (`field_help`). `__post_init__` checks every field's type (an int
+    field refuses 16.5 and "16"; numpy scalars become Python numbers) and value, and refuses
+    configs that would run without doing what they say (a fanout that exchanges nothing,
+    momentum >= 1, a negative learning rate, fewer straggler bandwidths than stragglers).
     """
 
-    algorithm: str = "divshare"      # key into divjax.algorithms.ALGORITHMS
-    task: str = "synthetic"          # key into divjax.tasks.TASKS
-    n_nodes: int = 16                # n
-    n_fragments: int = 4             # Omega (K): fragments per model
+    algorithm: str = "divshare"      # divshare, swift, adpsgd, dpsgd, epidemic or local
+    task: str = "synthetic"          # synthetic, movielens, movielens-100k, movielens-synthetic,
+    #                                  cifar10, cifar10-iid, cifar10-dirichlet0.5, ...
+    n_nodes: int = 16                # n: number of nodes
+    n_fragments: int = 4             # Omega (K): fragments per model (1 = whole model per message)
     fanout: int = 3                  # s: distinct receivers per fragment per iteration ("degree");
     #                                  AD-PSGD pings fanout // 2 neighbours (with replacement)
-    topology: str = "complete"       # neighbour graph the receivers are drawn from
+    topology: str = "complete"       # neighbour graph: complete, ring, torus, regular:D, file:PATH
     local_steps: int = 4             # SGD mini-batch steps per iteration
-    batch_size: int = 8
-    momentum_buffer: bool = False    # keep an SGD momentum buffer per node (HParams.momentum)
+    batch_size: int = 8              # samples per mini-batch
+    momentum_buffer: bool = False    # keep an SGD momentum buffer per node (uses --momentum)
     reset_optimizer: bool = True     # reset optimizer state after each aggregation (authors' default)
     same_init: bool = True           # every node starts from the same model (authors' default)
     fragment_seed: int = 97          # seed of the fixed fragment partition, shared by every node
-    data_seed: int = 0               # seed of the data partition (numpy, once)
+    data_seed: int = 0               # seed of the data partition and of random topologies
     data_dir: str = ""               # local data copy for real tasks ("" = embedded/online)
     # --- clock ---
-    tick_s: float = 0.01             # length of one tick in simulated seconds
-    duration_s: float = 20.0         # simulated time of the run
-    eval_every_s: float = 1.0        # metrics sampling interval (simulated seconds)
+    tick_s: float = 0.01             # length of one tick, simulated seconds
+    duration_s: float = 20.0         # simulated time of the run, seconds
+    eval_every_s: float = 1.0        # metrics sampling interval, simulated seconds
     delivery: str = "receiver_iteration"  # ring indexing: "arrival_tick" or "receiver_iteration"
     inbox: str = "latest"            # inbox rule at an aggregation: "latest" keeps the newest
     #                                  message per (sender, fragment), as the authors' code does;
@@ -72,20 +91,22 @@ class SimConfig:
     eval_chunk: int = 64             # nodes evaluated at once (bounds evaluation memory)
     # --- default network (builds HParams arrays) ---
     fast_mbps: float = 60.0          # upload bandwidth of a normal node, Mbit/s
-    straggler_mbps: tuple = PAPER_STRAGGLER_MBPS  # one entry per straggler, cycled
+    straggler_mbps: tuple = PAPER_STRAGGLER_MBPS  # upload bandwidth of the stragglers, Mbit/s:
+    #                                  one value for all of them, or at least one per straggler
     n_stragglers: int = 0            # the last n_stragglers nodes are communication stragglers
-    latency_ms: float = 1.0          # one-way latency of every link
+    latency_ms: float = 1.0          # one-way latency of every link, milliseconds
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     # --- default optimizer (builds HParams) ---
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = 0.05                 # SGD learning rate, >= 0
+    momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)
+    weight_decay: float = 0.0        # L2 weight decay coefficient, >= 0
 
     def __post_init__(self):
         def bad(field, value, fix):
             raise ConfigError(f"{field}={value!r} is invalid: {fix}")
 
+        self._check_types()
         if self.n_nodes < 2:
             bad("n_nodes", self.n_nodes, "a decentralized run needs at least 2 nodes")
         if self.n_fragments < 1:
@@ -141,6 +162,58 @@ class SimConfig:
                 "use 0 (all at once) or a positive chunk size")
         if self.eval_chunk < 1:
             bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            bad("lr", self.lr, "the learning rate must be a finite number >= 0")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            bad("momentum", self.momentum, "SGD momentum must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", self.weight_decay, "weight decay must be a finite number >= 0")
+        if 1 < len(self.straggler_mbps) < self.n_stragglers:
+            bad("straggler_mbps", self.straggler_mbps,
+                f"{len(self.straggler_mbps)} bandwidths for n_stragglers={self.n_stragglers}: "
+                f"give one bandwidth per straggler, or a single value that every straggler gets "
+                f"(values are never cycled)")
+        need = FANOUT_NEEDED.get(self.algorithm)
+        if need is not None and self.fanout < need[0]:
+            bad("fanout", self.fanout,
+                f"algorithm={self.algorithm!r} {need[1]}, so nothing would ever be exchanged: "
+                f"use fanout >= {need[0]}, or algorithm='local' (--algorithm local) for a run "
+                f"without communication")
+
+    def _check_types(self):
+        """Every field holds its declared type (an int field refuses 16.5 and "16"); numpy
+        scalars become Python ones, so configs stay hashable and JSON-writable."""
+        for f in dataclasses.fields(self):
+            v, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(v, bool | np.bool_)
+                fixed = bool(v) if ok else v
+                want = "True or False"
+            elif isinstance(default, int):
+                ok = isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+                fixed = int(v) if ok else v
+                want = "a whole number"
+            elif isinstance(default, float):
+                ok = isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+                fixed = float(v) if ok else v
+                want = "a number"
+            elif isinstance(default, str):
+                ok = isinstance(v, str)
+                fixed = v
+                want = "a string"
+            elif isinstance(default, tuple):
+                ok = (isinstance(v, tuple | list | np.ndarray) and len(v) > 0
+                      and all(isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)
+                              for x in v))
+                fixed = tuple(float(x) for x in v) if ok else v
+                want = "a non-empty tuple of numbers, e.g. (12.0,)"
+            else:
+                continue
+            if not ok:
+                raise ConfigError(f"{f.name}={v!r} is invalid: {f.name} takes {want}, not "
+                                  f"{type(v).__name__}")
+            if fixed is not v:
+                object.__setattr__(self, f.name, fixed)
 
     # Derived quantities (never written back into the config).
     @property
@@ -164,6 +237,52 @@ class SimConfig:
 
     def replace(self, **changes) -> SimConfig:
         return dataclasses.replace(self, **changes)
+
+
+def field_help() -> dict[str, str]:
+    """{field name: its documentation}: the trailing `# ...` comment of every SimConfig field
+    (and its indented continuation lines), read from this module's source. The one source of
+    the CLI's flag help (`divjax run --help`)."""
+    return dict(_field_help())
+
+
+@functools.cache
+def _field_help() -> dict[str, str]:
+    import inspect
+    import re
+
+    names = {f.name for f in dataclasses.fields(SimConfig)}
+    out: dict[str, str] = {}
+    current = None
+    try:
+        lines = inspect.getsource(SimConfig).splitlines()
+    except (OSError, TypeError):   # no source (frozen install): flags keep bare help
+        lines = []
+    for line in lines:
+        m = re.match(r"\s+(\w+): [^#]*?#\s?(.*)$", line)
+        if m and m.group(1) in names:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+            continue
+        m = re.match(r"\s+#\s{2,}(\S.*)$", line)   # continuation: "#   more text"
+        if m and current is not None:
+            out[current] += " " + m.group(1).strip()
+            continue
+        current = None
+    return out
+
+
+def check_hparams(cfg: SimConfig, hp: HParams, where: str = "hp") -> None:
+    """Raise ConfigError unless every per-node HParams leaf has the config's n in its last axis
+    (HParams built for another n_nodes, e.g. `default_hparams(other_cfg)`)."""
+    n = cfg.n_nodes
+    for name in ("compute_s", "upload_bps", "latency_s"):
+        shape = np.shape(getattr(hp, name))
+        if not shape or shape[-1] != n:
+            raise ConfigError(
+                f"{where}.{name} has shape {shape}: these HParams were built for "
+                f"{shape[-1] if shape else 'no'} nodes, the config has n_nodes={n}; build them "
+                f"with default_hparams(cfg) for this config")
 
 
 @struct.dataclass
@@ -192,8 +311,8 @@ def default_hparams(cfg: SimConfig) -> HParams:
     slow = straggler_mask(cfg)
     mbps = np.full(n, cfg.fast_mbps, np.float64)
     straggler_ids = np.flatnonzero(slow)
-    for j, i in enumerate(straggler_ids):
-        mbps[i] = cfg.straggler_mbps[j % len(cfg.straggler_mbps)]
+    for j, i in enumerate(straggler_ids):   # one value for all, or one per straggler
+        mbps[i] = cfg.straggler_mbps[min(j, len(cfg.straggler_mbps) - 1)]
     compute = np.where(slow, cfg.compute_s * cfg.straggler_compute_factor, cfg.compute_s)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return HParams(

@@ -301,6 +301,44 @@ def _parse_columns(lines: list[str], sep: str, where, variant: str) -> Ratings:
     return Ratings(user, item, rating.astype(np.float32))
 
 
+# The GroupLens releases by their first ratings (user, movie, stars) and their rating count: a
+# copy cut at a line boundary parses cleanly, so its size is the only sign of the cut.
+KNOWN_RELEASES = {
+    "latest-small": {((1, 1, 4.0), (1, 3, 4.0), (1, 6, 4.0)): ("ml-latest-small (2018)", 100_836)},
+    "100k": {((196, 242, 3.0), (186, 302, 3.0), (22, 377, 1.0)): ("ml-100k", 100_000)},
+}
+
+
+def expected_ratings(path: Path, ratings: Ratings, variant: str) -> tuple[int, str] | None:
+    """(rating count the copy at `path` should have, where that number comes from), or None:
+    the release's own README.txt (latest) or u.info (100k) next to the file if there is one,
+    else the known size of a release recognised by its first ratings."""
+    import re
+
+    folder = Path(path).parent
+    readme, pattern = ((folder / "README.txt", r"contains\s+([\d,]+)\s+ratings")
+                       if variant == "latest-small" else (folder / "u.info", r"([\d,]+)\s+ratings"))
+    if readme.is_file():
+        m = re.search(pattern, readme.read_text(errors="replace"))
+        if m:
+            return int(m.group(1).replace(",", "")), f"says {readme.name} next to it"
+    head = tuple((int(u), int(i), float(r)) for u, i, r in
+                 zip(ratings.user[:3], ratings.item[:3], ratings.rating[:3], strict=True))
+    known = KNOWN_RELEASES.get(variant, {}).get(head)
+    if known is not None:
+        return known[1], f"the {known[0]} release, recognised by its first ratings"
+    return None
+
+
+def check_release_size(ratings: Ratings, path: Path, variant: str) -> None:
+    """ConfigError if a local MovieLens copy holds fewer (or more) ratings than its release."""
+    want = expected_ratings(path, ratings, variant)
+    if want is not None and want[0] != len(ratings.rating):
+        raise ConfigError(f"{path}: {len(ratings.rating):,} ratings where {want[0]:,} are expected "
+                          f"({want[1]}): the file is truncated (cut at a line boundary) or "
+                          f"altered; {_movielens_help(path, variant)}")
+
+
 def load_embedded_movielens() -> tuple[Ratings, str]:
     """The MovieLens latest-small copy shipped in `divjax/assets` (scripts/build_movielens_asset.py)."""
     ref = resources.files("divjax").joinpath("assets", ASSET_NAME)
@@ -353,7 +391,9 @@ def load_movielens_local(data_dir: str, variant: str) -> tuple[Ratings, str]:
         cands = [path / folder / name, path / name]
     for cand in cands:
         if cand.is_file():
-            return parse(cand.read_bytes(), cand), f"local {folder}/{name} {cand}"
+            ratings = parse(cand.read_bytes(), cand)
+            check_release_size(ratings, cand, variant)
+            return ratings, f"local {folder}/{name} {cand}"
     raise ConfigError(f"no MovieLens {variant} copy found (looked for "
                       f"{', '.join(map(str, cands))}); {_movielens_help(path, variant)}")
 

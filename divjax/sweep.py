@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
+from divjax.state import ERR_NONFINITE
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
@@ -189,14 +190,17 @@ def grid_blocks(H: int, S: int, chunk_size: int, multiple: int = 1) -> tuple[int
 
 def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_axes: HParams,
                chunk_size: int, progress: Callable | None = None,
-               shard: bool = True) -> tuple[dict, dict]:
+               shard: bool = True, status: dict | None = None) -> tuple[dict, dict]:
     """Run H configs (hp leaves (H, ...) where batched) x S seeds (keys (S,)) in chunks.
 
     A chunk is a block of configs x seeds of one compiled shape (`grid_blocks`), at most
     `chunk_size` points; the last block along each axis is padded by repeating its last entry,
     so the program compiles once. With several devices (and `shard`), each chunk's seeds are
     split over all of them when their count allows it.
-    Returns (metrics leaves (H, S, C), timings).
+    Returns (metrics leaves (H, S, C), timings). A point whose training diverged (NaN/inf) raises
+    SimulationError, unless `status` (a dict) is given: then the run goes on and `status` gets
+    "errors" (H, S) int32 (state.ERR_* flags) and "first_error_tick" (H, S) int32 (-1 if none);
+    the diverged points' metrics are NaN from that time. Other error flags always raise.
     """
     from divjax.sim import check_state
 
@@ -230,11 +234,17 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     compiled = fn.lower(*take(h_idx[0], s_idx[0])).compile()
     compile_s = time.perf_counter() - t0
     blocks = [[None] * s_blocks for _ in range(h_blocks)]
+    err_blocks = [[None] * s_blocks for _ in range(h_blocks)]
     t0, done = time.perf_counter(), 0
     for i, hi in enumerate(h_idx):
         for j, si in enumerate(s_idx):
             errors, first, metrics = jax.block_until_ready(compiled(*take(hi, si)))
-            check_state(_Errs(errors, first), cfg)
+            errors, first = np.asarray(errors), np.asarray(first)
+            if status is None:
+                check_state(_Errs(errors, first), cfg)
+            else:   # divergence is marked per point; ring or capacity overflows still raise
+                check_state(_Errs(errors & ~ERR_NONFINITE, first), cfg)
+            err_blocks[i][j] = (errors.T, first.T)
             # (Sb, Hb, C) -> (Hb, Sb, C)
             blocks[i][j] = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), jax.device_get(metrics))
             done += Hb * Sb
@@ -243,6 +253,10 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     run_s = time.perf_counter() - t0
     rows = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :S], *b) for b in blocks]
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:H], *rows)
+    if status is not None:
+        for n, name in enumerate(("errors", "first_error_tick")):
+            status[name] = np.concatenate([np.concatenate([b[n] for b in row], axis=1)[:, :S]
+                                           for row in err_blocks])[:H]
     return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": Hb * Sb,
                      "chunk_configs": Hb, "chunk_seeds": Sb, "chunks": h_blocks * s_blocks,
                      "devices": len(devices) if sharded else 1}
@@ -261,10 +275,6 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     grid: SimConfig field (or "straggler_share") -> list of values. Returns a SweepResult and, if
     `out` is given, writes the sweep directory described in the module docstring.
     """
-    from divjax.algorithms import ALGORITHMS
-    from divjax.sim import make_run
-    from divjax.tasks import make_task
-
     if seeds < 1:
         raise ConfigError(f"seeds={seeds} is invalid: use at least one seed")
     static, dynamic = split_grid(grid)
@@ -272,7 +282,48 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     rows, configs, group_metrics, groups = [], [], [], []
     primary, higher = None, True
     t_start = time.perf_counter()
-    for g, st in enumerate(_combos(static) if static else [{}]):
+    state = {"primary": None, "higher": True}
+    statics = _combos(static) if static else [{}]
+    for st in statics:   # every grid point's config is valid before anything runs
+        for p in _combos(dynamic) if dynamic else [{}]:
+            cfg.replace(**st).replace(**config_values(cfg.replace(**st), p))
+    try:
+        _sweep_groups(cfg, statics, dynamic, keys, seeds, chunk_size, progress, verbose, rows,
+                      configs, group_metrics, groups, state)
+    except BaseException as e:   # a failure or Ctrl-C/SIGTERM: keep what is done
+        if out is not None and rows:
+            summary = summarize(rows, configs, state["primary"], state["higher"], seeds)
+            summary.update(base_seed=base_seed, seeds=seeds, groups=groups,
+                           wall_s=time.perf_counter() - t_start,
+                           device=jax.devices()[0].device_kind, jax=jax.__version__,
+                           complete=False, stopped_by=f"{type(e).__name__}: {e}",
+                           groups_done=len(groups), groups_total=len(statics))
+            write_sweep_dir(Path(out), cfg, grid, rows, configs, summary, state["primary"])
+            print(f"divjax sweep: stopped ({type(e).__name__}) after {len(groups)} of "
+                  f"{len(statics)} group(s); wrote the finished points to {out}/",
+                  file=sys.stderr, flush=True)
+        raise
+    primary, higher = state["primary"], state["higher"]
+    total_s = time.perf_counter() - t_start
+    summary = summarize(rows, configs, primary, higher, seeds)
+    summary.update(base_seed=base_seed, seeds=seeds, groups=groups, wall_s=total_s,
+                   device=jax.devices()[0].device_kind, jax=jax.__version__, complete=True)
+    out_path = None
+    if out is not None:
+        out_path = Path(out)
+        write_sweep_dir(out_path, cfg, grid, rows, configs, summary, primary)
+    return SweepResult(rows, summary, configs, group_metrics, out_path)
+
+
+def _sweep_groups(cfg, statics, dynamic, keys, seeds, chunk_size, progress, verbose, rows,
+                  configs, group_metrics, groups, state) -> None:
+    """The loop over shape-changing groups of `sweep`; appends to rows, configs, group_metrics
+    and groups as each group finishes (so a stopped sweep keeps the finished groups)."""
+    from divjax.algorithms import ALGORITHMS
+    from divjax.sim import make_run
+    from divjax.tasks import make_task
+
+    for g, st in enumerate(statics):
         cfg_g = cfg.replace(**st)
         points = _combos(dynamic) if dynamic else [{}]
         hps = [hparams_for(cfg_g, p) for p in points]
@@ -283,7 +334,7 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
         algo = ALGORITHMS[cfg_g.algorithm](cfg_g)
         cfg_r = resolve_grid(cfg_g, hps, task, algo)
         run = make_run(cfg_r, task, algo)
-        primary, higher = task.primary, task.higher_is_better
+        state["primary"], state["higher"] = task.primary, task.higher_is_better
         H, S = len(points), seeds
         hp, hp_axes = stack_hparams(hps)
         B = chunk_size or auto_chunk(run.engine, H * S, configs=H)
@@ -291,7 +342,12 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
         if verbose:
             print(f"divjax sweep: group {g + 1} {st or ''}: {H} configs x {S} seeds in "
                   f"{math.ceil(H / Hb) * math.ceil(S / Sb)} chunk(s) of {Hb} x {Sb}", flush=True)
-        metrics, timing = run_points(run, run.engine.cfg, keys, hp, hp_axes, B, progress)
+        status: dict = {}
+        metrics, timing = run_points(run, run.engine.cfg, keys, hp, hp_axes, B, progress,
+                                     status=status)
+        tick_s = run.engine.cfg.tick_s
+        diverged = (status["errors"] & ERR_NONFINITE) != 0                       # (H, S)
+        at_s = np.where(diverged, status["first_error_tick"] * tick_s, np.nan)
         group_metrics.append(metrics)
         groups.append({"static": st, "resolved": dataclasses.asdict(run.engine.cfg),
                        "configs": H, "seeds": S, **timing})
@@ -300,18 +356,16 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
             configs.append({"config": cid, "group": g, **st, **_plain(p)})
             C = metrics["time_s"].shape[-1]
             for s in range(S):
+                when = float(at_s[h, s]) if diverged[h, s] else None
                 for c in range(C):
                     rows.append({**configs[-1], "seed": s,
-                                 **{k: float(v[h, s, c]) for k, v in metrics.items()}})
-    total_s = time.perf_counter() - t_start
-    summary = summarize(rows, configs, primary, higher, seeds)
-    summary.update(base_seed=base_seed, seeds=seeds, groups=groups, wall_s=total_s,
-                   device=jax.devices()[0].device_kind, jax=jax.__version__)
-    out_path = None
-    if out is not None:
-        out_path = Path(out)
-        write_sweep_dir(out_path, cfg, grid, rows, configs, summary, primary)
-    return SweepResult(rows, summary, configs, group_metrics, out_path)
+                                 **{k: float(v[h, s, c]) for k, v in metrics.items()},
+                                 "diverged": bool(diverged[h, s]), "diverged_at_s": when})
+            if diverged[h].any() and verbose:
+                print(f"divjax sweep: config {cid} ({_label(configs[-1], {**st, **p})}) "
+                      f"diverged (NaN/inf in a node model) in {int(diverged[h].sum())}/{S} "
+                      f"seed(s), first at simulated t={np.nanmin(at_s[h]):.3g}s; its metrics "
+                      f"are NaN from then on; continuing", file=sys.stderr, flush=True)
 
 
 def _plain(point: dict) -> dict:
@@ -350,16 +404,23 @@ def summarize(rows: list, configs: list, primary: str, higher: bool, seeds: int)
         last = [final[(c["config"], s)] for s in range(seeds) if (c["config"], s) in final]
         entry = {**c, "time_s": last[0]["time_s"]}
         for k in metric_cols:
-            m, hw = ci95([r[k] for r in last])
+            m, hw = ci95([r[k] for r in last])   # over the seeds that stayed finite
             entry[k] = m
             entry[k + "_ci95"] = hw
+        when = [r["diverged_at_s"] for r in last if r.get("diverged")]
+        entry["diverged_seeds"] = len(when)
+        entry["diverged_at_s"] = min(when) if when else None
         per_config.append(entry)
     key = f"{primary}_mean"
-    scores = [e[key] if np.isfinite(e[key]) else (-np.inf if higher else np.inf)
-              for e in per_config]
-    best = int(np.argmax(scores) if higher else np.argmin(scores))
+    # the best config: finite, and among those, one that never diverged when there is one
+    finite = [e for e in per_config if np.isfinite(e[key])]
+    pool = [e for e in finite if not e["diverged_seeds"]] or finite
+    best = None
+    if pool:
+        best = (max if higher else min)(pool, key=lambda e: e[key])
     return {"primary": primary, "higher_is_better": higher, "final": per_config,
-            "best": per_config[best]}
+            "best": best, "diverged_configs": [e["config"] for e in per_config
+                                               if e["diverged_seeds"]]}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -394,27 +455,48 @@ def _label(c: dict, grid: dict) -> str:
     return ", ".join(f"{k}={c[k]}" for k in grid if k in c)
 
 
+def _diverged_text(e: dict, seeds: int) -> str:
+    if not e.get("diverged_seeds"):
+        return "-"
+    return f"{e['diverged_seeds']}/{seeds} seeds, first at t={e['diverged_at_s']:.3g} s"
+
+
 def summary_markdown(cfg: SimConfig, grid: dict, summary: dict, primary: str) -> str:
     key = f"{primary}_mean"
     best = summary["best"]
-    lines = [f"# Sweep: {cfg.algorithm} on {cfg.task}", "",
-             f"- grid: {', '.join(f'{k} in {list(v)}' for k, v in grid.items())}",
-             f"- {summary['seeds']} seeds (`jax.random.split(jax.random.key("
-             f"{summary['base_seed']}), {summary['seeds']})`), {cfg.duration_s:g} simulated s",
-             f"- best config ({'highest' if summary['higher_is_better'] else 'lowest'} final "
-             f"{key}): **{_label(best, grid) or 'the only one'}**: {best[key]:.4g} "
-             f"± {best[key + '_ci95']:.2g} (95% CI across seeds)",
-             f"- wall time {summary['wall_s']:.1f} s on {summary['device']}: "
-             + "; ".join(f"group {i}: compile {g['compile_s']:.1f} s, run {g['run_s']:.1f} s "
-                         f"({g['chunks']} chunk(s) of {g['chunk_size']})"
-                         for i, g in enumerate(summary["groups"])),
-             "", f"| config | {key} (final, mean ± 95% CI) | {primary}_avgmodel | consensus |",
-             "|---|---|---|---|"]
+    seeds = summary["seeds"]
+    lines = [f"# Sweep: {cfg.algorithm} on {cfg.task}", ""]
+    if not summary.get("complete", True):
+        lines += [f"**Incomplete:** stopped by {summary.get('stopped_by')} after "
+                  f"{summary.get('groups_done')} of {summary.get('groups_total')} group(s); the "
+                  f"tables hold the finished points only.", ""]
+    best_line = (f"- best config ({'highest' if summary['higher_is_better'] else 'lowest'} final "
+                 f"{key}): **{_label(best, grid) or 'the only one'}**: {best[key]:.4g} "
+                 f"± {best[key + '_ci95']:.2g} (95% CI across seeds)" if best is not None else
+                 "- best config: none (every config diverged)")
+    lines += [f"- grid: {', '.join(f'{k} in {list(v)}' for k, v in grid.items())}",
+              f"- {seeds} seeds (`jax.random.split(jax.random.key("
+              f"{summary['base_seed']}), {seeds})`), {cfg.duration_s:g} simulated s",
+              best_line]
+    diverged = [e for e in summary["final"] if e.get("diverged_seeds")]
+    if diverged:
+        lines.append("- diverged (a node model became NaN/inf; the time is the first at which "
+                     "any node did; metrics of those seeds are NaN afterwards and left out of "
+                     "the means): " + "; ".join(
+                         f"config {e['config']} ({_label(e, grid) or '-'}): "
+                         f"{_diverged_text(e, seeds)}" for e in diverged))
+    lines += [f"- wall time {summary['wall_s']:.1f} s on {summary['device']}: "
+              + "; ".join(f"group {i}: compile {g['compile_s']:.1f} s, run {g['run_s']:.1f} s "
+                          f"({g['chunks']} chunk(s) of {g['chunk_size']})"
+                          for i, g in enumerate(summary["groups"])),
+              "", f"| config | {key} (final, mean ± 95% CI) | {primary}_avgmodel | consensus "
+                  f"| diverged |",
+              "|---|---|---|---|---|"]
     for e in summary["final"]:
-        mark = " **(best)**" if e["config"] == best["config"] else ""
+        mark = " **(best)**" if best is not None and e["config"] == best["config"] else ""
         lines.append(f"| {e['config']}: {_label(e, grid) or '-'}{mark} | {e[key]:.4g} ± "
                      f"{e[key + '_ci95']:.2g} | {e[primary + '_avgmodel']:.4g} | "
-                     f"{e['consensus']:.3g} |")
+                     f"{e['consensus']:.3g} | {_diverged_text(e, seeds)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -499,28 +581,71 @@ def parse_grid_item(text: str) -> tuple[str, list]:
     """'lr=0.01,0.05' -> ('lr', [0.01, 0.05]); values typed by the SimConfig field.
 
     straggler_mbps takes one bandwidth per value (every straggler gets it);
-    ranges: 'lr=log:0.001:0.1:5' (5 log-spaced values), 'lr=lin:0:1:3'."""
+    ranges: 'lr=log:0.001:0.1:5' (5 log-spaced values), 'lr=lin:0:1:3'.
+    Anything that does not parse is a ConfigError naming the item and the expected form."""
     if "=" not in text:
         raise ConfigError(f"--grid {text!r} is invalid: use FIELD=v1,v2,...")
     name, vals = text.split("=", 1)
     name = name.strip().replace("-", "_")
     fields = {f.name: f for f in dataclasses.fields(SimConfig)}
-    if vals.startswith(("log:", "lin:")):
-        kind, a, b, k = vals.split(":")
+    if name not in fields and name not in ALIASES:
+        raise ConfigError(f"--grid field {name!r} is not a SimConfig field: choose from "
+                          f"{sorted(set(fields) | set(ALIASES))}")
+    numeric = name in ALIASES or name == "straggler_mbps" or (
+        not isinstance(fields[name].default, bool | str))
+    if vals.strip().startswith(("log:", "lin:")):
+        try:
+            kind, a, b, k = vals.strip().split(":")
+            lo, hi, count = float(a), float(b), int(k)
+            if count < 1 or not (math.isfinite(lo) and math.isfinite(hi)) or (
+                    kind == "log" and (lo <= 0 or hi <= 0)):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--grid {text!r} is invalid: a range is log:LO:HI:K or "
+                              f"lin:LO:HI:K with numbers LO, HI (positive for log) and a whole "
+                              f"K >= 1") from None
         space = np.geomspace if kind == "log" else np.linspace
-        raw = [float(f"{x:.6g}") for x in space(float(a), float(b), int(k))]
+        raw = [float(f"{x:.6g}") for x in space(lo, hi, count)]
     else:
         raw = [v.strip() for v in vals.split(",") if v.strip()]
-    if name == "straggler_share" or name == "straggler_mbps":
-        return name, [float(v) for v in raw]
-    if name not in fields:
-        raise ConfigError(f"--grid field {name!r} is not a SimConfig field")
-    default = fields[name].default
+    if not raw:
+        raise ConfigError(f"--grid {text!r} has no values: use FIELD=v1,v2,...")
+    default = None if name in ALIASES or name == "straggler_mbps" else fields[name].default
     if isinstance(default, bool):
-        return name, [str(v).lower() in ("1", "true", "yes") for v in raw]
-    if isinstance(default, int):
-        return name, [int(float(v)) for v in raw]
-    return name, [type(default)(v) for v in raw]
+        conv, want = _parse_bool, "true or false"
+    elif isinstance(default, int):
+        conv, want = _parse_int, "a whole number"
+    elif isinstance(default, str):
+        conv, want = str, "text"
+    else:
+        conv, want = float, "a number"
+    out = []
+    for v in raw:
+        try:
+            x = conv(v)
+        except ValueError:
+            raise ConfigError(f"--grid {text!r}: {v!r} is not {want}; {name} takes {want} "
+                              f"(FIELD=v1,v2,... or log:LO:HI:K)") from None
+        if numeric and not math.isfinite(float(x)):
+            raise ConfigError(f"--grid {text!r}: {v!r} is not a finite number")
+        out.append(x)
+    return name, out
+
+
+def _parse_int(v) -> int:
+    x = float(v)
+    if not (math.isfinite(x) and x == int(x)):
+        raise ValueError(v)
+    return int(x)
+
+
+def _parse_bool(v) -> bool:
+    low = str(v).lower()
+    if low in ("1", "true", "yes"):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise ValueError(v)
 
 
 def add_parser(subparsers) -> None:
@@ -540,18 +665,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=0,
                    help="points (config x seed) per compiled call; 0 = as many as fit (on a "
                         "CPU: about 256 MB of state, at least one seed's configs)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/...)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: a new runs/<date>-<time>-sweep-...[-N]); "
+                        "refused if it already holds results, see --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace the results already there")
     add_config_flags(p)
     p.set_defaults(handler=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
-    from divjax.cli import config_from_args
+    from divjax.cli import config_from_args, prepare_out
 
     cfg = config_from_args(args)
     grid = dict(parse_grid_item(g) for g in args.grid)
-    out = args.out or Path("runs") / time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
-                                                   f"{cfg.task}")
+    split_grid(grid)
+    out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
+                                              f"{cfg.task}"), args.overwrite)
     tty = sys.stdout.isatty()
 
     lead = "\r" if tty else ""
@@ -566,4 +696,7 @@ def cmd_sweep(args) -> int:
     print((out / "summary.md").read_text())
     print(f"divjax: wrote {res.out}/ (config.json, metrics.csv, metrics.jsonl, summary.json, "
           f"summary.md, plot.png)")
+    if res.summary["diverged_configs"]:
+        print(f"divjax sweep: {len(res.summary['diverged_configs'])} config(s) diverged (see "
+              f"summary.md)", file=sys.stderr)
     return 0

@@ -40,10 +40,29 @@ def adjacency(cfg: SimConfig) -> np.ndarray:
         if not path.is_file():
             raise ConfigError(f"topology edge list {path} does not exist: give a file with one "
                               "'i j' pair (0-based node ids) per line")
-        edges = read_edge_list(path)
+        edges, declared = read_edge_list(path, with_header=True)
+        if declared is not None and declared != n:
+            raise ConfigError(f"topology file {path} declares {declared} nodes (first line) but "
+                              f"n_nodes={n}: set --n-nodes {declared}, or use a file for {n} "
+                              f"nodes")
         if edges.size and (edges.min() < 0 or edges.max() >= n):
-            raise ConfigError(f"topology file {path} names nodes outside 0..{n - 1}")
+            raise ConfigError(f"topology file {path} names nodes outside 0..{n - 1} "
+                              f"(found {edges.min()}..{edges.max()}): node ids are 0-based; "
+                              f"set --n-nodes {edges.max() + 1} or fix the file")
         adj[edges[:, 0], edges[:, 1]] = adj[edges[:, 1], edges[:, 0]] = True
+        np.fill_diagonal(adj, False)
+        isolated = np.flatnonzero(~adj.any(1))
+        if isolated.size:
+            raise ConfigError(f"topology file {path} gives {isolated.size} of n_nodes={n} nodes "
+                              f"no edge (nodes {_ids(isolated)}): the file describes fewer "
+                              f"nodes than --n-nodes, or misses their edges; set --n-nodes to "
+                              f"the file's node count or add the edges")
+        if not is_connected(adj):
+            parts = components(adj)
+            raise ConfigError(f"topology file {path} is disconnected: {len(parts)} groups of "
+                              f"nodes never exchange models (sizes "
+                              f"{sorted(map(len, parts), reverse=True)}; node 0's group: "
+                              f"{_ids(parts[0])}): add edges between them")
     else:
         raise ConfigError(f"topology={name!r} is unknown: use complete, ring, torus, "
                           "regular:D or file:PATH")
@@ -51,23 +70,60 @@ def adjacency(cfg: SimConfig) -> np.ndarray:
     return adj
 
 
-def read_edge_list(path: Path) -> np.ndarray:
+def read_edge_list(path: Path, with_header: bool = False):
     """(E, 2) int64 edges of a text edge list: one "i j" pair per line (0-based), "#" comments.
 
     A first line holding a single number (the node count, as in decentralizepy's `.edges` files
-    used by the DivShare authors) is skipped.
+    used by the DivShare authors) is the header; `with_header=True` returns (edges, node count
+    or None). Anything else that is not two whole numbers is a ConfigError naming the line.
     """
-    rows = []
-    for line in path.read_text().splitlines():
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"topology file {path} cannot be read ({e}): give a text file with "
+                          "one 'i j' pair (0-based node ids) per line") from e
+    rows, header = [], None
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        if len(fields) == 1 and not rows:
-            continue  # header: node count
-        if len(fields) != 2:
-            raise ConfigError(f"topology file {path}: line {line!r} is not an 'i j' pair")
-        rows.append((int(fields[0]), int(fields[1])))
-    return np.array(rows, np.int64).reshape(-1, 2)
+        try:
+            values = [int(x) for x in fields]
+        except ValueError:
+            values = None
+        if values is not None and len(values) == 1 and not rows and header is None:
+            header = values[0]  # header: node count
+            continue
+        if values is None or len(values) != 2:
+            raise ConfigError(f"topology file {path}, line {number}: {line.strip()!r} is not an "
+                              "'i j' pair of 0-based node ids (an optional first line holds "
+                              "the node count)")
+        rows.append(tuple(values))
+    edges = np.array(rows, np.int64).reshape(-1, 2)
+    return (edges, header) if with_header else edges
+
+
+def components(adj: np.ndarray) -> list[np.ndarray]:
+    """The connected components of the undirected graph `adj` (n, n), node 0's first."""
+    n = adj.shape[0]
+    left, parts = np.ones(n, bool), []
+    while left.any():
+        seen = np.zeros(n, bool)
+        seen[np.flatnonzero(left)[0]] = True
+        frontier = seen.copy()
+        while frontier.any():
+            frontier = adj[frontier].any(0) & ~seen
+            seen |= frontier
+        parts.append(np.flatnonzero(seen))
+        left &= ~seen
+    return parts
+
+
+def _ids(ids: np.ndarray, limit: int = 8) -> str:
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids[:limit])) + (f", ... ({len(ids)} in all)" if len(ids) > limit
+                                               else "")
 
 
 def _random_regular(n: int, d: int, seed: int) -> np.ndarray:

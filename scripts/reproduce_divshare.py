@@ -211,7 +211,11 @@ def main(argv=None) -> dict:
             k = int(round(share * n))
             row = {"stragglers": f"{k}/{n}"}
             for a in ALGOS:
-                r = run_one(base.replace(algorithm=a, n_stragglers=k), args.seed, log)
+                # the paper's 7 straggler bandwidths, repeated for larger shares
+                mbps = tuple(base.straggler_mbps[i % len(base.straggler_mbps)]
+                             for i in range(max(1, k)))
+                r = run_one(base.replace(algorithm=a, n_stragglers=k, straggler_mbps=mbps),
+                            args.seed, log)
                 p = r["task"].primary
                 v = float(r["metrics"][f"{p}_mean"][-1])
                 row[f"{a} final {p}"] = v
