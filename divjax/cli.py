@@ -316,7 +316,8 @@ def cmd_run(args) -> int:
     if not args.quiet and tty:
         print()
     cols = ["time_s", f"{primary}_mean", f"{primary}_min", f"{primary}_max",
-            f"{primary}_avgmodel", "consensus", "msgs_delivered", "msgs_dropped"]
+            f"{primary}_avgmodel", "consensus", "msgs_delivered", "msgs_dropped",
+            "msgs_replaced"]
     if primary != "loss" and "loss_mean" in metrics:
         cols.insert(5, "loss_mean")
     print(report.format_table(metrics, cols))

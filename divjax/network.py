@@ -29,6 +29,7 @@ never visible before its arrival tick, and a delay longer than the ring is a con
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -86,6 +87,46 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
                 f"HParams.{name}[{tuple(int(i) for i in where)}]={value[tuple(where)]!r} is "
                 f"invalid: it must be {'positive' if positive else 'non-negative'} and finite "
                 f"(set --{'fast-mbps/--straggler-mbps' if name == 'upload_bps' else name})")
+    # the clock counts whole ticks: a compute time must be one to within 1%
+    compute = np.asarray(hp.compute_s, np.float64) / cfg.tick_s
+    ticks = np.maximum(1, np.round(compute))
+    off = np.abs(ticks - compute) / compute
+    if (off > 0.01).any():
+        where = tuple(int(i) for i in np.argwhere(off > 0.01)[0])
+        raise ConfigError(
+            f"HParams.compute_s{list(where)}={float(np.asarray(hp.compute_s)[where])!r} s is "
+            f"not a whole number of ticks of tick_s={cfg.tick_s}: it would run as "
+            f"{ticks[where] * cfg.tick_s:.6g} s ({off[where]:.0%} off); lower --tick-s (e.g. to "
+            f"a divisor of every compute time) or change --compute-s")
+    latency = np.asarray(hp.latency_s, np.float64) / cfg.tick_s
+    late = np.maximum(0, np.ceil(latency - 1e-4))
+    grow = (late - latency) * cfg.tick_s
+    if (grow > 0.01 * np.maximum(np.asarray(hp.latency_s), 1e-12)).any() and (late > 0).any():
+        warnings.warn(
+            f"latencies are rounded up to whole ticks of tick_s={cfg.tick_s}: "
+            f"{float(np.max(np.asarray(hp.latency_s))) * 1e3:.4g} ms runs as "
+            f"{float(np.max(late)) * cfg.tick_s * 1e3:.4g} ms (lower --tick-s for exact latencies)",
+            stacklevel=2)
+
+
+def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.Array:
+    """() bool, traced: every node's timing is finite, valid and fits the int32 link clock.
+
+    The host checks (`check_network`, `sim.resolve`) run when the engine is built; HParams
+    given to `run(key, hp)` afterwards (a sweep, a custom grid) are checked here, and a value
+    that does not fit raises ERR_CLOCK instead of overflowing into negative times."""
+    tick, R = cfg.tick_s, cfg.link_resolution
+    units = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.upload_bps[:, None]
+             / tick * R)
+    limit = 2.0**30
+    M = max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
+    ok = (jnp.all(hp.upload_bps > 0) & jnp.all(hp.compute_s > 0) & jnp.all(hp.latency_s >= 0)
+          & jnp.all(jnp.isfinite(units)) & jnp.all(jnp.isfinite(hp.compute_s))
+          & jnp.all(jnp.isfinite(hp.latency_s)))
+    ok &= jnp.max(units) * M + (cfg.num_ticks + 1.0) * R < limit
+    ok &= jnp.max(hp.compute_s) / tick * R < limit
+    ok &= jnp.max(hp.latency_s) / tick < limit
+    return ok
 
 
 def longest_delay_ticks(table: LinkTable) -> int:

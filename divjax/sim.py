@@ -28,6 +28,7 @@ from divjax.memory import available_memory_bytes, memory_model
 from divjax.rows import get_rows, set_rows
 from divjax.state import (
     ERR_CAPACITY,
+    ERR_CLOCK,
     ERR_HISTORY,
     ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
@@ -204,7 +205,9 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             fits = (slots <= ring_slots) & (delay <= cfg.delay_ticks)
         else:
             fits = jnp.bool_(True)
-        errors = jnp.where(fits, 0, ERR_RING_TOO_SHORT).astype(jnp.int32)
+        errors = (jnp.where(fits, 0, ERR_RING_TOO_SHORT)
+                  | jnp.where(network.clock_fits(cfg, hp, layout.fragment_bytes), 0,
+                              ERR_CLOCK)).astype(jnp.int32)
         return SimState(
             params=params,
             opt_state=jax.vmap(tx.init)(params),
@@ -324,6 +327,9 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
         out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
         out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
+        # the run's ERR_* flags so far (0 = none): a jitted make_run cannot raise, so check
+        # this metric, or call divjax.check_state(state, cfg) on the final state
+        out["errors"] = state.errors.astype(jnp.float32)
         out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
         out["node"] = {name: per_node[name] for name in task.metric_names}
         return out
@@ -349,6 +355,10 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
         >>> cfg = SimConfig(n_nodes=8, duration_s=10)
         >>> run = jax.jit(make_run(cfg))
         >>> state, metrics = run(jax.random.key(0), default_hparams(cfg))
+        >>> check_state(state, run.engine.cfg)   # raises SimulationError on NaN, overflow, ...
+
+    A jitted run cannot raise: a diverged or invalid run returns with `state.errors` set and
+    `metrics["errors"]` non-zero from the first interval it happened in. Check one of them.
     """
     engine = make_engine(cfg, task, algo, hp)
 
@@ -385,6 +395,10 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
                     "build the run with these HParams (make_run(cfg, hp=hp)), or set "
                     "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
                     "whose pong delays depend on random pings)")
+    if e & ERR_CLOCK:
+        msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
+                    "compute time, bandwidth or latency for the int32 link clock: check them, "
+                    "or raise tick_s / lower link_resolution")
     if e & ERR_HISTORY:
         msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
                     f"short to take a replaced message out of an inbox (first at {when:.3f}s): "

@@ -14,6 +14,7 @@ ERR_RING_TOO_SHORT = 1   # a message's delay exceeded the ring
 ERR_CAPACITY = 2         # more nodes finished in one tick than train_capacity
 ERR_NONFINITE = 4        # a trained model holds NaN or inf
 ERR_HISTORY = 8          # inbox "latest": a replaced message's snapshot left the history
+ERR_CLOCK = 16           # HParams invalid or too large for the int32 link clock
 
 
 @struct.dataclass

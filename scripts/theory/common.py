@@ -91,8 +91,11 @@ def compute_spread(cfg: SimConfig, jitter: float) -> np.ndarray:
     """(n,) compute seconds spread evenly in compute_s * [1 - jitter/2, 1 + jitter/2].
 
     Deterministic (no RNG): unequal compute times make the nodes' iterations asynchronous.
+    Rounded to whole ticks (the clock counts ticks; the engine refuses compute times that are
+    not whole ticks to within 1%), so the spread is what the run simulates.
     """
-    return cfg.compute_s * (1.0 + jitter * (np.linspace(0.0, 1.0, cfg.n_nodes) - 0.5))
+    spread = cfg.compute_s * (1.0 + jitter * (np.linspace(0.0, 1.0, cfg.n_nodes) - 0.5))
+    return np.maximum(1, np.round(spread / cfg.tick_s)) * cfg.tick_s
 
 
 def base_hparams(cfg: SimConfig, task: Task, lr: float, latency_s: float = 0.0,

@@ -1,0 +1,59 @@
+"""Errors on the API path: a jitted run cannot raise, so it flags; the host checks refuse what
+the int32 clock cannot represent (issue 16)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from divjax.config import ConfigError, default_hparams
+from divjax.sim import SimulationError, check_state, make_run
+from divjax.state import ERR_CLOCK, ERR_NONFINITE
+
+
+@pytest.fixture(scope="module")
+def run():
+    cfg = tiny_config(duration_s=1.0)
+    return jax.jit(make_run(cfg, hp=default_hparams(cfg))), make_run(cfg).engine.cfg
+
+
+def test_make_run__divergence_shows_in_metrics_and_check_state(run):
+    fn, cfg = run
+    hp = default_hparams(cfg).replace(lr=jnp.float32(1e4))
+    state, m = fn(jax.random.key(0), hp)
+    assert int(state.errors) & ERR_NONFINITE
+    assert m["errors"][-1] > 0 and m["errors"][0] >= 0
+    with pytest.raises(SimulationError, match="lower --lr"):
+        check_state(state, cfg)
+    ok_state, ok = fn(jax.random.key(0), default_hparams(cfg))
+    assert np.all(ok["errors"] == 0)
+    check_state(ok_state, cfg)
+
+
+@pytest.mark.parametrize("field,value", [("upload_bps", 1e-4), ("upload_bps", 0.0),
+                                         ("compute_s", float("inf")), ("latency_s", -1.0)])
+def test_make_run__hparams_that_overflow_the_link_clock_flag_an_error(run, field, value):
+    """HParams handed to an already built run skip the host checks: they must not overflow
+    into negative times and count messages as sent."""
+    fn, cfg = run
+    hp = default_hparams(cfg)
+    arr = np.asarray(getattr(hp, field)).copy()
+    arr[-1] = value
+    state, m = fn(jax.random.key(0), hp.replace(**{field: jnp.asarray(arr, jnp.float32)}))
+    assert int(state.errors) & ERR_CLOCK
+    assert m["errors"][-1] > 0
+    with pytest.raises(SimulationError, match="int32 link clock"):
+        check_state(state, cfg)
+
+
+def test_config__compute_time_that_is_not_whole_ticks_is_refused():
+    cfg = tiny_config(tick_s=0.005, compute_s=0.001)        # would run 5x slower than asked
+    with pytest.raises(ConfigError, match="whole number of ticks"):
+        make_run(cfg)
+    make_run(tiny_config(tick_s=0.005, compute_s=0.1))      # 20 ticks: fine
+
+
+def test_config__latency_rounded_to_the_tick_is_stated():
+    with pytest.warns(UserWarning, match="runs as 50 ms"):
+        make_run(tiny_config(tick_s=0.05, compute_s=0.5, latency_ms=1.0))
