@@ -9,6 +9,9 @@ no mutable collections), so the engine can ravel them into its `(K, F)` fragment
   and 2x2 max-pooling, then one dense layer to 10 classes. 89,834 parameters
   (`GNLENET_PARAMS`; paper.md: "about 89.8k"). Initialised as PyTorch initialises these layers
   (weights and biases uniform in +-1/sqrt(fan_in); GroupNorm scale 1, bias 0), eps = 1e-5.
+  Its convolutions and max-pooling carry `divjax.conv`'s custom backward passes (fast inside
+  the engine's loops on CPU; same parameters, values and gradients; `fast_grad=False` for the
+  plain Flax layers).
 - `MatrixFactorization`: 20 factors per user and per item, no biases, embeddings uniform in
   +-0.05, prediction = <user row, item row>. 610 users and 9,724 items give 206,680 parameters
   (`mf_param_count`), the paper's figure; the authors' code has no +1 rows.
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from divjax import conv
 from divjax.config import ConfigError
 
 NUM_CLASSES = 10
@@ -46,20 +50,30 @@ def _torch_uniform(fan_in: int) -> Callable:
 
 
 class GNLeNet(nn.Module):
-    """GN-LeNet for 32x32x3 images: (B, 32, 32, 3) float32 -> (B, 10) logits."""
+    """GN-LeNet for 32x32x3 images: (B, 32, 32, 3) float32 -> (B, 10) logits.
+
+    fast_grad: the convolutions and max-pooling use `divjax.conv`'s custom backward passes
+    (forward convolutions and a mask instead of XLA's convolution gradients and
+    select-and-scatter, which are 10-50x slower inside the engine's `lax.scan` on CPU). Same
+    parameters, same values and gradients to float rounding (tests/test_conv.py); False gives
+    the plain Flax layers (a reference, and the benchmark's baseline).
+    """
 
     num_classes: int = NUM_CLASSES
     channels: tuple = (32, 32, 64)
+    fast_grad: bool = True
 
     @nn.compact
     def __call__(self, x):                                  # (B, H, W, C)
+        conv_fn = conv.flax_conv_general_dilated if self.fast_grad else None
         for ch in self.channels:
             fan_in = x.shape[-1] * 5 * 5
             x = nn.Conv(ch, (5, 5), padding="SAME", kernel_init=_torch_uniform(fan_in),
-                        bias_init=_torch_uniform(fan_in))(x)
+                        bias_init=_torch_uniform(fan_in), conv_general_dilated=conv_fn)(x)
             x = nn.GroupNorm(num_groups=2, epsilon=1e-5)(x)
             x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))      # 32 -> 16 -> 8 -> 4
+            # 32 -> 16 -> 8 -> 4
+            x = conv.max_pool_2x2(x) if self.fast_grad else nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape(x.shape[0], -1)                       # (B, 4 * 4 * 64)
         fan_in = x.shape[-1]
         return nn.Dense(self.num_classes, kernel_init=_torch_uniform(fan_in),
