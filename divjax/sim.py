@@ -129,9 +129,25 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             raise ConfigError(
                 f"the state needs about {est['total'] / 2**30:.2f} GiB "
                 f"({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.items() if k != 'total')}"
-                f" GiB) but the device has {have / 2**30:.2f} GiB: lower n_nodes, use "
-                f"delivery='receiver_iteration', or a coarser tick_s (fewer ring slots)")
+                f" GiB) but the device has {have / 2**30:.2f} GiB: "
+                + "; ".join(memory_advice(cfg, est)))
     return cfg
+
+
+def memory_advice(cfg: SimConfig, est: dict) -> list[str]:
+    """The fixes that apply to this config (for the memory error): never one already on."""
+    tips = []
+    if est.get("training", 0) > 0.2 * est["total"] and (
+            cfg.iteration_chunk == 0 or cfg.iteration_chunk > 64):
+        tips.append("--iteration-chunk 64 (end the iterations of 64 finishing nodes at a time: "
+                    "the training buffers shrink, the results do not change)")
+    if cfg.delivery == "arrival_tick":
+        tips.append("--delivery receiver_iteration (2-3 ring slots instead of one per tick of "
+                    "the longest delay; same results)")
+    elif est.get("ring", 0) > 0.3 * est["total"]:
+        tips.append("a coarser --tick-s or faster links (fewer messages in flight per slot)")
+    tips.append(f"lower --n-nodes (now {cfg.n_nodes})")
+    return tips
 
 
 # ----------------------------------------------------------------------------- the engine

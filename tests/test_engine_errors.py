@@ -57,3 +57,15 @@ def test_config__compute_time_that_is_not_whole_ticks_is_refused():
 def test_config__latency_rounded_to_the_tick_is_stated():
     with pytest.warns(UserWarning, match="runs as 50 ms"):
         make_run(tiny_config(tick_s=0.05, compute_s=0.5, latency_ms=1.0))
+
+
+def test_memory_error__advice_fits_the_config():
+    """The memory error names --iteration-chunk when training buffers weigh, and never
+    suggests the delivery mode that is already on."""
+    from divjax.sim import memory_advice
+
+    est = {"training": 6.0, "ring": 1.0, "params": 1.0, "total": 8.0}
+    tips = "; ".join(memory_advice(tiny_config(), est))
+    assert "--iteration-chunk" in tips and "receiver_iteration" not in tips
+    tips = "; ".join(memory_advice(tiny_config(delivery="arrival_tick", iteration_chunk=8), est))
+    assert "--delivery receiver_iteration" in tips and "--iteration-chunk" not in tips
