@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_common import git_commit
 from jax import lax
 
 from divjax import conv, models
@@ -84,14 +84,6 @@ def timed(fn, *args, repeats=3, warmup=True):
         jax.block_until_ready(compiled(*args))
         best = min(best, time.perf_counter() - t0)
     return compile_s, best
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- (a), (b)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from bench_common import git_commit
 
 from divjax import memory, network
 from divjax.algorithms import ALGORITHMS, Context
@@ -82,14 +83,6 @@ def timed(fn, *args, repeats=3, stat=statistics.median):
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
     return compile_s, stat(times), compiled
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def copy_bandwidth(nbytes: int, repeats: int = 15) -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_common import git_commit
 
 from divjax import presets
 from divjax.config import default_hparams
@@ -117,11 +117,7 @@ def main(argv=None) -> dict:
     r["decentralizepy_s_per_round"] = 0.109  # measured by the author, 16 processes
     rows["decentralizepy d-psgd (16 nodes, 3-regular)"] = r
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     out = {"date": str(date.today()), "device": jax.devices()[0].device_kind,
            "platform": platform.platform(), "jax": jax.__version__, "commit": commit,
            "copy_bandwidth_GBps": bw / 1e9, "rows": rows}

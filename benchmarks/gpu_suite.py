@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import date
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from bench_common import git_commit
 
 from divjax import presets
 from divjax.config import default_hparams
@@ -66,9 +66,7 @@ def main(argv=None) -> dict:
     out: dict = {"date": str(date.today()), "device": jax.devices()[0].device_kind,
                  "backend": jax.default_backend(), "devices": jax.device_count(),
                  "jax": jax.__version__, "platform": platform.platform(),
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                          capture_output=True, text=True,
-                                          check=False).stdout.strip(),
+                 "commit": git_commit(),
                  "quick": args.quick, "steps": {}}
 
     default = presets.get_preset(presets.DEFAULT_PRESET)

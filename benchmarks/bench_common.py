@@ -1,0 +1,16 @@
+"""Helpers shared by the benchmark scripts (run as scripts: this folder is on sys.path)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def git_commit() -> str:
+    """The short commit of the checkout the benchmark runs from ("unknown" outside git)."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=Path(__file__).parent,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
