@@ -60,7 +60,9 @@ class ADPSGDState(NamedTuple):
 
     queue: QueueState    # link end of queue and models queued, per node
     latest: jax.Array    # (n, K, F) float32: every node's latest post-training snapshot
-    pings: jax.Array     # (Lp, n, n) int32: [arrival tick mod Lp, receiver, sender] ping counts
+    pings: jax.Array     # (Lp, n, n) int16 (int32 if link_resolution > 32767): ping counts
+    #                      [arrival tick mod Lp, receiver, sender]; a link completes at most
+    #                      link_resolution messages in a tick, so a count never overflows
     history: jax.Array   # (H, n, K, F) float32: snapshot version v of node i at [v % H, i]
     #                      (version = iterations finished when it was taken; 0 = initial model)
     last_window: jax.Array   # (n, n) int32 [receiver, sender]: inbox window of the last model
@@ -155,6 +157,11 @@ def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree:
     return neighbors[node][idx]
 
 
+def ping_dtype(cfg: SimConfig):
+    """The smallest integer type that holds a ping count of one (tick, receiver, sender)."""
+    return jnp.int16 if cfg.link_resolution <= 2**15 - 1 else jnp.int32
+
+
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
     p = cfg.fanout // 2
     latest_rule = cfg.inbox == "latest"
@@ -170,7 +177,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         if H:
             history = history.at[0].set(params)                                  # version 0
         return ADPSGDState(init_queue_state(n), params,
-                           jnp.zeros((Lp, n, n), jnp.int32), history,
+                           jnp.zeros((Lp, n, n), ping_dtype(ctx.cfg)), history,
                            jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
                            jnp.zeros((m, m), jnp.int32))
 
@@ -225,7 +232,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         n = ctx.cfg.n_nodes
         a = state.algo_state
         slot = t % a.pings.shape[0]
-        count = a.pings[slot]                                                  # (recv, send)
+        count = a.pings[slot].astype(jnp.int32)                                # (recv, send)
         total = jnp.sum(count, axis=1)                                         # (n,) pongs
         state = state.replace(algo_state=a._replace(pings=a.pings.at[slot].set(0)))
 
