@@ -12,8 +12,12 @@ results as a run on one device (tests/test_sharding.py).
     >>> run = make_sharded_run(cfg, hp=hp)             # all of jax.devices()
     >>> state, metrics = jax.jit(run)(jax.random.key(0), hp)
 
-On several hosts, call `jax.distributed.initialize()` first in every process; `jax.devices()`
-then lists the devices of all hosts and the same code shards over them (docs/scaling.md).
+On several hosts (or several processes on one host), call `initialize_distributed(...)` (which
+is `jax.distributed.initialize`, with gloo collectives for CPU devices) first in every process;
+`jax.devices()` then lists the devices of all processes and the same code shards over them. Every
+process builds the same config, key and data and calls the run; `fetch` gathers the results to
+host memory on every process (scripts/distributed_run.py, tests/test_distributed.py,
+docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -129,6 +133,44 @@ def make_sharded_run(cfg: SimConfig, task=None, algo=None, hp: HParams | None = 
     run.mesh = mesh
     run.shardings = shardings
     return run
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           cpu_collectives: str = "gloo", **kwargs) -> None:
+    """`jax.distributed.initialize` for a run over several processes; call it in every process
+    before anything else touches JAX (before the first jax.devices() or array).
+
+    CPU devices need a collectives implementation to talk across processes: `cpu_collectives`
+    ("gloo", or "mpi"; None leaves JAX's setting) is set first. GPU and TPU devices use their own
+    (NCCL, ICI) and ignore it. Arguments left None are detected by JAX on SLURM, Open MPI and
+    TPU pods. Each process then sees all processes' devices in jax.devices() and its own in
+    jax.local_devices().
+    """
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id, **kwargs)
+
+
+def fetch(tree: Any) -> Any:
+    """Host (numpy) copy of a tree of arrays, on every process.
+
+    In a one-process run this is jax.device_get. An array that spans several processes (the
+    sharded state, or any output XLA left split) is all-gathered first with
+    jax.experimental.multihost_utils.process_allgather: a collective, so every process must call
+    fetch on the same tree, in the same order.
+    """
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:  # every process holds the whole value
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(get, tree)
 
 
 def shard_state(state: Any, shardings: Any) -> Any:
