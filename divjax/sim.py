@@ -23,7 +23,13 @@ from divjax import network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout, make_layout
-from divjax.local import all_finite, make_optimizer, make_train_one, node_batch_key
+from divjax.local import (
+    all_finite,
+    loop_over_nodes,
+    make_optimizer,
+    make_train_one,
+    node_batch_key,
+)
 from divjax.memory import available_memory_bytes, memory_model
 from divjax.rows import get_rows, set_rows
 from divjax.state import (
@@ -317,6 +323,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         def evaluate_flat(p, node):
             return task.evaluate(layout.unflatten(p), node)
 
+    eval_node_by_node = loop_over_nodes(layout)
+
     def evaluate(state: SimState) -> dict:
         params = state.params
         avg = jnp.mean(params, axis=0)
@@ -326,8 +334,11 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             return (evaluate_flat(p, node),
                     jnp.sum(jnp.where(real, p - avg, 0.0) ** 2))
 
-        per_node, dist2 = jax.lax.map(one_node, (params, jnp.arange(n, dtype=jnp.int32)),
-                                      batch_size=min(cfg.eval_chunk, n))
+        nodes = (params, jnp.arange(n, dtype=jnp.int32))
+        if eval_node_by_node:  # per-node convolutions under vmap are grouped: slow on CPU
+            per_node, dist2 = jax.lax.map(one_node, nodes)
+        else:
+            per_node, dist2 = jax.lax.map(one_node, nodes, batch_size=min(cfg.eval_chunk, n))
         avg_metrics = evaluate_flat(avg, jnp.int32(-1))
         out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
         for name in task.metric_names:
