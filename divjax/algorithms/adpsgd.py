@@ -120,25 +120,29 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     old_v = a.last_version[r, s_b]
     retract = first & (old_w == window)
     lost = jnp.any(retract & (version[:, None] - old_v >= H))
-    old = get_rows(a.history, (old_v % H, s_b))                                  # (C, J, K, F)
-    minus = jnp.full((C, J, K), -1.0, jnp.float32)
-    if cfg.delivery == "arrival_tick":
-        ahead = retract & (old_a > t)                                            # still in flight
-        arrived = retract & (old_a <= t)
-        slot = old_a % inbox.total.shape[0]
-        tgt = jnp.where(ahead, recv, n)
-        total = add_rows(inbox.total, (slot, tgt), -old)
-        count = add_rows(inbox.count, (slot, tgt), minus)
-        tgt = jnp.where(arrived, recv, n)
-        inbox = inbox._replace(
-            total=total, count=count,
-            pending_total=add_rows(inbox.pending_total, (tgt,), -old),
-            pending_count=add_rows(inbox.pending_count, (tgt,), minus))
-    else:
+    def subtract(inbox: Inbox) -> Inbox:
+        """Take the replaced models out of the receivers' sums (gathers C J models: only run
+        when some message does replace one)."""
+        old = get_rows(a.history, (old_v % H, s_b))                              # (C, J, K, F)
+        minus = jnp.full((C, J, K), -1.0, jnp.float32)
+        if cfg.delivery == "arrival_tick":
+            ahead = retract & (old_a > t)                                        # still in flight
+            arrived = retract & (old_a <= t)
+            slot = old_a % inbox.total.shape[0]
+            tgt = jnp.where(ahead, recv, n)
+            total = add_rows(inbox.total, (slot, tgt), -old)
+            count = add_rows(inbox.count, (slot, tgt), minus)
+            tgt = jnp.where(arrived, recv, n)
+            return inbox._replace(
+                total=total, count=count,
+                pending_total=add_rows(inbox.pending_total, (tgt,), -old),
+                pending_count=add_rows(inbox.pending_count, (tgt,), minus))
         slot = window % inbox.total.shape[0]
         tgt = jnp.where(retract, recv, n)
-        inbox = inbox._replace(total=add_rows(inbox.total, (slot, tgt), -old),
-                               count=add_rows(inbox.count, (slot, tgt), minus))
+        return inbox._replace(total=add_rows(inbox.total, (slot, tgt), -old),
+                              count=add_rows(inbox.count, (slot, tgt), minus))
+
+    inbox = jax.lax.cond(jnp.any(retract), subtract, lambda box: box, inbox)
     Lc = counters.ring_replaced.shape[0]
     counters = counters._replace(ring_replaced=counters.ring_replaced.at[
         arrival % Lc, jnp.where(retract, recv, n)].add(K, mode="drop"))
