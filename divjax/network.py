@@ -30,7 +30,6 @@ never visible before its arrival tick, and a delay longer than the ring is a con
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -164,15 +163,23 @@ def replaced_queue_delay_bound(table: LinkTable, resolution: int) -> jax.Array:
     return table.compute_ticks + latency_ticks(table, resolution)
 
 
+def ring_slots_for(cfg: SimConfig, delay, compute_ticks):
+    """Ring slots that hold a message in flight for `delay` ticks, for cfg.delivery: one per
+    tick (arrival_tick), or (receiver_iteration) the receiver's aggregations it may span: those
+    in [next, ceil((t + delay) / c)], at most ceil(delay / c) + 1 with c its compute ticks.
+    The one statement of what a delay needs of the ring: sizing (`ring_slots_needed`), the
+    engine's init check of traced HParams, the memory model (through the sized config) and
+    `push`'s per-message check (the exact span, never more than this) all follow it. Works on
+    ints, numpy and traced arrays."""
+    if cfg.delivery == "arrival_tick":
+        return delay
+    return (delay + compute_ticks - 1) // compute_ticks + 1
+
+
 def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None) -> int:
     """Smallest ring length that holds every message in flight, for cfg.delivery."""
     delay = longest_delay_ticks(table, cfg.link_resolution) if delay is None else delay
-    if cfg.delivery == "arrival_tick":
-        return delay
-    # receiver_iteration: messages for receiver r in flight target its aggregations in
-    # [next, ceil((t + delay) / c_r)], at most ceil(delay / c_r) + 1 of them.
-    c_min = int(np.min(table.compute_ticks))
-    return int(math.ceil(delay / c_min)) + 1
+    return int(ring_slots_for(cfg, int(delay), int(np.min(table.compute_ticks))))
 
 
 def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:

@@ -26,7 +26,7 @@ from divjax import network
 from divjax.algorithms.divshare import divshare_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.sim import model_layout
+from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table

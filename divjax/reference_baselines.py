@@ -32,7 +32,7 @@ from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.reference import initial_models
-from divjax.sim import model_layout
+from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
 from divjax.topology import adjacency, metropolis_hastings, neighbor_table

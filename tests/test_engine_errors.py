@@ -83,7 +83,7 @@ def test_schedule__time_is_rounded_once_on_the_arrival():
 def test_memory_error__advice_fits_the_config():
     """The memory error names --iteration-chunk when training buffers weigh, and never
     suggests the delivery mode that is already on."""
-    from divjax.sim import memory_advice
+    from divjax.sizing import memory_advice
 
     est = {"training": 6.0, "ring": 1.0, "params": 1.0, "total": 8.0}
     tips = "; ".join(memory_advice(tiny_config(), est))

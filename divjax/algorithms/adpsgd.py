@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.algorithms.base import Algorithm, Context
+from divjax.algorithms.base import Algorithm, Context, average_with_inbox
 from divjax.algorithms.queues import (
     QueueState,
     appended_link_free,
@@ -227,7 +227,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             a = a._replace(queue=q, pings=pings)
         inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid,
                                               ctx.table.compute_ticks, t)
-        averaged = (trained + got_total) / (1.0 + got_count)[..., None]
+        averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, algo_state=a._replace(latest=latest)), averaged
 
     def on_tick(ctx: Context, state, keys, t):

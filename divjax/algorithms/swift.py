@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from divjax.algorithms.base import Algorithm, Context, sample_peers
+from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.algorithms.queues import (
     QueueState,
     appended_link_free,
@@ -133,7 +133,7 @@ def make_swift(cfg: SimConfig) -> Algorithm:
                                s, mode="drop"))
         inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid,
                                               ctx.table.compute_ticks, t)
-        averaged = (trained + got_total) / (1.0 + got_count)[..., None]
+        averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters,
                              algo_state=SwiftState(q)), averaged
 

@@ -37,7 +37,7 @@ from jax.flatten_util import ravel_pytree
 from divjax import SimConfig, Task, check_state, default_hparams, make_run
 from divjax.config import HParams
 from divjax.network import link_table
-from divjax.sim import model_layout
+from divjax.sizing import model_layout
 from divjax.tasks import make_synthetic_task
 
 HERE = Path(__file__).resolve().parent
