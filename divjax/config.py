@@ -78,6 +78,8 @@ class SimConfig:
     #                                  "sum" averages every copy that arrived since the last one
     inbox_history: int = 0           # AD-PSGD with inbox "latest": post-training snapshots kept
     #                                  per node to take a replaced message out again; 0 = auto
+    ping_slots: int = 0              # AD-PSGD: pings in flight each node can hold (its ping
+    #                                  FIFO); 0 = auto, from the longest delay and compute time
     ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
@@ -147,6 +149,8 @@ class SimConfig:
             bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
         if self.inbox_history < 0:
             bad("inbox_history", self.inbox_history, "use 0 (auto) or a positive count")
+        if self.ping_slots < 0:
+            bad("ping_slots", self.ping_slots, "use 0 (auto) or a positive count")
         if self.ring_ticks < 0:
             bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
         if self.delay_ticks < 0:

@@ -285,7 +285,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
-            or (algo.resolve_sizes is not None and cfg.inbox_history == 0)):
+            or (algo.resolve_sizes is not None
+                and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
     nb, deg = neighbor_table(adjacency(cfg))
     if cfg.fanout > int(deg.min()):
@@ -346,7 +347,7 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
         msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
                     "build the run with these HParams (make_run(cfg, hp=hp)), or set "
                     "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
-                    "whose pong delays depend on random pings)")
+                    "whose pong delays depend on random pings; or its --ping-slots)")
     if e & ERR_CLOCK:
         msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
                     "compute time, bandwidth or latency for the int32 link clock: check them, "

@@ -90,3 +90,20 @@ def test_memory_error__advice_fits_the_config():
     assert "--iteration-chunk" in tips and "receiver_iteration" not in tips
     tips = "; ".join(memory_advice(tiny_config(delivery="arrival_tick", iteration_chunk=8), est))
     assert "--delivery receiver_iteration" in tips and "--iteration-chunk" not in tips
+
+
+def test_adpsgd__a_ping_fifo_too_short_is_an_error_not_a_silent_drop():
+    """ping_slots=1 with fanout 4 (2 pings per iteration end): the FIFO cannot hold them."""
+    from divjax.config import SimConfig
+    from divjax.sim import make_engine, simulate
+
+    cfg = SimConfig(algorithm="adpsgd", n_nodes=5, fanout=4, duration_s=1.0, tick_s=0.01,
+                    compute_s=0.1, ping_slots=1)
+    engine = make_engine(cfg)
+    assert engine.cfg.ping_slots == 1
+    with pytest.raises(SimulationError, match="ping-slots"):
+        simulate(engine, jax.random.key(0), default_hparams(engine.cfg))
+    auto = make_engine(cfg.replace(ping_slots=0))
+    assert auto.cfg.ping_slots >= 2
+    state, _ = simulate(auto, jax.random.key(0), default_hparams(auto.cfg))
+    check_state(state, auto.cfg)

@@ -30,6 +30,13 @@ iteration carries the receiver's previous snapshot.
 Ring sizing: pong times depend on the random pings, so the rings are sized for the run's horizon
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
 delay beyond the rings raises ERR_RING_TOO_SHORT, never a silent drop.
+
+Pings in flight: a node's pings leave its FIFO link in the order they were queued, with one
+latency, so they arrive in that order. Each node keeps its pings in flight in its own FIFO of
+`cfg.ping_slots` entries (arrival tick, receiver): O(n * slots) memory, where a ring indexed by
+arrival tick would hold (delay + 1) n^2 counts. At tick t the pings at the FIFOs' heads that
+arrive at t are popped and answered. The FIFO holds at most `fanout // 2` pings per iteration
+end within the longest delay (`ping_slots_needed`); a fuller one raises ERR_RING_TOO_SHORT.
 """
 
 from __future__ import annotations
@@ -60,9 +67,11 @@ class ADPSGDState(NamedTuple):
 
     queue: QueueState    # link end of queue and models queued, per node
     latest: jax.Array    # (n, K, F) float32: every node's latest post-training snapshot
-    pings: jax.Array     # (Lp, n, n) int16 (int32 if link_resolution > 32767): ping counts
-    #                      [arrival tick mod Lp, receiver, sender]; a link completes at most
-    #                      link_resolution messages in a tick, so a count never overflows
+    ping_arrival: jax.Array   # (n, Q) int32: arrival tick of sender i's pings in flight,
+    #                           the j-th it ever sent at [i, j mod Q]
+    ping_receiver: jax.Array  # (n, Q) int32: their receivers
+    ping_head: jax.Array      # (n,) int32: pings of each sender that have arrived
+    ping_tail: jax.Array      # (n,) int32: pings of each sender that will arrive in the run
     history: jax.Array   # (H, n, K, F) float32: snapshot version v of node i at [v % H, i]
     #                      (version = iterations finished when it was taken; 0 = initial model)
     last_window: jax.Array   # (n, n) int32 [receiver, sender]: inbox window of the last model
@@ -161,9 +170,56 @@ def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree:
     return neighbors[node][idx]
 
 
-def ping_dtype(cfg: SimConfig):
-    """The smallest integer type that holds a ping count of one (tick, receiver, sender)."""
-    return jnp.int16 if cfg.link_resolution <= 2**15 - 1 else jnp.int32
+def ping_slots_needed(cfg: SimConfig, table) -> int:
+    """Pings one node can have in flight (host side, numpy table): `fanout // 2` per iteration
+    end, and a ping arrives at most `delay_ticks` after its iteration end, so the pings of at
+    most delay_ticks // c_min + 1 iteration ends are in flight at once."""
+    p = max(1, cfg.fanout // 2)
+    c_min = int(np.min(np.asarray(table.compute_ticks)))
+    return p * (cfg.delay_ticks // c_min + 1)
+
+
+def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: jax.Array,
+                 n: int):
+    """Append the sent pings (C, p) of the nodes `node` (C,) to their FIFOs.
+
+    `sent` is a prefix of each row (a ping queued after one that leaves after the run's end
+    leaves after it too). Returns (algo_state, overflow: () bool, a FIFO would wrap onto a ping
+    still in flight)."""
+    Q = a.ping_arrival.shape[1]
+    safe = jnp.minimum(node, n - 1)
+    tail = a.ping_tail[safe]                                                    # (C,)
+    pos = (tail[:, None] + jnp.arange(sent.shape[1], dtype=jnp.int32)) % Q      # (C, p)
+    row = jnp.broadcast_to(jnp.where(node < n, node, n)[:, None], sent.shape)
+    row = jnp.where(sent, row, n)
+    new_tail = tail + jnp.sum(sent, axis=1).astype(jnp.int32)
+    overflow = jnp.any((new_tail - a.ping_head[safe] > Q) & (node < n))
+    a = a._replace(
+        ping_arrival=a.ping_arrival.at[row, pos].set(arrival, mode="drop"),
+        ping_receiver=a.ping_receiver.at[row, pos].set(recv, mode="drop"),
+        ping_tail=a.ping_tail.at[jnp.where(node < n, node, n)].set(new_tail, mode="drop"))
+    return a, overflow
+
+
+def pop_arrived_pings(a, t: jax.Array, n: int):
+    """Pop every ping that arrives at tick t off the FIFOs' heads.
+
+    Returns (algo_state, count (n, n) int32: pings arriving at t [receiver, sender])."""
+    Q = a.ping_arrival.shape[1]
+    sender = jnp.arange(n, dtype=jnp.int32)
+
+    def due(head):
+        return (head < a.ping_tail) & (a.ping_arrival[sender, head % Q] == t)
+
+    def body(carry):
+        head, count = carry
+        d = due(head)
+        recv = jnp.where(d, a.ping_receiver[sender, head % Q], n)
+        return head + d.astype(jnp.int32), count.at[recv, sender].add(1, mode="drop")
+
+    head, count = jax.lax.while_loop(lambda c: jnp.any(due(c[0])), body,
+                                     (a.ping_head, jnp.zeros((n, n), jnp.int32)))
+    return a._replace(ping_head=head), count
 
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
@@ -171,17 +227,16 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
     latest_rule = cfg.inbox == "latest"
 
     def init(ctx: Context, params):
-        n = ctx.cfg.n_nodes
-        Lp = ctx.cfg.delay_ticks + 1  # as long as the counters' ring: every delay fits
+        n, Q = ctx.cfg.n_nodes, ctx.cfg.ping_slots
         H, m = (ctx.cfg.inbox_history, n) if latest_rule else (0, 0)
-        if latest_rule and H < 2:
-            raise ValueError("inbox_history must be resolved (>= 2) before init: build the "
-                             "engine with make_engine / make_run")
+        if (latest_rule and H < 2) or Q < 1:
+            raise ValueError("inbox_history and ping_slots must be resolved before init: "
+                             "build the engine with make_engine / make_run")
         history = jnp.zeros((H,) + params.shape, jnp.float32)
         if H:
             history = history.at[0].set(params)                                  # version 0
-        return ADPSGDState(init_queue_state(n), params,
-                           jnp.zeros((Lp, n, n), ping_dtype(ctx.cfg)), history,
+        zq, zn = jnp.zeros((n, Q), jnp.int32), jnp.zeros((n,), jnp.int32)
+        return ADPSGDState(init_queue_state(n), params, zq, zq, zn, zn, history,
                            jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
                            jnp.zeros((m, m), jnp.int32))
 
@@ -217,14 +272,13 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced)
             state = flag_error(state.replace(inbox=inbox, counters=counters),
                                jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
-            pings = a.pings.at[sched.arrival[..., 0] % a.pings.shape[0],
-                               jnp.where(sent, recv, n),
-                               jnp.broadcast_to(safe[:, None], (C, p))].add(1, mode="drop")
+            a, overflow = record_pings(a, node, recv, sent, sched.arrival[..., 0], n)
+            state = flag_error(state, jnp.where(overflow, ERR_RING_TOO_SHORT, 0), t)
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
                                    jnp.full((C,), p, jnp.int32), t),
                 a.queue.enqueued.at[drop].add(p, mode="drop"))
-            a = a._replace(queue=q, pings=pings)
+            a = a._replace(queue=q)
         inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid,
                                               ctx.table.compute_ticks, t)
         averaged = average_with_inbox(trained, got_total, got_count)
@@ -234,11 +288,9 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         """Answer the pings arriving at tick t with pongs carrying the latest models."""
         del keys  # pongs draw nothing
         n = ctx.cfg.n_nodes
-        a = state.algo_state
-        slot = t % a.pings.shape[0]
-        count = a.pings[slot].astype(jnp.int32)                                # (recv, send)
+        a, count = pop_arrived_pings(state.algo_state, t, n)                  # (recv, send)
         total = jnp.sum(count, axis=1)                                         # (n,) pongs
-        state = state.replace(algo_state=a._replace(pings=a.pings.at[slot].set(0)))
+        state = state.replace(algo_state=a)
 
         def answer(state):
             a = state.algo_state
@@ -289,9 +341,13 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
-        if not latest_rule or cfg_resolved.inbox_history > 0:
-            return cfg_resolved
-        return cfg_resolved.replace(inbox_history=history_depth(cfg_resolved, table))
+        if cfg_resolved.ping_slots == 0:
+            cfg_resolved = cfg_resolved.replace(
+                ping_slots=ping_slots_needed(cfg_resolved, table))
+        if latest_rule and cfg_resolved.inbox_history == 0:
+            cfg_resolved = cfg_resolved.replace(
+                inbox_history=history_depth(cfg_resolved, table))
+        return cfg_resolved
 
     return Algorithm("adpsgd", init, iteration_end, on_tick=on_tick,
                      longest_delay=longest_delay, resolve_sizes=resolve_sizes)
