@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add their own subcommand: each defines add_parser(subparsers) and registers
 # its handler with parser.set_defaults(handler=fn); fn(args) -> exit code.
-PLUGINS = ("divjax.compare", "divjax.sweep", "divjax.plotting")
+PLUGINS = ("divjax.compare", "divjax.sweep_cli", "divjax.plotting")
 
 
 def _plugin_modules():
