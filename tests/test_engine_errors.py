@@ -92,8 +92,8 @@ def test_memory_error__advice_fits_the_config():
     assert "--delivery receiver_iteration" in tips and "--iteration-chunk" not in tips
 
 
-def test_adpsgd__a_ping_fifo_too_short_is_an_error_not_a_silent_drop():
-    """ping_slots=1 with fanout 4 (2 pings per iteration end): the FIFO cannot hold them."""
+def test_adpsgd__a_ping_table_too_short_is_an_error_not_a_silent_drop():
+    """ping_slots=1 with fanout 4 (2 pings per iteration end): the table cannot hold them."""
     from divjax.config import SimConfig
     from divjax.sim import make_engine, simulate
 

@@ -31,12 +31,13 @@ Ring sizing: pong times depend on the random pings, so the rings are sized for t
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
 delay beyond the rings raises ERR_RING_TOO_SHORT, never a silent drop.
 
-Pings in flight: a node's pings leave its FIFO link in the order they were queued, with one
-latency, so they arrive in that order. Each node keeps its pings in flight in its own FIFO of
-`cfg.ping_slots` entries (arrival tick, receiver): O(n * slots) memory, where a ring indexed by
-arrival tick would hold (delay + 1) n^2 counts. At tick t the pings at the FIFOs' heads that
-arrive at t are popped and answered. The FIFO holds at most `fanout // 2` pings per iteration
-end within the longest delay (`ping_slots_needed`); a fuller one raises ERR_RING_TOO_SHORT.
+Pings in flight: each node keeps its pings in its own table of `cfg.ping_slots` entries
+(arrival tick, receiver), filled in the order it sends them: O(n * slots) memory, where a ring
+indexed by arrival tick would hold (delay + 1) n^2 counts. At tick t the entries arriving at t
+are answered (`arrived_pings`; with latency regions a node's pings need not arrive in the order
+they were sent). A node has at most `fanout // 2` pings per iteration end within the longest
+delay in flight (`ping_slots_needed`); writing over one still in flight raises
+ERR_RING_TOO_SHORT.
 """
 
 from __future__ import annotations
@@ -67,11 +68,10 @@ class ADPSGDState(NamedTuple):
 
     queue: QueueState    # link end of queue and models queued, per node
     latest: jax.Array    # (n, K, F) float32: every node's latest post-training snapshot
-    ping_arrival: jax.Array   # (n, Q) int32: arrival tick of sender i's pings in flight,
-    #                           the j-th it ever sent at [i, j mod Q]
+    ping_arrival: jax.Array   # (n, Q) int32: arrival tick of sender i's pings, the j-th it
+    #                           ever sent at [i, j mod Q] (-1: none; before t: answered)
     ping_receiver: jax.Array  # (n, Q) int32: their receivers
-    ping_head: jax.Array      # (n,) int32: pings of each sender that have arrived
-    ping_tail: jax.Array      # (n,) int32: pings of each sender that will arrive in the run
+    ping_tail: jax.Array      # (n,) int32: pings of each sender sent within the run
     history: jax.Array   # (H, n, K, F) float32: snapshot version v of node i at [v % H, i]
     #                      (version = iterations finished when it was taken; 0 = initial model)
     last_window: jax.Array   # (n, n) int32 [receiver, sender]: inbox window of the last model
@@ -180,20 +180,20 @@ def ping_slots_needed(cfg: SimConfig, table) -> int:
 
 
 def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: jax.Array,
-                 n: int):
-    """Append the sent pings (C, p) of the nodes `node` (C,) to their FIFOs.
+                 t: jax.Array, n: int):
+    """Write the sent pings (C, p) of the nodes `node` (C,) at tick t into their ping tables.
 
+    A node's pings take its table's slots in the order they were sent (the j-th at j mod Q).
     `sent` is a prefix of each row (a ping queued after one that leaves after the run's end
-    leaves after it too). Returns (algo_state, overflow: () bool, a FIFO would wrap onto a ping
-    still in flight)."""
+    leaves after it too). Returns (algo_state, overflow: () bool, a slot still held a ping in
+    flight, i.e. arriving after t)."""
     Q = a.ping_arrival.shape[1]
     safe = jnp.minimum(node, n - 1)
-    tail = a.ping_tail[safe]                                                    # (C,)
-    pos = (tail[:, None] + jnp.arange(sent.shape[1], dtype=jnp.int32)) % Q      # (C, p)
-    row = jnp.broadcast_to(jnp.where(node < n, node, n)[:, None], sent.shape)
-    row = jnp.where(sent, row, n)
-    new_tail = tail + jnp.sum(sent, axis=1).astype(jnp.int32)
-    overflow = jnp.any((new_tail - a.ping_head[safe] > Q) & (node < n))
+    pos = (a.ping_tail[safe][:, None] + jnp.arange(sent.shape[1], dtype=jnp.int32)) % Q
+    row = jnp.where(sent & (node < n)[:, None], safe[:, None], n)                 # (C, p)
+    overflow = (jnp.any((row < n) & (a.ping_arrival[safe[:, None], pos] > t))
+                | jnp.any(jnp.sum(row < n, axis=1) > Q))     # more pings at once than slots
+    new_tail = a.ping_tail[safe] + jnp.sum(sent, axis=1).astype(jnp.int32)
     a = a._replace(
         ping_arrival=a.ping_arrival.at[row, pos].set(arrival, mode="drop"),
         ping_receiver=a.ping_receiver.at[row, pos].set(recv, mode="drop"),
@@ -201,25 +201,14 @@ def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: 
     return a, overflow
 
 
-def pop_arrived_pings(a, t: jax.Array, n: int):
-    """Pop every ping that arrives at tick t off the FIFOs' heads.
-
-    Returns (algo_state, count (n, n) int32: pings arriving at t [receiver, sender])."""
-    Q = a.ping_arrival.shape[1]
-    sender = jnp.arange(n, dtype=jnp.int32)
-
-    def due(head):
-        return (head < a.ping_tail) & (a.ping_arrival[sender, head % Q] == t)
-
-    def body(carry):
-        head, count = carry
-        d = due(head)
-        recv = jnp.where(d, a.ping_receiver[sender, head % Q], n)
-        return head + d.astype(jnp.int32), count.at[recv, sender].add(1, mode="drop")
-
-    head, count = jax.lax.while_loop(lambda c: jnp.any(due(c[0])), body,
-                                     (a.ping_head, jnp.zeros((n, n), jnp.int32)))
-    return a._replace(ping_head=head), count
+def arrived_pings(a, t: jax.Array, n: int) -> jax.Array:
+    """(n, n) int32: the pings arriving at tick t, [receiver, sender]. Every ping is answered
+    at its arrival tick, so a slot whose arrival is before t is free again; the latencies of
+    one node's pings may differ by receiver (latency regions), so every slot is looked at."""
+    due = a.ping_arrival == t                                                   # (n, Q)
+    sender = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], due.shape)
+    return jnp.zeros((n, n), jnp.int32).at[jnp.where(due, a.ping_receiver, n), sender].add(
+        1, mode="drop")
 
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
@@ -235,8 +224,9 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         history = jnp.zeros((H,) + params.shape, jnp.float32)
         if H:
             history = history.at[0].set(params)                                  # version 0
-        zq, zn = jnp.zeros((n, Q), jnp.int32), jnp.zeros((n,), jnp.int32)
-        return ADPSGDState(init_queue_state(n), params, zq, zq, zn, zn, history,
+        zq = jnp.zeros((n, Q), jnp.int32)
+        return ADPSGDState(init_queue_state(n), params, zq - 1, zq, jnp.zeros((n,), jnp.int32),
+                           history,
                            jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
                            jnp.zeros((m, m), jnp.int32))
 
@@ -258,7 +248,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             sched = schedule_appended_queue(
                 ctx.cfg, ctx.table, a.queue.link_free, node,
                 jnp.broadcast_to(valid[:, None], (C, p)),
-                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K)
+                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv)
             sent = sched.sent[..., 0]
             inbox, counters, replaced = state.inbox, state.counters, None
             if latest_rule:
@@ -272,7 +262,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced)
             state = flag_error(state.replace(inbox=inbox, counters=counters),
                                jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
-            a, overflow = record_pings(a, node, recv, sent, sched.arrival[..., 0], n)
+            a, overflow = record_pings(a, node, recv, sent, sched.arrival[..., 0], t, n)
             state = flag_error(state, jnp.where(overflow, ERR_RING_TOO_SHORT, 0), t)
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
@@ -288,9 +278,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         """Answer the pings arriving at tick t with pongs carrying the latest models."""
         del keys  # pongs draw nothing
         n = ctx.cfg.n_nodes
-        a, count = pop_arrived_pings(state.algo_state, t, n)                  # (recv, send)
+        count = arrived_pings(state.algo_state, t, n)                          # (recv, send)
         total = jnp.sum(count, axis=1)                                         # (n,) pongs
-        state = state.replace(algo_state=a)
 
         def answer(state):
             a = state.algo_state
@@ -306,7 +295,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 target = jnp.minimum(jnp.sum(cum <= m, axis=1), n - 1).astype(jnp.int32)
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 (total > m)[:, None],
-                                                jnp.full((n, 1), m, jnp.int32), t, K)
+                                                jnp.full((n, 1), m, jnp.int32), t, K,
+                                                target[:, None])
                 if latest_rule:
                     inbox, counters, a, _, lost_m = retract_replaced(
                         ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
