@@ -171,7 +171,7 @@ def make_batched(run: Callable, hp_axes: HParams, configs: int) -> Callable:
     def point(key, hp):
         state, metrics = run(key, hp)
         metrics = {k: v for k, v in metrics.items() if k != "node"}
-        return state.errors, state.first_error_tick, metrics
+        return state.errors, state.first_error_tick, state.first_error_node, metrics
 
     over_configs = jax.vmap(point, in_axes=(None, hp_axes), axis_size=configs)
     return jax.vmap(over_configs, in_axes=(0, None))
@@ -200,7 +200,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     split over all of them when their count allows it.
     Returns (metrics leaves (H, S, C), timings). A point whose training diverged (NaN/inf) raises
     SimulationError, unless `status` (a dict) is given: then the run goes on and `status` gets
-    "errors" (H, S) int32 (state.ERR_* flags) and "first_error_tick" (H, S) int32 (-1 if none);
+    "errors" (H, S) int32 (state.ERR_* flags), "first_error_tick" and "first_error_node"
+    (H, S) int32 (-1 if none);
     the diverged points' metrics are NaN from that time. Other error flags always raise.
     """
     from divjax.sim import check_state
@@ -239,13 +240,13 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     t0, done = time.perf_counter(), 0
     for i, hi in enumerate(h_idx):
         for j, si in enumerate(s_idx):
-            errors, first, metrics = jax.block_until_ready(compiled(*take(hi, si)))
-            errors, first = np.asarray(errors), np.asarray(first)
+            errors, first, node, metrics = jax.block_until_ready(compiled(*take(hi, si)))
+            errors, first, node = np.asarray(errors), np.asarray(first), np.asarray(node)
             if status is None:
-                check_state(_Errs(errors, first), cfg)
+                check_state(_Errs(errors, first, node), cfg)
             else:   # divergence is marked per point; ring or capacity overflows still raise
-                check_state(_Errs(errors & ~ERR_NONFINITE, first), cfg)
-            err_blocks[i][j] = (errors.T, first.T)
+                check_state(_Errs(errors & ~ERR_NONFINITE, first, node), cfg)
+            err_blocks[i][j] = (errors.T, first.T, node.T)
             # (Sb, Hb, C) -> (Hb, Sb, C)
             blocks[i][j] = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), jax.device_get(metrics))
             done += Hb * Sb
@@ -255,7 +256,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     rows = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :S], *b) for b in blocks]
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:H], *rows)
     if status is not None:
-        for n, name in enumerate(("errors", "first_error_tick")):
+        for n, name in enumerate(("errors", "first_error_tick", "first_error_node")):
             status[name] = np.concatenate([np.concatenate([b[n] for b in row], axis=1)[:, :S]
                                            for row in err_blocks])[:H]
     return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": Hb * Sb,
@@ -266,6 +267,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
 class _Errs(NamedTuple):
     errors: jax.Array
     first_error_tick: jax.Array
+    first_error_node: jax.Array
 
 
 def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
@@ -361,11 +363,14 @@ def _sweep_groups(cfg, statics, dynamic, keys, seeds, chunk_size, progress, verb
                 for c in range(C):
                     rows.append({**configs[-1], "seed": s,
                                  **{k: float(v[h, s, c]) for k, v in metrics.items()},
-                                 "diverged": bool(diverged[h, s]), "diverged_at_s": when})
+                                 "diverged": bool(diverged[h, s]), "diverged_at_s": when,
+                                 "diverged_node": (int(status["first_error_node"][h, s])
+                                                   if diverged[h, s] else None)})
             if diverged[h].any() and verbose:
                 print(f"divjax sweep: config {cid} ({label(configs[-1], {**st, **p})}) "
                       f"diverged (NaN/inf in a node model) in {int(diverged[h].sum())}/{S} "
-                      f"seed(s), first at simulated t={np.nanmin(at_s[h]):.3g}s; its metrics "
+                      f"seed(s), first at simulated t={np.nanmin(at_s[h]):.3g}s (node "
+                      f"{int(status['first_error_node'][h][np.nanargmin(at_s[h])])}); its metrics "
                       f"are NaN from then on; continuing", file=sys.stderr, flush=True)
 
 

@@ -54,6 +54,9 @@ def summarize(rows: list, configs: list, primary: str, higher: bool, seeds: int)
         when = [r["diverged_at_s"] for r in last if r.get("diverged")]
         entry["diverged_seeds"] = len(when)
         entry["diverged_at_s"] = min(when) if when else None
+        first = min((r for r in last if r.get("diverged")), key=lambda r: r["diverged_at_s"],
+                    default=None)
+        entry["diverged_node"] = first.get("diverged_node") if first is not None else None
         per_config.append(entry)
     key = f"{primary}_mean"
     # the best config: finite, and among those, one that never diverged when there is one
@@ -102,7 +105,9 @@ def label(c: dict, grid: dict) -> str:
 def _diverged_text(e: dict, seeds: int) -> str:
     if not e.get("diverged_seeds"):
         return "-"
-    return f"{e['diverged_seeds']}/{seeds} seeds, first at t={e['diverged_at_s']:.3g} s"
+    node = e.get("diverged_node")
+    where = f" (node {node})" if node is not None else ""
+    return f"{e['diverged_seeds']}/{seeds} seeds, first at t={e['diverged_at_s']:.3g} s{where}"
 
 
 def summary_markdown(cfg: SimConfig, grid: dict, summary: dict, primary: str) -> str:
