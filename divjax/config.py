@@ -104,6 +104,10 @@ class SimConfig:
     #                                  i (row) to node j (column), ms; replaces the regions
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
+    compute_spread: float = 0.0      # heterogeneous compute: node i takes compute_s *
+    #                                  exp(s z_i - s^2 / 2), z_i ~ N(0, 1) (log-normal, mean
+    #                                  compute_s), rounded to whole ticks; 0 = every node equal
+    compute_seed: int = 0            # seed of those draws (numpy; the run's key is separate)
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
     momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)
@@ -136,6 +140,9 @@ class SimConfig:
             bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
         if not 0 <= self.n_stragglers <= self.n_nodes:
             bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
+        if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
+            bad("compute_spread", self.compute_spread,
+                "use a log-normal sigma in [0, 3] (0 = equal compute times)")
         if self.latency_ms < 0:
             bad("latency_ms", self.latency_ms, "latency cannot be negative")
         if not 1 <= self.latency_regions <= self.n_nodes:
@@ -318,6 +325,19 @@ def straggler_mask(cfg: SimConfig) -> np.ndarray:
     return mask
 
 
+def compute_spread_factors(cfg: SimConfig) -> np.ndarray:
+    """(n,) float64: the factor on every node's compute time for `compute_spread` s.
+
+    exp(s z_i - s^2 / 2) with z ~ N(0, 1) from numpy's generator seeded with `compute_seed`
+    (mean 1: the mean compute time stays `compute_s`). All ones for s = 0."""
+    n = cfg.n_nodes
+    if cfg.compute_spread == 0:
+        return np.ones(n)
+    s = float(cfg.compute_spread)
+    z = np.random.default_rng(cfg.compute_seed).standard_normal(n)
+    return np.exp(s * z - s * s / 2)
+
+
 def default_hparams(cfg: SimConfig) -> HParams:
     """Per-node arrays built from the config's network description."""
     n = cfg.n_nodes
@@ -327,6 +347,9 @@ def default_hparams(cfg: SimConfig) -> HParams:
     for j, i in enumerate(straggler_ids):   # one value for all, or one per straggler
         mbps[i] = cfg.straggler_mbps[min(j, len(cfg.straggler_mbps) - 1)]
     compute = np.where(slow, cfg.compute_s * cfg.straggler_compute_factor, cfg.compute_s)
+    if cfg.compute_spread:   # drawn times, rounded to whole ticks (the clock's unit)
+        compute = compute * compute_spread_factors(cfg)
+        compute = np.maximum(1, np.round(compute / cfg.tick_s)) * cfg.tick_s
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return HParams(
         lr=f32(cfg.lr),

@@ -12,7 +12,8 @@ Grid fields are split in two (STYLE.md 3.3):
   routes and schedule), in chunks that fit in memory (one compilation per group): the
   optimizer (`lr`, `momentum`, `weight_decay`) and the network description the per-node arrays
   are built from (`fast_mbps`, `straggler_mbps`, `n_stragglers`, `straggler_share` (fraction of
-  the nodes), `latency_ms`, `compute_s`, `straggler_compute_factor`);
+  the nodes), `latency_ms`, `compute_s`, `straggler_compute_factor`, `compute_spread`,
+  `compute_seed`);
 - every other `SimConfig` field (n_nodes, n_fragments, fanout, task, algorithm, ...) changes
   shapes or code, so it is a Python loop over groups, each compiled once.
 
@@ -48,7 +49,8 @@ from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
-             "latency_ms", "compute_s", "straggler_compute_factor")
+             "latency_ms", "compute_s", "straggler_compute_factor", "compute_spread",
+             "compute_seed")
 ALIASES = ("straggler_share",)  # fraction of the nodes that are stragglers -> n_stragglers
 
 

@@ -1,0 +1,98 @@
+"""What each network feature costs: the same run with and without it, in one process.
+
+For every algorithm listed, the embedded MovieLens default (60 nodes, 7 stragglers) runs
+(a) as it is and (b) with each feature turned on; the table gives the wall time of the jitted
+run after compilation (best of `--repeats`) and the ratio to (a). Features:
+- regions: 3 latency regions, 40 ms between them (`--latency-regions 3 --inter-region-ms 40`);
+- latency file: the same matrix read from an n x n CSV (every node its own region).
+Ratios are measured in one process, on one machine, one after another (these machines are
+shared: compare ratios, not absolute times). For scale, the table also gives the machine's
+float32 matmul rate measured in the same process.
+
+    python benchmarks/network_features.py [--duration-s 10] [--algorithms divshare,adpsgd,swift]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from bench_common import git_commit
+
+from divjax.config import default_hparams
+from divjax.presets import get_preset
+from divjax.sim import make_run
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_seconds(cfg, repeats: int) -> tuple[float, float]:
+    """(compile + first run, best run) wall seconds of the jitted run."""
+    run = make_run(cfg)
+    hp = default_hparams(run.engine.cfg)
+    fn = jax.jit(run)
+    first = _timed(lambda: jax.block_until_ready(fn(jax.random.key(0), hp)))
+    best = min(_timed(lambda: jax.block_until_ready(fn(jax.random.key(0), hp)))
+               for _ in range(repeats))
+    return first, best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration-s", type=float, default=10.0)
+    ap.add_argument("--algorithms", default="divshare,adpsgd,swift")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=f"benchmarks/results/network_features-"
+                                     f"{jax.default_backend()}-{time.strftime('%Y-%m-%d')}.json")
+    args = ap.parse_args()
+    base = get_preset("movielens-default").replace(duration_s=args.duration_s,
+                                                   eval_every_s=args.duration_s)
+    n = base.n_nodes
+    region = np.arange(n) % 3
+    matrix = np.where(region[:, None] == region[None, :], 0.0, 40.0)
+    tmp = Path(tempfile.mkdtemp()) / "latency.csv"
+    tmp.write_text("\n".join(",".join(f"{v:g}" for v in row) for row in matrix) + "\n")
+    features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
+                "latency file": {"latency_file": str(tmp)}}
+    gflops = matmul_gflops()
+    rows = []
+    print(f"| algorithm | feature | compile+run s | run s | ratio to none |  (matmul "
+          f"{gflops:.0f} GFLOP/s)")
+    print("|---|---|---|---|---|")
+    for algo in args.algorithms.split(","):
+        ref = None
+        for name, change in features.items():
+            first, best = run_seconds(base.replace(algorithm=algo, **change), args.repeats)
+            ref = best if name == "none" else ref
+            rows.append({"algorithm": algo, "feature": name, "first_s": first, "run_s": best,
+                         "ratio": best / ref})
+            print(f"| {algo} | {name} | {first:.2f} | {best:.2f} | {best / ref:.2f}× |",
+                  flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"commit": git_commit(), "backend": jax.default_backend(),
+                               "matmul_gflops": gflops, "duration_s": args.duration_s,
+                               "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Heterogeneous compute (issue 18): per-node compute times from a seeded log-normal draw."""
+
+import jax
+import numpy as np
+import pytest
+
+from divjax import reference
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.sim import make_run
+
+
+def test_compute_spread__zero_changes_nothing_and_draws_are_whole_ticks_and_seeded():
+    cfg = SimConfig(n_nodes=2000, compute_s=0.5, tick_s=0.01, n_stragglers=100,
+                    straggler_mbps=(10.0,), straggler_compute_factor=2.0)
+    base = np.asarray(default_hparams(cfg).compute_s)
+    np.testing.assert_array_equal(np.asarray(default_hparams(cfg.replace(
+        compute_spread=0.0, compute_seed=7)).compute_s), base)
+    spread = np.asarray(default_hparams(cfg.replace(compute_spread=0.5)).compute_s, np.float64)
+    ticks = spread / cfg.tick_s
+    np.testing.assert_allclose(ticks, np.round(ticks), atol=1e-3)   # whole ticks
+    fast = spread[:-100]
+    assert abs(fast.mean() / 0.5 - 1) < 0.05                         # log-normal of mean 1
+    assert 0.4 < np.std(np.log(fast)) < 0.6
+    assert abs(spread[-100:].mean() / 1.0 - 1) < 0.2                 # stragglers: 2x, spread
+    again = np.asarray(default_hparams(cfg.replace(compute_spread=0.5)).compute_s)
+    other = np.asarray(default_hparams(cfg.replace(compute_spread=0.5, compute_seed=1)).compute_s)
+    np.testing.assert_array_equal(again, spread.astype(np.float32))
+    assert not np.array_equal(other, again)
+
+
+def test_compute_spread__engine_equals_reference_simulator():
+    cfg = SimConfig(n_nodes=6, n_fragments=3, fanout=2, local_steps=2, batch_size=4,
+                    tick_s=0.01, duration_s=1.5, eval_every_s=0.5, compute_s=0.1,
+                    compute_spread=0.6, compute_seed=3)
+    hp = default_hparams(cfg)
+    assert len(set(np.round(np.asarray(hp.compute_s), 3))) > 2       # really uneven
+    run = make_run(cfg, hp=hp)
+    state, _ = jax.jit(run)(jax.random.key(0), hp)
+    ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
+                             inbox_policy="latest")
+    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
+    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
+    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), 5.0])
+def test_compute_spread__bad_values_are_refused(value):
+    with pytest.raises(ConfigError, match="compute_spread"):
+        SimConfig(compute_spread=value)
