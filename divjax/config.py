@@ -102,6 +102,8 @@ class SimConfig:
     inter_region_ms: float = 0.0     # one-way latency added between different regions, ms
     latency_file: str = ""           # CSV, n rows of n values: one-way latency added from node
     #                                  i (row) to node j (column), ms; replaces the regions
+    loss_rate: float = 0.0           # probability that a sent message is lost on its way
+    #                                  (each independently; DivShare, Swift); 0 = none
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     compute_spread: float = 0.0      # heterogeneous compute: node i takes compute_s *
@@ -140,6 +142,8 @@ class SimConfig:
             bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
         if not 0 <= self.n_stragglers <= self.n_nodes:
             bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
+        if not (isinstance(self.loss_rate, int | float) and 0 <= self.loss_rate < 1):
+            bad("loss_rate", self.loss_rate, "use a probability in [0, 1)")
         if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
             bad("compute_spread", self.compute_spread,
                 "use a log-normal sigma in [0, 3] (0 = equal compute times)")

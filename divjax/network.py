@@ -309,6 +309,8 @@ class Counters(NamedTuple):
     delivered: jax.Array      # (n,) int32: messages that arrived at receiver n
     replaced: jax.Array       # (n,) int32: of those, replaced before the receiver aggregated
     #                           (inbox "latest"; always 0 with inbox "sum")
+    ring_lost: jax.Array      # (Lc, n) int32: messages to receiver n lost on the way (that tick)
+    lost: jax.Array           # (n,) int32: messages to receiver n lost on the way (loss_rate)
 
 
 def init_inbox(cfg: SimConfig, slots: int, K: int, F: int, capacity: int = 1) -> Inbox:
@@ -328,7 +330,7 @@ def init_inbox(cfg: SimConfig, slots: int, K: int, F: int, capacity: int = 1) ->
 def init_counters(n: int, K: int, ticks: int) -> Counters:
     z = lambda *s: jnp.zeros(s, jnp.int32)  # noqa: E731
     return Counters(z(ticks, n, K), z(ticks, n), z(ticks, n), z(ticks, n), z(n, K), z(n), z(n),
-                    z(n))
+                    z(n), z(ticks, n), z(n))
 
 
 def tick_counters(counters: Counters, t: jax.Array) -> Counters:
@@ -339,6 +341,8 @@ def tick_counters(counters: Counters, t: jax.Array) -> Counters:
         dropped=counters.dropped + counters.ring_dropped[s],
         delivered=counters.delivered + counters.ring_delivered[s],
         replaced=counters.replaced + counters.ring_replaced[s],
+        lost=counters.lost + counters.ring_lost[s],
+        ring_lost=counters.ring_lost.at[s].set(0),
         ring_sent=counters.ring_sent.at[s].set(0),
         ring_dropped=counters.ring_dropped.at[s].set(0),
         ring_delivered=counters.ring_delivered.at[s].set(0),
@@ -473,9 +477,20 @@ def aggregation_index(arrival: jax.Array, receiver_compute: jax.Array) -> jax.Ar
     return (arrival + receiver_compute - 1) // receiver_compute
 
 
+def message_lost(cfg: SimConfig, k_spare: jax.Array, sender: jax.Array,
+                 shape: tuple[int, ...]) -> jax.Array | None:
+    """(C, *shape) bool: which messages that C senders queue at one tick are lost on the way,
+    each independently with probability `cfg.loss_rate`, drawn from the tick's spare key
+    folded with the sender id (so the draw does not depend on chunking). None without loss."""
+    if cfg.loss_rate == 0:
+        return None
+    return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_spare, i),
+                                                   cfg.loss_rate, shape))(sender)
+
+
 def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sched: Schedule,
          sender: jax.Array, valid: jax.Array, receiver: jax.Array,
-         payload: jax.Array, replaced: jax.Array | None = None
+         payload: jax.Array, replaced: jax.Array | None = None, lost: jax.Array | None = None
          ) -> tuple[Inbox, Counters, jax.Array]:
     """Scatter queued messages into the ring slot they will be read from; time the counters.
 
@@ -483,6 +498,9 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     sender (and fragment) replaces in the receiver's inbox before it aggregates (the "latest"
     rule; the caller knows it from the schedule). They are sent, counted as delivered and as
     replaced, but their payload is never scattered: it would not be averaged in.
+    `lost` (C, J, K) bool, optional: sent messages lost on the way (`message_lost`): they
+    occupy the link and count as sent, never as delivered; counted in `counters.lost` of
+    their receiver.
 
     Returns (inbox, counters, too_late): too_late is a () bool, True if a sent message's delay
     exceeds what the rings were sized for (the caller raises ERR_RING_TOO_SHORT; never silent).
@@ -499,13 +517,14 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     C, J, K = receiver.shape
     frag = jnp.broadcast_to(jnp.arange(K, dtype=jnp.int32), (C, K))
     Lc = counters.ring_sent.shape[0]
-    recv_all = jnp.where(sched.sent, receiver, n)                    # unsent: out of range
-    counted = sched.sent if replaced is None else sched.sent & ~replaced
+    arrives = sched.sent if lost is None else sched.sent & ~lost
+    recv_all = jnp.where(arrives, receiver, n)                       # unsent/lost: out of range
+    counted = arrives if replaced is None else arrives & ~replaced
     recv_pay = jnp.where(counted, receiver, n)                       # payloads that count
     if cfg.delivery == "arrival_tick":
         slot_all = sched.arrival % inbox.total.shape[0]
     else:
-        c_recv = table.compute_ticks[jnp.minimum(recv_all, n - 1)]
+        c_recv = table.compute_ticks[jnp.minimum(jnp.where(sched.sent, receiver, n), n - 1)]
         slot_all = ((sched.arrival + c_recv - 1) // c_recv) % inbox.total.shape[0]
     R = inbox.total.shape[0]
     if cfg.delivery == "arrival_tick":
@@ -535,6 +554,9 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
         counters.ring_replaced.at[sched.arrival % Lc,
                                   jnp.where(sched.sent & replaced, receiver, n)].add(
             1, mode="drop"),
+        ring_lost=counters.ring_lost if lost is None else
+        counters.ring_lost.at[sched.arrival % Lc,
+                              jnp.where(sched.sent & lost, receiver, n)].add(1, mode="drop"),
         ring_dropped=counters.ring_dropped.at[sched.drop_tick % Lc,
                                               jnp.where(valid, sender, n)].add(
             n_dropped, mode="drop"),

@@ -41,6 +41,7 @@ class ReferenceResult:
     iterations: np.ndarray   # (n,)
     replaced: int            # inbox entries overwritten by a newer one (policy "latest")
     log: list = field(default_factory=list)  # (tick, kind, details) of every event, if asked
+    lost: np.ndarray | None = None  # (n,) messages to each receiver lost on the way
 
 
 @dataclass
@@ -90,6 +91,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     dropped = np.zeros(n, np.int64)
     delivered = np.zeros(n, np.int64)
     iterations = np.zeros(n, np.int64)
+    lost_at = np.zeros(n, np.int64)                      # messages to node r lost on the way
     replaced = 0
     inbox_sum: list[list] = [[] for _ in range(n)]       # (sender, k, values)
     inbox_latest: list[dict] = [{} for _ in range(n)]    # (sender, k) -> values
@@ -123,10 +125,12 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             link = links[i]
             if link.busy is None or link.busy[0] != token:
                 continue  # this transmission was cancelled by a queue replacement
-            _, end, (r, k, payload) = link.busy
+            _, end, (r, k, payload, is_lost) = link.busy
             sent[i, k] += 1
-            # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-            at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, k, payload)
+            if is_lost:   # sent, and lost on the way: it never arrives
+                lost_at[r] += 1
+            else:  # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
+                at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, k, payload)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
             start_next(i, end)
@@ -157,9 +161,12 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             if s > 0:
                 receivers, queue = routes(keys.route, i)
                 receivers, queue = np.asarray(receivers), np.asarray(queue)
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K))
+                lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
                 for m in queue:
                     j, k = divmod(int(m), K)
-                    link.queue.append((int(receivers[j, k]), k, trained[k].copy()))
+                    link.queue.append((int(receivers[j, k]), k, trained[k].copy(),
+                                       bool(lost[j, k])))
                 start_next(i, t * R)
             # (4) average every coordinate with what has arrived, then empty the inbox
             total = trained.astype(np.float32).copy()
@@ -175,4 +182,5 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             iterations[i] += 1
             at(t + c[i], 1, "end", i)
 
-    return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log)
+    return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log,
+                           lost_at)

@@ -50,6 +50,7 @@ class BaselineResult:
     pongs: int              # AD-PSGD: pongs queued
     replaced: int           # inbox entries overwritten by a newer one (policy "latest")
     log: list = field(default_factory=list)
+    lost: np.ndarray | None = None  # (n,) fragments of full models to each receiver lost
 
 
 def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
@@ -92,6 +93,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     delivered = np.zeros(n, np.int64)
     iterations = np.zeros(n, np.int64)
     enqueued = np.zeros(n, np.int64)
+    lost_at = np.zeros(n, np.int64)                # fragments to node r lost on the way
     free_at = np.zeros(n, np.int64)                # sub-tick at which each link is idle
     inbox_sum: list[list] = [[] for _ in range(n)]
     inbox_latest: list[dict] = [{} for _ in range(n)]
@@ -104,12 +106,14 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     def at(tick, phase, kind, *data):
         heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
 
-    def enqueue(i, t, receiver, payload, kind):
-        """Append one full model to node i's link at tick t; it leaves after the ones before."""
+    def enqueue(i, t, receiver, payload, kind, lost=False):
+        """Append one full model to node i's link at tick t; it leaves after the ones before
+        (and is lost on the way if `lost`)."""
         start = max(int(free_at[i]), t * R)
         free_at[i] = start + int(model_units[i])
         enqueued[i] += 1
-        at(-(-int(free_at[i]) // R), 0, "leave", i, int(free_at[i]), receiver, payload, kind)
+        at(-(-int(free_at[i]) // R), 0, "leave", i, int(free_at[i]), receiver, payload, kind,
+           lost)
 
     def receive(i, r, payload):
         delivered[r] += K
@@ -144,10 +148,12 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     while events and events[0][0] < T:
         t, _, _, kind, data = heapq.heappop(events)
         if kind == "leave":
-            i, end, r, payload, what = data
+            i, end, r, payload, what, is_lost = data
             sent[i] += 1
-            # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-            at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, payload, what)
+            if is_lost:   # sent, and lost on the way: it never arrives (K fragments)
+                lost_at[r] += K
+            else:  # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
+                at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, payload, what)
             log.append((t, "sent", (i, r, what)))
         elif kind == "arrive":
             i, r, payload, what = data
@@ -167,8 +173,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             (i,) = data
             trained, o, keys = train(i, t)
             if cfg.algorithm == "swift" and s > 0:
-                for r in np.asarray(route(keys.route, i)):
-                    enqueue(i, t, int(r), trained.copy(), "model")
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s,))
+                lost = np.zeros(s, bool) if lost is None else np.asarray(lost[0])
+                for j, r in enumerate(np.asarray(route(keys.route, i))):
+                    enqueue(i, t, int(r), trained.copy(), "model", bool(lost[j]))
             if cfg.algorithm == "adpsgd":
                 latest[i] = trained.copy()
                 if s // 2 > 0:
@@ -204,4 +212,4 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 finish(j, t, new[j].astype(np.float32), opts[j])
 
     return BaselineResult(np.stack(params), sent, delivered, iterations, enqueued,
-                          counts["pongs"], counts["replaced"], log)
+                          counts["pongs"], counts["replaced"], log, lost_at)

@@ -257,6 +257,7 @@ def evaluate(spec: EngineSpec, state: SimState) -> dict:
     out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
     out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
     out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
+    out["msgs_lost"] = jnp.sum(c.lost).astype(jnp.float32)
     # the run's ERR_* flags so far (0 = none): a jitted make_run cannot raise, so check
     # this metric, or call divjax.check_state(state, cfg) on the final state
     out["errors"] = state.errors.astype(jnp.float32)

@@ -57,7 +57,7 @@ from divjax.algorithms.queues import (
     model_units,
     schedule_appended_queue,
 )
-from divjax.config import SimConfig
+from divjax.config import ConfigError, SimConfig
 from divjax.network import Inbox, aggregation_index, collect, latency_ticks, push
 from divjax.rows import add_rows, get_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
@@ -212,6 +212,9 @@ def arrived_pings(a, t: jax.Array, n: int) -> jax.Array:
 
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
+    if cfg.loss_rate > 0:
+        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for adpsgd yet (DivShare "
+                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     p = cfg.fanout // 2
     latest_rule = cfg.inbox == "latest"
 

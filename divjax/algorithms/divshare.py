@@ -20,6 +20,7 @@ from divjax.network import (
     Schedule,
     aggregation_index,
     collect,
+    message_lost,
     push,
     schedule_replaced_queue,
 )
@@ -90,9 +91,13 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         i, replaced = carry
         t_i = t + i * c_send
         alive = pending(i)
-        k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt).route)(t_i)
-        recv_i, sched_i = queued_messages(ctx, k_i, node, alive, t_i)
+        k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
+        recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i)
         ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
+        if ctx.cfg.loss_rate > 0:   # a newer message lost on the way replaces nothing
+            lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
+                                                        recv_i.shape[1:])[0])(k_i.spare, safe)
+            ok_i = ok_i & ~lost_i
         same = ((receivers[:, :, None, :] == recv_i[:, None, :, :]) & ok_i[:, None]
                 & (aggregation_index(sched_i.arrival[:, None], c_recv[:, :, None])
                    == window[:, :, None]))                                       # (C, s, s', K)
@@ -114,11 +119,15 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
         inbox, counters = state.inbox, state.counters
         if s > 0:
             receivers, sched = queued_messages(ctx, keys.route, node, valid, t)
+            safe = jnp.minimum(node, cfg.n_nodes - 1)
+            lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
             replaced = None
             if cfg.inbox == "latest":
                 replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t)
+                if lost is not None:   # a lost message is never in an inbox to be replaced
+                    replaced = replaced & ~lost
             inbox, counters, too_late = push(cfg, inbox, counters, ctx.table, sched, node,
-                                             valid, receivers, trained, replaced)
+                                             valid, receivers, trained, replaced, lost)
             state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
         # with s = 0 nothing is sent, and replacing the (empty) old queue drops nothing
         inbox, got_total, got_count = collect(cfg, inbox, node, valid,

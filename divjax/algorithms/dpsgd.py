@@ -22,7 +22,7 @@ import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context, padded_rows
 from divjax.algorithms.queues import sync_round_timing
-from divjax.config import SimConfig
+from divjax.config import ConfigError, SimConfig
 from divjax.rows import get_rows, set_rows
 from divjax.topology import adjacency, metropolis_hastings
 
@@ -98,6 +98,9 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
 
 
 def make_dpsgd(cfg: SimConfig) -> Algorithm:
+    if cfg.loss_rate > 0:
+        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for dpsgd yet (DivShare "
+                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     @functools.cache
     def graph() -> tuple[np.ndarray, np.ndarray]:
         """(W (n, n) Metropolis-Hastings weights, degrees (n,) int32), built on first use (the

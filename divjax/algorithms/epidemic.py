@@ -19,7 +19,7 @@ import numpy as np
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.algorithms.dpsgd import sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
-from divjax.config import SimConfig
+from divjax.config import ConfigError, SimConfig
 
 
 def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -29,6 +29,9 @@ def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
 
 
 def make_epidemic(cfg: SimConfig) -> Algorithm:
+    if cfg.loss_rate > 0:
+        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for epidemic yet (DivShare "
+                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     s = cfg.fanout
 
     def init(ctx: Context, params):

@@ -159,7 +159,7 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
 
 def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: jax.Array,
                      recv: jax.Array, payload: jax.Array, t: jax.Array,
-                     replaced_fn: Callable | None = None):
+                     replaced_fn: Callable | None = None, lost: jax.Array | None = None):
     """Append one full-model message per receiver recv[c, j] to each sender's queue, scatter
     them into the ring (as K fragments each) and time the counters.
 
@@ -167,7 +167,8 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
       ctx: the algorithm Context; state: SimState; link_free: (n,) int32;
       node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F);
       replaced_fn: optional, Schedule (C, J, K) -> (C, J) bool, the messages a newer one from
-        the same sender replaces in the receiver's inbox (inbox "latest"; see network.push).
+        the same sender replaces in the receiver's inbox (inbox "latest"; see network.push);
+      lost: optional (C, J) bool, the messages lost on the way (`network.message_lost`).
     Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
     """
     C, J = recv.shape
@@ -181,6 +182,7 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
         replaced = jnp.broadcast_to(replaced_fn(sched)[..., None], (C, J, K))
     inbox, counters, too_late = push(
         ctx.cfg, state.inbox, state.counters, ctx.table, sched, node, jnp.zeros_like(valid),
-        jnp.broadcast_to(recv[..., None], (C, J, K)), payload, replaced)
+        jnp.broadcast_to(recv[..., None], (C, J, K)), payload, replaced,
+        None if lost is None else jnp.broadcast_to(lost[..., None], (C, J, K)))
     state = state.replace(inbox=inbox, counters=counters)
     return flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t), sched

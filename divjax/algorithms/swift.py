@@ -33,6 +33,7 @@ from divjax.network import (
     arrival_tick,
     collect,
     latency_bounds_units,
+    message_lost,
     pair_latency_units,
 )
 from divjax.state import tick_keys
@@ -89,14 +90,17 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         i, free, replaced = carry
         t_i = t + i * c_send
         alive = pending(i, free)
-        k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt).route)(t_i)
+        keys_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
         recv_i = jax.vmap(lambda k, j: swift_routes(k, j, ctx.neighbors, ctx.degree, s))(
-            k_i, safe)                                                           # (C, s)
+            keys_i.route, safe)                                                  # (C, s)
         start = jnp.maximum(free, t_i * R)
         leave_sub = start[:, None] + position * U[:, None]
         leave = (leave_sub + R - 1) // R
         arrival_i = arrival_tick(leave_sub, pair_latency_units(table, safe[:, None], recv_i), R)
         ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
+        if cfg.loss_rate > 0:   # a newer model lost on the way replaces nothing
+            ok_i = ok_i & ~jax.vmap(lambda k, j: message_lost(cfg, k, j[None], (s,))[0])(
+                keys_i.spare, safe)
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
                 & (aggregation_index(arrival_i[:, None, :], c_recv[:, :, None])
                    == window[:, :, None]))                                       # (C, s, s')
@@ -125,14 +129,16 @@ def make_swift(cfg: SimConfig) -> Algorithm:
                                                    s))(safe)                      # (C, s)
             link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
                                            jnp.full((C,), s, jnp.int32), t)
+            lost = message_lost(ctx.cfg, keys.spare, safe, (s,))                  # (C, s)
             replaced_fn = None
             if ctx.cfg.inbox == "latest":
                 def replaced_fn(sched):
-                    return replaced_by_newer(ctx, state.k_sim, node, valid, recv,
-                                             sched.arrival[..., 0], sched.sent[..., 0],
-                                             link_free[safe], t)
+                    rep = replaced_by_newer(ctx, state.k_sim, node, valid, recv,
+                                            sched.arrival[..., 0], sched.sent[..., 0],
+                                            link_free[safe], t)
+                    return rep if lost is None else rep & ~lost
             state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t,
-                                        replaced_fn)
+                                        replaced_fn, lost)
             inbox, counters = state.inbox, state.counters
             q = QueueState(link_free,
                            q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(
