@@ -4,7 +4,11 @@ For every algorithm listed, the embedded MovieLens default (60 nodes, 7 straggle
 (a) as it is and (b) with each feature turned on; the table gives the wall time of the jitted
 run after compilation (best of `--repeats`) and the ratio to (a). Features:
 - regions: 3 latency regions, 40 ms between them (`--latency-regions 3 --inter-region-ms 40`);
-- latency file: the same matrix read from an n x n CSV (every node its own region).
+- latency file: the same matrix read from an n x n CSV (every node its own region);
+- loss 10%: `--loss-rate 0.1` (DivShare and Swift);
+- compute spread 0.5: log-normal compute times (`--compute-spread 0.5`).
+Loss and compute spread change what the nodes do (fewer arrivals, other iteration ends), so
+their ratio is the cost of the feature together with the different run it describes.
 Ratios are measured in one process, on one machine, one after another (these machines are
 shared: compare ratios, not absolute times). For scale, the table also gives the machine's
 float32 matmul rate measured in the same process.
@@ -71,7 +75,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp()) / "latency.csv"
     tmp.write_text("\n".join(",".join(f"{v:g}" for v in row) for row in matrix) + "\n")
     features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
-                "latency file": {"latency_file": str(tmp)}}
+                "latency file": {"latency_file": str(tmp)}, "loss 10%": {"loss_rate": 0.1},
+                "compute spread 0.5": {"compute_spread": 0.5}}
     gflops = matmul_gflops()
     rows = []
     print(f"| algorithm | feature | compile+run s | run s | ratio to none |  (matmul "
@@ -80,6 +85,8 @@ def main() -> None:
     for algo in args.algorithms.split(","):
         ref = None
         for name, change in features.items():
+            if "loss_rate" in change and algo not in ("divshare", "swift"):
+                continue   # refused: loss is modelled for DivShare and Swift
             first, best = run_seconds(base.replace(algorithm=algo, **change), args.repeats)
             ref = best if name == "none" else ref
             rows.append({"algorithm": algo, "feature": name, "first_s": first, "run_s": best,

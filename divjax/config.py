@@ -79,7 +79,7 @@ class SimConfig:
     inbox_history: int = 0           # AD-PSGD with inbox "latest": post-training snapshots kept
     #                                  per node to take a replaced message out again; 0 = auto
     ping_slots: int = 0              # AD-PSGD: pings in flight each node can hold (its ping
-    #                                  FIFO); 0 = auto, from the longest delay and compute time
+    #                                  table); 0 = auto, from the longest delay and compute time
     ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
