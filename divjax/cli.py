@@ -202,7 +202,6 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             if args.command == "presets":
-                presets._load_data_presets()
                 for name, fn in sorted(presets.PRESETS.items()):
                     print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
                 return 0

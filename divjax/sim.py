@@ -31,6 +31,7 @@ from divjax.local import (
     node_batch_key,
 )
 from divjax.memory import available_memory_bytes, memory_model
+from divjax.registry import make_task
 from divjax.rows import get_rows, set_rows
 from divjax.state import (
     ERR_CAPACITY,
@@ -42,7 +43,7 @@ from divjax.state import (
     flag_error,
     tick_keys,
 )
-from divjax.tasks import Task, make_task
+from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table
 
 
