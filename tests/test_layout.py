@@ -6,7 +6,9 @@ deferred into a function body still makes a cycle; it only hides it), plus
 `importlib.import_module("divjax...")` with a literal name. An edge goes to the module named;
 `from divjax import models` names the module `divjax.models`, `from divjax.data import
 padded_table` names the package `divjax.data`. Running a package's `__init__` before its
-submodules is Python's doing, not an edge.
+submodules is Python's doing, not an edge. Code under `if __name__ == "__main__":` is left out:
+it runs when the file is the script, never when the module is imported. An import whose name
+is computed (`import_module(name)` over a list) cannot be read; write such imports out.
 """
 
 from __future__ import annotations
