@@ -106,7 +106,8 @@ def main(argv=None) -> int:
 
 def cmd_run(args) -> int:
     from divjax import checkpoint, report
-    from divjax.sim import make_engine, memory_estimate, simulate
+    from divjax.sim import make_engine, simulate
+    from divjax.sizing import memory_estimate
 
     history, state = [], None
     if args.resume is not None:

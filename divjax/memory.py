@@ -2,8 +2,8 @@
 the largest number of nodes that fits on the current device.
 
 The state's parts are not hand-counted: `abstract_state` builds the engine's initial `SimState`
-(divjax.sim.make_engine's `init`) under `jax.eval_shape`, without allocating anything, and the
-model sums the bytes of its leaves. So every array an algorithm keeps (AD-PSGD's ping ring of
+with the engine's own builder (`divjax.state.initial_state`) under `jax.eval_shape`, without
+allocating anything, and the model sums the bytes of its leaves. So every array an algorithm keeps (AD-PSGD's ping ring of
 (delay + 1, n, n) int32 and its copy of every model, Swift's queues, ...) and every field a
 change adds are counted as they are. With n nodes, K fragments of F floats, R ring slots, Lc
 counter-ring ticks and C gathered (training) nodes, the parts are:
@@ -122,7 +122,7 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
     """The engine's initial `SimState` for `cfg`, as ShapeDtypeStructs (`jax.eval_shape`: no
     array is allocated, so it is cheap at any n).
 
-    Built as divjax.sim.make_engine's `init` builds it, with the algorithm's own `init`: the
+    Built by the engine's own `state.initial_state`, with the algorithm's own `init`: the
     algorithm sees `cfg` with ring_ticks=ring_slots, train_capacity and delay_ticks =
     counter_ticks - 1 (the resolved values the engine would hand it).
 
@@ -133,7 +133,7 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
     from divjax import network
     from divjax.algorithms import ALGORITHMS, Context
     from divjax.local import make_optimizer
-    from divjax.state import SimState
+    from divjax.state import initial_state
 
     n, K, F = cfg.n_nodes, int(layout.K), int(layout.F)
     cfg = cfg.replace(ring_ticks=int(ring_slots), train_capacity=min(int(train_capacity), n),
@@ -146,26 +146,14 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
     fragment_bytes = np.asarray(getattr(layout, "fragment_bytes", np.full(K, F * F32)))
     hp = jax.eval_shape(lambda: default_hparams(cfg))  # shapes only (values never matter)
 
-    def init(hp, neighbors, degree):  # as make_engine's init, from zeros
+    def init(hp, neighbors, degree):  # the engine's own state builder, from zeros
         # (algo.adjust_timing changes timing values, never shapes: skipped, so that D-PSGD's
         # graph is not built just to size the state)
         table = network.link_table(cfg, hp, fragment_bytes)
         ctx = Context(cfg, layout, neighbors, degree, table)
         params = jnp.zeros((n, K, F), jnp.float32)
-        tx = make_optimizer(cfg, hp)
-        return SimState(
-            params=params,
-            opt_state=jax.vmap(tx.init)(params),
-            algo_state=algo.init(ctx, params),
-            inbox=network.init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
-            counters=network.init_counters(n, K, int(counter_ticks)),
-            next_end=table.compute_ticks,
-            iterations=jnp.zeros((n,), jnp.int32),
-            errors=jnp.zeros((), jnp.int32),
-            first_error_tick=jnp.zeros((), jnp.int32),
-            t=jnp.zeros((), jnp.int32),
-            k_sim=jax.random.key(0),
-        )
+        return initial_state(cfg, algo, ctx, params, make_optimizer(cfg, hp),
+                             int(counter_ticks), jax.random.key(0), jnp.zeros((), jnp.int32))
 
     return jax.eval_shape(init, hp, jax.ShapeDtypeStruct((n, max_degree(cfg)), jnp.int32),
                           jax.ShapeDtypeStruct((n,), jnp.int32))

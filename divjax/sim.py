@@ -1,18 +1,25 @@
-"""The engine: `make_run(cfg, task, algo) -> run(key, hp)`, the tick, evaluation, config checks.
+"""The engine: `make_run(cfg, task, algo) -> run(key, hp)`, built from pure functions.
 
-One tick (t):
+One tick (t), `tick`:
   1. counters and (arrival_tick mode) inboxes take what arrives at t;
   2. the nodes whose iteration ends at t (at most `train_capacity` of them, gathered) take their
-     local steps from their current model;
+     local steps from their current model (`end_iterations`);
   3. the algorithm queues their post-training messages and averages in their inbox;
   4. they start the next iteration, which ends compute_ticks later.
-Ticks at which no node finishes skip step 2-3 (`lax.cond`). Everything random derives from
+Ticks at which no node finishes skip step 2-3 (`lax.cond`); with `iteration_chunk` the finishing
+nodes are handled a chunk at a time (`end_finishing_nodes`). Everything random derives from
 `fold_in(k_sim, t)` and the node id, so results do not depend on chunking or on which nodes
 happen to be gathered together.
+
+Every function here is a module-level pure function of an `EngineSpec` (what is fixed for one
+run: the resolved config, task, layout, algorithm and graph) and the traced state; `make_engine`
+sizes the config (`divjax.sizing.resolve`) and binds them. Host-side checks and sizing live in
+`divjax.sizing`; the state's layout in `divjax.state.initial_state`.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -21,8 +28,9 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
+from divjax.algorithms.base import padded_rows
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
-from divjax.flat import FragmentLayout, make_layout
+from divjax.flat import FragmentLayout
 from divjax.local import (
     all_finite,
     loop_over_nodes,
@@ -30,9 +38,9 @@ from divjax.local import (
     make_train_one,
     node_batch_key,
 )
-from divjax.memory import available_memory_bytes, memory_model
 from divjax.registry import make_task
 from divjax.rows import get_rows, set_rows
+from divjax.sizing import check_memory_early, model_layout, resolve
 from divjax.state import (
     ERR_CAPACITY,
     ERR_CLOCK,
@@ -41,123 +49,22 @@ from divjax.state import (
     ERR_RING_TOO_SHORT,
     SimState,
     flag_error,
+    initial_state,
     tick_keys,
 )
 from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table
 
 
-def model_layout(cfg: SimConfig, task: Task) -> FragmentLayout:
-    """The fixed fragment partition of the task's model (shapes only; no training)."""
-    shapes = jax.eval_shape(task.init, jax.random.key(0))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    return make_layout(template, cfg.n_fragments, cfg.fragment_seed)
+class EngineSpec(NamedTuple):
+    """What is fixed for one run (static under jit): the engine's functions take it first."""
 
-
-# ----------------------------------------------------------------------------- config checks
-
-
-def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int,
-                    algo: Algorithm | None = None) -> dict:
-    """Bytes the run's state needs, by part, and their "total" (see divjax.memory)."""
-    m = memory_model(cfg, layout, ring_slots=ring_slots, available=1, algo=algo)
-    return {**{k: v for k, v in m["parts"].items() if v}, "total": m["total"]}
-
-
-def check_memory_early(cfg: SimConfig, task: Task) -> None:
-    """Refuse, from shapes alone, a state that cannot fit (before anything is allocated)."""
-    shapes = jax.eval_shape(task.init, jax.random.key(0))
-    leaves = jax.tree.leaves(shapes)
-    D = sum(int(np.prod(x.shape)) for x in leaves)
-    if cfg.n_fragments > D:
-        raise ConfigError(
-            f"n_fragments={cfg.n_fragments} is larger than the model's parameter count D={D}: "
-            f"use --n-fragments between 1 and {D}")
-    per_model = 4 * (D + len(leaves) * cfg.n_fragments)
-    # params + at least one ring slot + the gathered training copies
-    lower_bound = cfg.n_nodes * per_model * 2
-    have = available_memory_bytes()
-    if lower_bound > 0.8 * have:
-        raise ConfigError(
-            f"n_nodes={cfg.n_nodes} models of D={D} parameters need at least "
-            f"{lower_bound / 2**30:.1f} GiB (parameters and one ring slot) but the device has "
-            f"{have / 2**30:.1f} GiB: lower --n-nodes (at most "
-            f"{int(0.8 * have // (2 * per_model))}) or use a smaller model")
-
-
-def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
-            check_memory: bool = True, algo: Algorithm | None = None) -> SimConfig:
-    """Check the network in `hp` and size the ring and the training capacity for it.
-
-    Returns cfg with `ring_ticks` and `train_capacity` set (fields left at 0 are filled with the
-    smallest values that fit; explicit values are checked). Raises ConfigError with the fix.
-    """
-    network.check_network(cfg, hp)
-    table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
-    if algo is not None and algo.adjust_timing is not None:
-        table = algo.adjust_timing(cfg, table)
-    if np.max(table.compute_ticks) * cfg.link_resolution >= 2**30:
-        raise ConfigError(
-            f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
-            f"raise tick_s={cfg.tick_s} or lower link_resolution={cfg.link_resolution}")
-    if np.max(table.msg_units) >= 2**30 // max(1, cfg.messages_per_iteration):
-        raise ConfigError("a message takes too long on the slowest link for the int32 link clock: "
-                          "raise the bandwidth or tick_s, or lower link_resolution")
-    if algo is not None and algo.longest_delay is not None:
-        delay = int(algo.longest_delay(cfg, table))
-    else:
-        delay = network.longest_delay_ticks(table)
-    if cfg.delay_ticks == 0:
-        cfg = cfg.replace(delay_ticks=delay)
-    elif cfg.delay_ticks < delay:
-        raise ConfigError(f"delay_ticks={cfg.delay_ticks} is below the longest delay {delay} "
-                          f"ticks; set --delay-ticks {delay} or 0 (auto)")
-    need = network.ring_slots_needed(cfg, table, delay)
-    if cfg.ring_ticks == 0:
-        cfg = cfg.replace(ring_ticks=need)
-    elif cfg.ring_ticks < need:
-        raise ConfigError(
-            f"ring_ticks={cfg.ring_ticks} cannot hold the longest delay: delivery="
-            f"{cfg.delivery!r} needs at least {need} slots (longest delay "
-            f"{network.longest_delay_ticks(table)} ticks); set --ring-ticks {need} or 0 (auto)")
-    if algo is not None and algo.resolve_sizes is not None:
-        cfg = algo.resolve_sizes(cfg, table)
-    worst = network.max_simultaneous_finishers(cfg, table)
-    if cfg.train_capacity == 0:
-        cfg = cfg.replace(train_capacity=worst)
-    elif cfg.train_capacity < worst:
-        raise ConfigError(
-            f"train_capacity={cfg.train_capacity} is too small: {worst} nodes finish an "
-            f"iteration at the same tick; set --train-capacity {worst} or 0 (auto)")
-    if check_memory:
-        est = memory_estimate(cfg, layout, cfg.ring_ticks, algo=algo)
-        have = available_memory_bytes()
-        if est["total"] > 0.8 * have:
-            raise ConfigError(
-                f"the state needs about {est['total'] / 2**30:.2f} GiB "
-                f"({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.items() if k != 'total')}"
-                f" GiB) but the device has {have / 2**30:.2f} GiB: "
-                + "; ".join(memory_advice(cfg, est)))
-    return cfg
-
-
-def memory_advice(cfg: SimConfig, est: dict) -> list[str]:
-    """The fixes that apply to this config (for the memory error): never one already on."""
-    tips = []
-    if est.get("training", 0) > 0.2 * est["total"] and (
-            cfg.iteration_chunk == 0 or cfg.iteration_chunk > 64):
-        tips.append("--iteration-chunk 64 (end the iterations of 64 finishing nodes at a time: "
-                    "the training buffers shrink, the results do not change)")
-    if cfg.delivery == "arrival_tick":
-        tips.append("--delivery receiver_iteration (2-3 ring slots instead of one per tick of "
-                    "the longest delay; same results)")
-    elif est.get("ring", 0) > 0.3 * est["total"]:
-        tips.append("a coarser --tick-s or faster links (fewer messages in flight per slot)")
-    tips.append(f"lower --n-nodes (now {cfg.n_nodes})")
-    return tips
-
-
-# ----------------------------------------------------------------------------- the engine
+    cfg: SimConfig            # resolved: ring_ticks, delay_ticks, train_capacity set
+    task: Task
+    layout: FragmentLayout
+    algo: Algorithm
+    neighbors: np.ndarray     # (n, max_degree) int32 padded neighbour lists
+    degree: np.ndarray        # (n,) int32
 
 
 class Engine(NamedTuple):
@@ -170,6 +77,201 @@ class Engine(NamedTuple):
     advance: Callable   # advance(state, hp) -> (state, metrics): one eval interval of ticks
     evaluate: Callable  # evaluate(state) -> metrics dict
     run_ticks: Callable  # run_ticks(state, hp) -> state: the ticks of `advance`, no evaluation
+
+
+# ----------------------------------------------------------------------------- state at tick 0
+
+
+def context(spec: EngineSpec, hp: HParams) -> Context:
+    """The algorithm's view of the run: config, layout, graph and the integer timing of hp."""
+    table = network.link_table(spec.cfg, hp, spec.layout.fragment_bytes)
+    if spec.algo.adjust_timing is not None:
+        table = spec.algo.adjust_timing(spec.cfg, table)
+    return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
+                   jnp.asarray(spec.degree), table)
+
+
+def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.Array:
+    """() int32 ERR_* flags of HParams the host checks never saw (a sweep, a custom grid):
+    timing that outgrows the sized rings, or that the int32 link clock cannot hold."""
+    cfg = spec.cfg
+    if spec.algo.longest_delay is None:
+        # a queue that is replaced every iteration bounds every delay by compute + latency;
+        # other queues are checked message by message in network.push
+        delay = jnp.max(network.replaced_queue_delay_bound(table, cfg.link_resolution))
+        slots = network.ring_slots_for(cfg, delay, jnp.min(table.compute_ticks))
+        fits = (slots <= cfg.ring_ticks) & (delay <= cfg.delay_ticks)
+    else:
+        fits = jnp.bool_(True)
+    clock_ok = network.clock_fits(cfg, hp, spec.layout.fragment_bytes)
+    return (jnp.where(fits, 0, ERR_RING_TOO_SHORT)
+            | jnp.where(clock_ok, 0, ERR_CLOCK)).astype(jnp.int32)
+
+
+def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
+    """Every node's initial model (one shared or n independent), empty rings, tick 0."""
+    cfg, layout, task = spec.cfg, spec.layout, spec.task
+    n, K, F = cfg.n_nodes, layout.K, layout.F
+    k_init, k_sim = jax.random.split(key)
+    del key
+    ctx = context(spec, hp)
+    if cfg.same_init:
+        params = jnp.broadcast_to(layout.flatten(task.init(k_init)), (n, K, F))
+    else:
+        params = jax.vmap(lambda k: layout.flatten(task.init(k)))(jax.random.split(k_init, n))
+    return initial_state(cfg, spec.algo, ctx, params.astype(jnp.float32),
+                         make_optimizer(cfg, hp), cfg.delay_ticks + 1, k_sim,
+                         init_errors(spec, hp, ctx.table))
+
+
+# ----------------------------------------------------------------------------- one tick
+
+
+def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
+                   node: jax.Array, keys, t: jax.Array) -> SimState:
+    """Train, send and average the nodes `node` (C,) (entries == n are padding)."""
+    cfg, n = spec.cfg, spec.cfg.n_nodes
+    tx = make_optimizer(cfg, hp)
+    train_one = make_train_one(cfg, spec.task, spec.layout, tx)
+    valid, safe, drop = padded_rows(node, n)
+    p = get_rows(state.params, (safe,))
+    o = jax.tree.map(lambda x: get_rows(x, (safe,)), state.opt_state)
+    bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
+    if cfg.train_chunk and cfg.train_chunk < node.shape[0]:
+        # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
+        trained, o = jax.lax.map(lambda a: train_one(*a), (p, o, bkeys, safe),
+                                 batch_size=cfg.train_chunk)
+    else:
+        trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
+    state, after = spec.algo.iteration_end(ctx, state, node, valid, trained, keys, t)
+    if cfg.reset_optimizer:
+        o = jax.vmap(tx.init)(after)
+    err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0, ERR_NONFINITE)
+    state = state.replace(
+        params=set_rows(state.params, (drop,), after),
+        opt_state=jax.tree.map(lambda full, part: set_rows(full, (drop,), part),
+                               state.opt_state, o))
+    return flag_error(state, err, t)
+
+
+def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
+                        done: jax.Array, keys, t: jax.Array) -> SimState:
+    """`end_iterations` for every node with done[i] (at most train_capacity), in one call or,
+    with `iteration_chunk` Ch, Ch nodes at a time: only Ch models are gathered at once. Equal
+    to all at once: a message sent at t joins an aggregation after t, so no chunk reads what
+    another chunk of the same tick sends (a synchronous algorithm completes its round in the
+    last chunk: `Algorithm.synchronous`)."""
+    n, C, Ch = spec.cfg.n_nodes, spec.cfg.train_capacity, spec.cfg.iteration_chunk
+    node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)        # (C,)
+    end = partial(end_iterations, spec, ctx, hp)
+    if Ch and Ch < C:
+        chunks = -(-C // Ch)
+        node = jnp.pad(node, (0, chunks * Ch - C), constant_values=n)
+
+        def chunk(i, carry):
+            state, clear_slot, clear_node = carry
+            state = end(state, jax.lax.dynamic_slice(node, (i * Ch,), (Ch,)), keys, t)
+            at = (i * Ch,)
+            inbox = state.inbox
+            return (state,
+                    jax.lax.dynamic_update_slice(clear_slot, inbox.clear_slot[:Ch], at),
+                    jax.lax.dynamic_update_slice(clear_node, inbox.clear_node[:Ch], at))
+
+        needed = (jnp.minimum(jnp.sum(done), C) + Ch - 1) // Ch
+        state, clear_slot, clear_node = jax.lax.fori_loop(
+            0, needed, chunk, (state, jnp.zeros((chunks * Ch,), jnp.int32),
+                               jnp.full((chunks * Ch,), n, jnp.int32)))
+        state = state.replace(inbox=state.inbox._replace(
+            clear_slot=clear_slot[:C], clear_node=clear_node[:C]))
+    else:
+        state = end(state, node, keys, t)
+    return flag_error(state, jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0), t)
+
+
+def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimState:
+    """Advance the run by one tick (see the module docstring)."""
+    cfg, t = spec.cfg, state.t
+    keys = tick_keys(state.k_sim, t)
+    inbox = network.clear_collected(cfg, state.inbox)
+    state = state.replace(counters=network.tick_counters(state.counters, t),
+                          inbox=network.arrive(cfg, inbox, t))
+    if spec.algo.on_tick is not None:
+        state = spec.algo.on_tick(ctx, state, keys, t)
+    done = state.next_end == t                                                  # (n,)
+    state = jax.lax.cond(
+        jnp.any(done), lambda s: end_finishing_nodes(spec, ctx, hp, s, done, keys, t),
+        lambda s: s, state)
+    return state.replace(
+        next_end=jnp.where(done, t + ctx.table.compute_ticks, state.next_end),
+        iterations=state.iterations + done.astype(jnp.int32),
+        t=t + 1,
+    )
+
+
+def run_ticks(spec: EngineSpec, state: SimState, hp: HParams) -> SimState:
+    """One evaluation interval of ticks (`cfg.eval_every`), no evaluation."""
+    ctx = context(spec, hp)
+    return jax.lax.fori_loop(0, spec.cfg.eval_every, lambda _, s: tick(spec, ctx, hp, s), state)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def flat_evaluator(task: Task, layout: FragmentLayout) -> Callable:
+    """evaluate(params (K, F), node) -> metrics dict, on the flat fragment array."""
+    if task.make_flat_evaluate is not None:
+        return task.make_flat_evaluate(layout)
+    return lambda p, node: task.evaluate(layout.unflatten(p), node)
+
+
+def evaluate(spec: EngineSpec, state: SimState) -> dict:
+    """Metrics of every node model and of their average, consensus and the counters."""
+    cfg, task, layout, n = spec.cfg, spec.task, spec.layout, spec.cfg.n_nodes
+    evaluate_flat = flat_evaluator(task, layout)
+    real = jnp.asarray(layout.real_mask())
+    params = state.params
+    avg = jnp.mean(params, axis=0)
+
+    def one_node(a):  # metrics and squared distance to the average, eval_chunk at a time
+        p, node = a
+        return evaluate_flat(p, node), jnp.sum(jnp.where(real, p - avg, 0.0) ** 2)
+
+    nodes = (params, jnp.arange(n, dtype=jnp.int32))
+    if loop_over_nodes(layout):  # per-node convolutions under vmap are grouped: slow on CPU
+        per_node, dist2 = jax.lax.map(one_node, nodes)
+    else:
+        per_node, dist2 = jax.lax.map(one_node, nodes, batch_size=min(cfg.eval_chunk, n))
+    avg_metrics = evaluate_flat(avg, jnp.int32(-1))
+    out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
+    for name in task.metric_names:
+        v = per_node[name]
+        out[f"{name}_mean"] = jnp.mean(v)
+        out[f"{name}_min"] = jnp.min(v)
+        out[f"{name}_max"] = jnp.max(v)
+        out[f"{name}_avgmodel"] = avg_metrics[name]
+    out["consensus"] = jnp.mean(dist2)
+    c = state.counters
+    frag_bytes = jnp.asarray(layout.fragment_bytes, jnp.float32)
+    out["bytes_sent"] = jnp.sum(c.sent.astype(jnp.float32) * frag_bytes)
+    out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)
+    out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
+    out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
+    out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
+    # the run's ERR_* flags so far (0 = none): a jitted make_run cannot raise, so check
+    # this metric, or call divjax.check_state(state, cfg) on the final state
+    out["errors"] = state.errors.astype(jnp.float32)
+    out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
+    out["node"] = {name: per_node[name] for name in task.metric_names}
+    return out
+
+
+def advance(spec: EngineSpec, state: SimState, hp: HParams):
+    """One evaluation interval: its ticks, then the metrics at its end."""
+    state = run_ticks(spec, state, hp)
+    return state, evaluate(spec, state)
+
+
+# ----------------------------------------------------------------------------- assembly
 
 
 def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
@@ -186,191 +288,14 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
             or (algo.resolve_sizes is not None and cfg.inbox_history == 0)):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
-    adj = adjacency(cfg)
-    nb_np, deg_np = neighbor_table(adj)
-    if cfg.fanout > int(deg_np.min()):
+    nb, deg = neighbor_table(adjacency(cfg))
+    if cfg.fanout > int(deg.min()):
         raise ConfigError(
-            f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg_np.min())} "
+            f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
-    n, K, F = cfg.n_nodes, layout.K, layout.F
-    C, E = cfg.train_capacity, cfg.eval_every
-    Ch = cfg.iteration_chunk
-    ring_slots = cfg.ring_ticks
-    counter_ticks = cfg.delay_ticks + 1  # the counters' ring: longest delay + 1 ticks
-    real = jnp.asarray(layout.real_mask())
-    frag_bytes = jnp.asarray(layout.fragment_bytes, jnp.float32)
-
-    def context(hp):
-        table = network.link_table(cfg, hp, layout.fragment_bytes)
-        if algo.adjust_timing is not None:
-            table = algo.adjust_timing(cfg, table)
-        return Context(cfg, layout, jnp.asarray(nb_np), jnp.asarray(deg_np), table)
-
-    def init(key: jax.Array, hp: HParams) -> SimState:
-        k_init, k_sim = jax.random.split(key)
-        del key
-        ctx = context(hp)
-        if cfg.same_init:
-            one = layout.flatten(task.init(k_init))
-            params = jnp.broadcast_to(one, (n, K, F))
-        else:
-            params = jax.vmap(lambda k: layout.flatten(task.init(k)))(
-                jax.random.split(k_init, n))
-        params = params.astype(jnp.float32)
-        tx = make_optimizer(cfg, hp)
-        table = ctx.table
-        # a queue that is replaced every iteration bounds every delay by compute + latency;
-        # other queues are checked message by message in network.push
-        if algo.longest_delay is None:
-            delay = jnp.max(table.compute_ticks + table.latency_ticks)
-            c_min = jnp.min(table.compute_ticks)
-            slots = delay if cfg.delivery == "arrival_tick" else (delay + c_min - 1) // c_min + 1
-            fits = (slots <= ring_slots) & (delay <= cfg.delay_ticks)
-        else:
-            fits = jnp.bool_(True)
-        errors = (jnp.where(fits, 0, ERR_RING_TOO_SHORT)
-                  | jnp.where(network.clock_fits(cfg, hp, layout.fragment_bytes), 0,
-                              ERR_CLOCK)).astype(jnp.int32)
-        return SimState(
-            params=params,
-            opt_state=jax.vmap(tx.init)(params),
-            algo_state=algo.init(ctx, params),
-            inbox=network.init_inbox(cfg, ring_slots, K, F, C),
-            counters=network.init_counters(n, K, counter_ticks),
-            next_end=table.compute_ticks,
-            iterations=jnp.zeros((n,), jnp.int32),
-            errors=errors,
-            first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
-            t=jnp.zeros((), jnp.int32),
-            k_sim=k_sim,
-        )
-
-
-    def tick(state: SimState, hp: HParams, ctx: Context) -> SimState:
-        t = state.t
-        keys = tick_keys(state.k_sim, t)
-        tx = make_optimizer(cfg, hp)
-        train_one = make_train_one(cfg, task, layout, tx)
-        inbox = network.clear_collected(cfg, state.inbox)
-        state = state.replace(counters=network.tick_counters(state.counters, t),
-                              inbox=network.arrive(cfg, inbox, t))
-        if algo.on_tick is not None:
-            state = algo.on_tick(ctx, state, keys, t)
-        done = state.next_end == t                                              # (n,)
-
-        def end_iterations(state: SimState, node: jax.Array) -> SimState:
-            """Train, send and average the nodes `node` (entries == n are padding)."""
-            valid = node < n
-            safe = jnp.minimum(node, n - 1)
-            drop = jnp.where(valid, node, n)
-            p = get_rows(state.params, (safe,))
-            o = jax.tree.map(lambda x: get_rows(x, (safe,)), state.opt_state)
-            bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
-            if cfg.train_chunk and cfg.train_chunk < node.shape[0]:
-                # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
-                trained, o = jax.lax.map(lambda a: train_one(*a), (p, o, bkeys, safe),
-                                         batch_size=cfg.train_chunk)
-            else:
-                trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
-            state, after = algo.iteration_end(ctx, state, node, valid, trained, keys, t)
-            if cfg.reset_optimizer:
-                o = jax.vmap(tx.init)(after)
-            err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0,
-                            ERR_NONFINITE)
-            state = state.replace(
-                params=set_rows(state.params, (drop,), after),
-                opt_state=jax.tree.map(lambda full, part: set_rows(full, (drop,), part),
-                                       state.opt_state, o))
-            return flag_error(state, err, t)
-
-        def work(state: SimState) -> SimState:
-            node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)   # (C,)
-            if Ch and Ch < C:
-                # chunks of Ch nodes, one after another: only Ch models are gathered at once.
-                # Equal to all at once: a message sent at t joins an aggregation after t, so no
-                # chunk reads what another chunk of the same tick sends.
-                chunks = -(-C // Ch)
-                node = jnp.pad(node, (0, chunks * Ch - C), constant_values=n)
-
-                def chunk(i, carry):
-                    state, clear_slot, clear_node = carry
-                    state = end_iterations(state, jax.lax.dynamic_slice(node, (i * Ch,), (Ch,)))
-                    at = (i * Ch,)
-                    inbox = state.inbox
-                    return (state,
-                            jax.lax.dynamic_update_slice(clear_slot, inbox.clear_slot[:Ch], at),
-                            jax.lax.dynamic_update_slice(clear_node, inbox.clear_node[:Ch], at))
-
-                needed = (jnp.minimum(jnp.sum(done), C) + Ch - 1) // Ch
-                state, clear_slot, clear_node = jax.lax.fori_loop(
-                    0, needed, chunk, (state, jnp.zeros((chunks * Ch,), jnp.int32),
-                                       jnp.full((chunks * Ch,), n, jnp.int32)))
-                state = state.replace(inbox=state.inbox._replace(
-                    clear_slot=clear_slot[:C], clear_node=clear_node[:C]))
-            else:
-                state = end_iterations(state, node)
-            return flag_error(state, jnp.where(jnp.sum(done) > C, ERR_CAPACITY, 0), t)
-
-        state = jax.lax.cond(jnp.any(done), work, lambda s: s, state)
-        return state.replace(
-            next_end=jnp.where(done, t + ctx.table.compute_ticks, state.next_end),
-            iterations=state.iterations + done.astype(jnp.int32),
-            t=t + 1,
-        )
-
-    if task.make_flat_evaluate is not None:
-        evaluate_flat = task.make_flat_evaluate(layout)
-    else:
-        def evaluate_flat(p, node):
-            return task.evaluate(layout.unflatten(p), node)
-
-    eval_node_by_node = loop_over_nodes(layout)
-
-    def evaluate(state: SimState) -> dict:
-        params = state.params
-        avg = jnp.mean(params, axis=0)
-
-        def one_node(a):  # metrics and squared distance to the average, eval_chunk at a time
-            p, node = a
-            return (evaluate_flat(p, node),
-                    jnp.sum(jnp.where(real, p - avg, 0.0) ** 2))
-
-        nodes = (params, jnp.arange(n, dtype=jnp.int32))
-        if eval_node_by_node:  # per-node convolutions under vmap are grouped: slow on CPU
-            per_node, dist2 = jax.lax.map(one_node, nodes)
-        else:
-            per_node, dist2 = jax.lax.map(one_node, nodes, batch_size=min(cfg.eval_chunk, n))
-        avg_metrics = evaluate_flat(avg, jnp.int32(-1))
-        out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
-        for name in task.metric_names:
-            v = per_node[name]
-            out[f"{name}_mean"] = jnp.mean(v)
-            out[f"{name}_min"] = jnp.min(v)
-            out[f"{name}_max"] = jnp.max(v)
-            out[f"{name}_avgmodel"] = avg_metrics[name]
-        out["consensus"] = jnp.mean(dist2)
-        c = state.counters
-        out["bytes_sent"] = jnp.sum(c.sent.astype(jnp.float32) * frag_bytes)
-        out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)
-        out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
-        out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
-        out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
-        # the run's ERR_* flags so far (0 = none): a jitted make_run cannot raise, so check
-        # this metric, or call divjax.check_state(state, cfg) on the final state
-        out["errors"] = state.errors.astype(jnp.float32)
-        out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
-        out["node"] = {name: per_node[name] for name in task.metric_names}
-        return out
-
-    def run_ticks(state: SimState, hp: HParams) -> SimState:
-        ctx = context(hp)
-        return jax.lax.fori_loop(0, E, lambda _, s: tick(s, hp, ctx), state)
-
-    def advance(state: SimState, hp: HParams):
-        state = run_ticks(state, hp)
-        return state, evaluate(state)
-
-    return Engine(cfg, task, layout, init, advance, evaluate, run_ticks)
+    spec = EngineSpec(cfg, task, layout, algo, nb, deg)
+    return Engine(cfg, task, layout, partial(init_state, spec), partial(advance, spec),
+                  partial(evaluate, spec), partial(run_ticks, spec))
 
 
 def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,

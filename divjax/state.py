@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
+from divjax import network
 from divjax.network import Counters, Inbox
 
 # Bit flags of SimState.errors; the host turns them into clear exceptions (sim.check_state).
@@ -51,3 +53,28 @@ def flag_error(state: SimState, err: jax.Array, t: jax.Array) -> SimState:
         errors=state.errors | err,
         first_error_tick=jax.numpy.where((state.first_error_tick < 0) & (err > 0), t,
                                          state.first_error_tick))
+
+
+def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
+                  counter_ticks: int, k_sim: jax.Array, errors: jax.Array) -> SimState:
+    """The state at tick 0 from its parts: the one place that lays a SimState out.
+
+    The engine (`sim.init_state`) and the memory model (`memory.abstract_state`, under
+    `jax.eval_shape`) both build it here, so the model counts exactly what a run holds.
+    cfg is resolved (ring_ticks, train_capacity set); ctx an algorithms.Context; params
+    (n, K, F) float32; tx the optax optimizer; errors () int32 ERR_* flags of the init checks.
+    """
+    n, K, F = params.shape
+    return SimState(
+        params=params,
+        opt_state=jax.vmap(tx.init)(params),
+        algo_state=algo.init(ctx, params),
+        inbox=network.init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
+        counters=network.init_counters(n, K, counter_ticks),
+        next_end=ctx.table.compute_ticks,
+        iterations=jnp.zeros((n,), jnp.int32),
+        errors=errors,
+        first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
+        t=jnp.zeros((), jnp.int32),
+        k_sim=k_sim,
+    )

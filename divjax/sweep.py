@@ -123,7 +123,7 @@ def stack_hparams(hps: list[HParams]) -> tuple[HParams, HParams]:
 
 def resolve_grid(cfg: SimConfig, hps: list[HParams], task, algo):
     """One config (ring, delay, train capacity) that fits every grid point's network."""
-    from divjax.sim import model_layout, resolve
+    from divjax.sizing import model_layout, resolve
 
     layout = model_layout(cfg, task)
     got = [resolve(cfg, h, layout, check_memory=False, algo=algo) for h in hps]
@@ -147,7 +147,8 @@ def auto_chunk(engine, points: int, configs: int | None = None, fraction: float 
     schedule) than all 16 points at once (16.6 s against 18.1 s, best of 3). Small models (a seed
     sweep of the synthetic task) keep whole chunks.
     """
-    from divjax.sim import available_memory_bytes, memory_estimate
+    from divjax.sizing import memory_estimate
+    from divjax.memory import available_memory_bytes
 
     per = max(1, memory_estimate(engine.cfg, engine.layout, engine.cfg.ring_ticks)["total"])
     fit = int(max(1, min(points, fraction * available_memory_bytes() // (3 * per))))

@@ -7,7 +7,8 @@ from conftest import tiny_config
 
 from divjax import memory
 from divjax.config import default_hparams
-from divjax.sim import make_engine, memory_estimate
+from divjax.sim import make_engine
+from divjax.sizing import memory_estimate
 
 
 @pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])

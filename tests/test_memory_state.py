@@ -6,11 +6,12 @@ import jax
 import pytest
 from conftest import tiny_config
 
-import divjax.sim
+import divjax.sizing
 from divjax import memory
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import make_engine, memory_estimate
+from divjax.sim import make_engine
+from divjax.sizing import memory_estimate
 
 
 def engine_state(cfg):
@@ -56,7 +57,7 @@ def test_memory_model__counts_adpsgd_pings_and_snapshots_at_the_issue_size():
 
 def test_resolve__refuses_adpsgd_whose_ping_ring_does_not_fit(monkeypatch):
     """A device of 20 MB (16 MB usable) cannot hold the ~20 MB AD-PSGD state of n=64 over 20 s."""
-    monkeypatch.setattr(divjax.sim, "available_memory_bytes", lambda: 20 * 2**20)
+    monkeypatch.setattr(divjax.sizing, "available_memory_bytes", lambda: 20 * 2**20)
     with pytest.raises(ConfigError, match="GiB"):
         make_engine(SimConfig(algorithm="adpsgd", n_nodes=64, duration_s=20.0))
     make_engine(SimConfig(algorithm="divshare", n_nodes=64, duration_s=20.0))  # fits

@@ -11,7 +11,7 @@ import pytest
 from divjax import data, models
 from divjax.config import SimConfig, default_hparams
 from divjax.local import make_optimizer, make_train_one
-from divjax.sim import model_layout
+from divjax.sizing import model_layout
 
 
 def n_params(init):

@@ -42,6 +42,13 @@ class Algorithm(NamedTuple):
     name: str
     init: Callable[[Context, jax.Array], Any]
     iteration_end: Callable[..., tuple[Any, jax.Array]]
+    # True for synchronous rounds (D-PSGD, Epidemic Learning): every node ends its round at
+    # the same tick and mixes the post-training models of all of them. With
+    # `SimConfig.iteration_chunk` the engine calls iteration_end once per chunk of that tick;
+    # a synchronous algorithm must then complete the round in the last chunk
+    # (`dpsgd.sync_iteration_end`), and is tested chunked == unchunked. An asynchronous one
+    # only ever reads messages sent before t, so chunks cannot see each other.
+    synchronous: bool = False
     # Optional: on_tick(ctx, state, keys, t) -> state, called every tick after arrivals and
     # before iteration ends (e.g. AD-PSGD answers the pings that arrived with pongs).
     on_tick: Callable | None = None
@@ -83,3 +90,18 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
 
     picks = jax.vmap(one)(keys, jax.random.split(k_order, total))
     return neighbors[node, picks.reshape(tuple(shape) + (count,))]
+
+
+def padded_rows(node: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(valid, safe, drop) for node ids where entries == n are padding: valid marks real ones,
+    `safe` is clamped into range (for gathers), `drop` keeps padding out of range (for
+    scatters with mode="drop", which then skip it)."""
+    valid = node < n
+    return valid, jnp.minimum(node, n - 1), jnp.where(valid, node, n)
+
+
+def average_with_inbox(own: jax.Array, got_total: jax.Array, got_count: jax.Array) -> jax.Array:
+    """Average every coordinate with what arrived: (own + sum received) / (1 + count received).
+
+    own, got_total (..., K, F); got_count (..., K) the copies of each fragment averaged in."""
+    return (own + got_total) / (1.0 + got_count)[..., None]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from divjax.algorithms.base import Algorithm, Context, sample_peers
+from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.config import SimConfig
 from divjax.network import (
     Schedule,
@@ -121,7 +121,7 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
         # with s = 0 nothing is sent, and replacing the (empty) old queue drops nothing
         inbox, got_total, got_count = collect(cfg, inbox, node, valid,
                                               ctx.table.compute_ticks, t)
-        averaged = (trained + got_total) / (1.0 + got_count)[..., None]
+        averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters), averaged
 
     return Algorithm("divshare", init, iteration_end)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.algorithms.base import Algorithm, Context
+from divjax.algorithms.base import Algorithm, Context, padded_rows
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
 from divjax.rows import get_rows, set_rows
@@ -72,8 +72,7 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
     Returns: (state, params_after (C, K, F)).
     """
     n, K = ctx.cfg.n_nodes, trained.shape[1]
-    safe = jnp.minimum(node, n - 1)
-    drop = jnp.where(valid, node, n)
+    _, safe, drop = padded_rows(node, n)
     handled, closes = round_progress(ctx, state, node, valid, t)
     counters = state.counters
     sent = counters.sent.at[drop].add(
@@ -131,5 +130,6 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
         del cfg_, table  # messages are mixed at the round end: nothing waits in the ring
         return 1
 
-    return Algorithm("dpsgd", init, iteration_end, adjust_timing=adjust_timing,
+    return Algorithm("dpsgd", init, iteration_end, synchronous=True,
+                     adjust_timing=adjust_timing,
                      longest_delay=longest_delay)

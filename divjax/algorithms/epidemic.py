@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.algorithms.base import Algorithm, Context, sample_peers
+from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.algorithms.dpsgd import sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
@@ -49,7 +49,7 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
             # A[r, i] = 1 if i sent its model to r this round
             A = jnp.zeros((n, n), jnp.float32).at[recv, sender[:, None]].add(1.0, mode="drop")
             got = jnp.sum(A, axis=1)
-            x = (y + jnp.einsum("ri,ikf->rkf", A, y)) / (1.0 + got)[:, None, None]
+            x = average_with_inbox(y, jnp.einsum("ri,ikf->rkf", A, y), got[:, None])
             return x, got.astype(jnp.int32)
 
         return sync_iteration_end(ctx, state, node, valid, trained, t,
@@ -63,5 +63,6 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
         del cfg_, table  # received models are averaged at the round end
         return 1
 
-    return Algorithm("epidemic", init, iteration_end, adjust_timing=adjust_timing,
+    return Algorithm("epidemic", init, iteration_end, synchronous=True,
+                     adjust_timing=adjust_timing,
                      longest_delay=longest_delay)
