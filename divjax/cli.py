@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     sub.add_parser("presets", help="list the presets")
     # the other subcommands: each module adds its parser and handler (handler(args) -> exit code)
-    from divjax import compare, plotting, sweep
+    from divjax import compare, plotting, sweep_cli
 
-    for module in (compare, sweep, plotting):
+    for module in (compare, sweep_cli, plotting):
         module.add_parser(sub)
     return parser
 

@@ -78,6 +78,8 @@ class SimConfig:
     #                                  "sum" averages every copy that arrived since the last one
     inbox_history: int = 0           # AD-PSGD with inbox "latest": post-training snapshots kept
     #                                  per node to take a replaced message out again; 0 = auto
+    ping_slots: int = 0              # AD-PSGD: pings in flight each node can hold (its ping
+    #                                  FIFO); 0 = auto, from the longest delay and compute time
     ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
@@ -95,6 +97,11 @@ class SimConfig:
     #                                  one value for all of them, or at least one per straggler
     n_stragglers: int = 0            # the last n_stragglers nodes are communication stragglers
     latency_ms: float = 1.0          # one-way latency of every link, milliseconds
+    latency_regions: int = 1         # nodes in this many regions (node i in region i mod G);
+    #                                  a message between two regions takes inter_region_ms more
+    inter_region_ms: float = 0.0     # one-way latency added between different regions, ms
+    latency_file: str = ""           # CSV, n rows of n values: one-way latency added from node
+    #                                  i (row) to node j (column), ms; replaces the regions
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     # --- default optimizer (builds HParams) ---
@@ -131,6 +138,10 @@ class SimConfig:
             bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
         if self.latency_ms < 0:
             bad("latency_ms", self.latency_ms, "latency cannot be negative")
+        if not 1 <= self.latency_regions <= self.n_nodes:
+            bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
+        if not (math.isfinite(self.inter_region_ms) and self.inter_region_ms >= 0):
+            bad("inter_region_ms", self.inter_region_ms, "use a finite latency >= 0")
         if self.eval_every_s < self.tick_s:
             bad("eval_every_s", self.eval_every_s, f"must be at least tick_s={self.tick_s}")
         ratio = self.eval_every_s / self.tick_s
@@ -147,6 +158,8 @@ class SimConfig:
             bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
         if self.inbox_history < 0:
             bad("inbox_history", self.inbox_history, "use 0 (auto) or a positive count")
+        if self.ping_slots < 0:
+            bad("ping_slots", self.ping_slots, "use 0 (auto) or a positive count")
         if self.ring_ticks < 0:
             bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
         if self.delay_ticks < 0:

@@ -8,7 +8,9 @@ Time is an integer tick of `cfg.tick_s` seconds. Every node i has
   fragment k occupies node i's link for `msg_units[i, k]` sub-ticks (bytes / bandwidth, rounded
   up to one sub-tick);
 - a latency of `latency_units[i]` link sub-ticks from the moment a message has fully left the
-  link to its arrival at the receiver.
+  link to its arrival at the receiver, plus `region_units[region[i], region[j]]` to receiver j
+  (geo-distributed nodes: `latency_regions` / `inter_region_ms`, or a full matrix from
+  `latency_file`; zero with one region). `pair_latency_units` is the latency of one pair.
 
 A message that leaves the link during tick t (sub-tick in ((t-1)R, tR]) is sent at tick t. It
 arrives at the first tick at or after its leave sub-tick plus the latency: the time is rounded
@@ -30,6 +32,8 @@ never visible before its arrival tick, and a delay longer than the ring is a con
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -48,12 +52,79 @@ class LinkTable(NamedTuple):
     compute_ticks: jax.Array  # (n,) int32: ticks per iteration, >= 1
     latency_units: jax.Array  # (n,) int32: link sub-ticks from leaving the link to arrival, >= 0
     msg_units: jax.Array      # (n, K) int32: link sub-ticks node i needs to send fragment k, >= 1
+    region: jax.Array         # (n,) int32: every node's latency region (all 0 with one region)
+    region_units: jax.Array   # (G, G) int32: sub-ticks added from region a to region b, >= 0
+
+
+def pair_latency_units(table: LinkTable, sender: jax.Array, receiver: jax.Array) -> jax.Array:
+    """Link sub-ticks from leaving sender's link to arriving at receiver (ids in range; any
+    broadcastable shapes): the sender's latency plus the latency between their regions."""
+    return (table.latency_units[sender]
+            + table.region_units[table.region[sender], table.region[receiver]])
+
+
+def latency_bounds_units(table: LinkTable) -> tuple[jax.Array, jax.Array]:
+    """(..., n) the smallest and the largest latency, in sub-ticks, of each sender's messages
+    to any node (leaves may carry leading sweep axes)."""
+    low = jnp.take_along_axis(jnp.min(table.region_units, axis=-1), table.region, axis=-1)
+    high = jnp.take_along_axis(jnp.max(table.region_units, axis=-1), table.region, axis=-1)
+    return table.latency_units + low, table.latency_units + high
 
 
 def latency_ticks(table: LinkTable, resolution: int) -> jax.Array:
-    """(..., n) the most whole ticks a latency adds to a message's delay (ceil(units / R)):
-    arrival_tick(leave, lat) <= ceil(leave / R) + this, so it bounds delays for ring sizing."""
-    return (table.latency_units + resolution - 1) // resolution
+    """(..., n) the most whole ticks a latency adds to a message's delay (ceil(units / R)) for
+    each sender: arrival_tick(leave, lat) <= ceil(leave / R) + this, so it bounds delays for
+    ring sizing."""
+    return (latency_bounds_units(table)[1] + resolution - 1) // resolution
+
+
+def region_latency_ms(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(region (n,) int32, extra (G, G) float64 ms): the latency added between regions.
+
+    One region and no file: ((0, ..., 0), [[0]]). `latency_regions` G puts node i in region
+    i mod G (the stragglers, the last nodes, spread over the regions) and adds
+    `inter_region_ms` between different regions. `latency_file` gives the whole n x n matrix
+    (every node its own region)."""
+    n = cfg.n_nodes
+    if cfg.latency_file:
+        return np.arange(n, dtype=np.int32), _read_latency_file(cfg.latency_file, n)
+    G = cfg.latency_regions
+    extra = np.where(np.eye(G, dtype=bool), 0.0, float(cfg.inter_region_ms))
+    return (np.arange(n) % G).astype(np.int32), extra
+
+
+@functools.lru_cache(maxsize=8)
+def _read_latency_file(path: str, n: int) -> np.ndarray:
+    """An n x n latency matrix (ms) from a CSV file, with errors naming the line and column."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"latency_file={path!r} does not exist: give a CSV of {n} rows of {n} "
+                          f"one-way latencies in ms (row i: from node i to each node j)")
+    rows = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            cells = [c.strip() for c in text.split(",")]
+            if len(cells) != n:
+                raise ConfigError(f"{path}:{line_no}: {len(cells)} values, expected {n} (one "
+                                  f"per node, comma-separated)")
+            row = []
+            for col, cell in enumerate(cells, 1):
+                try:
+                    v = float(cell)
+                except ValueError:
+                    v = float("nan")
+                if not (math.isfinite(v) and v >= 0):
+                    raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not a latency: use "
+                                      f"a finite number of milliseconds >= 0")
+                row.append(v)
+            rows.append(row)
+    if len(rows) != n:
+        raise ConfigError(f"{path}: {len(rows)} rows, expected {n} (one per node)")
+    return np.asarray(rows, np.float64)
 
 
 def arrival_tick(leave_subtick: jax.Array, latency_units: jax.Array, resolution: int
@@ -75,7 +146,9 @@ def link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkT
     units_f = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.upload_bps[:, None]
                / tick * cfg.link_resolution)
     units = jnp.maximum(1, jnp.ceil(units_f - 1e-3)).astype(jnp.int32)
-    return LinkTable(compute, latency, units)
+    region, extra_ms = region_latency_ms(cfg)
+    region_units = np.round(extra_ms / 1e3 / cfg.tick_s * cfg.link_resolution).astype(np.int32)
+    return LinkTable(compute, latency, units, jnp.asarray(region), jnp.asarray(region_units))
 
 
 def concrete_link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkTable:
@@ -126,6 +199,15 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
             f"HParams.latency_s{list(where)}={float(latency_s[where])!r} s is not a whole "
             f"number of link sub-ticks of {sub_s:.3g} s (tick_s / link_resolution): it would run "
             f"as {units[where] * sub_s:.6g} s; raise --link-resolution or lower --tick-s")
+    _, extra_ms = region_latency_ms(cfg)
+    extra_s = extra_ms / 1e3
+    off = np.abs(np.round(extra_s / sub_s) * sub_s - extra_s)
+    if (off > 0.01 * extra_s).any() or (extra_s / sub_s >= 2**30).any():
+        a, b = (int(i) for i in np.argwhere((off > 0.01 * extra_s) | (extra_s / sub_s >= 2**30))[0])
+        raise ConfigError(
+            f"the latency added from region {a} to region {b}, {extra_ms[a, b]:.6g} ms, is not a "
+            f"whole number of link sub-ticks of {sub_s:.3g} s that the int32 clock holds: raise "
+            f"--link-resolution or lower --tick-s (or check --inter-region-ms / --latency-file)")
 
 
 def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.Array:
@@ -356,7 +438,8 @@ class Schedule(NamedTuple):
 
 
 def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Array,
-                            units: jax.Array, t: jax.Array, resolution: int) -> Schedule:
+                            units: jax.Array, t: jax.Array, resolution: int,
+                            receiver: jax.Array) -> Schedule:
     """Sequential sends from a queue that the sender's next iteration end replaces (DivShare).
 
     The link starts on the new queue at tick t (the old queue and the message on the wire were
@@ -366,7 +449,8 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
 
     Args:
       sender: (C,) int32; valid: (C,) bool;
-      units: (C, M) int32 link sub-ticks of each queued message, in queue order.
+      units: (C, M) int32 link sub-ticks of each queued message, in queue order;
+      receiver: (C, M) int32 their receivers (for the pair's latency).
     Returns: a Schedule whose per-message fields are (C, M), in queue order.
     """
     safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
@@ -375,8 +459,9 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     budget = (table.compute_ticks[safe] * resolution)[:, None]             # until next end
     sent = valid[:, None] & (leave_rel <= budget)
     leave_tick = t[:, None] + (leave_rel + resolution - 1) // resolution
-    arrival = t[:, None] + arrival_tick(leave_rel, table.latency_units[safe][:, None],
-                                        resolution)
+    n = table.compute_ticks.shape[0]
+    lat = pair_latency_units(table, safe[:, None], jnp.minimum(receiver, n - 1))
+    arrival = t[:, None] + arrival_tick(leave_rel, lat, resolution)
     return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe], t)
 
 

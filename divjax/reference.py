@@ -74,6 +74,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     layout = model_layout(cfg, task)
     table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
     c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
+
+    def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
+        return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adjacency(cfg)))
     tx = make_optimizer(cfg, hp)
     train_one = jax.jit(make_train_one(cfg, task, layout, tx))
@@ -123,7 +126,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             _, end, (r, k, payload) = link.busy
             sent[i, k] += 1
             # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-            at(-(-(end + int(lat[i])) // R), 0, "arrive", i, r, k, payload)
+            at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, k, payload)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
             start_next(i, end)

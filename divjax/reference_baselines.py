@@ -70,6 +70,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         table = algo.adjust_timing(cfg, table)
     table = jax.tree.map(np.asarray, table)
     c, lat = table.compute_ticks, table.latency_units
+
+    def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
+        return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
     model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
     adj = adjacency(cfg)
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adj))
@@ -144,7 +147,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             i, end, r, payload, what = data
             sent[i] += 1
             # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-            at(-(-(end + int(lat[i])) // R), 0, "arrive", i, r, payload, what)
+            at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, payload, what)
             log.append((t, "sent", (i, r, what)))
         elif kind == "arrive":
             i, r, payload, what = data

@@ -43,7 +43,7 @@ _NODE_AXIS = {
     "counters.sent": 0, "counters.dropped": 0, "counters.delivered": 0, "counters.replaced": 0,
     "next_end": 0, "iterations": 0,
 }
-_REPLICATED = ("errors", "first_error_tick", "t", "k_sim", "inbox.clear_slot", "inbox.clear_node")
+_REPLICATED = ("errors", "first_error_tick", "first_error_node", "t", "k_sim", "inbox.clear_slot", "inbox.clear_node")
 
 
 def node_mesh(devices: list | None = None) -> Mesh:

@@ -32,11 +32,11 @@ from divjax.algorithms.base import padded_rows
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
-    all_finite,
     loop_over_nodes,
     make_optimizer,
     make_train_one,
     node_batch_key,
+    rows_finite,
 )
 from divjax.registry import make_task
 from divjax.rows import get_rows, set_rows
@@ -49,6 +49,7 @@ from divjax.state import (
     ERR_RING_TOO_SHORT,
     SimState,
     flag_error,
+    flag_nonfinite,
     initial_state,
     tick_keys,
 )
@@ -146,12 +147,12 @@ def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
     state, after = spec.algo.iteration_end(ctx, state, node, valid, trained, keys, t)
     if cfg.reset_optimizer:
         o = jax.vmap(tx.init)(after)
-    err = jnp.where(all_finite(after, valid) & all_finite(trained, valid), 0, ERR_NONFINITE)
+    bad = ~(rows_finite(after, valid) & rows_finite(trained, valid))              # (C,)
     state = state.replace(
         params=set_rows(state.params, (drop,), after),
         opt_state=jax.tree.map(lambda full, part: set_rows(full, (drop,), part),
                                state.opt_state, o))
-    return flag_error(state, err, t)
+    return flag_nonfinite(state, node, bad, t)
 
 
 def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
@@ -286,7 +287,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
-            or (algo.resolve_sizes is not None and cfg.inbox_history == 0)):
+            or (algo.resolve_sizes is not None
+                and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
     nb, deg = neighbor_table(adjacency(cfg))
     if cfg.fanout > int(deg.min()):
@@ -341,13 +343,14 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
     e, when = int(errors[i]), float(first[i]) * cfg.tick_s
     msgs = []
     if e & ERR_NONFINITE:
-        msgs.append(f"a node model became NaN/inf at simulated time {when:.3f}s: training "
-                    f"diverged; lower --lr (now {cfg.lr}) or check the data")
+        node = int(np.asarray(jax.device_get(state.first_error_node)).reshape(-1)[i])
+        msgs.append(f"node {node}'s model became NaN/inf at simulated time {when:.3f}s: "
+                    f"training diverged; lower --lr (now {cfg.lr}) or check the data")
     if e & ERR_RING_TOO_SHORT:
         msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
                     "build the run with these HParams (make_run(cfg, hp=hp)), or set "
                     "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
-                    "whose pong delays depend on random pings)")
+                    "whose pong delays depend on random pings; or its --ping-slots)")
     if e & ERR_CLOCK:
         msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
                     "compute time, bandwidth or latency for the int32 link clock: check them, "

@@ -30,6 +30,7 @@ class SimState:
     iterations: jax.Array    # (n,) int32: iterations each node has finished
     errors: jax.Array        # () int32: ERR_* bit flags raised during the run
     first_error_tick: jax.Array  # () int32: tick of the first error (-1 if none)
+    first_error_node: jax.Array  # () int32: the first node whose model became NaN/inf (-1)
     t: jax.Array             # () int32: the next tick to simulate
     k_sim: jax.Array         # () typed PRNG key of the simulation stream (ticks fold into it)
 
@@ -75,6 +76,16 @@ def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
         iterations=jnp.zeros((n,), jnp.int32),
         errors=errors,
         first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
+        first_error_node=jnp.full((), -1, jnp.int32),
         t=jnp.zeros((), jnp.int32),
         k_sim=k_sim,
     )
+
+
+def flag_nonfinite(state: SimState, node: jax.Array, bad: jax.Array, t: jax.Array) -> SimState:
+    """Raise ERR_NONFINITE if any of the nodes `node` (C,) has `bad` (C,) set, and remember the
+    first such node (the smallest id at the first tick it happened)."""
+    n_bad = jnp.min(jnp.where(bad, node, jnp.iinfo(jnp.int32).max))
+    first = jnp.where((state.first_error_node < 0) & jnp.any(bad), n_bad, state.first_error_node)
+    state = flag_error(state, jnp.where(jnp.any(bad), ERR_NONFINITE, 0), t)
+    return state.replace(first_error_node=first.astype(jnp.int32))

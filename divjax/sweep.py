@@ -20,7 +20,8 @@ Only the leaves that actually vary are batched: an lr sweep keeps the per-node t
 so the engine's "no node finishes at this tick" skip survives `vmap` (a batched predicate would
 turn `lax.cond` into a select that always trains). Sweeping compute times batches the timing.
 
-Outputs (`out=`): config.json, metrics.csv and metrics.jsonl (tidy: one row per config, seed and
+Outputs (`out=`, written by `divjax.sweep_outputs`; the `divjax sweep` command is
+`divjax.sweep_cli`): config.json, metrics.csv and metrics.jsonl (tidy: one row per config, seed and
 evaluation time), summary.json and summary.md (mean and 95% confidence interval across seeds per
 config, the best config), plot.png (curves with confidence bands; final metric against the swept
 value(s): a line plot for one field, a heat-map for two). Seeds are
@@ -29,10 +30,8 @@ value(s): a line plot for one field, a heat-map for two). Seeds are
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
-import json
 import math
 import sys
 import time
@@ -45,6 +44,7 @@ import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.state import ERR_NONFINITE
+from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa: F401 (ci95: API)
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
@@ -147,8 +147,8 @@ def auto_chunk(engine, points: int, configs: int | None = None, fraction: float 
     schedule) than all 16 points at once (16.6 s against 18.1 s, best of 3). Small models (a seed
     sweep of the synthetic task) keep whole chunks.
     """
-    from divjax.sizing import memory_estimate
     from divjax.memory import available_memory_bytes
+    from divjax.sizing import memory_estimate
 
     per = max(1, memory_estimate(engine.cfg, engine.layout, engine.cfg.ring_ticks)["total"])
     fit = int(max(1, min(points, fraction * available_memory_bytes() // (3 * per))))
@@ -171,7 +171,7 @@ def make_batched(run: Callable, hp_axes: HParams, configs: int) -> Callable:
     def point(key, hp):
         state, metrics = run(key, hp)
         metrics = {k: v for k, v in metrics.items() if k != "node"}
-        return state.errors, state.first_error_tick, metrics
+        return state.errors, state.first_error_tick, state.first_error_node, metrics
 
     over_configs = jax.vmap(point, in_axes=(None, hp_axes), axis_size=configs)
     return jax.vmap(over_configs, in_axes=(0, None))
@@ -200,7 +200,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     split over all of them when their count allows it.
     Returns (metrics leaves (H, S, C), timings). A point whose training diverged (NaN/inf) raises
     SimulationError, unless `status` (a dict) is given: then the run goes on and `status` gets
-    "errors" (H, S) int32 (state.ERR_* flags) and "first_error_tick" (H, S) int32 (-1 if none);
+    "errors" (H, S) int32 (state.ERR_* flags), "first_error_tick" and "first_error_node"
+    (H, S) int32 (-1 if none);
     the diverged points' metrics are NaN from that time. Other error flags always raise.
     """
     from divjax.sim import check_state
@@ -239,13 +240,13 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     t0, done = time.perf_counter(), 0
     for i, hi in enumerate(h_idx):
         for j, si in enumerate(s_idx):
-            errors, first, metrics = jax.block_until_ready(compiled(*take(hi, si)))
-            errors, first = np.asarray(errors), np.asarray(first)
+            errors, first, node, metrics = jax.block_until_ready(compiled(*take(hi, si)))
+            errors, first, node = np.asarray(errors), np.asarray(first), np.asarray(node)
             if status is None:
-                check_state(_Errs(errors, first), cfg)
+                check_state(_Errs(errors, first, node), cfg)
             else:   # divergence is marked per point; ring or capacity overflows still raise
-                check_state(_Errs(errors & ~ERR_NONFINITE, first), cfg)
-            err_blocks[i][j] = (errors.T, first.T)
+                check_state(_Errs(errors & ~ERR_NONFINITE, first, node), cfg)
+            err_blocks[i][j] = (errors.T, first.T, node.T)
             # (Sb, Hb, C) -> (Hb, Sb, C)
             blocks[i][j] = jax.tree.map(lambda x: np.swapaxes(x, 0, 1), jax.device_get(metrics))
             done += Hb * Sb
@@ -255,7 +256,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     rows = [jax.tree.map(lambda *xs: np.concatenate(xs, axis=1)[:, :S], *b) for b in blocks]
     metrics = jax.tree.map(lambda *xs: np.concatenate(xs)[:H], *rows)
     if status is not None:
-        for n, name in enumerate(("errors", "first_error_tick")):
+        for n, name in enumerate(("errors", "first_error_tick", "first_error_node")):
             status[name] = np.concatenate([np.concatenate([b[n] for b in row], axis=1)[:, :S]
                                            for row in err_blocks])[:H]
     return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": Hb * Sb,
@@ -266,6 +267,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
 class _Errs(NamedTuple):
     errors: jax.Array
     first_error_tick: jax.Array
+    first_error_node: jax.Array
 
 
 def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
@@ -361,343 +363,16 @@ def _sweep_groups(cfg, statics, dynamic, keys, seeds, chunk_size, progress, verb
                 for c in range(C):
                     rows.append({**configs[-1], "seed": s,
                                  **{k: float(v[h, s, c]) for k, v in metrics.items()},
-                                 "diverged": bool(diverged[h, s]), "diverged_at_s": when})
+                                 "diverged": bool(diverged[h, s]), "diverged_at_s": when,
+                                 "diverged_node": (int(status["first_error_node"][h, s])
+                                                   if diverged[h, s] else None)})
             if diverged[h].any() and verbose:
-                print(f"divjax sweep: config {cid} ({_label(configs[-1], {**st, **p})}) "
+                print(f"divjax sweep: config {cid} ({label(configs[-1], {**st, **p})}) "
                       f"diverged (NaN/inf in a node model) in {int(diverged[h].sum())}/{S} "
-                      f"seed(s), first at simulated t={np.nanmin(at_s[h]):.3g}s; its metrics "
+                      f"seed(s), first at simulated t={np.nanmin(at_s[h]):.3g}s (node "
+                      f"{int(status['first_error_node'][h][np.nanargmin(at_s[h])])}); its metrics "
                       f"are NaN from then on; continuing", file=sys.stderr, flush=True)
 
 
 def _plain(point: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in point.items()}
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def ci95(values) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t confidence interval); half-width NaN for 1 value."""
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    m = float(v.mean())
-    if v.size < 2:
-        return m, float("nan")
-    t = _T975[v.size - 2] if v.size - 1 <= len(_T975) else 1.960
-    return m, float(t * v.std(ddof=1) / math.sqrt(v.size))
-
-
-def summarize(rows: list, configs: list, primary: str, higher: bool, seeds: int) -> dict:
-    """Per config: mean and CI95 across seeds of the final metrics; the best config."""
-    metric_cols = [k for k in rows[0] if k.endswith(("_mean", "_avgmodel")) or k == "consensus"]
-    final = {}
-    for r in rows:  # the last eval time of each (config, seed) wins
-        final[(r["config"], r["seed"])] = r
-    per_config = []
-    for c in configs:
-        last = [final[(c["config"], s)] for s in range(seeds) if (c["config"], s) in final]
-        entry = {**c, "time_s": last[0]["time_s"]}
-        for k in metric_cols:
-            m, hw = ci95([r[k] for r in last])   # over the seeds that stayed finite
-            entry[k] = m
-            entry[k + "_ci95"] = hw
-        when = [r["diverged_at_s"] for r in last if r.get("diverged")]
-        entry["diverged_seeds"] = len(when)
-        entry["diverged_at_s"] = min(when) if when else None
-        per_config.append(entry)
-    key = f"{primary}_mean"
-    # the best config: finite, and among those, one that never diverged when there is one
-    finite = [e for e in per_config if np.isfinite(e[key])]
-    pool = [e for e in finite if not e["diverged_seeds"]] or finite
-    best = None
-    if pool:
-        best = (max if higher else min)(pool, key=lambda e: e[key])
-    return {"primary": primary, "higher_is_better": higher, "final": per_config,
-            "best": best, "diverged_configs": [e["config"] for e in per_config
-                                               if e["diverged_seeds"]]}
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def write_sweep_dir(out: Path, cfg: SimConfig, grid: dict, rows: list, configs: list,
-                    summary: dict, primary: str) -> None:
-    """config.json, metrics.csv, metrics.jsonl, summary.json, summary.md, plot.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(cfg),
-         "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in grid.items()},
-         "seeds": summary["seeds"], "base_seed": summary["base_seed"],
-         "seed_keys": f"jax.random.split(jax.random.key({summary['base_seed']}), "
-                      f"{summary['seeds']})",
-         "configs": configs}, indent=1, default=str))
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
-    with open(out / "metrics.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "summary.md").write_text(summary_markdown(cfg, grid, summary, primary))
-    plot_sweep(rows, configs, summary, grid, primary, out / "plot.png")
-
-
-def _label(c: dict, grid: dict) -> str:
-    return ", ".join(f"{k}={c[k]}" for k in grid if k in c)
-
-
-def _diverged_text(e: dict, seeds: int) -> str:
-    if not e.get("diverged_seeds"):
-        return "-"
-    return f"{e['diverged_seeds']}/{seeds} seeds, first at t={e['diverged_at_s']:.3g} s"
-
-
-def summary_markdown(cfg: SimConfig, grid: dict, summary: dict, primary: str) -> str:
-    key = f"{primary}_mean"
-    best = summary["best"]
-    seeds = summary["seeds"]
-    lines = [f"# Sweep: {cfg.algorithm} on {cfg.task}", ""]
-    if not summary.get("complete", True):
-        lines += [f"**Incomplete:** stopped by {summary.get('stopped_by')} after "
-                  f"{summary.get('groups_done')} of {summary.get('groups_total')} group(s); the "
-                  f"tables hold the finished points only.", ""]
-    best_line = (f"- best config ({'highest' if summary['higher_is_better'] else 'lowest'} final "
-                 f"{key}): **{_label(best, grid) or 'the only one'}**: {best[key]:.4g} "
-                 f"± {best[key + '_ci95']:.2g} (95% CI across seeds)" if best is not None else
-                 "- best config: none (every config diverged)")
-    lines += [f"- grid: {', '.join(f'{k} in {list(v)}' for k, v in grid.items())}",
-              f"- {seeds} seeds (`jax.random.split(jax.random.key("
-              f"{summary['base_seed']}), {seeds})`), {cfg.duration_s:g} simulated s",
-              best_line]
-    diverged = [e for e in summary["final"] if e.get("diverged_seeds")]
-    if diverged:
-        lines.append("- diverged (a node model became NaN/inf; the time is the first at which "
-                     "any node did; metrics of those seeds are NaN afterwards and left out of "
-                     "the means): " + "; ".join(
-                         f"config {e['config']} ({_label(e, grid) or '-'}): "
-                         f"{_diverged_text(e, seeds)}" for e in diverged))
-    lines += [f"- wall time {summary['wall_s']:.1f} s on {summary['device']}: "
-              + "; ".join(f"group {i}: compile {g['compile_s']:.1f} s, run {g['run_s']:.1f} s "
-                          f"({g['chunks']} chunk(s) of {g['chunk_size']})"
-                          for i, g in enumerate(summary["groups"])),
-              "", f"| config | {key} (final, mean ± 95% CI) | {primary}_avgmodel | consensus "
-                  f"| diverged |",
-              "|---|---|---|---|---|"]
-    for e in summary["final"]:
-        mark = " **(best)**" if best is not None and e["config"] == best["config"] else ""
-        lines.append(f"| {e['config']}: {_label(e, grid) or '-'}{mark} | {e[key]:.4g} ± "
-                     f"{e[key + '_ci95']:.2g} | {e[primary + '_avgmodel']:.4g} | "
-                     f"{e['consensus']:.3g} | {_diverged_text(e, seeds)} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_sweep(rows: list, configs: list, summary: dict, grid: dict, primary: str,
-               path: Path) -> None:
-    """Curves (mean across seeds, 95% CI band) and the final metric against the swept values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    key = f"{primary}_mean"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    for c in configs:
-        mine = [r for r in rows if r["config"] == c["config"]]
-        times = sorted({r["time_s"] for r in mine})
-        stats = [ci95([r[key] for r in mine if r["time_s"] == t]) for t in times]
-        m = np.array([s[0] for s in stats])
-        hw = np.nan_to_num(np.array([s[1] for s in stats]))
-        line, = ax.plot(times, m, label=_label(c, grid) or "run")
-        ax.fill_between(times, m - hw, m + hw, alpha=0.15, color=line.get_color())
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel(f"{key} (mean over seeds, 95% CI)")
-    ax.grid(alpha=0.3)
-    if len(configs) <= 12:
-        ax.legend(fontsize=7)
-    ax = axes[1]
-    final = summary["final"]
-    numeric = [k for k, v in grid.items() if len(v) > 1 and
-               all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)]
-    if len(numeric) == 2:
-        xs, ys = list(grid[numeric[0]]), list(grid[numeric[1]])
-        img = np.full((len(ys), len(xs)), np.nan)
-        for e in final:  # other fields (if any): the best entry per cell
-            i, j = ys.index(e[numeric[1]]), xs.index(e[numeric[0]])
-            v = e[key]
-            if np.isnan(img[i, j]) or (v > img[i, j]) == summary["higher_is_better"]:
-                img[i, j] = v
-        im = ax.imshow(img, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
-        ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
-        for i in range(len(ys)):
-            for j in range(len(xs)):
-                light = img[i, j] > np.nanmean(img)
-                ax.text(j, i, f"{img[i, j]:.3g}", ha="center", va="center", fontsize=7,
-                        color="k" if light else "w")
-        ax.set_xlabel(numeric[0])
-        ax.set_ylabel(numeric[1])
-        fig.colorbar(im, ax=ax, label=f"final {key}")
-    elif len(numeric) >= 1:
-        x = numeric[0]
-        rest = {k: v for k, v in grid.items() if k != x}
-        others = sorted({_label(e, rest) for e in final})
-        for o in others:
-            sel = [e for e in final if _label(e, rest) == o]
-            sel.sort(key=lambda e: e[x])
-            ax.errorbar([e[x] for e in sel], [e[key] for e in sel],
-                        yerr=np.nan_to_num([e[key + "_ci95"] for e in sel]), marker="o",
-                        capsize=3, label=o or None)
-        if all(v > 0 for v in grid[x]) and max(grid[x]) / min(grid[x]) >= 10:
-            ax.set_xscale("log")
-        ax.set_xlabel(x)
-        ax.set_ylabel(f"final {key}")
-        if any(others):
-            ax.legend(fontsize=7)
-    else:
-        ax.bar([str(e["config"]) for e in final], [e[key] for e in final],
-               yerr=np.nan_to_num([e[key + "_ci95"] for e in final]), capsize=3)
-        ax.set_xlabel("config")
-        ax.set_ylabel(f"final {key}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- CLI plugin
-
-
-def parse_grid_item(text: str) -> tuple[str, list]:
-    """'lr=0.01,0.05' -> ('lr', [0.01, 0.05]); values typed by the SimConfig field.
-
-    straggler_mbps takes one bandwidth per value (every straggler gets it);
-    ranges: 'lr=log:0.001:0.1:5' (5 log-spaced values), 'lr=lin:0:1:3'.
-    Anything that does not parse is a ConfigError naming the item and the expected form."""
-    if "=" not in text:
-        raise ConfigError(f"--grid {text!r} is invalid: use FIELD=v1,v2,...")
-    name, vals = text.split("=", 1)
-    name = name.strip().replace("-", "_")
-    fields = {f.name: f for f in dataclasses.fields(SimConfig)}
-    if name not in fields and name not in ALIASES:
-        raise ConfigError(f"--grid field {name!r} is not a SimConfig field: choose from "
-                          f"{sorted(set(fields) | set(ALIASES))}")
-    numeric = name in ALIASES or name == "straggler_mbps" or (
-        not isinstance(fields[name].default, bool | str))
-    if vals.strip().startswith(("log:", "lin:")):
-        try:
-            kind, a, b, k = vals.strip().split(":")
-            lo, hi, count = float(a), float(b), int(k)
-            if count < 1 or not (math.isfinite(lo) and math.isfinite(hi)) or (
-                    kind == "log" and (lo <= 0 or hi <= 0)):
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"--grid {text!r} is invalid: a range is log:LO:HI:K or "
-                              f"lin:LO:HI:K with numbers LO, HI (positive for log) and a whole "
-                              f"K >= 1") from None
-        space = np.geomspace if kind == "log" else np.linspace
-        raw = [float(f"{x:.6g}") for x in space(lo, hi, count)]
-    else:
-        raw = [v.strip() for v in vals.split(",") if v.strip()]
-    if not raw:
-        raise ConfigError(f"--grid {text!r} has no values: use FIELD=v1,v2,...")
-    default = None if name in ALIASES or name == "straggler_mbps" else fields[name].default
-    if isinstance(default, bool):
-        conv, want = _parse_bool, "true or false"
-    elif isinstance(default, int):
-        conv, want = _parse_int, "a whole number"
-    elif isinstance(default, str):
-        conv, want = str, "text"
-    else:
-        conv, want = float, "a number"
-    out = []
-    for v in raw:
-        try:
-            x = conv(v)
-        except ValueError:
-            raise ConfigError(f"--grid {text!r}: {v!r} is not {want}; {name} takes {want} "
-                              f"(FIELD=v1,v2,... or log:LO:HI:K)") from None
-        if numeric and not math.isfinite(float(x)):
-            raise ConfigError(f"--grid {text!r}: {v!r} is not a finite number")
-        out.append(x)
-    return name, out
-
-
-def _parse_int(v) -> int:
-    x = float(v)
-    if not (math.isfinite(x) and x == int(x)):
-        raise ValueError(v)
-    return int(x)
-
-
-def _parse_bool(v) -> bool:
-    low = str(v).lower()
-    if low in ("1", "true", "yes"):
-        return True
-    if low in ("0", "false", "no"):
-        return False
-    raise ValueError(v)
-
-
-def add_parser(subparsers) -> None:
-    from divjax import presets
-    from divjax.flags import add_config_flags
-
-    p = subparsers.add_parser(
-        "sweep", help="run a grid of hyperparameters x seeds as one vmapped program",
-        description="Shape-preserving fields (lr, momentum, weight_decay, straggler_mbps, "
-                    "latency_ms, n_stragglers, straggler_share, ...) are vmapped with the seeds; "
-                    "other fields (n_nodes, n_fragments, fanout, task, ...) loop in Python.")
-    p.add_argument("--preset", default=presets.DEFAULT_PRESET)
-    p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
-                   help="a swept field (repeatable); also log:LO:HI:K and lin:LO:HI:K")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per config")
-    p.add_argument("--base-seed", type=int, default=0)
-    p.add_argument("--chunk-size", type=int, default=0,
-                   help="points (config x seed) per compiled call; 0 = as many as fit (on a "
-                        "CPU: about 256 MB of state, at least one seed's configs)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output directory (default: a new runs/<date>-<time>-sweep-...[-N]); "
-                        "refused if it already holds results, see --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="let --out replace the results already there")
-    add_config_flags(p)
-    p.set_defaults(handler=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    from divjax.flags import config_from_args, prepare_out
-
-    cfg = config_from_args(args)
-    grid = dict(parse_grid_item(g) for g in args.grid)
-    split_grid(grid)
-    out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
-                                              f"{cfg.task}"), args.overwrite)
-    tty = sys.stdout.isatty()
-
-    lead = "\r" if tty else ""
-
-    def progress(done, total):
-        print(f"{lead}divjax sweep: {done}/{total} points", end="" if tty else "\n", flush=True)
-
-    res = sweep(cfg, grid, seeds=args.seeds, base_seed=args.base_seed,
-                chunk_size=args.chunk_size or None, out=out, progress=progress, verbose=True)
-    if tty:
-        print()
-    print((out / "summary.md").read_text())
-    print(f"divjax: wrote {res.out}/ (config.json, metrics.csv, metrics.jsonl, summary.json, "
-          f"summary.md, plot.png)")
-    if res.summary["diverged_configs"]:
-        print(f"divjax sweep: {len(res.summary['diverged_configs'])} config(s) diverged (see "
-              f"summary.md)", file=sys.stderr)
-    return 0

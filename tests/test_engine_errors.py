@@ -24,8 +24,9 @@ def test_make_run__divergence_shows_in_metrics_and_check_state(run):
     state, m = fn(jax.random.key(0), hp)
     assert int(state.errors) & ERR_NONFINITE
     assert m["errors"][-1] > 0 and m["errors"][0] >= 0
-    with pytest.raises(SimulationError, match="lower --lr"):
+    with pytest.raises(SimulationError, match=r"node \d+'s model became NaN.*lower --lr"):
         check_state(state, cfg)
+    assert 0 <= int(state.first_error_node) < cfg.n_nodes
     ok_state, ok = fn(jax.random.key(0), default_hparams(cfg))
     assert np.all(ok["errors"] == 0)
     check_state(ok_state, cfg)
@@ -72,11 +73,13 @@ def test_schedule__time_is_rounded_once_on_the_arrival():
     table = network.link_table(cfg, hp, np.array([1000]))           # 1000 bytes: 14 ms
     assert int(table.latency_units[0]) == 20 and int(table.msg_units[0, 0]) == 280
     sched = network.schedule_replaced_queue(table, jnp.array([0]), jnp.array([True]),
-                                            table.msg_units[:1], jnp.int32(3), 1000)
+                                            table.msg_units[:1], jnp.int32(3), 1000,
+                                            jnp.array([[1]]))
     assert int(sched.leave_tick[0, 0]) == 4 and int(sched.arrival[0, 0]) == 4
     # 990 sub-ticks on the link + 20 of latency crosses the tick boundary: one tick later
     sched = network.schedule_replaced_queue(table, jnp.array([0]), jnp.array([True]),
-                                            jnp.array([[990]]), jnp.int32(3), 1000)
+                                            jnp.array([[990]]), jnp.int32(3), 1000,
+                                            jnp.array([[1]]))
     assert int(sched.leave_tick[0, 0]) == 4 and int(sched.arrival[0, 0]) == 5
 
 
@@ -90,3 +93,20 @@ def test_memory_error__advice_fits_the_config():
     assert "--iteration-chunk" in tips and "receiver_iteration" not in tips
     tips = "; ".join(memory_advice(tiny_config(delivery="arrival_tick", iteration_chunk=8), est))
     assert "--delivery receiver_iteration" in tips and "--iteration-chunk" not in tips
+
+
+def test_adpsgd__a_ping_table_too_short_is_an_error_not_a_silent_drop():
+    """ping_slots=1 with fanout 4 (2 pings per iteration end): the table cannot hold them."""
+    from divjax.config import SimConfig
+    from divjax.sim import make_engine, simulate
+
+    cfg = SimConfig(algorithm="adpsgd", n_nodes=5, fanout=4, duration_s=1.0, tick_s=0.01,
+                    compute_s=0.1, ping_slots=1)
+    engine = make_engine(cfg)
+    assert engine.cfg.ping_slots == 1
+    with pytest.raises(SimulationError, match="ping-slots"):
+        simulate(engine, jax.random.key(0), default_hparams(engine.cfg))
+    auto = make_engine(cfg.replace(ping_slots=0))
+    assert auto.cfg.ping_slots >= 2
+    state, _ = simulate(auto, jax.random.key(0), default_hparams(auto.cfg))
+    check_state(state, auto.cfg)

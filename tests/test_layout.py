@@ -24,7 +24,6 @@ MAX_LINES = 400
 
 # Modules allowed past MAX_LINES, each with its reason. Nothing else may grow past it.
 LONG_MODULES = {
-    "divjax/sweep.py": "issue 17: split pending (grid parsing, chunked vmapped runs, outputs)",
     "divjax/network.py": "issue 17: split pending (clock and links apart from the ring buffer)",
 }
 

@@ -15,7 +15,8 @@ def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
     inbox = network.init_inbox(cfg, L, K, F)
     counters = network.init_counters(3, K, L + 1)
     table = network.LinkTable(jnp.full(3, 10), jnp.zeros(3, jnp.int32),
-                              jnp.ones((3, K), jnp.int32))
+                              jnp.ones((3, K), jnp.int32), jnp.zeros(3, jnp.int32),
+                              jnp.zeros((1, 1), jnp.int32))
     sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
                              leave_tick=jnp.full((1, 1, K), 5 + delay),
                              arrival=jnp.full((1, 1, K), 5 + delay),
@@ -37,7 +38,8 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
     inbox = network.init_inbox(cfg, B, K, F)
     counters = network.init_counters(3, K, 40)
     table = network.LinkTable(jnp.full(3, c), jnp.zeros(3, jnp.int32),
-                              jnp.ones((3, K), jnp.int32))
+                              jnp.ones((3, K), jnp.int32), jnp.zeros(3, jnp.int32),
+                              jnp.zeros((1, 1), jnp.int32))
     sched = network.Schedule(sent=jnp.ones((1, 1, K), bool),
                              leave_tick=jnp.full((1, 1, K), arrival),
                              arrival=jnp.full((1, 1, K), arrival), drop_tick=jnp.array([20]),

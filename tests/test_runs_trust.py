@@ -139,9 +139,11 @@ def test_sweep__a_diverging_point_is_marked_and_a_stopped_sweep_keeps_its_result
     assert {r["n_nodes"] for r in rows} == {4} and len(rows) == 2 * 2 * 4
     bad = [r for r in rows if r["lr"] == 50.0]
     assert all(r["diverged"] and r["diverged_at_s"] >= 0 for r in bad)
+    assert all(0 <= r["diverged_node"] < 4 for r in bad)           # the first node is named
     assert not any(r["diverged"] for r in rows if r["lr"] == 0.05)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["best"]["lr"] == 0.05
     assert summary["diverged_configs"] == [1]
     md = (out / "summary.md").read_text()
     assert "**Incomplete:**" in md and "config 1 (n_nodes=4, lr=50.0): 2/2 seeds, first at t=" in md
+    assert " s (node " in md

@@ -11,7 +11,8 @@ from conftest import tiny_config
 from divjax import cli
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
-from divjax.sweep import ci95, hparams_for, parse_grid_item, split_grid, stack_hparams, sweep
+from divjax.sweep import ci95, hparams_for, split_grid, stack_hparams, sweep
+from divjax.sweep_cli import parse_grid_item
 
 
 def test_sweep__grid_splits_into_vmapped_and_looped_fields():

@@ -30,6 +30,14 @@ iteration carries the receiver's previous snapshot.
 Ring sizing: pong times depend on the random pings, so the rings are sized for the run's horizon
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
 delay beyond the rings raises ERR_RING_TOO_SHORT, never a silent drop.
+
+Pings in flight: each node keeps its pings in its own table of `cfg.ping_slots` entries
+(arrival tick, receiver), filled in the order it sends them: O(n * slots) memory, where a ring
+indexed by arrival tick would hold (delay + 1) n^2 counts. At tick t the entries arriving at t
+are answered (`arrived_pings`; with latency regions a node's pings need not arrive in the order
+they were sent). A node has at most `fanout // 2` pings per iteration end within the longest
+delay in flight (`ping_slots_needed`); writing over one still in flight raises
+ERR_RING_TOO_SHORT.
 """
 
 from __future__ import annotations
@@ -60,9 +68,10 @@ class ADPSGDState(NamedTuple):
 
     queue: QueueState    # link end of queue and models queued, per node
     latest: jax.Array    # (n, K, F) float32: every node's latest post-training snapshot
-    pings: jax.Array     # (Lp, n, n) int16 (int32 if link_resolution > 32767): ping counts
-    #                      [arrival tick mod Lp, receiver, sender]; a link completes at most
-    #                      link_resolution messages in a tick, so a count never overflows
+    ping_arrival: jax.Array   # (n, Q) int32: arrival tick of sender i's pings, the j-th it
+    #                           ever sent at [i, j mod Q] (-1: none; before t: answered)
+    ping_receiver: jax.Array  # (n, Q) int32: their receivers
+    ping_tail: jax.Array      # (n,) int32: pings of each sender sent within the run
     history: jax.Array   # (H, n, K, F) float32: snapshot version v of node i at [v % H, i]
     #                      (version = iterations finished when it was taken; 0 = initial model)
     last_window: jax.Array   # (n, n) int32 [receiver, sender]: inbox window of the last model
@@ -161,9 +170,45 @@ def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree:
     return neighbors[node][idx]
 
 
-def ping_dtype(cfg: SimConfig):
-    """The smallest integer type that holds a ping count of one (tick, receiver, sender)."""
-    return jnp.int16 if cfg.link_resolution <= 2**15 - 1 else jnp.int32
+def ping_slots_needed(cfg: SimConfig, table) -> int:
+    """Pings one node can have in flight (host side, numpy table): `fanout // 2` per iteration
+    end, and a ping arrives at most `delay_ticks` after its iteration end, so the pings of at
+    most delay_ticks // c_min + 1 iteration ends are in flight at once."""
+    p = max(1, cfg.fanout // 2)
+    c_min = int(np.min(np.asarray(table.compute_ticks)))
+    return p * (cfg.delay_ticks // c_min + 1)
+
+
+def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: jax.Array,
+                 t: jax.Array, n: int):
+    """Write the sent pings (C, p) of the nodes `node` (C,) at tick t into their ping tables.
+
+    A node's pings take its table's slots in the order they were sent (the j-th at j mod Q).
+    `sent` is a prefix of each row (a ping queued after one that leaves after the run's end
+    leaves after it too). Returns (algo_state, overflow: () bool, a slot still held a ping in
+    flight, i.e. arriving after t)."""
+    Q = a.ping_arrival.shape[1]
+    safe = jnp.minimum(node, n - 1)
+    pos = (a.ping_tail[safe][:, None] + jnp.arange(sent.shape[1], dtype=jnp.int32)) % Q
+    row = jnp.where(sent & (node < n)[:, None], safe[:, None], n)                 # (C, p)
+    overflow = (jnp.any((row < n) & (a.ping_arrival[safe[:, None], pos] > t))
+                | jnp.any(jnp.sum(row < n, axis=1) > Q))     # more pings at once than slots
+    new_tail = a.ping_tail[safe] + jnp.sum(sent, axis=1).astype(jnp.int32)
+    a = a._replace(
+        ping_arrival=a.ping_arrival.at[row, pos].set(arrival, mode="drop"),
+        ping_receiver=a.ping_receiver.at[row, pos].set(recv, mode="drop"),
+        ping_tail=a.ping_tail.at[jnp.where(node < n, node, n)].set(new_tail, mode="drop"))
+    return a, overflow
+
+
+def arrived_pings(a, t: jax.Array, n: int) -> jax.Array:
+    """(n, n) int32: the pings arriving at tick t, [receiver, sender]. Every ping is answered
+    at its arrival tick, so a slot whose arrival is before t is free again; the latencies of
+    one node's pings may differ by receiver (latency regions), so every slot is looked at."""
+    due = a.ping_arrival == t                                                   # (n, Q)
+    sender = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None], due.shape)
+    return jnp.zeros((n, n), jnp.int32).at[jnp.where(due, a.ping_receiver, n), sender].add(
+        1, mode="drop")
 
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
@@ -171,17 +216,17 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
     latest_rule = cfg.inbox == "latest"
 
     def init(ctx: Context, params):
-        n = ctx.cfg.n_nodes
-        Lp = ctx.cfg.delay_ticks + 1  # as long as the counters' ring: every delay fits
+        n, Q = ctx.cfg.n_nodes, ctx.cfg.ping_slots
         H, m = (ctx.cfg.inbox_history, n) if latest_rule else (0, 0)
-        if latest_rule and H < 2:
-            raise ValueError("inbox_history must be resolved (>= 2) before init: build the "
-                             "engine with make_engine / make_run")
+        if (latest_rule and H < 2) or Q < 1:
+            raise ValueError("inbox_history and ping_slots must be resolved before init: "
+                             "build the engine with make_engine / make_run")
         history = jnp.zeros((H,) + params.shape, jnp.float32)
         if H:
             history = history.at[0].set(params)                                  # version 0
-        return ADPSGDState(init_queue_state(n), params,
-                           jnp.zeros((Lp, n, n), ping_dtype(ctx.cfg)), history,
+        zq = jnp.zeros((n, Q), jnp.int32)
+        return ADPSGDState(init_queue_state(n), params, zq - 1, zq, jnp.zeros((n,), jnp.int32),
+                           history,
                            jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
                            jnp.zeros((m, m), jnp.int32))
 
@@ -203,7 +248,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             sched = schedule_appended_queue(
                 ctx.cfg, ctx.table, a.queue.link_free, node,
                 jnp.broadcast_to(valid[:, None], (C, p)),
-                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K)
+                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv)
             sent = sched.sent[..., 0]
             inbox, counters, replaced = state.inbox, state.counters, None
             if latest_rule:
@@ -217,14 +262,13 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced)
             state = flag_error(state.replace(inbox=inbox, counters=counters),
                                jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
-            pings = a.pings.at[sched.arrival[..., 0] % a.pings.shape[0],
-                               jnp.where(sent, recv, n),
-                               jnp.broadcast_to(safe[:, None], (C, p))].add(1, mode="drop")
+            a, overflow = record_pings(a, node, recv, sent, sched.arrival[..., 0], t, n)
+            state = flag_error(state, jnp.where(overflow, ERR_RING_TOO_SHORT, 0), t)
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
                                    jnp.full((C,), p, jnp.int32), t),
                 a.queue.enqueued.at[drop].add(p, mode="drop"))
-            a = a._replace(queue=q, pings=pings)
+            a = a._replace(queue=q)
         inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid,
                                               ctx.table.compute_ticks, t)
         averaged = average_with_inbox(trained, got_total, got_count)
@@ -234,11 +278,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         """Answer the pings arriving at tick t with pongs carrying the latest models."""
         del keys  # pongs draw nothing
         n = ctx.cfg.n_nodes
-        a = state.algo_state
-        slot = t % a.pings.shape[0]
-        count = a.pings[slot].astype(jnp.int32)                                # (recv, send)
+        count = arrived_pings(state.algo_state, t, n)                          # (recv, send)
         total = jnp.sum(count, axis=1)                                         # (n,) pongs
-        state = state.replace(algo_state=a._replace(pings=a.pings.at[slot].set(0)))
 
         def answer(state):
             a = state.algo_state
@@ -254,7 +295,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 target = jnp.minimum(jnp.sum(cum <= m, axis=1), n - 1).astype(jnp.int32)
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 (total > m)[:, None],
-                                                jnp.full((n, 1), m, jnp.int32), t, K)
+                                                jnp.full((n, 1), m, jnp.int32), t, K,
+                                                target[:, None])
                 if latest_rule:
                     inbox, counters, a, _, lost_m = retract_replaced(
                         ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
@@ -289,9 +331,13 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
-        if not latest_rule or cfg_resolved.inbox_history > 0:
-            return cfg_resolved
-        return cfg_resolved.replace(inbox_history=history_depth(cfg_resolved, table))
+        if cfg_resolved.ping_slots == 0:
+            cfg_resolved = cfg_resolved.replace(
+                ping_slots=ping_slots_needed(cfg_resolved, table))
+        if latest_rule and cfg_resolved.inbox_history == 0:
+            cfg_resolved = cfg_resolved.replace(
+                inbox_history=history_depth(cfg_resolved, table))
+        return cfg_resolved
 
     return Algorithm("adpsgd", init, iteration_end, on_tick=on_tick,
                      longest_delay=longest_delay, resolve_sizes=resolve_sizes)

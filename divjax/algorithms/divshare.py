@@ -54,7 +54,9 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
         lambda k, i: divshare_routes(k, i, ctx.neighbors, ctx.degree, K, s))(k_route, safe)
     fragment_q = queue % K                                                       # (C, M)
     units_q = jnp.take_along_axis(ctx.table.msg_units[safe], fragment_q, axis=1)
-    sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution)
+    recv_q = jnp.take_along_axis(receivers.reshape(C, s * K), queue, axis=1)   # queue order
+    sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution,
+                                    recv_q)
     # back from queue order to message order m = j * K + k, then (C, s, K)
     to_msg = jnp.argsort(queue, axis=1)
     unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731

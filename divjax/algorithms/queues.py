@@ -28,7 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, SimConfig
-from divjax.network import LinkTable, Schedule, arrival_tick, push
+from divjax.network import (
+    LinkTable,
+    Schedule,
+    arrival_tick,
+    latency_bounds_units,
+    pair_latency_units,
+    push,
+)
 from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
 
@@ -51,13 +58,14 @@ def model_units(table: LinkTable) -> jax.Array:
 
 def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
                             sender: jax.Array, active: jax.Array, position: jax.Array,
-                            t: jax.Array, K: int) -> Schedule:
+                            t: jax.Array, K: int, receiver: jax.Array) -> Schedule:
     """Timing of full-model messages appended at tick t to the queues of C senders.
 
     Args:
       link_free: (n,) int32, every link's current end of queue (sub-ticks).
       sender: (C,) int32; active: (C, J) bool, which messages exist;
-      position: (C, J) int32, each message's place among the messages appended now (0-based).
+      position: (C, J) int32, each message's place among the messages appended now (0-based);
+      receiver: (C, J) int32, their receivers (for the pair's latency; padding may be n).
     Returns: a Schedule with (C, J, K) fields (the K fragments of one message leave together);
       drop_tick is unused (nothing is dropped). The new end of queue is `appended_link_free`.
     """
@@ -68,7 +76,9 @@ def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Arr
     leave_sub = start + (position + 1) * units                              # (C, J)
     leave_tick = (leave_sub + R - 1) // R
     sent = active & (leave_tick < T)
-    arrival = arrival_tick(leave_sub, table.latency_units[safe][:, None], R)
+    n = table.compute_ticks.shape[0]
+    lat = pair_latency_units(table, safe[:, None], jnp.minimum(receiver, n - 1))
+    arrival = arrival_tick(leave_sub, lat, R)
     wide = lambda x: jnp.broadcast_to(x[..., None], x.shape + (K,))  # noqa: E731
     return Schedule(wide(sent), wide(leave_tick), wide(arrival),
                     jnp.broadcast_to(t, safe.shape), jnp.broadcast_to(t, safe.shape))
@@ -100,6 +110,7 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
     every node appends `per_iteration` full models at each of its iteration ends (Swift).
 
     The schedule is deterministic (fixed compute times and sizes): with S = per_iteration * U,
+    (with latency regions, each sender's largest latency: then an upper bound)
     the end of queue after the m-th iteration end t_m = (m+1) c is
     free_m = (m+1) S + max_{j<=m} (t_j R - j S). Host side, numpy.
     """
@@ -108,7 +119,7 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
     c_all = np.asarray(table.compute_ticks, np.int64)
     n = c_all.shape[-1]
     c_all = c_all.reshape(-1, n)
-    lat_all = np.asarray(table.latency_units, np.int64).reshape(-1, n)
+    lat_all = np.asarray(latency_bounds_units(table)[1], np.int64).reshape(-1, n)
     U_all = np.asarray(model_units(table), np.int64).reshape(-1, n)
     worst = 1
     if per_iteration == 0:
@@ -139,7 +150,7 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
     c = jnp.asarray(table.compute_ticks)
     U = model_units(table)
     comm_sub = jnp.max(jnp.asarray(sends, jnp.int32) * U, axis=-1)
-    lat = jnp.max(jnp.asarray(table.latency_units), axis=-1)
+    lat = jnp.max(latency_bounds_units(table)[1], axis=-1)
     comm = arrival_tick(comm_sub, jnp.where(comm_sub > 0, lat, 0), cfg.link_resolution)
     round_ticks = jnp.max(c, axis=-1) + comm
     return table._replace(
@@ -163,7 +174,8 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
     K = payload.shape[1]
     position = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (C, J))
     active = jnp.broadcast_to(valid[:, None], (C, J))
-    sched = schedule_appended_queue(ctx.cfg, ctx.table, link_free, node, active, position, t, K)
+    sched = schedule_appended_queue(ctx.cfg, ctx.table, link_free, node, active, position, t, K,
+                                    recv)
     replaced = None
     if replaced_fn is not None:
         replaced = jnp.broadcast_to(replaced_fn(sched)[..., None], (C, J, K))

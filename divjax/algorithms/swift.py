@@ -28,7 +28,13 @@ from divjax.algorithms.queues import (
     send_full_models,
 )
 from divjax.config import SimConfig
-from divjax.network import aggregation_index, arrival_tick, collect
+from divjax.network import (
+    aggregation_index,
+    arrival_tick,
+    collect,
+    latency_bounds_units,
+    pair_latency_units,
+)
 from divjax.state import tick_keys
 
 
@@ -67,7 +73,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     safe = jnp.minimum(node, n - 1)
     c_send = table.compute_ticks[safe]                                           # (C,)
     U = model_units(table)[safe]
-    lat = table.latency_units[safe]
+    lat_low = latency_bounds_units(table)[0][safe]                                  # (C,)
     c_recv = table.compute_ticks[recv]                                           # (C, s)
     window = aggregation_index(arrival, c_recv)
     last_agg = jnp.max(jnp.where(sent, window * c_recv, 0), axis=1)
@@ -76,7 +82,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
 
     def pending(i, free):
         t_i = t + i * c_send
-        first = arrival_tick(jnp.maximum(free, t_i * R) + U, lat, R)           # earliest arrival
+        first = arrival_tick(jnp.maximum(free, t_i * R) + U, lat_low, R)       # earliest arrival
         return (t_i < horizon) & (first <= horizon)
 
     def body(carry):
@@ -89,7 +95,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         start = jnp.maximum(free, t_i * R)
         leave_sub = start[:, None] + position * U[:, None]
         leave = (leave_sub + R - 1) // R
-        arrival_i = arrival_tick(leave_sub, lat[:, None], R)
+        arrival_i = arrival_tick(leave_sub, pair_latency_units(table, safe[:, None], recv_i), R)
         ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
                 & (aggregation_index(arrival_i[:, None, :], c_recv[:, :, None])

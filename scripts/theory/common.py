@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 from divjax import SimConfig, Task, check_state, default_hparams, make_run
 from divjax.config import HParams
-from divjax.network import link_table
+from divjax.network import latency_bounds_units, link_table
 from divjax.sizing import model_layout
 from divjax.tasks import make_synthetic_task
 
@@ -217,7 +217,8 @@ def delay_bound(cfg: SimConfig, task: Task, hp: HParams) -> dict:
     """
     layout = model_layout(cfg, task)
     table = jax.tree.map(np.asarray, link_table(cfg, hp, layout.fragment_bytes))
-    c, lat = table.compute_ticks.astype(np.int64), table.latency_units.astype(np.int64)
+    c = table.compute_ticks.astype(np.int64)
+    lat = np.asarray(latency_bounds_units(table)[1], np.int64)  # each sender's largest latency
     R, M = cfg.link_resolution, cfg.messages_per_iteration
     per_msg = np.mean(table.msg_units, axis=1)                       # (n,) sub-ticks
     fits = np.minimum(M, np.floor(c * R / per_msg))                  # messages sent / iteration
