@@ -57,8 +57,8 @@ from divjax import conv, models
 from divjax.config import default_hparams
 from divjax.local import loop_over_nodes
 from divjax.presets import get_preset
+from divjax.registry import make_task
 from divjax.sim import make_engine
-from divjax.tasks import make_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR = os.environ.get("DIVJAX_DATA_DIR",

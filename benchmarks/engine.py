@@ -57,9 +57,10 @@ from divjax import memory, network
 from divjax.algorithms import ALGORITHMS, Context
 from divjax.config import SimConfig, default_hparams
 from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.registry import TASKS, make_task
 from divjax.sim import make_engine
 from divjax.state import tick_keys
-from divjax.tasks import make_synthetic_task, make_task
+from divjax.tasks import make_synthetic_task
 from divjax.topology import adjacency, neighbor_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -315,13 +316,6 @@ def base_cfg(task: str, n: int, **kw) -> SimConfig:
 
 
 def have_task(name: str) -> bool:
-    from divjax.tasks import TASKS, _load_builtin_tasks
-
-    try:
-        _load_builtin_tasks()
-    except Exception as e:  # noqa: BLE001
-        print(f"# real tasks unavailable: {e}", file=sys.stderr)
-        return False
     return name in TASKS
 
 

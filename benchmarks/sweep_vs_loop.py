@@ -42,9 +42,9 @@ import numpy as np
 
 from divjax import presets
 from divjax.algorithms import ALGORITHMS
+from divjax.registry import make_task
 from divjax.sim import make_engine, make_run, simulate
 from divjax.sweep import auto_chunk, hparams_for, resolve_grid, run_points, stack_hparams
-from divjax.tasks import make_task
 
 
 def git_commit() -> str:

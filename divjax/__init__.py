@@ -2,9 +2,10 @@
 
 from divjax.algorithms import ALGORITHMS, Algorithm
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams, product
+from divjax.registry import TASKS, make_task
 from divjax.sim import SimulationError, check_state, make_engine, make_run
 from divjax.sizing import resolve
-from divjax.tasks import TASKS, Task, make_task
+from divjax.tasks import Task
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
-import shutil
 import signal
 import sys
 import threading
@@ -22,103 +20,8 @@ import jax
 import numpy as np
 
 from divjax import presets
-from divjax.config import ConfigError, SimConfig, default_hparams, field_help
-
-
-def _parse_tuple(text: str) -> tuple:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of numbers (e.g. 12,12,13)") from None
-
-
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(f"{x:g}" for x in value)
-    if isinstance(value, str):
-        return repr(value) if value == "" else value
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per SimConfig field; unset flags keep the preset's value.
-
-    Each flag's help is the field's documentation in divjax/config.py (`config.field_help`),
-    with the value the default preset gives it."""
-    help_of = field_help()
-    try:
-        base = presets.get_preset(presets.DEFAULT_PRESET)
-    except ConfigError:
-        base = SimConfig()
-    group = parser.add_argument_group(
-        "configuration (override the preset)",
-        f"Defaults are those of the default preset {presets.DEFAULT_PRESET}; --preset changes "
-        f"them. Times are simulated seconds.")
-    for f in dataclasses.fields(SimConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        text = (help_of.get(f.name, "") + f" (default: {_show(getattr(base, f.name))})")
-        text = text.replace("%", "%%")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=text)
-        elif isinstance(default, tuple):
-            group.add_argument(flag, type=_parse_tuple, default=argparse.SUPPRESS,
-                               metavar="X[,X...]", help=text + "; comma-separated")
-        else:
-            group.add_argument(flag, type=type(default), default=argparse.SUPPRESS,
-                               metavar="TEXT" if isinstance(default, str) else None, help=text)
-
-
-# Files and folders that mark a directory as holding results of divjax run, sweep or compare.
-RESULT_FILES = ("metrics.json", "metrics.csv", "metrics.jsonl", "summary.md", "summary.json",
-                "plot.png", "compare.md", "compare.json", "compare.png", "run.json",
-                "checkpoints", "tensorboard")
-
-
-def prepare_out(out: Path | None, default_name: str, overwrite: bool = False) -> Path:
-    """Create (and return) the output directory of a command before anything is computed.
-
-    Without `out`: runs/<default_name>, or -2, -3, ... when that exists (each name claimed with
-    an atomic mkdir, so two runs started in the same second never share a directory). With
-    `out`: refused if it already holds results (RESULT_FILES) unless `overwrite`, which removes
-    those results first (never other files). A path that cannot be created is a ConfigError."""
-    try:
-        if out is None:
-            base = Path("runs") / default_name
-            base.parent.mkdir(parents=True, exist_ok=True)
-            for i in itertools.count(1):
-                cand = base if i == 1 else base.with_name(f"{base.name}-{i}")
-                try:
-                    cand.mkdir()
-                    return cand
-                except FileExistsError:
-                    continue
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a directory: choose another --out")
-        held = [name for name in RESULT_FILES if (out / name).exists()]
-        if held and not overwrite:
-            resume = (f", or `divjax run --resume {out}` to continue it"
-                      if "run.json" in held else "")
-            raise ConfigError(f"--out {out} already holds results ({', '.join(held)}): choose a "
-                              f"new --out, or add --overwrite to replace them{resume}")
-        for name in held:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".divjax-write-test"
-        probe.write_text("")
-        probe.unlink()
-        return out
-    except OSError as e:
-        raise ConfigError(f"--out {out if out is not None else Path('runs') / default_name}: "
-                          f"cannot write there ({e.strerror or e}): choose a writable "
-                          f"directory") from e
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.flags import add_config_flags, config_from_args, prepare_out
 
 
 @contextlib.contextmanager
@@ -137,13 +40,6 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def config_from_args(args: argparse.Namespace) -> SimConfig:
-    base = presets.get_preset(args.preset)
-    fields = {f.name for f in dataclasses.fields(SimConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    return dataclasses.replace(base, **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,23 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "or tensorflow)")
     add_config_flags(run)
     sub.add_parser("presets", help="list the presets")
-    for module in _plugin_modules():
+    # the other subcommands: each module adds its parser and handler (handler(args) -> exit code)
+    from divjax import compare, plotting, sweep_cli
+
+    for module in (compare, sweep_cli, plotting):
         module.add_parser(sub)
     return parser
-
-
-# Modules that add their own subcommand: each defines add_parser(subparsers) and registers
-# its handler with parser.set_defaults(handler=fn); fn(args) -> exit code.
-PLUGINS = ("divjax.compare", "divjax.sweep_cli", "divjax.plotting")
-
-
-def _plugin_modules():
-    import importlib
-    import importlib.util
-
-    for name in PLUGINS:
-        if importlib.util.find_spec(name) is not None:
-            yield importlib.import_module(name)
 
 
 def main(argv=None) -> int:
@@ -202,7 +87,6 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             if args.command == "presets":
-                presets._load_data_presets()
                 for name, fn in sorted(presets.PRESETS.items()):
                     print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
                 return 0

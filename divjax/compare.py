@@ -33,7 +33,7 @@ from divjax import presets
 
 def add_parser(subparsers) -> None:
     """Register `divjax compare` (called by divjax.cli)."""
-    from divjax.cli import add_config_flags
+    from divjax.flags import add_config_flags
 
     p = subparsers.add_parser(
         "compare", help="run several algorithms on the same network and seed; one table and "
@@ -108,8 +108,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Not jittable: host driver, file output."""
     from divjax import report
     from divjax.algorithms import ALGORITHMS
-    from divjax.cli import config_from_args, prepare_out
     from divjax.config import ConfigError, default_hparams
+    from divjax.flags import config_from_args, prepare_out
     from divjax.sim import make_engine, simulate
 
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]

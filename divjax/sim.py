@@ -38,6 +38,7 @@ from divjax.local import (
     node_batch_key,
     rows_finite,
 )
+from divjax.registry import make_task
 from divjax.rows import get_rows, set_rows
 from divjax.sizing import check_memory_early, model_layout, resolve
 from divjax.state import (
@@ -52,7 +53,7 @@ from divjax.state import (
     initial_state,
     tick_keys,
 )
-from divjax.tasks import Task, make_task
+from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table
 
 

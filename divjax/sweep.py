@@ -325,8 +325,8 @@ def _sweep_groups(cfg, statics, dynamic, keys, seeds, chunk_size, progress, verb
     """The loop over shape-changing groups of `sweep`; appends to rows, configs, group_metrics
     and groups as each group finishes (so a stopped sweep keeps the finished groups)."""
     from divjax.algorithms import ALGORITHMS
+    from divjax.registry import make_task
     from divjax.sim import make_run
-    from divjax.tasks import make_task
 
     for g, st in enumerate(statics):
         cfg_g = cfg.replace(**st)

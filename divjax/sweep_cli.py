@@ -89,7 +89,7 @@ def _parse_bool(v) -> bool:
 
 def add_parser(subparsers) -> None:
     from divjax import presets
-    from divjax.cli import add_config_flags
+    from divjax.flags import add_config_flags
 
     p = subparsers.add_parser(
         "sweep", help="run a grid of hyperparameters x seeds as one vmapped program",
@@ -114,7 +114,7 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from divjax.cli import config_from_args, prepare_out
+    from divjax.flags import config_from_args, prepare_out
 
     cfg = config_from_args(args)
     grid = dict(parse_grid_item(g) for g in args.grid)

@@ -1,8 +1,8 @@
 """Learning problems as bundles of pure functions (`Task`), and the synthetic task.
 
 A task is what the engine needs to train and evaluate node models: `init`, `loss`,
-`sample_batch` and `evaluate`, each pure and jittable. Real data sets (CIFAR-10, MovieLens)
-register themselves in `TASKS` from `divjax.data` / `divjax.models`.
+`sample_batch` and `evaluate`, each pure and jittable. The real data sets' tasks (CIFAR-10,
+MovieLens) are built in `divjax.data`; every task name is listed in `divjax.registry.TASKS`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.config import ConfigError, SimConfig
+from divjax.config import SimConfig
 
 
 class Task(NamedTuple):
@@ -112,27 +112,3 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
               "samples_per_node": samples_per_node, "heterogeneity": heterogeneity,
               "noise": noise, "optimal_loss": float(opt_loss)},
     )
-
-
-TASKS: dict[str, Callable[[SimConfig], Task]] = {"synthetic": make_synthetic_task}
-
-
-def register_task(name: str, factory: Callable[[SimConfig], Task]) -> None:
-    TASKS[name] = factory
-
-
-def make_task(cfg: SimConfig) -> Task:
-    """Build the task named by `cfg.task`."""
-    _load_builtin_tasks()
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is unknown: choose one of {sorted(TASKS)}")
-    return TASKS[cfg.task](cfg)
-
-
-def _load_builtin_tasks() -> None:
-    """Register the real-data tasks, if their module is present (imported lazily)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("divjax.data") is not None:
-        importlib.import_module("divjax.data")  # registers cifar10 / movielens

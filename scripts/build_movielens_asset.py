@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from divjax.data import ASSET_NAME, parse_ratings_csv, ratings_to_asset
+from divjax.data.movielens_files import ASSET_NAME, parse_ratings_csv, ratings_to_asset
 
 ROOT = Path(__file__).resolve().parent.parent
 

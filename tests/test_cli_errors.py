@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from divjax import checkpoint, cli, config, data
+from divjax import checkpoint, cli, config, data, flags
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.topology import adjacency
 
@@ -208,7 +208,7 @@ def test_cli__overwrite_removes_only_results(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "checkpoints" / "40").mkdir(parents=True)
     (tmp_path / "notes.txt").write_text("mine")
-    assert cli.prepare_out(tmp_path, "x", overwrite=True) == tmp_path
+    assert flags.prepare_out(tmp_path, "x", overwrite=True) == tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
@@ -242,7 +242,7 @@ def test_cli__default_out_dirs_are_unique(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     with ThreadPoolExecutor(8) as pool:
-        dirs = list(pool.map(lambda _: cli.prepare_out(None, "20260101-000000-divshare-x"),
+        dirs = list(pool.map(lambda _: flags.prepare_out(None, "20260101-000000-divshare-x"),
                              range(16)))
     assert len(set(dirs)) == 16 and all(d.is_dir() for d in dirs)
     assert sorted(d.name for d in dirs)[:2] == ["20260101-000000-divshare-x",

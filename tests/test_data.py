@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import divjax
 from divjax import data
 from divjax.config import ConfigError, SimConfig
+from divjax.data import cifar10_files, movielens_files
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -109,7 +111,7 @@ def test_cifar_loader__binary_record_layout_is_label_then_chw(tmp_path):
     raw = binary_batch(x, np.array([4]))
     assert len(raw) == 3073 and raw[0] == 4
     assert raw[1 + 0 * 1024 + 1 * 32 + 2] == 7 and raw[1 + 2 * 1024 + 1 * 32 + 2] == 9
-    got, y = data.read_cifar_binary(raw, "mem")
+    got, y = cifar10_files.read_cifar_binary(raw, "mem")
     chex.assert_trees_all_equal(got, x)
     assert y.tolist() == [4]
 
@@ -203,9 +205,9 @@ def test_movielens_loader__errors(tmp_path):
 
 
 def test_movielens_asset__roundtrip(tmp_path):
-    r, _ = data.load_movielens_local(str(write_ratings_csv(tmp_path / "ratings.csv")),
-                                     "latest-small")
-    back = data.ratings_from_asset(data.ratings_to_asset(r))
+    r, _ = movielens_files.load_movielens_local(
+        str(write_ratings_csv(tmp_path / "ratings.csv")), "latest-small")
+    back = movielens_files.ratings_from_asset(movielens_files.ratings_to_asset(r))
     chex.assert_trees_all_equal(tuple(back), tuple(r))
 
 
@@ -219,7 +221,7 @@ def test_movielens_embedded__equals_shared_ratings_csv():
     assert len(got.user) == 100_836 and np.unique(got.user).size == 610
     assert np.unique(got.item).size == 9724
     chex.assert_trees_all_equal(tuple(got), tuple(want))
-    lic = Path(data.__file__).parent / "assets" / "MOVIELENS_LICENSE.txt"
+    lic = Path(divjax.__file__).parent / "assets" / "MOVIELENS_LICENSE.txt"
     assert lic.read_bytes() == (SHARED / "ml-latest-small" / "README.txt").read_bytes()
 
 
@@ -374,7 +376,7 @@ def test_cifar10_task__partition_summary_and_evaluation(tmp_path):
 
 def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
     from divjax.data import synthetic_ratings
-    from divjax.tasks import make_task
+    from divjax.registry import make_task
 
     task = make_task(SimConfig(task="movielens-synthetic", n_nodes=700, batch_size=8))
     assert task.info["n_users"] == 700 and task.info["params"] == 206_680
@@ -387,7 +389,7 @@ def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
 
 def test_movielens_evaluate__equals_numpy_rmse_on_global_and_node_test_sets():
     from divjax import models
-    from divjax.tasks import make_task
+    from divjax.registry import make_task
 
     n = 16
     task = make_task(SimConfig(task="movielens", n_nodes=n))

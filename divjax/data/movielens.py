@@ -1,0 +1,162 @@
+"""The MovieLens task: matrix factorisation (20 factors), users dealt to nodes in blocks.
+
+Also `synthetic_ratings`, MovieLens-shaped ratings from a planted low-rank model, for scaling
+runs past MovieLens' 610 users (task `movielens-synthetic`).
+
+Evaluation (`evaluate(params, node)`), in fixed-size chunks so memory per call is bounded: node
+>= 0 on the test ratings of the node's own users; node = -1 on every test rating. `loss` = test
+MSE over the ratings of the view, `rmse` = sqrt(loss) (primary: the paper reports the square root
+of the mean batch MSE, which equals this when batches are equal). Local training updates only
+the rows a mini-batch touches (`models.make_mf_sparse_train`), unless a momentum buffer needs
+the generic dense update.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from divjax import models
+from divjax.config import ConfigError, SimConfig
+from divjax.data.movielens_files import Ratings
+from divjax.data.partitions import padded_table, split_movielens, summarize
+from divjax.data.sources import load_movielens
+from divjax.local import make_train_one
+from divjax.tasks import Task
+
+
+def synthetic_ratings(n_users: int, n_params: int = 206_680, rank: int = 5,
+                      per_user: int = 40, seed: int = 0) -> Ratings:
+    """MovieLens-shaped ratings from a planted low-rank model, for scaling runs past 610 users.
+
+    n_items is chosen so that the 20-factor model has `n_params` parameters (MovieLens
+    latest-small's 206,680 by default): n_items = n_params / 20 - n_users. Each user rates
+    `per_user` distinct random items and every item is rated at least once; a rating is
+    3.5 + <u, v> + noise, rounded to half stars in [0.5, 5].
+    """
+    n_items = n_params // models.MF_FACTORS - n_users
+    if n_items < per_user:
+        raise ConfigError(f"{n_users} users leave {n_items} items in a {n_params}-parameter "
+                          f"model: use fewer nodes (at most "
+                          f"{n_params // models.MF_FACTORS - per_user})")
+    rng = np.random.default_rng(seed)
+    u = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_users, rank))
+    v = rng.normal(0.0, 1.0 / np.sqrt(rank), (n_items, rank))
+    item = np.stack([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    user = np.repeat(np.arange(n_users), per_user)
+    item = item.reshape(-1)
+    unrated = np.setdiff1d(np.arange(n_items), item)    # every item is rated at least once
+    user = np.concatenate([user, rng.integers(0, n_users, unrated.size)])
+    item = np.concatenate([item, unrated])
+    raw = 3.5 + np.sum(u[user] * v[item], axis=1) + rng.normal(0.0, 0.3, user.size)
+    stars = np.clip(np.round(raw * 2) / 2, 0.5, 5.0).astype(np.float32)
+    return Ratings(user.astype(np.int64), item.astype(np.int64), stars)
+
+
+def make_movielens_task(cfg: SimConfig, variant: str = "latest-small", eval_batch: int = 1024,
+                        name: str = "movielens") -> Task:
+    """MovieLens with matrix factorisation (20 factors), users dealt to nodes in blocks.
+
+    variant "synthetic": `synthetic_ratings` with one user per node (at least 610), a model of
+    MovieLens latest-small's size; for scaling to thousands of nodes.
+    """
+    if variant == "synthetic":
+        ratings = synthetic_ratings(max(cfg.n_nodes, 610), seed=cfg.data_seed)
+        source = (f"synthetic ratings, planted rank 5 ({len(ratings.rating)} ratings, "
+                  f"seed {cfg.data_seed})")
+    else:
+        ratings, source = load_movielens(cfg.data_dir, variant)
+    sp = split_movielens(ratings, cfg.n_nodes, cfg.data_seed)
+    n = cfg.n_nodes
+    tr, te = np.flatnonzero(sp.train), np.flatnonzero(~sp.train)
+    node_of_user = np.searchsorted(sp.node_users, np.arange(sp.n_users), side="right") - 1
+    train_parts = [tr[node_of_user[sp.user[tr]] == i] for i in range(n)]
+    test_parts = [te[node_of_user[sp.user[te]] == i] for i in range(n)] + [te]
+    node_idx, node_size = padded_table(train_parts)
+    # test views back to back (row n = the global test set): a padded (n + 1, m) table would
+    # be as wide as the global set, n * |test| entries
+    view_size = np.array([len(p) for p in test_parts], np.int32)
+    view_start = np.concatenate([[0], np.cumsum(view_size)[:-1]]).astype(np.int32)
+    flat_views = np.concatenate(test_parts + [np.zeros(eval_batch, np.int64)]).astype(np.int32)
+
+    user_d, item_d = jnp.asarray(sp.user), jnp.asarray(sp.item)
+    rating_d = jnp.asarray(sp.rating, jnp.float32)
+    node_idx_d, node_size_d = jnp.asarray(node_idx), jnp.asarray(node_size)
+    flat_views_d = jnp.asarray(flat_views)
+    view_start_d, view_size_d = jnp.asarray(view_start), jnp.asarray(view_size)
+    init, predict = models.mf_functions(sp.n_users, sp.n_items)
+    B = cfg.batch_size
+
+    def loss(params, batch):
+        return jnp.mean((predict(params, batch["user"], batch["item"]) - batch["rating"]) ** 2)
+
+    def sample_batch(key, node):
+        j = jax.random.randint(key, (B,), 0, node_size_d[node])
+        idx = node_idx_d[node, j]
+        return {"user": user_d[idx], "item": item_d[idx], "rating": rating_d[idx]}
+
+    def make_evaluate(predict_fn):
+        """evaluate(params, node) from predict_fn(params, user (B,), item (B,)) -> (B,)."""
+
+        def evaluate(params, node):
+            row = jnp.where(node < 0, n, node)
+            size = view_size_d[row]
+
+            def body(c, se):
+                start = c * eval_batch
+                idx = jax.lax.dynamic_slice(flat_views_d, (view_start_d[row] + start,),
+                                            (eval_batch,))
+                mask = start + jnp.arange(eval_batch) < size
+                err = predict_fn(params, user_d[idx], item_d[idx]) - rating_d[idx]
+                return se + jnp.sum(jnp.where(mask, err**2, 0.0))
+
+            se = jax.lax.fori_loop(0, (size + eval_batch - 1) // eval_batch, body,
+                                   jnp.float32(0))
+            mse = se / jnp.maximum(size, 1).astype(jnp.float32)
+            return {"rmse": jnp.sqrt(mse), "loss": mse}
+
+        return evaluate
+
+    evaluate = make_evaluate(predict)
+
+    def row_positions(layout):
+        """(n_users, f), (n_items, f): where each factor of each row sits in the (K, F) array."""
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                jax.eval_shape(init, jax.random.key(0)))
+        return models.mf_row_positions(layout, template, sp.n_users, sp.n_items)
+
+    def make_local_train(cfg_, layout, tx):
+        if cfg_.momentum_buffer:   # stateful optimizer: the generic dense update (documented)
+            return make_train_one(cfg_, dense_task, layout, tx)
+        upos, ipos = row_positions(layout)
+        return models.make_mf_sparse_train(cfg_, layout, tx, sample_batch, upos, ipos)
+
+    def make_flat_evaluate(layout):
+        # the rows a test rating needs, read straight from the (K, F) fragment array: no
+        # unflatten (a gather of the whole model) per node and evaluation
+        upos, ipos = (jnp.asarray(x) for x in row_positions(layout))
+
+        def predict_flat(params, user, item):
+            q = params.reshape(-1)
+            return models.mf_predict_rows(q[upos[user]], q[ipos[item]])
+
+        return make_evaluate(predict_flat)
+
+    users_per_node = np.diff(sp.node_users)
+    info = {
+        "kind": f"MovieLens {variant} rating prediction, matrix factorisation "
+                f"({models.MF_FACTORS} factors)", "source": source,
+        "n_ratings": int(len(sp.rating)), "n_users": sp.n_users, "n_items": sp.n_items,
+        "n_train": int(tr.size), "n_test": int(te.size),
+        "params": models.mf_param_count(sp.n_users, sp.n_items),
+        "users_per_node": users_per_node.tolist(), "samples_per_node": node_size.tolist(),
+        "test_per_node": view_size[:n].tolist(),
+        "local_update": "dense (momentum buffer)" if cfg.momentum_buffer else "sparse rows",
+        "summary": f"{summarize(users_per_node, 'users')}; {summarize(node_size, 'train ratings')}",
+    }
+    dense_task = Task(name=name, init=init, loss=loss, sample_batch=sample_batch,
+                      evaluate=evaluate, metric_names=("rmse", "loss"), primary="rmse",
+                      higher_is_better=False, info=info)
+    return dense_task._replace(make_local_train=make_local_train,
+                               make_flat_evaluate=make_flat_evaluate)

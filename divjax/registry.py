@@ -1,0 +1,39 @@
+"""The task registry: every task name `cfg.task` can take, and the builder it calls.
+
+`TASKS` is written out below; nothing adds to it by being imported. A new task is one more
+line here (its builder lives in `divjax.tasks` for synthetic problems, `divjax.data.<dataset>`
+for real data). Presets (`--preset NAME`) are listed the same way in `divjax.presets.PRESETS`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+from divjax.config import ConfigError, SimConfig
+from divjax.data.cifar10 import make_cifar10_task
+from divjax.data.movielens import make_movielens_task
+from divjax.tasks import Task, make_synthetic_task
+
+TASKS: dict[str, Callable[[SimConfig], Task]] = {
+    "synthetic": make_synthetic_task,
+    "cifar10": make_cifar10_task,
+    "cifar10-iid": partial(make_cifar10_task, partition="iid", name="cifar10-iid"),
+    **{f"cifar10-dirichlet{alpha:g}": partial(make_cifar10_task, partition="dirichlet",
+                                              alpha=alpha, name=f"cifar10-dirichlet{alpha:g}")
+       for alpha in (0.1, 0.5, 1.0)},
+    # CPU-sized evaluation: 200 test images per node model, 2000 for the average model
+    "cifar10-quick": partial(make_cifar10_task, eval_node=200, eval_global=2000,
+                             name="cifar10-quick"),
+    "movielens": make_movielens_task,
+    "movielens-100k": partial(make_movielens_task, variant="100k", name="movielens-100k"),
+    "movielens-synthetic": partial(make_movielens_task, variant="synthetic",
+                                   name="movielens-synthetic"),
+}
+
+
+def make_task(cfg: SimConfig) -> Task:
+    """Build the task named by `cfg.task`."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r} is unknown: choose one of {sorted(TASKS)}")
+    return TASKS[cfg.task](cfg)
