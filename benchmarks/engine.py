@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from bench_common import git_commit
 
-from divjax import memory, network
+from divjax import memory, messages, network
 from divjax.algorithms import ALGORITHMS, Context
 from divjax.config import SimConfig, default_hparams
 from divjax.local import make_optimizer, make_train_one, node_batch_key
@@ -181,7 +181,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
 
         def body(i, s):
             t = ticks[i]
-            s = s.replace(inbox=network.clear_collected(cfg, s.inbox))
+            s = s.replace(inbox=messages.clear_collected(cfg, s.inbox))
             s, after = algo.iteration_end(ctx, s, node, valid, s.params[node],
                                           tick_keys(s.k_sim, t), t)
             return s.replace(params=s.params.at[node].set(after))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax import network
+from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
 from divjax.algorithms.base import padded_rows
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
@@ -98,7 +98,7 @@ def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.
     cfg = spec.cfg
     if spec.algo.longest_delay is None:
         # a queue that is replaced every iteration bounds every delay by compute + latency;
-        # other queues are checked message by message in network.push
+        # other queues are checked message by message in messages.push
         delay = jnp.max(network.replaced_queue_delay_bound(table, cfg.link_resolution))
         slots = network.ring_slots_for(cfg, delay, jnp.min(table.compute_ticks))
         fits = (slots <= cfg.ring_ticks) & (delay <= cfg.delay_ticks)
@@ -193,9 +193,9 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
     """Advance the run by one tick (see the module docstring)."""
     cfg, t = spec.cfg, state.t
     keys = tick_keys(state.k_sim, t)
-    inbox = network.clear_collected(cfg, state.inbox)
-    state = state.replace(counters=network.tick_counters(state.counters, t),
-                          inbox=network.arrive(cfg, inbox, t))
+    inbox = messages.clear_collected(cfg, state.inbox)
+    state = state.replace(counters=messages.tick_counters(state.counters, t),
+                          inbox=messages.arrive(cfg, inbox, t))
     if spec.algo.on_tick is not None:
         state = spec.algo.on_tick(ctx, state, keys, t)
     done = state.next_end == t                                                  # (n,)

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from divjax import network
-from divjax.network import Counters, Inbox
+from divjax.messages import Counters, Inbox, init_counters, init_inbox
 
 # Bit flags of SimState.errors; the host turns them into clear exceptions (sim.check_state).
 ERR_RING_TOO_SHORT = 1   # a message's delay exceeded the ring
@@ -70,8 +69,8 @@ def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
         params=params,
         opt_state=jax.vmap(tx.init)(params),
         algo_state=algo.init(ctx, params),
-        inbox=network.init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
-        counters=network.init_counters(n, K, counter_ticks),
+        inbox=init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
+        counters=init_counters(n, K, counter_ticks),
         next_end=ctx.table.compute_ticks,
         iterations=jnp.zeros((n,), jnp.int32),
         errors=errors,

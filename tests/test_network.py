@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import network
+from divjax import messages, network
 from divjax.config import SimConfig
 
 
@@ -12,8 +12,8 @@ from divjax.config import SimConfig
 def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
     cfg = SimConfig(n_nodes=3, fanout=1, delivery="arrival_tick")
     L, K, F = 4, 2, 1
-    inbox = network.init_inbox(cfg, L, K, F)
-    counters = network.init_counters(3, K, L + 1)
+    inbox = messages.init_inbox(cfg, L, K, F)
+    counters = messages.init_counters(3, K, L + 1)
     table = network.LinkTable(jnp.full(3, 10), jnp.zeros(3, jnp.int32),
                               jnp.ones((3, K), jnp.int32), jnp.zeros(3, jnp.int32),
                               jnp.zeros((1, 1), jnp.int32))
@@ -21,12 +21,12 @@ def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
                              leave_tick=jnp.full((1, 1, K), 5 + delay),
                              arrival=jnp.full((1, 1, K), 5 + delay),
                              drop_tick=jnp.array([15]), enqueue_tick=jnp.array([5]))
-    inbox, _, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+    inbox, _, _ = messages.push(cfg, inbox, counters, table, sched, jnp.array([0]),
                             jnp.array([True]), jnp.full((1, 1, K), 1),
                             jnp.ones((1, K, F)))
     seen = []
     for t in range(6, 6 + L):
-        inbox = network.arrive(cfg, inbox, jnp.int32(t))
+        inbox = messages.arrive(cfg, inbox, jnp.int32(t))
         seen.append(float(inbox.pending_count[1].sum()))
     assert seen == [2.0 * (t >= 5 + delay) for t in range(6, 6 + L)]
 
@@ -35,8 +35,8 @@ def test_ring__arrival_tick_mode_message_arrives_exactly_at_its_tick(delay):
 def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_arrival(arrival):
     cfg = SimConfig(n_nodes=3, fanout=1, delivery="receiver_iteration")
     B, K, F, c = 3, 1, 1, 10
-    inbox = network.init_inbox(cfg, B, K, F)
-    counters = network.init_counters(3, K, 40)
+    inbox = messages.init_inbox(cfg, B, K, F)
+    counters = messages.init_counters(3, K, 40)
     table = network.LinkTable(jnp.full(3, c), jnp.zeros(3, jnp.int32),
                               jnp.ones((3, K), jnp.int32), jnp.zeros(3, jnp.int32),
                               jnp.zeros((1, 1), jnp.int32))
@@ -44,17 +44,17 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
                              leave_tick=jnp.full((1, 1, K), arrival),
                              arrival=jnp.full((1, 1, K), arrival), drop_tick=jnp.array([20]),
                              enqueue_tick=jnp.array([10]))
-    inbox, _, _ = network.push(cfg, inbox, counters, table, sched, jnp.array([0]),
+    inbox, _, _ = messages.push(cfg, inbox, counters, table, sched, jnp.array([0]),
                             jnp.array([True]), jnp.full((1, 1, K), 2), jnp.ones((1, K, F)))
     got_at = []
     for t in (10, 20, 30):
-        inbox = network.clear_collected(cfg, inbox)
-        inbox, total, count = network.collect(cfg, inbox, jnp.array([2]), jnp.array([True]),
+        inbox = messages.clear_collected(cfg, inbox)
+        inbox, total, count = messages.collect(cfg, inbox, jnp.array([2]), jnp.array([True]),
                                               table.compute_ticks, jnp.int32(t))
         got_at.append(float(count.sum()))
     expect = [float(t >= arrival and t - c < arrival) for t in (10, 20, 30)]
     assert got_at == expect
-    assert np.all(np.asarray(network.clear_collected(cfg, inbox).count) == 0)
+    assert np.all(np.asarray(messages.clear_collected(cfg, inbox).count) == 0)
 
 
 def test_sample_peers__distinct_never_self_and_uniform():

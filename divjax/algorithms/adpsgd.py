@@ -58,7 +58,8 @@ from divjax.algorithms.queues import (
     schedule_appended_queue,
 )
 from divjax.config import ConfigError, SimConfig
-from divjax.network import Inbox, aggregation_index, collect, latency_ticks, push
+from divjax.messages import Inbox, collect, push
+from divjax.network import aggregation_index, latency_ticks
 from divjax.rows import add_rows, get_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 

@@ -16,14 +16,8 @@ import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.config import SimConfig
-from divjax.network import (
-    Schedule,
-    aggregation_index,
-    collect,
-    message_lost,
-    push,
-    schedule_replaced_queue,
-)
+from divjax.messages import collect, push
+from divjax.network import Schedule, aggregation_index, message_lost, schedule_replaced_queue
 from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 

@@ -10,7 +10,7 @@ the run (tick T = cfg.num_ticks) is never sent within the run: it is neither sca
 counted, and `link_free` is clamped to T * R, which changes nothing inside the run but keeps the
 int32 link clock from overflowing on a link whose queue grows without bound.
 
-A full-model message is pushed as K fragments through `network.push`'s (C, J, K) layout, the
+A full-model message is pushed as K fragments through `messages.push`'s (C, J, K) layout, the
 receiver broadcast across K: so the counters count fragments (`counters.sent[i, k]` counts the
 models of node i that have fully left its link once per fragment k; bytes are exact).
 
@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, SimConfig
+from divjax.messages import push
 from divjax.network import (
     LinkTable,
     Schedule,
     arrival_tick,
     latency_bounds_units,
     pair_latency_units,
-    push,
 )
 from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
@@ -167,7 +167,7 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
       ctx: the algorithm Context; state: SimState; link_free: (n,) int32;
       node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F);
       replaced_fn: optional, Schedule (C, J, K) -> (C, J) bool, the messages a newer one from
-        the same sender replaces in the receiver's inbox (inbox "latest"; see network.push);
+        the same sender replaces in the receiver's inbox (inbox "latest"; see messages.push);
       lost: optional (C, J) bool, the messages lost on the way (`network.message_lost`).
     Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
     """

@@ -28,10 +28,10 @@ from divjax.algorithms.queues import (
     send_full_models,
 )
 from divjax.config import SimConfig
+from divjax.messages import collect
 from divjax.network import (
     aggregation_index,
     arrival_tick,
-    collect,
     latency_bounds_units,
     message_lost,
     pair_latency_units,

@@ -13,6 +13,7 @@ Xi / (gamma^2 (sigma^2 + zeta^2)), which should be roughly constant if the bound
 from __future__ import annotations
 
 import common as C
+
 from divjax import product
 
 NAME = "consensus"

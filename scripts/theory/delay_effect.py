@@ -17,9 +17,9 @@ grows with tau at a fixed lr. The script fits T_eps = a + b tau_max per lr.
 
 from __future__ import annotations
 
+import common as C
 import numpy as np
 
-import common as C
 from divjax import product
 
 NAME = "delay_effect"

@@ -18,6 +18,7 @@ measures the consensus plateau and the gap plateau against Omega; no closed form
 from __future__ import annotations
 
 import common as C
+
 from divjax import product
 
 NAME = "fragmentation_effect"

@@ -15,9 +15,9 @@ per iteration, unequal compute times) on least squares with a known optimum and 
 
 from __future__ import annotations
 
+import common as C
 import numpy as np
 
-import common as C
 from divjax import product
 
 NAME = "gap_vs_iterations"

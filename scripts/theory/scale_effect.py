@@ -12,9 +12,9 @@ against the ideal lr sigma^2 / (4 n) of mini-batch SGD with an n times larger ba
 
 from __future__ import annotations
 
+import common as C
 import numpy as np
 
-import common as C
 from divjax import product
 
 NAME = "scale_effect"
