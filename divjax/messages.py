@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from divjax.config import SimConfig
 from divjax.network import LinkTable, Schedule
-from divjax.rows import add_rows, get_rows, set_rows, zero_rows
+from divjax.rows import add_rows, get_rows, padded_rows, set_rows, zero_rows
 
 
 class Inbox(NamedTuple):
@@ -127,8 +127,7 @@ def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
       (inbox, got_total (C, K, F), got_count (C, K)).
     """
     n = cfg.n_nodes
-    drop = jnp.where(valid, node, n)
-    safe = jnp.minimum(node, n - 1)
+    _, safe, drop = padded_rows(node, n, valid)
     if cfg.delivery == "arrival_tick":
         got_total = get_rows(inbox.pending_total, (safe,))
         got_count = get_rows(inbox.pending_count, (safe,))

@@ -107,3 +107,13 @@ def zero_rows(x: jax.Array, idx: tuple) -> jax.Array:
 
     # with no entry in range there is no row to fall back on: write nothing
     return jax.lax.cond(jnp.any(valid), clear, lambda x: x, x)
+
+
+def padded_rows(node: jax.Array, n: int, valid: jax.Array | None = None
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(valid, safe, drop) for node ids where entries == n are padding (the engine gathers a
+    fixed number of finishing nodes): `valid` marks real ones (node < n unless given), `safe`
+    is clamped into range for gathers, `drop` is n for padding so that scatters with
+    mode="drop" skip it."""
+    valid = node < n if valid is None else valid
+    return valid, jnp.minimum(node, n - 1), jnp.where(valid, node, n)

@@ -28,7 +28,6 @@ import numpy as np
 
 from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
-from divjax.algorithms.base import padded_rows
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
@@ -39,7 +38,7 @@ from divjax.local import (
     rows_finite,
 )
 from divjax.registry import make_task
-from divjax.rows import get_rows, set_rows
+from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.sizing import check_memory_early, model_layout, resolve
 from divjax.state import (
     ERR_CAPACITY,

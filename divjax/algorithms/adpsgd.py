@@ -60,7 +60,7 @@ from divjax.algorithms.queues import (
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import Inbox, collect, push
 from divjax.network import aggregation_index, latency_ticks
-from divjax.rows import add_rows, get_rows
+from divjax.rows import add_rows, get_rows, padded_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
 
@@ -237,8 +237,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         C = node.shape[0]
         n = ctx.cfg.n_nodes
-        safe = jnp.minimum(node, n - 1)
-        drop = jnp.where(valid, node, n)
+        _, safe, drop = padded_rows(node, n, valid)
         a = state.algo_state
         version = state.iterations[safe] + 1                      # of the snapshot taken now
         latest = a.latest.at[drop].set(trained, mode="drop")

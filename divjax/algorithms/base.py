@@ -92,14 +92,6 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
     return neighbors[node, picks.reshape(tuple(shape) + (count,))]
 
 
-def padded_rows(node: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(valid, safe, drop) for node ids where entries == n are padding: valid marks real ones,
-    `safe` is clamped into range (for gathers), `drop` keeps padding out of range (for
-    scatters with mode="drop", which then skip it)."""
-    valid = node < n
-    return valid, jnp.minimum(node, n - 1), jnp.where(valid, node, n)
-
-
 def average_with_inbox(own: jax.Array, got_total: jax.Array, got_count: jax.Array) -> jax.Array:
     """Average every coordinate with what arrived: (own + sum received) / (1 + count received).
 

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.algorithms.base import Algorithm, Context, padded_rows
+from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import ConfigError, SimConfig
-from divjax.rows import get_rows, set_rows
+from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.topology import adjacency, metropolis_hastings
 
 
@@ -72,7 +72,7 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
     Returns: (state, params_after (C, K, F)).
     """
     n, K = ctx.cfg.n_nodes, trained.shape[1]
-    _, safe, drop = padded_rows(node, n)
+    _, safe, drop = padded_rows(node, n, valid)
     handled, closes = round_progress(ctx, state, node, valid, t)
     counters = state.counters
     sent = counters.sent.at[drop].add(
