@@ -50,6 +50,7 @@ BASELINES = ("adpsgd", "swift")
 ML_ALGOS = ("divshare", "adpsgd", "swift", "local", "dpsgd", "epidemic")
 MAP_ALGOS = ("divshare", "adpsgd", "swift")
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
+APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
 FAST_MBPS = 60.0
 
@@ -127,7 +128,9 @@ def main_config(scale: str, data_dir: str):
     # 60 iterations: AD-PSGD's and Swift's appended queues at the stragglers make the engine's
     # ring grow with the run (about 50 MB per iteration of delay); 60 fit in memory here
     iters = 60 if scale == "cpu" else 300
-    tick = compute / 20
+    # tick = compute / 10: AD-PSGD's pong step costs O(n D) at every tick at which a ping
+    # arrives, which makes it ~40x slower per iteration than DivShare here (see the doc)
+    tick = compute / (10 if scale == "cpu" else 20)
     return cfg.replace(compute_s=compute, tick_s=tick, duration_s=iters * compute,
                        eval_every_s=3 * compute)
 
@@ -143,13 +146,13 @@ def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     if scale == "tiny":
         ratios, strag, iters, per_eval = (1.0,), (0, 1), 6, 2
     else:
-        ratios, strag, iters, per_eval = MAP_RATIOS, MAP_STRAGGLERS, (45 if scale == "cpu"
+        ratios, strag, iters, per_eval = MAP_RATIOS, MAP_STRAGGLERS, (30 if scale == "cpu"
                                                                      else 150), 3
     t_send = send_time_s(model_params(base)) if scale != "tiny" else 0.1
     out = []
     for r in ratios:
         compute = float(f"{r * t_send:.3g}")
-        tick = compute / 20
+        tick = compute / (10 if scale == "cpu" else 20)
         cfg = base.replace(compute_s=compute, tick_s=tick, duration_s=iters * compute,
                            eval_every_s=per_eval * compute)
         regimes, points = [], []
@@ -159,16 +162,24 @@ def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
             points.append({"n_stragglers": k, "straggler_mbps": paper_stragglers(k)
                            if scale != "tiny" else (0.5,)})
         for a in MAP_ALGOS:
-            out.append(Group("movielens", "map", a, cfg.replace(algorithm=a), tuple(regimes),
-                             tuple(points), seeds, 0))
-    return out
+            if a == "adpsgd":   # ~12 GB per point on saturated links: one point per call
+                out += [Group("movielens", "map", a, cfg.replace(algorithm=a), (reg,), (pt,),
+                              seeds, 1) for reg, pt in zip(regimes, points, strict=True)]
+            else:
+                out.append(Group("movielens", "map", a, cfg.replace(algorithm=a),
+                                 tuple(regimes), tuple(points), seeds,
+                                 1 if a in APPENDED else 0))
+    # the ends and the middle of the map first (0.1x, 1x, 10x), then the rest
+    first = {0.1, 1.0, 10.0}
+    return sorted(out, key=lambda g: float(g.regimes[0][1:].split("-")[0]) not in first)
 
 
 def cifar_config(scale: str, data_dir: str):
     """CIFAR-10: 60 nodes, GN-LeNet, kshard(5), the paper's network and compute time (5 s
     simulated per iteration, so the ratio of compute to send time is the preset's) but
-    shortened for the CPU: 8 local steps instead of 128, 30 iterations (150 simulated s
-    instead of 800), node models evaluated on 200 test images (the average model on 2000)."""
+    shortened for the CPU: 8 local steps instead of 128, 24 iterations (120 simulated s
+    instead of 800), node models evaluated on 200 test images (the average model on 2000)
+    every 20 simulated s."""
     from divjax import presets
 
     cfg = presets.get_preset("cifar10-paper").replace(data_dir=data_dir)
@@ -178,8 +189,8 @@ def cifar_config(scale: str, data_dir: str):
         return cfg.replace(task="cifar10-quick", n_nodes=6, n_stragglers=1, fanout=2,
                            local_steps=1, compute_s=0.25, tick_s=0.125, duration_s=0.5,
                            eval_every_s=0.25, train_chunk=1)
-    return cfg.replace(task="cifar10-quick", local_steps=8, tick_s=0.05, duration_s=150.0,
-                       eval_every_s=25.0, train_chunk=1)
+    return cfg.replace(task="cifar10-quick", local_steps=8, tick_s=0.25, duration_s=120.0,
+                       eval_every_s=20.0, train_chunk=1)
 
 
 def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> list[Group]:
@@ -188,8 +199,10 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
         if part == "main":
             cfg = main_config(scale, data_dir)
             algos = ML_ALGOS if scale != "tiny" else ("divshare", "adpsgd", "swift")
+            # appended queues: a ring of ~45 slots of 50 MB per run, ~12 GB compiled: one
+            # seed per call
             groups += [Group("movielens", "main", a, cfg.replace(algorithm=a), ("main",), ({},),
-                             seeds, 0) for a in algos]
+                             seeds, 1 if a in APPENDED else 0) for a in algos]
         elif part == "map":
             groups += map_groups(scale, data_dir, seeds)
         elif part == "cifar":
@@ -777,7 +790,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
               f"(the paper's 7 bandwidths 12, 12, 12, 13, 10, 13, 11 Mbit/s, repeated in order "
               f"for 30). Each cell runs {any_cell['duration_s'] / any_cell['compute_s']:.0f} "
               f"iterations (the same training work in every cell; simulated time = iterations x "
-              f"compute time), tick = compute / 20, lr {any_cell['lr']:g}, the main "
+              f"compute time), tick = compute / 10, lr {any_cell['lr']:g}, the main "
               f"comparison's settings otherwise. Target for the speedup: RMSE "
               f"{tg['movielens-map'][0]:g} (fixed before the runs). Cell text: mean, [95% CI], "
               f"`*` = holds, `!` = opposite; `cens a/b/c` = seeds where AD-PSGD / DivShare / "
@@ -876,18 +889,20 @@ DIFFERENCES = [
     "(and the regime map sweeps 0.1x-10x), CIFAR-10 uses the preset's 5 s estimate.",
     "**Network.** Upload bandwidth and a fixed latency per node; no download limit, no "
     "contention at the receiver or the switch, no TCP dynamics; messages are the float32 "
-    "payload only. The latency of 1 ms is rounded up to whole ticks (tick = compute / 20 on "
-    "MovieLens, 0.05 s on CIFAR-10).",
+    "payload only. The latency of 1 ms is rounded up to whole ticks (tick = compute / 10 on "
+    "MovieLens, 0.25 s on CIFAR-10), so arrivals are quantised to a tenth (MovieLens) or a "
+    "twentieth (CIFAR-10) of an iteration.",
     "**MovieLens learning rate 0.2**, not the CIFAR-10 0.05 the preset borrows (the paper gives "
     "none for MovieLens): 0.05 learns too slowly for the CPU budget, 0.5 diverges (one-seed "
     "pilot, before the grid).",
-    "**MovieLens length.** 60 iterations in the main comparison, 45 per regime-map cell, "
+    "**MovieLens length.** 60 iterations in the main comparison, 30 per regime-map cell, "
     "bounded by memory: with saturated straggler links, AD-PSGD's and Swift's appended queues "
     "delay messages by ever more iterations, and the engine keeps a ring slot (an (n, D) "
     "array, 50 MB here) per iteration of delay. Whether the best algorithm had stopped "
     "improving is stated under its table.",
-    "**CIFAR-10 shortened**: 8 local steps instead of 128, 150 simulated s instead of 800, node "
-    "models evaluated on 200 test images (the average model on 2,000); 60 nodes, the model, the "
+    "**CIFAR-10 shortened**: 8 local steps instead of 128, 120 simulated s instead of 800 (24 "
+    "iterations of 5 s), node models evaluated on 200 test images every 20 s (the average model "
+    "on 2,000), so times to target are multiples of 20 s; 60 nodes, the model, the "
     "data and the compute-to-send ratio are the paper's. The images are decoded from JPEG "
     "(quality 75), reported to cost 2-3% accuracy. Targets 20% / 25% (40% / 50% at "
     "`--scale paper`).",
