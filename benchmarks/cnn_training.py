@@ -45,7 +45,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import jax
@@ -202,8 +201,6 @@ def plain_task(task):
 def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str,
                  **kw) -> dict:
     cfg = engine_cfg(nodes, steps, data_dir, **kw)
-    # tick_s = 0.1 rounds the paper's 1 ms latency up to a tick: irrelevant to training speed
-    warnings.filterwarnings("ignore", message="latencies are rounded")
     task = make_task(cfg)
     if not fast:
         task = plain_task(task)

@@ -7,12 +7,14 @@ Time is an integer tick of `cfg.tick_s` seconds. Every node i has
   of `cfg.link_resolution` sub-ticks per tick, so a queue of small fragments is timed exactly:
   fragment k occupies node i's link for `msg_units[i, k]` sub-ticks (bytes / bandwidth, rounded
   up to one sub-tick);
-- a latency of `latency_ticks[i]` ticks from the moment a message has fully left the link to its
-  arrival at the receiver.
+- a latency of `latency_units[i]` link sub-ticks from the moment a message has fully left the
+  link to its arrival at the receiver.
 
-A message that leaves the link during tick t (sub-tick in ((t-1)R, tR]) is sent at tick t and
-arrives at tick t + latency. At one tick, arrivals happen before iteration ends, so a message that
-arrives at the tick its receiver aggregates is averaged in.
+A message that leaves the link during tick t (sub-tick in ((t-1)R, tR]) is sent at tick t. It
+arrives at the first tick at or after its leave sub-tick plus the latency: the time is rounded
+to the tick once, on the arrival (`arrival_tick`), never separately on the leave time and the
+latency. At one tick, arrivals happen before iteration ends, so a message that arrives at the
+tick its receiver aggregates is averaged in.
 
 Messages in flight wait in a ring buffer of payload sums, indexed by when they will be consumed:
 - `delivery="arrival_tick"`: slot (arrival tick) mod L; at every tick the slot of that tick is
@@ -29,7 +31,6 @@ never visible before its arrival tick, and a delay longer than the ring is a con
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -46,16 +47,32 @@ class LinkTable(NamedTuple):
     """Integer timing of every node, derived from HParams (traced; vmappable)."""
 
     compute_ticks: jax.Array  # (n,) int32: ticks per iteration, >= 1
-    latency_ticks: jax.Array  # (n,) int32: ticks from leaving the link to arrival, >= 0
+    latency_units: jax.Array  # (n,) int32: link sub-ticks from leaving the link to arrival, >= 0
     msg_units: jax.Array      # (n, K) int32: link sub-ticks node i needs to send fragment k, >= 1
+
+
+def latency_ticks(table: LinkTable, resolution: int) -> jax.Array:
+    """(..., n) the most whole ticks a latency adds to a message's delay (ceil(units / R)):
+    arrival_tick(leave, lat) <= ceil(leave / R) + this, so it bounds delays for ring sizing."""
+    return (table.latency_units + resolution - 1) // resolution
+
+
+def arrival_tick(leave_subtick: jax.Array, latency_units: jax.Array, resolution: int
+                 ) -> jax.Array:
+    """The tick a message arrives: the first tick whose end is at or after the sub-tick it has
+    fully left the link plus the latency (one rounding, on the arrival). Sub-ticks may be
+    absolute or relative to a tick boundary (then the result is relative to that tick)."""
+    return (leave_subtick + latency_units + resolution - 1) // resolution
 
 
 def link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkTable:
     """Convert seconds and bytes/s into integer ticks and link sub-ticks (pure, jittable)."""
     tick = jnp.float32(cfg.tick_s)
     compute = jnp.maximum(1, jnp.round(hp.compute_s / tick)).astype(jnp.int32)
-    # the small slack keeps values like 0.02 s / 0.01 s from rounding up to 3 ticks
-    latency = jnp.maximum(0, jnp.ceil(hp.latency_s / tick - 1e-4)).astype(jnp.int32)
+    # latency on the link's sub-tick clock, to the nearest sub-tick (rounded to a tick only
+    # once, on the arrival: `arrival_tick`)
+    latency = jnp.maximum(0, jnp.round(hp.latency_s / tick * cfg.link_resolution)
+                          ).astype(jnp.int32)
     units_f = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.upload_bps[:, None]
                / tick * cfg.link_resolution)
     units = jnp.maximum(1, jnp.ceil(units_f - 1e-3)).astype(jnp.int32)
@@ -98,15 +115,18 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
             f"not a whole number of ticks of tick_s={cfg.tick_s}: it would run as "
             f"{ticks[where] * cfg.tick_s:.6g} s ({off[where]:.0%} off); lower --tick-s (e.g. to "
             f"a divisor of every compute time) or change --compute-s")
-    latency = np.asarray(hp.latency_s, np.float64) / cfg.tick_s
-    late = np.maximum(0, np.ceil(latency - 1e-4))
-    grow = (late - latency) * cfg.tick_s
-    if (grow > 0.01 * np.maximum(np.asarray(hp.latency_s), 1e-12)).any() and (late > 0).any():
-        warnings.warn(
-            f"latencies are rounded up to whole ticks of tick_s={cfg.tick_s}: "
-            f"{float(np.max(np.asarray(hp.latency_s))) * 1e3:.4g} ms runs as "
-            f"{float(np.max(late)) * cfg.tick_s * 1e3:.4g} ms (lower --tick-s for exact latencies)",
-            stacklevel=2)
+    # latencies run on the link's sub-tick clock: refuse one that rounds off by more than 1%
+    latency_s = np.asarray(hp.latency_s, np.float64)
+    sub_s = cfg.tick_s / cfg.link_resolution
+    units = np.maximum(0, np.round(latency_s / sub_s))
+    off = np.abs(units * sub_s - latency_s)
+    bad_latency = off > 0.01 * latency_s
+    if bad_latency.any():
+        where = tuple(int(i) for i in np.argwhere(bad_latency)[0])
+        raise ConfigError(
+            f"HParams.latency_s{list(where)}={float(latency_s[where])!r} s is not a whole "
+            f"number of link sub-ticks of {sub_s:.3g} s (tick_s / link_resolution): it would run "
+            f"as {units[where] * sub_s:.6g} s; raise --link-resolution or lower --tick-s")
 
 
 def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.Array:
@@ -125,33 +145,34 @@ def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.A
           & jnp.all(jnp.isfinite(hp.latency_s)))
     ok &= jnp.max(units) * M + (cfg.num_ticks + 1.0) * R < limit
     ok &= jnp.max(hp.compute_s) / tick * R < limit
-    ok &= jnp.max(hp.latency_s) / tick < limit
+    ok &= jnp.max(hp.latency_s) / tick * R < limit
     return ok
 
 
-def longest_delay_ticks(table: LinkTable) -> int:
+def longest_delay_ticks(table: LinkTable, resolution: int) -> int:
     """The longest time, in ticks, from enqueueing a message to its arrival.
 
     With a replaced queue (DivShare) a message must leave the link before its sender's next
-    iteration end, c ticks later, so the delay is at most c + latency.
+    iteration end, c ticks later, so the delay is at most c + the latency's whole ticks.
     """
-    return int(np.max(table.compute_ticks + table.latency_ticks))
+    return int(np.max(replaced_queue_delay_bound(table, resolution)))
+
+
+def replaced_queue_delay_bound(table: LinkTable, resolution: int) -> jax.Array:
+    """(..., n) the longest enqueue-to-arrival delay, in ticks, of a message of a queue that
+    the sender's next iteration end replaces: it leaves within c ticks, then the latency."""
+    return table.compute_ticks + latency_ticks(table, resolution)
 
 
 def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None) -> int:
     """Smallest ring length that holds every message in flight, for cfg.delivery."""
-    delay = longest_delay_ticks(table) if delay is None else delay
+    delay = longest_delay_ticks(table, cfg.link_resolution) if delay is None else delay
     if cfg.delivery == "arrival_tick":
         return delay
     # receiver_iteration: messages for receiver r in flight target its aggregations in
     # [next, ceil((t + delay) / c_r)], at most ceil(delay / c_r) + 1 of them.
     c_min = int(np.min(table.compute_ticks))
     return int(math.ceil(delay / c_min)) + 1
-
-
-def count_ring_ticks(table: LinkTable) -> int:
-    """Length of the (small) tick ring that times the sent/dropped/delivered counters."""
-    return longest_delay_ticks(table) + 1
 
 
 def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
@@ -347,7 +368,8 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     budget = (table.compute_ticks[safe] * resolution)[:, None]             # until next end
     sent = valid[:, None] & (leave_rel <= budget)
     leave_tick = t[:, None] + (leave_rel + resolution - 1) // resolution
-    arrival = leave_tick + table.latency_ticks[safe][:, None]
+    arrival = t[:, None] + arrival_tick(leave_rel, table.latency_units[safe][:, None],
+                                        resolution)
     return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe], t)
 
 

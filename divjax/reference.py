@@ -73,7 +73,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     n, K, s, R = cfg.n_nodes, cfg.n_fragments, cfg.fanout, cfg.link_resolution
     layout = model_layout(cfg, task)
     table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
-    c, lat, units = table.compute_ticks, table.latency_ticks, table.msg_units
+    c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adjacency(cfg)))
     tx = make_optimizer(cfg, hp)
     train_one = jax.jit(make_train_one(cfg, task, layout, tx))
@@ -122,7 +122,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 continue  # this transmission was cancelled by a queue replacement
             _, end, (r, k, payload) = link.busy
             sent[i, k] += 1
-            at(t + lat[i], 0, "arrive", i, r, k, payload)
+            # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
+            at(-(-(end + int(lat[i])) // R), 0, "arrive", i, r, k, payload)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
             start_next(i, end)

@@ -69,7 +69,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     if algo.adjust_timing is not None:
         table = algo.adjust_timing(cfg, table)
     table = jax.tree.map(np.asarray, table)
-    c, lat = table.compute_ticks, table.latency_ticks
+    c, lat = table.compute_ticks, table.latency_units
     model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
     adj = adjacency(cfg)
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adj))
@@ -106,7 +106,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         start = max(int(free_at[i]), t * R)
         free_at[i] = start + int(model_units[i])
         enqueued[i] += 1
-        at(-(-int(free_at[i]) // R), 0, "leave", i, receiver, payload, kind)
+        at(-(-int(free_at[i]) // R), 0, "leave", i, int(free_at[i]), receiver, payload, kind)
 
     def receive(i, r, payload):
         delivered[r] += K
@@ -141,9 +141,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     while events and events[0][0] < T:
         t, _, _, kind, data = heapq.heappop(events)
         if kind == "leave":
-            i, r, payload, what = data
+            i, end, r, payload, what = data
             sent[i] += 1
-            at(t + lat[i], 0, "arrive", i, r, payload, what)
+            # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
+            at(-(-(end + int(lat[i])) // R), 0, "arrive", i, r, payload, what)
             log.append((t, "sent", (i, r, what)))
         elif kind == "arrive":
             i, r, payload, what = data

@@ -105,7 +105,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     if algo is not None and algo.longest_delay is not None:
         delay = int(algo.longest_delay(cfg, table))
     else:
-        delay = network.longest_delay_ticks(table)
+        delay = network.longest_delay_ticks(table, cfg.link_resolution)
     if cfg.delay_ticks == 0:
         cfg = cfg.replace(delay_ticks=delay)
     elif cfg.delay_ticks < delay:
@@ -118,7 +118,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
         raise ConfigError(
             f"ring_ticks={cfg.ring_ticks} cannot hold the longest delay: delivery="
             f"{cfg.delivery!r} needs at least {need} slots (longest delay "
-            f"{network.longest_delay_ticks(table)} ticks); set --ring-ticks {need} or 0 (auto)")
+            f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
     worst = network.max_simultaneous_finishers(cfg, table)
@@ -221,7 +221,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         # a queue that is replaced every iteration bounds every delay by compute + latency;
         # other queues are checked message by message in network.push
         if algo.longest_delay is None:
-            delay = jnp.max(table.compute_ticks + table.latency_ticks)
+            delay = jnp.max(network.replaced_queue_delay_bound(table, cfg.link_resolution))
             c_min = jnp.min(table.compute_ticks)
             slots = delay if cfg.delivery == "arrival_tick" else (delay + c_min - 1) // c_min + 1
             fits = (slots <= ring_slots) & (delay <= cfg.delay_ticks)

@@ -106,7 +106,9 @@ def uneven_hparams(cfg):
     window, so replacements happen."""
     return straggler_hparams(cfg).replace(
         compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
+        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32),
+        # latencies that are not whole ticks (tick 10 ms): time is rounded once, on arrival
+        latency_s=jnp.array([0.0234, 0.0, 0.0071, 0.0312, 0.0188], jnp.float32))
 
 
 @pytest.mark.parametrize("algorithm,delivery,inbox", [

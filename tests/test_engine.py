@@ -26,7 +26,9 @@ def uneven_hparams(cfg):
     fragment in one inbox window of a slow receiver, so the inbox rule matters."""
     return straggler_hparams(cfg).replace(
         compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 1e4, 1e4, 2e3, 5e2], jnp.float32))
+        upload_bps=jnp.array([1e5, 1e4, 1e4, 2e3, 5e2], jnp.float32),
+        # latencies that are not whole ticks (tick 10 ms): time is rounded once, on arrival
+        latency_s=jnp.array([0.0234, 0.0, 0.0071, 0.0312, 0.0188], jnp.float32))
 
 
 @pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])

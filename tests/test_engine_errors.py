@@ -54,9 +54,30 @@ def test_config__compute_time_that_is_not_whole_ticks_is_refused():
     make_run(tiny_config(tick_s=0.005, compute_s=0.1))      # 20 ticks: fine
 
 
-def test_config__latency_rounded_to_the_tick_is_stated():
-    with pytest.warns(UserWarning, match="runs as 50 ms"):
-        make_run(tiny_config(tick_s=0.05, compute_s=0.5, latency_ms=1.0))
+def test_config__latency_that_is_not_whole_link_subticks_is_refused():
+    # tick 0.05 s with 10 sub-ticks: 5 ms per sub-tick; 1 ms would run as 0 ms
+    with pytest.raises(ConfigError, match="link sub-ticks"):
+        make_run(tiny_config(tick_s=0.05, compute_s=0.5, latency_ms=1.0, link_resolution=10))
+    make_run(tiny_config(tick_s=0.05, compute_s=0.5, latency_ms=1.0))   # 20 sub-ticks: fine
+
+
+def test_schedule__time_is_rounded_once_on_the_arrival():
+    """A 14 ms fragment with 1 ms of latency at tick 50 ms arrives at the end of the tick it
+    was sent in (15 ms <= 50 ms), not one tick later (latency rounded up on its own)."""
+    from divjax import network
+    from divjax.config import SimConfig
+
+    cfg = SimConfig(n_nodes=2, fanout=1, tick_s=0.05, link_resolution=1000, latency_ms=1.0)
+    hp = default_hparams(cfg).replace(upload_bps=jnp.full(2, 1000.0 / 0.014))
+    table = network.link_table(cfg, hp, np.array([1000]))           # 1000 bytes: 14 ms
+    assert int(table.latency_units[0]) == 20 and int(table.msg_units[0, 0]) == 280
+    sched = network.schedule_replaced_queue(table, jnp.array([0]), jnp.array([True]),
+                                            table.msg_units[:1], jnp.int32(3), 1000)
+    assert int(sched.leave_tick[0, 0]) == 4 and int(sched.arrival[0, 0]) == 4
+    # 990 sub-ticks on the link + 20 of latency crosses the tick boundary: one tick later
+    sched = network.schedule_replaced_queue(table, jnp.array([0]), jnp.array([True]),
+                                            jnp.array([[990]]), jnp.int32(3), 1000)
+    assert int(sched.leave_tick[0, 0]) == 4 and int(sched.arrival[0, 0]) == 5
 
 
 def test_memory_error__advice_fits_the_config():

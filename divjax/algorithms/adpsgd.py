@@ -50,7 +50,7 @@ from divjax.algorithms.queues import (
     schedule_appended_queue,
 )
 from divjax.config import SimConfig
-from divjax.network import Inbox, aggregation_index, collect, push
+from divjax.network import Inbox, aggregation_index, collect, latency_ticks, push
 from divjax.rows import add_rows, get_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
@@ -285,7 +285,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         if cfg_resolved.delay_ticks > 0:
             return cfg_resolved.delay_ticks
         c_min = int(np.min(np.asarray(table.compute_ticks)))
-        lat_max = int(np.max(np.asarray(table.latency_ticks)))
+        lat_max = int(np.max(np.asarray(latency_ticks(table, cfg_resolved.link_resolution))))
         return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:

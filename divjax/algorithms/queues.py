@@ -16,7 +16,7 @@ models of node i that have fully left its link once per fragment k; bytes are ex
 
 Synchronous rounds (D-PSGD, Epidemic Learning): every node's round lasts as long as the slowest
 node computes, plus the time the slowest link needs to send all of its node's models of the round
-one after another, plus the largest latency (`sync_round_timing`).
+one after another plus the largest latency, rounded up to a tick once (`sync_round_timing`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, SimConfig
-from divjax.network import LinkTable, Schedule, push
+from divjax.network import LinkTable, Schedule, arrival_tick, push
 from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
 
@@ -68,7 +68,7 @@ def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Arr
     leave_sub = start + (position + 1) * units                              # (C, J)
     leave_tick = (leave_sub + R - 1) // R
     sent = active & (leave_tick < T)
-    arrival = leave_tick + table.latency_ticks[safe][:, None]
+    arrival = arrival_tick(leave_sub, table.latency_units[safe][:, None], R)
     wide = lambda x: jnp.broadcast_to(x[..., None], x.shape + (K,))  # noqa: E731
     return Schedule(wide(sent), wide(leave_tick), wide(arrival),
                     jnp.broadcast_to(t, safe.shape), jnp.broadcast_to(t, safe.shape))
@@ -108,7 +108,7 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
     c_all = np.asarray(table.compute_ticks, np.int64)
     n = c_all.shape[-1]
     c_all = c_all.reshape(-1, n)
-    lat_all = np.asarray(table.latency_ticks, np.int64).reshape(-1, n)
+    lat_all = np.asarray(table.latency_units, np.int64).reshape(-1, n)
     U_all = np.asarray(model_units(table), np.int64).reshape(-1, n)
     worst = 1
     if per_iteration == 0:
@@ -127,21 +127,21 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
             ok = q_last >= 0
             if not ok.any():
                 continue
-            leave = -(-(start[ok] + (q_last[ok] + 1) * U) // R)
-            worst = max(worst, int(np.max(leave + lat - ends[ok])))
+            arrive = -(-(start[ok] + (q_last[ok] + 1) * U + lat) // R)
+            worst = max(worst, int(np.max(arrive - ends[ok])))
     return worst
 
 
 def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> LinkTable:
-    """Give every node the same round: slowest compute + slowest link sending `sends[i]` full
-    models of node i one after another + largest latency. Works on traced and host tables
-    (leaves may carry leading sweep axes)."""
+    """Give every node the same round: slowest compute + (slowest link sending `sends[i]` full
+    models of node i one after another + largest latency, in link sub-ticks, rounded up to a
+    tick once). Works on traced and host tables (leaves may carry leading sweep axes)."""
     c = jnp.asarray(table.compute_ticks)
     U = model_units(table)
     comm_sub = jnp.max(jnp.asarray(sends, jnp.int32) * U, axis=-1)
-    comm = (comm_sub + cfg.link_resolution - 1) // cfg.link_resolution
-    lat = jnp.max(jnp.asarray(table.latency_ticks), axis=-1)
-    round_ticks = jnp.max(c, axis=-1) + comm + jnp.where(comm > 0, lat, 0)
+    lat = jnp.max(jnp.asarray(table.latency_units), axis=-1)
+    comm = arrival_tick(comm_sub, jnp.where(comm_sub > 0, lat, 0), cfg.link_resolution)
+    round_ticks = jnp.max(c, axis=-1) + comm
     return table._replace(
         compute_ticks=jnp.broadcast_to(round_ticks[..., None], c.shape).astype(jnp.int32))
 

@@ -28,7 +28,7 @@ from divjax.algorithms.queues import (
     send_full_models,
 )
 from divjax.config import SimConfig
-from divjax.network import aggregation_index, collect
+from divjax.network import aggregation_index, arrival_tick, collect
 from divjax.state import tick_keys
 
 
@@ -67,7 +67,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     safe = jnp.minimum(node, n - 1)
     c_send = table.compute_ticks[safe]                                           # (C,)
     U = model_units(table)[safe]
-    lat = table.latency_ticks[safe]
+    lat = table.latency_units[safe]
     c_recv = table.compute_ticks[recv]                                           # (C, s)
     window = aggregation_index(arrival, c_recv)
     last_agg = jnp.max(jnp.where(sent, window * c_recv, 0), axis=1)
@@ -76,7 +76,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
 
     def pending(i, free):
         t_i = t + i * c_send
-        first = (jnp.maximum(free, t_i * R) + U + R - 1) // R + lat             # earliest arrival
+        first = arrival_tick(jnp.maximum(free, t_i * R) + U, lat, R)           # earliest arrival
         return (t_i < horizon) & (first <= horizon)
 
     def body(carry):
@@ -87,8 +87,9 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         recv_i = jax.vmap(lambda k, j: swift_routes(k, j, ctx.neighbors, ctx.degree, s))(
             k_i, safe)                                                           # (C, s)
         start = jnp.maximum(free, t_i * R)
-        leave = (start[:, None] + position * U[:, None] + R - 1) // R
-        arrival_i = leave + lat[:, None]
+        leave_sub = start[:, None] + position * U[:, None]
+        leave = (leave_sub + R - 1) // R
+        arrival_i = arrival_tick(leave_sub, lat[:, None], R)
         ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
                 & (aggregation_index(arrival_i[:, None, :], c_recv[:, :, None])

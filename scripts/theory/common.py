@@ -217,13 +217,12 @@ def delay_bound(cfg: SimConfig, task: Task, hp: HParams) -> dict:
     """
     layout = model_layout(cfg, task)
     table = jax.tree.map(np.asarray, link_table(cfg, hp, layout.fragment_bytes))
-    c, lat = table.compute_ticks.astype(np.int64), table.latency_ticks.astype(np.int64)
+    c, lat = table.compute_ticks.astype(np.int64), table.latency_units.astype(np.int64)
     R, M = cfg.link_resolution, cfg.messages_per_iteration
     per_msg = np.mean(table.msg_units, axis=1)                       # (n,) sub-ticks
     fits = np.minimum(M, np.floor(c * R / per_msg))                  # messages sent / iteration
     frac_sent = float(np.mean(fits / max(M, 1)))
-    last_leave = np.ceil(fits * per_msg / R)                         # ticks after the enqueue
-    d = (last_leave + lat).astype(np.int64)                          # enqueue -> arrival
+    d = np.ceil((fits * per_msg + lat) / R).astype(np.int64)         # enqueue -> arrival, ticks
     T = cfg.num_ticks
     taus = []
     for i in range(cfg.n_nodes):
