@@ -65,6 +65,12 @@ TARGETS = {
 }
 
 
+def fine_clock(cfg):
+    """A link clock fine enough for the 1 ms latency to 1% (the engine refuses coarser ones):
+    sub-ticks of at most 10 microseconds."""
+    return cfg.replace(link_resolution=max(1000, math.ceil(cfg.tick_s / 1e-5 - 1e-9)))
+
+
 def send_time_s(n_params: int, mbps: float = FAST_MBPS, sends: int = MODEL_SENDS) -> float:
     """Seconds a node with an `mbps` link needs to send `sends` full float32 models."""
     return sends * 4 * n_params * 8 / (mbps * 1e6)
@@ -131,8 +137,8 @@ def main_config(scale: str, data_dir: str):
     # tick = compute / 10: AD-PSGD's pong step costs O(n D) at every tick at which a ping
     # arrives, which makes it ~40x slower per iteration than DivShare here (see the doc)
     tick = compute / (10 if scale == "cpu" else 20)
-    return cfg.replace(compute_s=compute, tick_s=tick, duration_s=iters * compute,
-                       eval_every_s=3 * compute)
+    return fine_clock(cfg.replace(compute_s=compute, tick_s=tick, duration_s=iters * compute,
+                                  eval_every_s=3 * compute))
 
 
 MAP_RATIOS = (0.1, 0.316, 1.0, 3.16, 10.0)
@@ -153,8 +159,9 @@ def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     for r in ratios:
         compute = float(f"{r * t_send:.3g}")
         tick = compute / (10 if scale == "cpu" else 20)
-        cfg = base.replace(compute_s=compute, tick_s=tick, duration_s=iters * compute,
-                           eval_every_s=per_eval * compute)
+        cfg = fine_clock(base.replace(compute_s=compute, tick_s=tick,
+                                      duration_s=iters * compute,
+                                      eval_every_s=per_eval * compute))
         regimes, points = [], []
         for k in strag:
             k = min(k, cfg.n_nodes)
@@ -189,8 +196,8 @@ def cifar_config(scale: str, data_dir: str):
         return cfg.replace(task="cifar10-quick", n_nodes=6, n_stragglers=1, fanout=2,
                            local_steps=1, compute_s=0.25, tick_s=0.125, duration_s=0.5,
                            eval_every_s=0.25, train_chunk=1)
-    return cfg.replace(task="cifar10-quick", local_steps=8, tick_s=0.25, duration_s=120.0,
-                       eval_every_s=20.0, train_chunk=1)
+    return fine_clock(cfg.replace(task="cifar10-quick", local_steps=8, tick_s=0.25,
+                                  duration_s=120.0, eval_every_s=20.0, train_chunk=1))
 
 
 def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> list[Group]:
