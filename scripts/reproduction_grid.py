@@ -34,6 +34,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ PAPER = {"cifar10_speedup": 3.9, "cifar10_acc_gain_pct": 19.4, "movielens_loss_d
 BASELINES = ("adpsgd", "swift")
 ML_ALGOS = ("divshare", "adpsgd", "swift", "local", "dpsgd", "epidemic")
 MAP_ALGOS = ("divshare", "adpsgd", "swift")
+LONG_ALGOS = ("divshare", "local")
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
@@ -176,9 +178,16 @@ def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
                 out.append(Group("movielens", "map", a, cfg.replace(algorithm=a),
                                  tuple(regimes), tuple(points), seeds,
                                  1 if a in APPENDED else 0))
-    # the ends and the middle of the map first (0.1x, 1x, 10x), then the rest
-    first = {0.1, 1.0, 10.0}
-    return sorted(out, key=lambda g: float(g.regimes[0][1:].split("-")[0]) not in first)
+    # Order (CPU time is the constraint; AD-PSGD cells cost minutes each, the others seconds):
+    # DivShare and Swift everywhere first (the gain map), ends and middle of the compute axis
+    # first; then AD-PSGD, the paper's 7 stragglers first, at 1x, 0.1x, 10x, 0.316x, 3.16x.
+    rank = {1.0: 0, 0.1: 1, 10.0: 2, 0.316: 3, 3.16: 4}
+
+    def order(g):
+        r, k = g.regimes[0][1:].split("-s")
+        return (g.algo == "adpsgd", g.algo == "adpsgd" and int(k) != 7, rank.get(float(r), 9))
+
+    return sorted(out, key=order)
 
 
 def cifar_config(scale: str, data_dir: str):
@@ -210,6 +219,15 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             # seed per call
             groups += [Group("movielens", "main", a, cfg.replace(algorithm=a), ("main",), ({},),
                              seeds, 1 if a in APPENDED else 0) for a in algos]
+        elif part == "long":
+            # how long until the best algorithm stops improving: DivShare (the best in the
+            # main comparison) and local-only, whose rings stay small, 5x longer
+            cfg = main_config(scale, data_dir)
+            iters = 300 if scale != "tiny" else 40
+            cfg = cfg.replace(duration_s=iters * cfg.compute_s,
+                              eval_every_s=(10 if scale != "tiny" else 4) * cfg.compute_s)
+            groups += [Group("movielens", "long", a, cfg.replace(algorithm=a), ("long",),
+                             ({},), seeds, 0) for a in LONG_ALGOS]
         elif part == "map":
             groups += map_groups(scale, data_dir, seeds)
         elif part == "cifar":
@@ -219,7 +237,7 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             groups += [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
                              (s,), 1) for s in seeds for a in algos]
         else:
-            raise SystemExit(f"unknown part {part!r}: use main, map, cifar")
+            raise SystemExit(f"unknown part {part!r}: use main, long, map, cifar")
     return groups
 
 
@@ -533,7 +551,8 @@ def plot_maps(rmap: dict, path: Path, scale: str) -> None:
         im = ax.imshow(img, origin="lower", aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim)
         for i in range(len(strag)):
             for j in range(len(ratios)):
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7,
+                        bbox={"fc": "white", "alpha": 0.6, "lw": 0, "pad": 1})
                 if box[i, j]:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5,
                                                ec="gold"))
@@ -666,10 +685,10 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
     res = analyse(out, scale)
     idx = res["idx"]
     tg = TARGETS[scale]
-    rel = lambda p: Path(p).relative_to(doc.parent).as_posix()  # noqa: E731
+    rel = lambda p: os.path.relpath(p, doc.parent)  # noqa: E731
     cmd = (f"python scripts/reproduction_grid.py --scale {scale} --data-dir {data_arg}"
            + (f" --seeds {len(seeds)}" if len(seeds) != 3 else ""))
-    want = expected_cells(["main", "map", "cifar"], scale, data_arg, seeds) \
+    want = expected_cells(["main", "long", "map", "cifar"], scale, data_arg, seeds) \
         if scale != "tiny" else expected_cells(parts, scale, data_arg, seeds)
     have = {(c["task"], c["regime"], c["algorithm"], c["seed"]) for t in idx.values()
             for c in t.values()}
@@ -692,7 +711,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          f"{total_wall / 60:.0f} min on {next(iter(next(iter(idx.values())).values()))['device'] if idx else '-'}.",
          "",
          "```bash",
-         f"{cmd}                  # run / resume the whole grid (main, map, cifar)",
+         f"{cmd}                  # run / resume the whole grid (main, long, map, cifar)",
          f"{cmd} --parts main     # one part",
          "python scripts/reproduction_grid.py --doc-only              # regenerate this page",
          "```",
@@ -779,11 +798,44 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
           "predicts 0 for them, hence its RMSE stays near 3.1). So every algorithm trades user-"
           "row dilution (more averaging, more dilution) against item-row sharing; DivShare "
           "averages per fragment, and a fragment of the user rows mixes with fewer copies when "
-          "fragments are dropped. D-PSGD averages with all its graph neighbours every round, "
-          "the most dilution per iteration; Swift and AD-PSGD average whatever full models "
-          "arrived, which at a straggler are ever older; local-only has no dilution and no "
-          "sharing. The matrix factorisation has no bias terms, so an untrained prediction is "
+          "fragments are dropped. D-PSGD averages with all its graph neighbours every round: on the "
+          "paper's fully connected overlay that is all 59 others with weight 1/60, so a round "
+          "leaves each user row at about 1/60 of its trained value; moreover D-PSGD and Epidemic "
+          "Learning are synchronous here, and a round lasts until the slowest straggler has "
+          "sent its models (D-PSGD: 59 full models at 10 Mbit/s, about 40 s, hence a single "
+          "round in the main comparison, see the iterations column; Epidemic Learning: 6 models, "
+          "about 5 s per round). Swift and AD-PSGD average whatever full models arrived, which "
+          "from a straggler are ever older; local-only has no dilution and no sharing. The "
+          "time-to-target resolution is the evaluation interval (3 iterations, 2.98 s), so "
+          "seeds often share a time and an interval can be empty. The matrix factorisation has no bias terms, so an untrained prediction is "
           "0, not the mean rating (3.5): an RMSE near 3.6 means nothing learned.", ""]
+    # --- long runs
+    L += ["## MovieLens, longer: when does the best algorithm stop improving?", ""]
+    if ("movielens", "long", "divshare") in idx:
+        lc = next(iter(idx[("movielens", "long", "divshare")].values()))["config"]
+        p = plateau(idx, "movielens", "long", LONG_ALGOS)
+        rows = []
+        for a in LONG_ALGOS:
+            cells = idx.get(("movielens", "long", a), {})
+            if cells:
+                rows.append([a, len(cells), fmt_ci(mean_ci([final(c) for c in cells.values()]),
+                                                   "", 4)])
+        L += [f"The main comparison's setting run {lc['duration_s'] / lc['compute_s']:.0f} "
+              f"iterations ({lc['duration_s']:g} simulated s) for the algorithms whose memory "
+              f"stays small (AD-PSGD's and Swift's rings grow with the run, see below). "
+              f"Rule: an algorithm has stopped improving when its mean test RMSE improves by "
+              f"less than 0.5% over the last 20% of the run.", "",
+              table(rows, ["algorithm", "seeds", "final RMSE"]), ""]
+        if p:
+            L += [f"{p['algorithm']} improved by {p['improvement_pct']:.2f}% from "
+                  f"{p['from_s']:.0f} s to {p['to_s']:.0f} s: "
+                  + ("**stopped improving** by this rule." if p["stopped"] else
+                     "**still improving** by this rule."), ""]
+        png = out / "movielens_long.png"
+        if plot_curves(idx, "movielens", "long", LONG_ALGOS, png, tg["movielens"]):
+            L += [f"![MovieLens long]({rel(png)})", ""]
+    else:
+        L += ["No cells yet.", ""]
     # --- regime map
     L += ["## Regime map (MovieLens)", ""]
     rmap = res["map"]
@@ -866,7 +918,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
         by: dict = {}
         for t, r, a, s in missing:
             by.setdefault((t, r), []).append(f"{a}-seed{s}")
-        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts main, map, cifar; "
+        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts main, long, map, cifar; "
               f"seeds {', '.join(map(str, seeds))}) are missing; `{cmd}` runs them:", ""]
         L += [f"- {t}/{r}: {', '.join(v)}" for (t, r), v in sorted(by.items())]
     else:
@@ -913,7 +965,14 @@ DIFFERENCES = [
     "data and the compute-to-send ratio are the paper's. The images are decoded from JPEG "
     "(quality 75), reported to cost 2-3% accuracy. Targets 20% / 25% (40% / 50% at "
     "`--scale paper`).",
-    "**AD-PSGD** answers every ping (the authors' code leaves that to thread timing).",
+    "**AD-PSGD** answers every ping (the authors' code leaves that to thread timing). In this "
+    "engine it is also by far the most expensive algorithm to simulate (its pong step pushes "
+    "an (n, D) block at every tick at which pings arrive: one seed of the 60-iteration "
+    "MovieLens run took minutes where DivShare took seconds), which is why MovieLens ticks are "
+    "a tenth of an iteration and the map's cells are short.",
+    "**D-PSGD** runs on the paper's fully connected overlay (the preset's topology): a round "
+    "averages with all 59 other nodes (the slowest link sets its length), the strongest "
+    "possible dilution of the user rows (see the MovieLens section).",
     "**Seeds** change the initial model, mini-batches and routes; the data partition is the "
     "same in every cell (`data_seed` 0). The paper's own number of runs is not known.",
     "**Omega = 8** for DivShare (the public config leaves it at the code default, 1).",
@@ -927,11 +986,12 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=("cpu", "paper", "tiny"), default="cpu")
     ap.add_argument("--data-dir", default="../shared/data")
-    ap.add_argument("--parts", default="main,map,cifar")
+    ap.add_argument("--parts", default="main,long,map,cifar")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reproduction")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reproduction.md")
     ap.add_argument("--doc-only", action="store_true", help="regenerate the document only")
+    ap.add_argument("--algos", default="", help="only these algorithms (comma-separated)")
     ap.add_argument("--deadline", default="", help="UTC HH:MM: start no new group after it")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -940,6 +1000,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     if not args.doc_only:
         groups = build_groups(parts, args.scale, args.data_dir, seeds)
+        if args.algos:
+            groups = [g for g in groups if g.algo in args.algos.split(",")]
         total = sum(len(g.regimes) * len(g.seeds) for g in groups)
         done = sum(cell_path(args.out, g.task, r, g.algo, s).exists()
                    for g in groups for r in g.regimes for s in g.seeds)
