@@ -35,6 +35,7 @@ def test_verdict_and_censoring_rules(grid):
     div = {s: cell(t, [3.0, 2.0, 1.0, 1.0], s) for s in range(3)}
     never = {s: cell(t, [3.0, 3.0, 3.0, 3.0], s) for s in range(3)}
     assert grid.time_to(div[0], 2.0) == 2.0 and grid.time_to(never[0], 2.0) is None
+    assert grid.time_to(div[0], 2.5) == 1.5     # interpolated between the samples
     r = grid.speedup(div, never, 2.0)    # the baseline never reaches: lower bounds 4 / 2
     assert r["censored_base"] == 3 and r["per_seed"] == [">=2", ">=2", ">=2"]
     assert math.isclose(r["mean"], 2.0)
