@@ -1005,7 +1005,7 @@ DIFFERENCES = [
     "improving is stated under its table.",
     "**CIFAR-10 shortened**: 8 local steps instead of 128, 120 simulated s instead of 800 (24 "
     "iterations of 5 s), node models evaluated on 200 test images every 20 s (the average model "
-    "on 2,000), so times to target are multiples of 20 s; 60 nodes, the model, the "
+    "on 2,000; times to target interpolated between evaluations); 60 nodes, the model, the "
     "data and the compute-to-send ratio are the paper's. The images are decoded from JPEG "
     "(quality 75), reported to cost 2-3% accuracy. Targets 20% / 25% (40% / 50% at "
     "`--scale paper`).",
