@@ -266,8 +266,14 @@ def run_group(g: Group, out: Path, log) -> int:
     from divjax.algorithms import ALGORITHMS
     from divjax.sim import make_run
     from divjax.state import ERR_NONFINITE
-    from divjax.sweep import auto_chunk, config_values, hparams_for, resolve_grid, run_points, \
-        stack_hparams
+    from divjax.sweep import (
+        auto_chunk,
+        config_values,
+        hparams_for,
+        resolve_grid,
+        run_points,
+        stack_hparams,
+    )
     from divjax.tasks import make_task
 
     missing = [(i, s) for i, r in enumerate(g.regimes) for s in g.seeds
@@ -709,6 +715,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
     trees = {subprocess.run(["git", "-C", str(ROOT), "rev-parse", f"{c[:10]}:divjax"],
                             capture_output=True, text=True).stdout.strip()[:10]
              for t in idx.values() for c0 in t.values() for c in [c0["git"]["commit"]]}
+    device = next(iter(next(iter(idx.values())).values()))["device"] if idx else "-"
     walls = {}
     for t in idx.values():
         for c in t.values():
@@ -724,7 +731,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          f"{', '.join(sorted(trees)) or '-'}: "
          f"{'the same in every cell' if len(trees) == 1 else 'differs between cells'}); "
          f"summed wall time of the runs that made them "
-         f"{total_wall / 60:.0f} min on {next(iter(next(iter(idx.values())).values()))['device'] if idx else '-'}.",
+         f"{total_wall / 60:.0f} min on {device}.",
          "",
          "```bash",
          f"{cmd}                  # run / resume the whole grid (main, long, map, cifar)",
@@ -782,7 +789,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
                                     for c in cells.values()]), "", 4),
                      *[tta_text(ml["tta"].get((a, y))) for y in tg["movielens"]],
                      f"{100 * drop['mean']:.0f}%",
-                     f"{mean_ci([final(c, 'iterations_mean') for c in cells.values()])['mean']:.0f}",
+                     f"{mean_ci([final(c, 'iterations_mean') for c in cells.values()])['mean']:.0f}",  # noqa: E501
                      f["diverged"]])
     if rows:
         L += [table(rows, ["algorithm", "seeds", "final RMSE (node mean)", "final RMSE "
@@ -814,7 +821,8 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
           "predicts 0 for them, hence its RMSE stays near 3.1). So every algorithm trades user-"
           "row dilution (more averaging, more dilution) against item-row sharing; DivShare "
           "averages per fragment, and a fragment of the user rows mixes with fewer copies when "
-          "fragments are dropped. D-PSGD averages with all its graph neighbours every round: on the "
+          "fragments are dropped. D-PSGD averages with all its graph neighbours every round: on "
+          "the "
           "paper's fully connected overlay that is all 59 others with weight 1/60, so a round "
           "leaves each user row at about 1/60 of its trained value; moreover D-PSGD and Epidemic "
           "Learning are synchronous here, and a round lasts until the slowest straggler has "
@@ -823,7 +831,8 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
           "about 5 s per round). Swift and AD-PSGD average whatever full models arrived, which "
           "from a straggler are ever older; local-only has no dilution and no sharing. The "
           "curves are sampled every 3 iterations (2.98 s); times to target are interpolated "
-          "linearly between the two samples around the crossing. The matrix factorisation has no bias terms, so an untrained prediction is "
+          "linearly between the two samples around the crossing. The matrix factorisation has "
+          "no bias terms, so an untrained prediction is "
           "0, not the mean rating (3.5): an RMSE near 3.6 means nothing learned.", ""]
     # --- long runs
     L += ["## MovieLens, longer: when does the best algorithm stop improving?", ""]
@@ -962,7 +971,8 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
         by: dict = {}
         for t, r, a, s in missing:
             by.setdefault((t, r), []).append(f"{a}-seed{s}")
-        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts main, long, map, cifar; "
+        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts main, long, map, "
+              f"cifar; "
               f"seeds {', '.join(map(str, seeds))}) are missing; `{cmd}` runs them:", ""]
         L += [f"- {t}/{r}: {', '.join(v)}" for (t, r), v in sorted(by.items())]
     else:
