@@ -13,7 +13,9 @@ Experiments (../shared/paper.md lists what the paper reports):
 and the evaluation set so that everything runs on 2 CPU cores; --scale tiny is for the tests.
 Writes one PNG per paper figure, results.json, and results.md setting each measured figure
 beside the paper's claim; with one seed the verdict is "not established" and says only the
-direction (several seeds and intervals: issue 19).
+direction. This is the quick one-seed look; the seeded, per-cell, resumable grid with
+confidence intervals, fixed targets and regime maps that `docs/reproduction.md` is built from
+is `scripts/reproduction_grid.py`.
 
     python scripts/reproduce_divshare.py --scale cpu --data-dir ../shared/data --out docs/reproduction
 """
