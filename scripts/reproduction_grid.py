@@ -119,7 +119,7 @@ def movielens_base(scale: str, data_dir: str):
 def model_params(cfg) -> int:
     import jax
 
-    from divjax.tasks import make_task
+    from divjax.registry import make_task
 
     task = make_task(cfg)
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(
@@ -274,7 +274,7 @@ def run_group(g: Group, out: Path, log) -> int:
         run_points,
         stack_hparams,
     )
-    from divjax.tasks import make_task
+    from divjax.registry import make_task
 
     missing = [(i, s) for i, r in enumerate(g.regimes) for s in g.seeds
                if not cell_path(out, g.task, r, g.algo, s).exists()]
