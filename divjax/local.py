@@ -115,10 +115,6 @@ def node_batch_key(k_batch: jax.Array, node: jax.Array) -> jax.Array:
     return jax.random.fold_in(k_batch, node)
 
 
-def all_finite(x: jax.Array, valid: jax.Array) -> jax.Array:
-    return jnp.all(rows_finite(x, valid))
-
-
 def rows_finite(x: jax.Array, valid: jax.Array) -> jax.Array:
     """(C,) bool: row c of x (C, ...) holds only finite values (padding rows: True)."""
     axes = tuple(range(1, x.ndim))

@@ -182,8 +182,7 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
     latency_s = np.asarray(hp.latency_s, np.float64)
     sub_s = cfg.tick_s / cfg.link_resolution
     units = np.maximum(0, np.round(latency_s / sub_s))
-    off = np.abs(units * sub_s - latency_s)
-    bad_latency = off > 0.01 * latency_s
+    bad_latency = not_whole_subticks(latency_s, sub_s)
     if bad_latency.any():
         where = tuple(int(i) for i in np.argwhere(bad_latency)[0])
         raise ConfigError(
@@ -191,14 +190,20 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
             f"number of link sub-ticks of {sub_s:.3g} s (tick_s / link_resolution): it would run "
             f"as {units[where] * sub_s:.6g} s; raise --link-resolution or lower --tick-s")
     _, extra_ms = region_latency_ms(cfg)
-    extra_s = extra_ms / 1e3
-    off = np.abs(np.round(extra_s / sub_s) * sub_s - extra_s)
-    if (off > 0.01 * extra_s).any() or (extra_s / sub_s >= 2**30).any():
-        a, b = (int(i) for i in np.argwhere((off > 0.01 * extra_s) | (extra_s / sub_s >= 2**30))[0])
+    bad_extra = not_whole_subticks(extra_ms / 1e3, sub_s)
+    if bad_extra.any():
+        a, b = (int(i) for i in np.argwhere(bad_extra)[0])
         raise ConfigError(
             f"the latency added from region {a} to region {b}, {extra_ms[a, b]:.6g} ms, is not a "
             f"whole number of link sub-ticks of {sub_s:.3g} s that the int32 clock holds: raise "
             f"--link-resolution or lower --tick-s (or check --inter-region-ms / --latency-file)")
+
+
+def not_whole_subticks(seconds: np.ndarray, sub_s: float) -> np.ndarray:
+    """bool mask: latencies the link's sub-tick clock cannot hold, i.e. more than 1% off a
+    whole number of sub-ticks, or too many sub-ticks for the int32 clock (host side)."""
+    units = np.round(seconds / sub_s)
+    return (np.abs(units * sub_s - seconds) > 0.01 * seconds) | (units >= 2**30)
 
 
 def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.Array:

@@ -6,6 +6,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from divjax.config import SimConfig, default_hparams  # noqa: E402
@@ -24,6 +25,15 @@ def straggler_hparams(cfg: SimConfig):
         compute_s=jnp.array([0.1, 0.1, 0.13, 0.17, 0.1], jnp.float32),
         upload_bps=jnp.array([1e4, 1e4, 1e4, 2e3, 5e2], jnp.float32),
         latency_s=jnp.array([0.02, 0.0, 0.01, 0.03, 0.02], jnp.float32))
+
+
+def assert_equals_reference(state, ref) -> None:
+    """The engine's final models, sent and delivered counts and iterations equal a reference
+    simulator's (`reference` or `reference_baselines` result)."""
+    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
+    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
+    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
 
 
 @pytest.fixture

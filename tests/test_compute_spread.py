@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from conftest import assert_equals_reference
 
 from divjax import reference
 from divjax.config import ConfigError, SimConfig, default_hparams
@@ -38,10 +39,7 @@ def test_compute_spread__engine_equals_reference_simulator():
     state, _ = jax.jit(run)(jax.random.key(0), hp)
     ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
                              inbox_policy="latest")
-    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
-    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
-    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+    assert_equals_reference(state, ref)
 
 
 @pytest.mark.parametrize("value", [-0.1, float("nan"), 5.0])

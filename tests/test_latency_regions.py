@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_equals_reference
 
 from divjax import reference, reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
@@ -46,10 +47,7 @@ def test_regions__engine_equals_reference_simulator(algorithm, delivery):
     sim = reference if algorithm == "divshare" else reference_baselines
     ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
                        inbox_policy="latest")
-    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
-    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
-    np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+    assert_equals_reference(state, ref)
     assert ref.sent.sum() > 0
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_equals_reference
 
 from divjax import reference, reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
@@ -44,9 +45,7 @@ def test_loss__engine_equals_reference_simulator(algorithm, delivery):
     sim = reference if algorithm == "divshare" else reference_baselines
     ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
                        inbox_policy="latest")
-    np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
-    np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
+    assert_equals_reference(state, ref)
     np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
     # the engine counts a replaced full model (Swift) once per fragment, as it counts deliveries
     per = 1 if algorithm == "divshare" else run.engine.layout.K
