@@ -160,9 +160,14 @@ def auto_chunk(engine, points: int, configs: int | None = None, fraction: float 
     return fit
 
 
-def make_batched(run: Callable, hp_axes: HParams, configs: int) -> Callable:
+def make_batched(run: Callable, hp_axes: HParams, configs: int,
+                 seeds: int | None = None) -> Callable:
     """grid(keys (S,), hp with a config axis where hp_axes is 0) -> (errors, first_error,
     metrics), leaves (S, H, ...): a vmap over seeds of a vmap over configs.
+
+    One point per call (configs == seeds == 1) is run without vmap: under vmap every
+    `lax.cond` of the engine (training only the nodes that finish, AD-PSGD's pong passes, the
+    evaluation) becomes a select that computes both branches at every tick.
 
     The configs of one seed share its key, so everything random (mini-batches, routes,
     fragment masks) and, for optimizer-only grids, the whole schedule is unbatched inside the
@@ -175,6 +180,13 @@ def make_batched(run: Callable, hp_axes: HParams, configs: int) -> Callable:
         metrics = {k: v for k, v in metrics.items() if k != "node"}
         return state.errors, state.first_error_tick, state.first_error_node, metrics
 
+    if configs == 1 and seeds == 1:
+        def single(keys, hp):
+            hp = jax.tree.map(lambda x, a: x if a is None else x[0], hp, hp_axes,
+                              is_leaf=lambda x: x is None)
+            return jax.tree.map(lambda x: x[None, None], point(keys[0], hp))
+
+        return single
     over_configs = jax.vmap(point, in_axes=(None, hp_axes), axis_size=configs)
     return jax.vmap(over_configs, in_axes=(0, None))
 
@@ -233,7 +245,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
             h = jax.tree.map(lambda x: jax.device_put(x, whole), h)
         return k, h
 
-    fn = jax.jit(make_batched(run, hp_axes, Hb))
+    fn = jax.jit(make_batched(run, hp_axes, Hb, Sb))
     t0 = time.perf_counter()
     compiled = fn.lower(*take(h_idx[0], s_idx[0])).compile()
     compile_s = time.perf_counter() - t0

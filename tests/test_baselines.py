@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import straggler_hparams, tiny_config
+from conftest import assert_equals_reference, straggler_hparams, tiny_config
 
 from divjax import reference_baselines
+from divjax.algorithms import adpsgd
 from divjax.algorithms.swift import queue_length
 from divjax.config import SimConfig, default_hparams, product
 from divjax.local import node_batch_key
@@ -275,3 +276,20 @@ def test_compare__cli_writes_table_json_and_plot(tmp_path):
     for name in ("compare.md", "compare.json", "compare.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| local |" in (tmp_path / "compare.md").read_text()
+
+
+def test_adpsgd__pongs_answered_in_chunks_equal_reference(monkeypatch):
+    """Equal compute and links: every node's pings land at the same tick, so each pong pass
+    has more responders than a chunk (PONG_CHUNK = 2 of n = 5) and runs in several chunks."""
+    monkeypatch.setattr(adpsgd, "PONG_CHUNK", 2)
+    cfg = tiny_config(algorithm="adpsgd", delivery="receiver_iteration", fanout=4,
+                      n_fragments=3, duration_s=1.0, same_init=False)
+    hp = default_hparams(cfg).replace(upload_bps=jnp.full(5, 1e5, jnp.float32),
+                                      latency_s=jnp.full(5, 0.02, jnp.float32))
+    run = make_run(cfg, hp=hp)
+    state, _ = jax.jit(run)(jax.random.key(3), hp)
+    assert int(state.errors) == 0
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(3),
+                                       inbox_policy="latest")
+    assert ref.pongs > 0
+    assert_equals_reference(state, ref)

@@ -126,3 +126,29 @@ def test_sweep__movielens_rows_equal_single_runs(tmp_path):
         for name in ("rmse_mean", "rmse_avgmodel", "consensus"):
             np.testing.assert_allclose(np.array([r[name] for r in row], np.float32),
                                        np.asarray(m[name]), rtol=1e-5, atol=1e-6)
+
+
+def test_sweep__one_point_per_call_runs_unbatched_and_equals_the_single_run():
+    """chunk_size=1 runs each point without vmap (the engine's conds stay branches): its rows
+    are the single run's metrics, bit for bit."""
+    from divjax.sweep import make_batched
+
+    cfg = tiny_config(algorithm="adpsgd", fanout=4, duration_s=1.0)
+    res = sweep(cfg, {"lr": [0.1]}, seeds=2, chunk_size=1)
+    g = res.summary["groups"][0]
+    cfg_r = cfg.replace(**{k: g["resolved"][k] for k in ("ring_ticks", "delay_ticks",
+                                                          "train_capacity")})
+    run = make_run(cfg_r, hp=default_hparams(cfg))
+    hp = default_hparams(cfg.replace(lr=0.1))
+    key = jax.random.split(jax.random.key(0), 2)[1]
+    _, m = jax.jit(run)(key, hp)
+    row = [r for r in res.rows if r["seed"] == 1]
+    for name in ("loss_mean", "consensus", "msgs_delivered"):
+        np.testing.assert_array_equal(np.array([r[name] for r in row], np.float32),
+                                      np.asarray(m[name]))
+    # unbatched, the engine keeps its conds (vmap turns those with a batched predicate into
+    # selects that run both branches)
+    hp_axes = jax.tree.map(lambda _: None, hp)
+    conds = [str(jax.make_jaxpr(make_batched(run, hp_axes, 1, seeds))(key[None], hp)).count(
+        "cond[") for seeds in (1, None)]
+    assert conds[0] > conds[1]

@@ -81,6 +81,11 @@ class ADPSGDState(NamedTuple):
     last_version: jax.Array  # (n, n) int32: its snapshot version
 
 
+# Pongs are scheduled and scattered PONG_CHUNK responders at a time (the m-th pong of each,
+# then the next m): the work of a tick follows the pongs that arrive, not n full models per pass.
+PONG_CHUNK = 16
+
+
 def history_depth(cfg: SimConfig, table) -> int:
     """Snapshots per node that the "latest" rule needs (host side, numpy table).
 
@@ -288,33 +293,41 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             a = state.algo_state
             q = a.queue
             K = a.latest.shape[1]
+            B = min(n, PONG_CHUNK)
             cum = jnp.cumsum(count, axis=1)                                    # (n, n)
-            sender = jnp.arange(n, dtype=jnp.int32)
-            none = jnp.zeros((n,), bool)
+            ids = jnp.arange(n, dtype=jnp.int32)
+            none = jnp.zeros((B,), bool)
 
             def body(carry):
-                m, inbox, counters, a, late, lost = carry
+                m, c, inbox, counters, a, late, lost = carry
+                # chunk c of the nodes that send an m-th pong now, in increasing id (n: none)
+                active = total > m
+                order = jnp.pad(jnp.sort(jnp.where(active, ids, n)), (0, B), constant_values=n)
+                sender = jax.lax.dynamic_slice(order, (c * B,), (B,))
+                valid = sender < n
+                safe = jnp.minimum(sender, n - 1)
                 # node r's m-th pong goes to the pinging node j with cum[r, j-1] <= m < cum[r, j]
-                target = jnp.minimum(jnp.sum(cum <= m, axis=1), n - 1).astype(jnp.int32)
+                target = jnp.minimum(jnp.sum(cum[safe] <= m, axis=1), n - 1).astype(jnp.int32)
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
-                                                (total > m)[:, None],
-                                                jnp.full((n, 1), m, jnp.int32), t, K,
-                                                target[:, None])
+                                                valid[:, None], jnp.full((B, 1), m, jnp.int32),
+                                                t, K, target[:, None])
                 if latest_rule:
                     inbox, counters, a, _, lost_m = retract_replaced(
                         ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
-                        sched.sent[..., 0], sched.arrival[..., 0], state.iterations, t)
+                        sched.sent[..., 0], sched.arrival[..., 0], state.iterations[safe], t)
                     lost = lost | lost_m
                 inbox, counters, too_late = push(
                     ctx.cfg, inbox, counters, ctx.table, sched, sender, none,
-                    jnp.broadcast_to(target[:, None, None], (n, 1, K)), a.latest)
-                return m + 1, inbox, counters, a, late | too_late, lost
+                    jnp.broadcast_to(target[:, None, None], (B, 1, K)), a.latest[safe])
+                more = (c + 1) * B < jnp.sum(active)
+                return (jnp.where(more, m, m + 1), jnp.where(more, c + 1, 0), inbox, counters,
+                        a, late | too_late, lost)
 
-            _, inbox, counters, a, late, lost = jax.lax.while_loop(
+            _, _, inbox, counters, a, late, lost = jax.lax.while_loop(
                 lambda c: c[0] < jnp.max(total), body,
-                (jnp.int32(0), state.inbox, state.counters, a, jnp.bool_(False),
-                 jnp.bool_(False)))
-            q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, sender,
+                (jnp.int32(0), jnp.int32(0), state.inbox, state.counters, a,
+                 jnp.bool_(False), jnp.bool_(False)))
+            q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, ids,
                                               total > 0, total, t),
                            q.enqueued + total)
             state = flag_error(state, jnp.where(late, ERR_RING_TOO_SHORT, 0), t)
