@@ -126,6 +126,59 @@ def model_params(cfg) -> int:
         jax.eval_shape(task.init, jax.random.key(0)))))
 
 
+def cell_params(cell_config: dict) -> int | None:
+    """Parameters of one model of a cell's run (rebuilt from its config; data paths relative to
+    the repository root), or None when its data cannot be read here."""
+    import dataclasses
+
+    from divjax.config import SimConfig
+
+    names = {f.name for f in dataclasses.fields(SimConfig)}
+    cfg = SimConfig(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in cell_config.items() if k in names})
+    if cfg.data_dir and not Path(cfg.data_dir).is_absolute():
+        cfg = cfg.replace(data_dir=str(ROOT / cfg.data_dir))
+    try:
+        return model_params(cfg)
+    except Exception:   # e.g. the data directory is not there: the text leaves the count out
+        return None
+
+
+def identical_regimes(idx: dict) -> dict[str, list[list[str]]]:
+    """Per algorithm, the groups (2 or more) of MovieLens map regimes whose cells have the same
+    primary-metric curve for every seed they share (and share at least one)."""
+    curves: dict = {}
+    for (task, regime, algo), cells in idx.items():
+        if task == "movielens" and regime.startswith("r"):
+            for seed, c in cells.items():
+                curves.setdefault(algo, {}).setdefault(regime, {})[seed] = tuple(
+                    c["curve"][c["primary"] + "_mean"])
+    out = {}
+    for algo, by_regime in sorted(curves.items()):
+        groups: list[list[str]] = []
+        for r in sorted(by_regime):
+            for g in groups:
+                x, y = by_regime[g[0]], by_regime[r]
+                common = set(x) & set(y)
+                if common and all(x[k] == y[k] for k in common):
+                    g.append(r)
+                    break
+            else:
+                groups.append([r])
+        if any(len(g) > 1 for g in groups):
+            out[algo] = [g for g in groups if len(g) > 1]
+    return out
+
+
+def models_phrase(cell_config: dict, sends: int = MODEL_SENDS) -> tuple[str, float | None]:
+    """("its 6 models of D float32 parameters", fast send time in s), from a cell's config;
+    without the data to rebuild the model: ("its 6 models", None)."""
+    D = cell_params(cell_config)
+    if D is None:
+        return f"its {sends} models", None
+    return f"its {sends} models of {D:,} float32 parameters", send_time_s(D, sends=sends)
+
+
 def main_config(scale: str, data_dir: str):
     """MovieLens main comparison: the paper's network with compute 1.5x the fast send time."""
     cfg = movielens_base(scale, data_dir)
@@ -765,16 +818,18 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
         if ("movielens", "main", "divshare") in idx else None
     L += ["## MovieLens, main comparison", ""]
     if mcfg:
-        t_send = send_time_s(206_680)
+        D = cell_params(mcfg)
+        models, t_send = models_phrase(mcfg)
+        ratio = (f"{mcfg['compute_s'] / t_send:.2f}x the {t_send:.3f} s a fast node needs "
+                 f"to send {models}; a straggler needs {send_time_s(D, 13.0):.1f}-"
+                 f"{send_time_s(D, 10.0):.1f} s, so only the stragglers' links are saturated"
+                 if D else "the model size could not be read here")
         L += [f"{mcfg['n_nodes']} nodes, {mcfg['n_stragglers']} stragglers at "
               f"{', '.join(f'{x:g}' for x in mcfg['straggler_mbps'])} Mbit/s (others "
               f"{mcfg['fast_mbps']:g}), fanout {mcfg['fanout']}, Omega {mcfg['n_fragments']}, "
               f"{mcfg['local_steps']} local steps of batch {mcfg['batch_size']}, lr "
               f"{mcfg['lr']:g}, compute {mcfg['compute_s']:g} s per iteration "
-              f"({mcfg['compute_s'] / t_send:.2f}x the {t_send:.3f} s a fast node needs to send "
-              f"its 6 models of 206,680 float32 parameters; a straggler needs "
-              f"{send_time_s(206_680, 13.0):.1f}-{send_time_s(206_680, 10.0):.1f} s, so only "
-              f"the stragglers' links are saturated), tick {mcfg['tick_s']:.4g} s, "
+              f"({ratio}), tick {mcfg['tick_s']:.4g} s, "
               f"{mcfg['duration_s']:g} simulated s ({mcfg['duration_s'] / mcfg['compute_s']:.0f} "
               f"iterations). Targets (fixed before the runs): RMSE "
               f"{' and '.join(f'{y:g}' for y in tg['movielens'])}.", ""]
@@ -869,7 +924,9 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
         plot_maps(rmap, png, scale)
         any_cell = next(c for (t, r, a), cs in idx.items() if r.startswith("r")
                         for c in cs.values())["config"]
-        L += [f"Compute time per iteration from 0.1x to 10x the {send_time_s(206_680):.3f} s a "
+        _, t_send = models_phrase(any_cell)
+        send = f"the {t_send:.3f} s a" if t_send else "the time a"
+        L += [f"Compute time per iteration from 0.1x to 10x {send} "
               f"fast (60 Mbit/s) node needs to send 6 full models, x stragglers among 60 "
               f"(the paper's 7 bandwidths 12, 12, 12, 13, 10, 13, 11 Mbit/s, repeated in order "
               f"for 30). Each cell runs {any_cell['duration_s'] / any_cell['compute_s']:.0f} "
@@ -927,15 +984,29 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
               "mean less dilution of the user rows (see the MovieLens section), so part of "
               "DivShare's MovieLens advantage is that it averages less, not only that what it "
               "averages is fresher.", ""]
+    same = identical_regimes(idx)
+    if same:
+        L += ["**Cells with identical results.** " + "; ".join(
+              f"{algo}: " + " and ".join("{" + ", ".join(g) + "}" for g in groups)
+              for algo, groups in same.items()) + " give the same learning curve for every "
+              "seed, value for value (time aside). This is expected, not a copy: the tick is "
+              "compute / 10 in every cell, and where every link delivers a node's messages "
+              "within the iteration they were sent in (no link saturated, stragglers "
+              "included), a receiver averages at its iteration end whatever arrived in that "
+              "window, so when in the window a message arrived, and hence a link's bandwidth, "
+              "changes nothing. An algorithm missing from a group, or a cell missing from it, "
+              "differs (AD-PSGD answers a ping at the tick it arrives, so a slower link moves "
+              "the pong, and it can land in another window).", ""]
     # --- CIFAR
     cf = res["cifar10"]
     L += ["## CIFAR-10 (shortened)", ""]
     ccfg = next(iter(idx[("cifar10", "main", "divshare")].values()))["config"] \
         if ("cifar10", "main", "divshare") in idx else cifar_config(scale, "").__dict__
+    models, t_send = models_phrase(ccfg)
+    sends = f"a fast node sends {models} in {t_send:.2f} s" if t_send else "see the task"
     L += [f"60 nodes, GN-LeNet, kshard(5), the paper's network, compute "
           f"{ccfg['compute_s']:g} simulated s per iteration (the preset's estimate, kept so the "
-          f"ratio of compute to send time is unchanged: a fast node sends its 6 models of 89.8k "
-          f"parameters in {send_time_s(89_834):.2f} s), but {ccfg['local_steps']} local steps "
+          f"ratio of compute to send time is unchanged: {sends}), but {ccfg['local_steps']} local steps "
           f"instead of 128 and {ccfg['duration_s']:g} simulated s instead of 800 "
           f"({ccfg['duration_s'] / ccfg['compute_s']:.0f} iterations); task "
           f"`{ccfg['task']}`. Targets (fixed before the runs): accuracy "
