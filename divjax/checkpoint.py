@@ -36,6 +36,7 @@ import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, check_hparams
 from divjax.sim import Engine, check_state
+from divjax.sizing import compile_checked
 from divjax.state import SimState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -329,9 +330,9 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     fp = fingerprint(cfg, hp, key)
     if run_dir is not None:
         check_checkpoints_belong(run_dir, fp)
-    advance = jax.jit(engine.advance, donate_argnums=0)
     if state is None:
         state = jax.jit(engine.init)(key, hp)
+    advance = compile_checked(jax.jit(engine.advance, donate_argnums=0), state, hp, cfg=cfg)
     history = list(history or [])
     c = int(state.t) // cfg.eval_every
     if c != len(history):

@@ -39,7 +39,7 @@ from divjax.local import (
 )
 from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
-from divjax.sizing import check_memory_early, model_layout, resolve
+from divjax.sizing import check_memory_early, compile_checked, model_layout, resolve
 from divjax.state import (
     ERR_CAPACITY,
     ERR_CLOCK,
@@ -373,9 +373,10 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     `state` if given (e.g. a resumed checkpoint). Returns (state, metrics stacked over chunks).
     Not jittable: host loop.
     """
-    advance = jax.jit(engine.advance, donate_argnums=0)
     if state is None:
         state = jax.jit(engine.init)(key, hp)
+    advance = compile_checked(jax.jit(engine.advance, donate_argnums=0), state, hp,
+                              cfg=engine.cfg)
     done_chunks = int(state.t) // engine.cfg.eval_every
     last = engine.cfg.num_chunks if stop_chunk is None else stop_chunk
     history = []

@@ -16,7 +16,7 @@ from divjax import network
 from divjax.algorithms import Algorithm
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.flat import FragmentLayout, make_layout
-from divjax.memory import available_memory_bytes, memory_model
+from divjax.memory import available_memory_bytes, compiled_memory, memory_model
 from divjax.tasks import Task
 
 
@@ -125,3 +125,22 @@ def memory_advice(cfg: SimConfig, est: dict) -> list[str]:
         tips.append("a coarser --tick-s or faster links (fewer messages in flight per slot)")
     tips.append(f"lower --n-nodes (now {cfg.n_nodes})")
     return tips
+
+
+def compile_checked(fn, *args, cfg: SimConfig, what: str = "one eval interval",
+                    fix: str = "", budget: int | None = None):
+    """`fn.lower(*args).compile()` (fn jitted), refused before it runs when XLA's own buffer
+    figures (arguments + outputs + temporaries - donated; `memory.compiled_memory`) exceed
+    90% of the device: the state estimate of `resolve` counts the state, not the temporaries
+    that the compiled step adds (gathered models, scatter buffers). On backends without the
+    analysis, the program is returned unchecked."""
+    compiled = fn.lower(*args).compile()
+    peak = compiled_memory(compiled).get("peak_estimate", 0)
+    have = available_memory_bytes() if budget is None else budget
+    if peak > 0.9 * have:
+        est = {"total": peak}
+        raise ConfigError(
+            f"the compiled program for {what} needs about {peak / 2**30:.2f} GiB (XLA's "
+            f"arguments, outputs and temporaries) but the device has {have / 2**30:.2f} GiB: "
+            + "; ".join(([fix] if fix else []) + memory_advice(cfg, est)))
+    return compiled

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
+from divjax.sizing import compile_checked
 from divjax.state import ERR_NONFINITE
 from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa: F401 (ci95: API)
 
@@ -247,7 +248,9 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
 
     fn = jax.jit(make_batched(run, hp_axes, Hb, Sb))
     t0 = time.perf_counter()
-    compiled = fn.lower(*take(h_idx[0], s_idx[0])).compile()
+    compiled = compile_checked(fn, *take(h_idx[0], s_idx[0]), cfg=cfg,
+                               what=f"a sweep chunk of {Hb * Sb} point(s)",
+                               fix="a smaller --chunk-size (points per compiled call)")
     compile_s = time.perf_counter() - t0
     blocks = [[None] * s_blocks for _ in range(h_blocks)]
     err_blocks = [[None] * s_blocks for _ in range(h_blocks)]

@@ -56,3 +56,29 @@ def test_compiled_memory__reports_buffers():
     m = memory.compiled_memory(f)
     if m:  # backends without the analysis return {}
         assert m["argument"] >= 4000 and m["peak_estimate"] > 0
+
+
+def test_drivers__refuse_a_compiled_step_that_does_not_fit(monkeypatch):
+    """The state estimate passes, but XLA's buffers for the compiled step (temporaries
+    included) exceed the device: the drivers and the sweep refuse before running, naming the
+    size and the fixes, instead of running out of memory."""
+    from divjax import sizing
+    from divjax.config import ConfigError
+    from divjax.sim import simulate
+    from divjax.sweep import sweep
+
+    cfg = tiny_config(duration_s=0.5)
+    engine = make_engine(cfg)
+    hp = default_hparams(cfg)
+    state, _ = simulate(engine, jax.random.key(0), hp)        # fits: runs
+    compiled = sizing.compile_checked(jax.jit(engine.advance), state, hp, cfg=engine.cfg)
+    if not memory.compiled_memory(compiled):
+        pytest.skip("this backend reports no buffer sizes")
+    # a device with less memory than the compiled step's buffers
+    monkeypatch.setattr(sizing, "available_memory_bytes", lambda: 2**20)
+    monkeypatch.setattr(sizing, "compiled_memory", lambda c: {"peak_estimate": 2**30})
+    with pytest.raises(ConfigError, match=r"compiled program for one eval interval needs "
+                                          r"about 1.00 GiB.*--n-nodes"):
+        simulate(engine, jax.random.key(0), hp)
+    with pytest.raises(ConfigError, match=r"sweep chunk of 1 point.*--chunk-size"):
+        sweep(cfg, {"lr": [0.1]}, seeds=1, chunk_size=1)
