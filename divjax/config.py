@@ -87,9 +87,11 @@ class SimConfig:
     train_chunk: int = 0             # nodes trained at once (0 = every finishing node under one
     #                                  vmap; k: lax.map over chunks of k, bounding memory; 1 runs
     #                                  per-node kernels, faster for CNNs on CPU)
-    iteration_chunk: int = 0         # finishing nodes whose whole iteration end (training,
+    iteration_chunk: int = -1        # finishing nodes whose whole iteration end (training,
     #                                  sending, averaging) runs at once; 0 = all; k bounds the
-    #                                  gathered models to k (thousands of large models in memory)
+    #                                  gathered models to k (thousands of large models in memory);
+    #                                  -1 = auto (sizing.auto_iteration_chunk: all when nodes
+    #                                  finish together, small chunks when they finish apart)
     eval_chunk: int = 64             # nodes evaluated at once (bounds evaluation memory)
     # --- default network (builds HParams arrays) ---
     fast_mbps: float = 60.0          # upload bandwidth of a normal node, Mbit/s
@@ -181,9 +183,9 @@ class SimConfig:
             bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
         if self.train_chunk < 0:
             bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
-        if self.iteration_chunk < 0:
+        if self.iteration_chunk < -1:
             bad("iteration_chunk", self.iteration_chunk,
-                "use 0 (all at once) or a positive chunk size")
+                "use -1 (auto), 0 (all at once) or a positive chunk size")
         if self.eval_chunk < 1:
             bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
         if not (math.isfinite(self.lr) and self.lr >= 0):

@@ -232,7 +232,7 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     parts["neighbours"] = n * (max_degree(cfg) * F32 + F32)
     # gathered copies of the finishing nodes (params, trained, averaged, optimizer) for all C,
     # plus gradient and activations for the nodes trained at once (train_chunk of them)
-    gathered = min(C, cfg.iteration_chunk) if cfg.iteration_chunk else C
+    gathered = min(C, cfg.iteration_chunk) if cfg.iteration_chunk > 0 else C   # -1: not chosen yet
     at_once = min(gathered, cfg.train_chunk) if cfg.train_chunk else gathered
     # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
     parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))

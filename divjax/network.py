@@ -260,18 +260,26 @@ def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None
     return int(ring_slots_for(cfg, int(delay), int(np.min(table.compute_ticks))))
 
 
-def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
-    """The largest number of nodes that finish an iteration at one tick during the run."""
+def finishers_per_tick(cfg: SimConfig, table: LinkTable) -> tuple[int, float]:
+    """(the largest number of nodes that finish an iteration at one tick during the run, the
+    mean number over the ticks at which any finishes), the worst over swept configs."""
     c = np.asarray(table.compute_ticks).reshape(-1, cfg.n_nodes)
     T = cfg.num_ticks
-    worst = 1
+    worst, mean = 1, 0.0
     for row in c:  # one row per swept config; host-side, once
         counts = np.zeros(T + 1, np.int64)
         for ci in np.unique(row):
             mult = int(np.sum(row == ci))
             counts[np.arange(ci, T + 1, ci)] += mult
         worst = max(worst, int(counts.max()))
-    return worst
+        busy = counts[counts > 0]
+        mean = max(mean, float(busy.mean()) if busy.size else 0.0)
+    return worst, mean
+
+
+def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
+    """The largest number of nodes that finish an iteration at one tick during the run."""
+    return finishers_per_tick(cfg, table)[0]
 
 
 class Schedule(NamedTuple):

@@ -287,6 +287,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
+            or cfg.iteration_chunk == -1
             or (algo.resolve_sizes is not None
                 and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)

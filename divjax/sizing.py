@@ -9,6 +9,8 @@ fixed fragment partition of a task's model.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 
@@ -92,7 +94,10 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
-    worst = network.max_simultaneous_finishers(cfg, table)
+    worst, mean = network.finishers_per_tick(cfg, table)
+    if cfg.iteration_chunk == -1:
+        cfg = cfg.replace(iteration_chunk=auto_iteration_chunk(
+            cfg.train_capacity or worst, mean))
     if cfg.train_capacity == 0:
         cfg = cfg.replace(train_capacity=worst)
     elif cfg.train_capacity < worst:
@@ -111,11 +116,22 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     return cfg
 
 
+def auto_iteration_chunk(capacity: int, mean_finishers: float) -> int:
+    """`iteration_chunk` for -1 (auto): 0 (every finishing node at once, in a gather padded to
+    `capacity`) when nodes finish together, as with equal compute times; else the smallest
+    power of two >= the mean number of nodes finishing at a tick, so that a tick trains about
+    the nodes that finish instead of `capacity` padded rows (compute spread or jitter: nodes
+    finish at many different ticks). The results do not depend on it."""
+    if capacity <= 2 or 2 * mean_finishers > capacity:
+        return 0
+    return 1 << max(0, math.ceil(math.log2(max(1.0, mean_finishers))))
+
+
 def memory_advice(cfg: SimConfig, est: dict) -> list[str]:
     """The fixes that apply to this config (for the memory error): never one already on."""
     tips = []
     if est.get("training", 0) > 0.2 * est["total"] and (
-            cfg.iteration_chunk == 0 or cfg.iteration_chunk > 64):
+            cfg.iteration_chunk <= 0 or cfg.iteration_chunk > 64):
         tips.append("--iteration-chunk 64 (end the iterations of 64 finishing nodes at a time: "
                     "the training buffers shrink, the results do not change)")
     if cfg.delivery == "arrival_tick":

@@ -130,9 +130,11 @@ def resolve_grid(cfg: SimConfig, hps: list[HParams], task, algo):
 
     layout = model_layout(cfg, task)
     got = [resolve(cfg, h, layout, check_memory=False, algo=algo) for h in hps]
+    chunks = [c.iteration_chunk for c in got]      # any chunk gives the same results
     return cfg.replace(ring_ticks=max(c.ring_ticks for c in got),
                        delay_ticks=max(c.delay_ticks for c in got),
-                       train_capacity=max(c.train_capacity for c in got))
+                       train_capacity=max(c.train_capacity for c in got),
+                       iteration_chunk=0 if 0 in chunks else max(chunks))
 
 
 # ----------------------------------------------------------------------------- running

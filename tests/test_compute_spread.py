@@ -46,3 +46,21 @@ def test_compute_spread__engine_equals_reference_simulator():
 def test_compute_spread__bad_values_are_refused(value):
     with pytest.raises(ConfigError, match="compute_spread"):
         SimConfig(compute_spread=value)
+
+
+def test_iteration_chunk__auto_follows_how_nodes_finish():
+    """-1 (the default) picks all-at-once when nodes finish together and a small power of two
+    when compute spread makes them finish apart (padding to the capacity would train mostly
+    empty rows); the rule itself, and that an explicit value is kept."""
+    from divjax.sizing import auto_iteration_chunk
+
+    assert auto_iteration_chunk(60, 60.0) == 0 and auto_iteration_chunk(2, 1.0) == 0
+    assert auto_iteration_chunk(32, 1.4) == 2 and auto_iteration_chunk(32, 1.0) == 1
+    assert auto_iteration_chunk(200, 60.0) == 64 and auto_iteration_chunk(200, 120.0) == 0
+    cfg = SimConfig(n_nodes=12, n_fragments=2, fanout=2, local_steps=1, batch_size=4,
+                    tick_s=0.01, duration_s=1.0, eval_every_s=0.5, compute_s=0.1)
+    assert make_run(cfg).engine.cfg.iteration_chunk == 0
+    spread = make_run(cfg.replace(compute_spread=1.0)).engine.cfg
+    assert 0 < spread.iteration_chunk < spread.train_capacity
+    assert make_run(cfg.replace(compute_spread=1.0, iteration_chunk=0)).engine.cfg \
+        .iteration_chunk == 0
