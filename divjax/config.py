@@ -110,6 +110,10 @@ class SimConfig:
     #                                  exp(s z_i - s^2 / 2), z_i ~ N(0, 1) (log-normal, mean
     #                                  compute_s), rounded to whole ticks; 0 = every node equal
     compute_seed: int = 0            # seed of those draws (numpy; the run's key is separate)
+    compute_jitter: float = 0.0      # per-iteration jitter: iteration k of node i takes its
+    #                                  compute time * exp(s z - s^2 / 2), z ~ N(0, 1) clipped to
+    #                                  [-3, 3], drawn from the run's key; 0 = fixed times
+    iteration_slots: int = 0         # compute jitter: iteration ends tabled per node; 0 = auto
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
     momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)
@@ -147,6 +151,13 @@ class SimConfig:
         if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
             bad("compute_spread", self.compute_spread,
                 "use a log-normal sigma in [0, 3] (0 = equal compute times)")
+        if not (math.isfinite(self.compute_jitter) and 0 <= self.compute_jitter <= 2):
+            bad("compute_jitter", self.compute_jitter,
+                "use a log-normal sigma in [0, 2] (0 = every iteration takes compute_s)")
+        if self.compute_jitter and self.algorithm in ("dpsgd", "epidemic"):
+            bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
+                "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
+                "algorithm (divshare, swift, adpsgd, local)")
         if self.latency_ms < 0:
             bad("latency_ms", self.latency_ms, "latency cannot be negative")
         if not 1 <= self.latency_regions <= self.n_nodes:
@@ -167,14 +178,10 @@ class SimConfig:
             bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
         if self.inbox not in ("latest", "sum"):
             bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
-        if self.inbox_history < 0:
-            bad("inbox_history", self.inbox_history, "use 0 (auto) or a positive count")
-        if self.ping_slots < 0:
-            bad("ping_slots", self.ping_slots, "use 0 (auto) or a positive count")
-        if self.ring_ticks < 0:
-            bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
-        if self.delay_ticks < 0:
-            bad("delay_ticks", self.delay_ticks, "use 0 (auto) or a positive number of ticks")
+        for name in ("inbox_history", "ping_slots", "ring_ticks", "delay_ticks",
+                     "iteration_slots"):   # sizes: 0 = auto
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "use 0 (auto) or a positive size")
         if self.link_resolution < 1:
             bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
         if not 0 <= self.train_capacity <= self.n_nodes:

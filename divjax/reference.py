@@ -24,6 +24,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms.divshare import divshare_routes
+from divjax.compute_schedule import host_end_ticks
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.sizing import model_layout
@@ -85,6 +86,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
 
     params, k_sim = initial_models(cfg, task, layout, key)
+    ends = host_end_ticks(cfg, c, k_sim)    # compute jitter: iteration k of node i ends there
+
+    def end_of(i, k):  # the tick at which iteration k (0-based) of node i ends
+        return (k + 1) * int(c[i]) if ends is None else int(ends[i, min(k, ends.shape[1] - 1)])
     opt = [init_opt(p) for p in params]
 
     sent = np.zeros((n, K), np.int64)
@@ -115,7 +120,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         at(-(-end // R), 0, "leave", i, token)
 
     for i in range(n):
-        at(c[i], 1, "end", i)
+        at(end_of(i, 0), 1, "end", i)
 
     T = cfg.num_ticks
     while events and events[0][0] < T:
@@ -180,7 +185,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             params[i] = total / count[:, None]
             opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
             iterations[i] += 1
-            at(t + c[i], 1, "end", i)
+            at(end_of(i, iterations[i]), 1, "end", i)
 
     return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log,
                            lost_at)

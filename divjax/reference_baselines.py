@@ -29,6 +29,7 @@ from divjax.algorithms import ALGORITHMS
 from divjax.algorithms.adpsgd import adpsgd_routes
 from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
+from divjax.compute_schedule import host_end_ticks
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.reference import initial_models
@@ -86,6 +87,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     route = jax.jit(route) if route is not None else None
 
     params, k_sim = initial_models(cfg, task, layout, key)
+    ends = host_end_ticks(cfg, c, k_sim)    # compute jitter: iteration k of node i ends there
+
+    def end_of(i, k):  # the tick at which iteration k (0-based) of node i ends
+        return (k + 1) * int(c[i]) if ends is None else int(ends[i, min(k, ends.shape[1] - 1)])
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 
@@ -140,10 +145,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         params[i] = new
         opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
         iterations[i] += 1
-        at(t + c[i], 2, "end", i)
+        at(end_of(i, iterations[i]), 2, "end", i)
 
     for i in range(n):
-        at(c[i], 2, "end", i)
+        at(end_of(i, 0), 2, "end", i)
 
     while events and events[0][0] < T:
         t, _, _, kind, data = heapq.heappop(events)

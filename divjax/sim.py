@@ -28,6 +28,7 @@ import numpy as np
 
 from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
+from divjax.compute_schedule import end_tick, iteration_ends, shortest_ticks
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
@@ -46,6 +47,7 @@ from divjax.state import (
     ERR_HISTORY,
     ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
+    ERR_SCHEDULE,
     SimState,
     flag_error,
     flag_nonfinite,
@@ -82,11 +84,13 @@ class Engine(NamedTuple):
 # ----------------------------------------------------------------------------- state at tick 0
 
 
-def context(spec: EngineSpec, hp: HParams) -> Context:
-    """The algorithm's view of the run: config, layout, graph and the integer timing of hp."""
+def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
+    """The algorithm's view of the run: config, layout, graph, integer timing (`ends`: k_sim)."""
     table = network.link_table(spec.cfg, hp, spec.layout.fragment_bytes)
     if spec.algo.adjust_timing is not None:
         table = spec.algo.adjust_timing(spec.cfg, table)
+    if spec.cfg.compute_jitter:
+        table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim))
     return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
                    jnp.asarray(spec.degree), table)
 
@@ -98,14 +102,16 @@ def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.
     if spec.algo.longest_delay is None:
         # a queue that is replaced every iteration bounds every delay by compute + latency;
         # other queues are checked message by message in messages.push
-        delay = jnp.max(network.replaced_queue_delay_bound(table, cfg.link_resolution))
-        slots = network.ring_slots_for(cfg, delay, jnp.min(table.compute_ticks))
+        delay = jnp.max(network.replaced_queue_delay_bound(cfg, table))
+        slots = network.ring_slots_for(cfg, delay,
+                                       jnp.min(shortest_ticks(cfg, table.compute_ticks)))
         fits = (slots <= cfg.ring_ticks) & (delay <= cfg.delay_ticks)
     else:
         fits = jnp.bool_(True)
     clock_ok = network.clock_fits(cfg, hp, spec.layout.fragment_bytes)
-    return (jnp.where(fits, 0, ERR_RING_TOO_SHORT)
-            | jnp.where(clock_ok, 0, ERR_CLOCK)).astype(jnp.int32)
+    ends_ok = True if table.ends is None else jnp.all(table.ends[:, -1] >= cfg.num_ticks)
+    return (jnp.where(fits, 0, ERR_RING_TOO_SHORT) | jnp.where(clock_ok, 0, ERR_CLOCK)
+            | jnp.where(ends_ok, 0, ERR_SCHEDULE)).astype(jnp.int32)
 
 
 def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
@@ -114,7 +120,7 @@ def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
     n, K, F = cfg.n_nodes, layout.K, layout.F
     k_init, k_sim = jax.random.split(key)
     del key
-    ctx = context(spec, hp)
+    ctx = context(spec, hp, k_sim)
     if cfg.same_init:
         params = jnp.broadcast_to(layout.flatten(task.init(k_init)), (n, K, F))
     else:
@@ -202,7 +208,8 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
         jnp.any(done), lambda s: end_finishing_nodes(spec, ctx, hp, s, done, keys, t),
         lambda s: s, state)
     return state.replace(
-        next_end=jnp.where(done, t + ctx.table.compute_ticks, state.next_end),
+        next_end=jnp.where(done, end_tick(ctx.table, jnp.arange(spec.cfg.n_nodes),
+                                          state.iterations + 1), state.next_end),
         iterations=state.iterations + done.astype(jnp.int32),
         t=t + 1,
     )
@@ -210,7 +217,7 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
 
 def run_ticks(spec: EngineSpec, state: SimState, hp: HParams) -> SimState:
     """One evaluation interval of ticks (`cfg.eval_every`), no evaluation."""
-    ctx = context(spec, hp)
+    ctx = context(spec, hp, state.k_sim)
     return jax.lax.fori_loop(0, spec.cfg.eval_every, lambda _, s: tick(spec, ctx, hp, s), state)
 
 
@@ -287,6 +294,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
+            or (cfg.compute_jitter and cfg.iteration_slots == 0)
             or (algo.resolve_sizes is not None
                 and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
@@ -330,7 +338,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
 
 class SimulationError(RuntimeError):
-    """Something went wrong inside a run (NaN, ring or capacity overflow): says what and how to fix."""
+    """Something went wrong inside a run (NaN, ring or capacity overflow): what, and the fix."""
 
 
 def check_state(state: SimState, cfg: SimConfig) -> None:
@@ -359,6 +367,9 @@ def check_state(state: SimState, cfg: SimConfig) -> None:
         msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
                     f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
                     f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
+    if e & ERR_SCHEDULE:
+        msgs.append("the compute-jitter table ends before the run: build the run with these "
+                    "HParams (make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
     if e & ERR_CAPACITY:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
@@ -370,8 +381,7 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     """The Python driver: one jitted eval interval at a time, with progress reports.
 
     Bit-identical to `make_run` (same tick function, keys folded from the tick). Starts from
-    `state` if given (e.g. a resumed checkpoint). Returns (state, metrics stacked over chunks).
-    Not jittable: host loop.
+    `state` if given (a resumed checkpoint). Returns (state, metrics stacked over chunks).
     """
     advance = jax.jit(engine.advance, donate_argnums=0)
     if state is None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms import Algorithm
+from divjax.compute_schedule import longest_ticks, slots_needed
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.flat import FragmentLayout, make_layout
 from divjax.memory import available_memory_bytes, memory_model
@@ -66,7 +67,8 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
     if algo is not None and algo.adjust_timing is not None:
         table = algo.adjust_timing(cfg, table)
-    if np.max(table.compute_ticks) * cfg.link_resolution >= 2**30:
+    longest = longest_ticks(cfg, np.asarray(table.compute_ticks))
+    if np.max(longest) * cfg.link_resolution >= 2**30:
         raise ConfigError(
             f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
             f"raise tick_s={cfg.tick_s} or lower link_resolution={cfg.link_resolution}")
@@ -76,7 +78,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     if algo is not None and algo.longest_delay is not None:
         delay = int(algo.longest_delay(cfg, table))
     else:
-        delay = network.longest_delay_ticks(table, cfg.link_resolution)
+        delay = network.longest_delay_ticks(cfg, table)
     if cfg.delay_ticks == 0:
         cfg = cfg.replace(delay_ticks=delay)
     elif cfg.delay_ticks < delay:
@@ -92,6 +94,16 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
+    if cfg.compute_jitter:   # the iteration-end table reaches past the run's end
+        need = slots_needed(cfg, table.compute_ticks)
+        if cfg.iteration_slots == 0:
+            cfg = cfg.replace(iteration_slots=need)
+        elif cfg.iteration_slots < need:
+            raise ConfigError(f"iteration_slots={cfg.iteration_slots} cannot hold the "
+                              f"iteration ends of the run: set --iteration-slots {need} or 0")
+        if cfg.iteration_chunk == 0:   # capacity is every node: train the finishers a few
+            per_tick = float(np.max(np.sum(1.0 / np.asarray(table.compute_ticks), axis=-1)))
+            cfg = cfg.replace(iteration_chunk=int(np.clip(np.ceil(2 * per_tick), 1, 64)))
     worst = network.max_simultaneous_finishers(cfg, table)
     if cfg.train_capacity == 0:
         cfg = cfg.replace(train_capacity=worst)

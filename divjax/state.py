@@ -16,6 +16,7 @@ ERR_CAPACITY = 2         # more nodes finished in one tick than train_capacity
 ERR_NONFINITE = 4        # a trained model holds NaN or inf
 ERR_HISTORY = 8          # inbox "latest": a replaced message's snapshot left the history
 ERR_CLOCK = 16           # HParams invalid or too large for the int32 link clock
+ERR_SCHEDULE = 32        # compute jitter: the iteration-end table is shorter than the run
 
 
 @struct.dataclass
@@ -71,7 +72,8 @@ def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
         algo_state=algo.init(ctx, params),
         inbox=init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
         counters=init_counters(n, K, counter_ticks),
-        next_end=ctx.table.compute_ticks,
+        next_end=(ctx.table.compute_ticks if ctx.table.ends is None
+                  else ctx.table.ends[:, 0]),
         iterations=jnp.zeros((n,), jnp.int32),
         errors=errors,
         first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
