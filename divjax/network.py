@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.compute_schedule import longest_ticks, shortest_ticks
+from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks
 from divjax.config import ConfigError, HParams, SimConfig
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
@@ -46,8 +46,10 @@ class LinkTable(NamedTuple):
     msg_units: jax.Array      # (n, K) int32: link sub-ticks node i needs to send fragment k, >= 1
     region: jax.Array         # (n,) int32: every node's latency region (all 0 with one region)
     region_units: jax.Array   # (G, G) int32: sub-ticks added from region a to region b, >= 0
-    ends: jax.Array | None = None  # (n, S) int32 with compute jitter: the tick iteration k of
-    #                                node i ends (`divjax.compute_schedule`); None: k c_i
+    ends: jax.Array | None = None  # (n, S) int32 with compute jitter or churn: the tick
+    #                                iteration k of node i ends (`compute_schedule`); None: k c_i
+    off_start: jax.Array | None = None  # (n, J) int32 with churn: node i is offline at ticks
+    off_end: jax.Array | None = None    # [off_start, off_end) (`offline_intervals`)
 
 
 def pair_latency_units(table: LinkTable, sender: jax.Array, receiver: jax.Array) -> jax.Array:
@@ -268,8 +270,8 @@ def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None
 
 def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
     """The largest number of nodes that finish an iteration at one tick during the run
-    (with compute jitter, which the key decides: all of them)."""
-    if cfg.compute_jitter:
+    (with compute jitter or churn, which the key decides: all of them)."""
+    if has_table(cfg):
         return cfg.n_nodes
     c = np.asarray(table.compute_ticks).reshape(-1, cfg.n_nodes)
     T = cfg.num_ticks

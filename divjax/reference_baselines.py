@@ -29,10 +29,9 @@ from divjax.algorithms import ALGORITHMS
 from divjax.algorithms.adpsgd import adpsgd_routes
 from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
-from divjax.compute_schedule import host_end_ticks
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.reference import initial_models
+from divjax.reference import initial_models, iteration_schedule
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -87,10 +86,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     route = jax.jit(route) if route is not None else None
 
     params, k_sim = initial_models(cfg, task, layout, key)
-    ends = host_end_ticks(cfg, c, k_sim)    # compute jitter: iteration k of node i ends there
-
-    def end_of(i, k):  # the tick at which iteration k (0-based) of node i ends
-        return (k + 1) * int(c[i]) if ends is None else int(ends[i, min(k, ends.shape[1] - 1)])
+    end_of, _ = iteration_schedule(cfg, c, k_sim)   # churn: local only (nothing to send)
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 

@@ -28,7 +28,13 @@ import numpy as np
 
 from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
-from divjax.compute_schedule import end_tick, iteration_ends, shortest_ticks
+from divjax.compute_schedule import (
+    end_tick,
+    has_table,
+    iteration_ends,
+    offline_intervals,
+    shortest_ticks,
+)
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
@@ -41,14 +47,14 @@ from divjax.local import (
 from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.sizing import check_memory_early, model_layout, resolve
-from divjax.state import (
+from divjax.state import (  # SimulationError, check_state: re-exported
     ERR_CAPACITY,
     ERR_CLOCK,
-    ERR_HISTORY,
-    ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
     ERR_SCHEDULE,
     SimState,
+    SimulationError,  # noqa: F401
+    check_state,
     flag_error,
     flag_nonfinite,
     initial_state,
@@ -89,8 +95,10 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
     table = network.link_table(spec.cfg, hp, spec.layout.fragment_bytes)
     if spec.algo.adjust_timing is not None:
         table = spec.algo.adjust_timing(spec.cfg, table)
-    if spec.cfg.compute_jitter:
-        table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim))
+    if has_table(spec.cfg):
+        off = offline_intervals(spec.cfg, k_sim) if spec.cfg.churn_rate else (None, None)
+        table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim, off),
+                               off_start=off[0], off_end=off[1])
     return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
                    jnp.asarray(spec.degree), table)
 
@@ -294,7 +302,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
-            or (cfg.compute_jitter and cfg.iteration_slots == 0)
+            or (has_table(cfg) and cfg.iteration_slots == 0)
             or (algo.resolve_sizes is not None
                 and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
@@ -335,45 +343,6 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
 
 # ----------------------------------------------------------------------------- host side
-
-
-class SimulationError(RuntimeError):
-    """Something went wrong inside a run (NaN, ring or capacity overflow): what, and the fix."""
-
-
-def check_state(state: SimState, cfg: SimConfig) -> None:
-    """Raise a clear error if the run raised any error flag (host side)."""
-    errors = np.asarray(jax.device_get(state.errors)).reshape(-1)
-    first = np.asarray(jax.device_get(state.first_error_tick)).reshape(-1)
-    if not errors.any():
-        return
-    i = int(np.flatnonzero(errors)[0])
-    e, when = int(errors[i]), float(first[i]) * cfg.tick_s
-    msgs = []
-    if e & ERR_NONFINITE:
-        node = int(np.asarray(jax.device_get(state.first_error_node)).reshape(-1)[i])
-        msgs.append(f"node {node}'s model became NaN/inf at simulated time {when:.3f}s: "
-                    f"training diverged; lower --lr (now {cfg.lr}) or check the data")
-    if e & ERR_RING_TOO_SHORT:
-        msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
-                    "build the run with these HParams (make_run(cfg, hp=hp)), or set "
-                    "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
-                    "whose pong delays depend on random pings; or its --ping-slots)")
-    if e & ERR_CLOCK:
-        msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
-                    "compute time, bandwidth or latency for the int32 link clock: check them, "
-                    "or raise tick_s / lower link_resolution")
-    if e & ERR_HISTORY:
-        msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
-                    f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
-                    f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
-    if e & ERR_SCHEDULE:
-        msgs.append("the compute-jitter table ends before the run: build the run with these "
-                    "HParams (make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
-    if e & ERR_CAPACITY:
-        msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
-                    f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
-    raise SimulationError("; ".join(msgs))
 
 
 def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | None = None,

@@ -14,7 +14,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms import Algorithm
-from divjax.compute_schedule import longest_ticks, slots_needed
+from divjax.compute_schedule import has_table, longest_ticks, slots_needed
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.flat import FragmentLayout, make_layout
 from divjax.memory import available_memory_bytes, memory_model
@@ -94,7 +94,10 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
-    if cfg.compute_jitter:   # the iteration-end table reaches past the run's end
+    if cfg.churn_rate and (cfg.num_ticks + 2) ** 2 >= 2**31:
+        raise ConfigError(f"churn over num_ticks={cfg.num_ticks} ticks is too long for the "
+                          f"int32 offline table: raise --tick-s or shorten --duration-s")
+    if has_table(cfg):   # the iteration-end table reaches past the run's end
         need = slots_needed(cfg, table.compute_ticks)
         if cfg.iteration_slots == 0:
             cfg = cfg.replace(iteration_slots=need)

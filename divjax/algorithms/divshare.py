@@ -7,6 +7,11 @@ coordinate of its model with the fragments that have arrived since its last aggr
 x[c] = (x[c] + sum of received values of c) / (1 + number received). With inbox="latest" (the
 authors' rule, the default) only the newest fragment per (sender, fragment index) counts; with
 inbox="sum" every copy that arrived does. See ../shared/paper.md.
+
+Churn (`--churn-rate`, `divjax.compute_schedule`): an offline node does not train (its iteration
+is paused) and does not send: going offline drops its send queue and the message on the wire,
+as its next iteration end would (counted as dropped); a message that arrives at an offline node
+is lost (counted in `lost`, as with `--loss-rate`), and replaces nothing in an inbox.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
-from divjax.compute_schedule import end_tick, window_index, window_tick
+from divjax.compute_schedule import end_tick, is_offline, stop_tick, window_index, window_tick
 from divjax.config import SimConfig
 from divjax.messages import collect, push
 from divjax.network import Schedule, message_lost, schedule_replaced_queue
@@ -89,13 +94,15 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         t_i = end_tick(ctx.table, safe, k + i)
         alive = pending(i)
         k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
-        recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i,
-                                          end_tick(ctx.table, safe, k + i + 1))
+        stop_i = stop_tick(ctx.table, safe, t_i, end_tick(ctx.table, safe, k + i + 1))
+        recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i, stop_i)
         ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
         if ctx.cfg.loss_rate > 0:   # a newer message lost on the way replaces nothing
             lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
                                                         recv_i.shape[1:])[0])(k_i.spare, safe)
             ok_i = ok_i & ~lost_i
+        if ctx.cfg.churn_rate:      # nor does one that reaches an offline node
+            ok_i = ok_i & ~is_offline(ctx.table, recv_i, sched_i.arrival)
         same = ((receivers[:, :, None, :] == recv_i[:, None, :, :]) & ok_i[:, None]
                 & (window_index(ctx.table, receivers[:, :, None], sched_i.arrival[:, None])
                    == window[:, :, None]))                                       # (C, s, s', K)
@@ -118,9 +125,12 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
         if s > 0:
             safe = jnp.minimum(node, cfg.n_nodes - 1)
             k = state.iterations[safe]                   # the iteration that ends now
-            receivers, sched = queued_messages(ctx, keys.route, node, valid, t,
-                                               end_tick(ctx.table, safe, k + 1))
+            stop = stop_tick(ctx.table, safe, t, end_tick(ctx.table, safe, k + 1))
+            receivers, sched = queued_messages(ctx, keys.route, node, valid, t, stop)
             lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
+            if cfg.churn_rate:   # what arrives at an offline node is lost
+                offline = is_offline(ctx.table, receivers, sched.arrival)
+                lost = offline if lost is None else lost | offline
             replaced = None
             if cfg.inbox == "latest":
                 replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t,
