@@ -8,7 +8,8 @@ run after compilation (best of `--repeats`) and the ratio to (a). Features:
 - loss 10%: `--loss-rate 0.1` (DivShare and Swift);
 - compute spread 0.5: log-normal compute times (`--compute-spread 0.5`);
 - compute jitter 0.3: every iteration's time drawn log-normal from the key (`--compute-jitter
-  0.3`; DivShare, Swift, AD-PSGD).
+  0.3`; DivShare, Swift, AD-PSGD);
+- churn 10%: nodes offline 10% of the time, 1 s on average (`--churn-rate 0.1`; DivShare).
 Loss, compute spread and jitter change what the nodes do (fewer arrivals, other iteration ends),
 so their ratio is the cost of the feature together with the different run it describes.
 Ratios are measured in one process, on one machine, one after another (these machines are
@@ -81,7 +82,8 @@ def main() -> None:
     features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
                 "latency file": {"latency_file": str(tmp)}, "loss 10%": {"loss_rate": 0.1},
                 "compute spread 0.5": {"compute_spread": 0.5},
-                "compute jitter 0.3": {"compute_jitter": 0.3}}
+                "compute jitter 0.3": {"compute_jitter": 0.3},
+                "churn 10%": {"churn_rate": 0.1, "churn_mean_s": 1.0}}
     if args.features:
         keep = ["none"] + [f.strip() for f in args.features.split(",")]
         features = {k: v for k, v in features.items() if k in keep}
@@ -95,6 +97,8 @@ def main() -> None:
         for name, change in features.items():
             if "loss_rate" in change and algo not in ("divshare", "swift"):
                 continue   # refused: loss is modelled for DivShare and Swift
+            if "churn_rate" in change and algo != "divshare":
+                continue   # refused: churn is modelled for DivShare (and local)
             first, best = run_seconds(base.replace(algorithm=algo, **change), args.repeats)
             ref = best if name == "none" else ref
             rows.append({"algorithm": algo, "feature": name, "first_s": first, "run_s": best,

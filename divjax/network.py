@@ -2,7 +2,8 @@
 
 Time is an integer tick of `cfg.tick_s` seconds. Every node i has
 - a compute time of `compute_ticks[i]` ticks per iteration (all its local steps); node i finishes
-  iterations at ticks c_i, 2 c_i, 3 c_i, ... (all nodes start at tick 0);
+  iterations at ticks c_i, 2 c_i, 3 c_i, ... (all nodes start at tick 0); with compute jitter or
+  churn, at the ticks of its row of `ends`, drawn from the run's key (`divjax.compute_schedule`);
 - an upload link that sends queued messages one after another. A link keeps its own finer clock
   of `cfg.link_resolution` sub-ticks per tick, so a queue of small fragments is timed exactly:
   fragment k occupies node i's link for `msg_units[i, k]` sub-ticks (bytes / bandwidth, rounded

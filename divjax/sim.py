@@ -5,7 +5,8 @@ One tick (t), `tick`:
   2. the nodes whose iteration ends at t (at most `train_capacity` of them, gathered) take their
      local steps from their current model (`end_iterations`);
   3. the algorithm queues their post-training messages and averages in their inbox;
-  4. they start the next iteration, which ends compute_ticks later.
+  4. they start the next iteration, which ends compute_ticks later (with compute jitter or
+     churn: at the next entry of the iteration-end table, `compute_schedule.end_tick`).
 Ticks at which no node finishes skip step 2-3 (`lax.cond`); with `iteration_chunk` the finishing
 nodes are handled a chunk at a time (`end_finishing_nodes`). Everything random derives from
 `fold_in(k_sim, t)` and the node id, so results do not depend on chunking or on which nodes
