@@ -6,14 +6,18 @@ run after compilation (best of `--repeats`) and the ratio to (a). Features:
 - regions: 3 latency regions, 40 ms between them (`--latency-regions 3 --inter-region-ms 40`);
 - latency file: the same matrix read from an n x n CSV (every node its own region);
 - loss 10%: `--loss-rate 0.1` (DivShare and Swift);
-- compute spread 0.5: log-normal compute times (`--compute-spread 0.5`).
-Loss and compute spread change what the nodes do (fewer arrivals, other iteration ends), so
-their ratio is the cost of the feature together with the different run it describes.
+- compute spread 0.5: log-normal compute times (`--compute-spread 0.5`);
+- compute jitter 0.3: every iteration's time drawn log-normal from the key (`--compute-jitter
+  0.3`; DivShare, Swift, AD-PSGD);
+- churn 10%: nodes offline 10% of the time, 1 s on average (`--churn-rate 0.1`; DivShare).
+Loss, compute spread and jitter change what the nodes do (fewer arrivals, other iteration ends),
+so their ratio is the cost of the feature together with the different run it describes.
 Ratios are measured in one process, on one machine, one after another (these machines are
 shared: compare ratios, not absolute times). For scale, the table also gives the machine's
 float32 matmul rate measured in the same process.
 
     python benchmarks/network_features.py [--duration-s 10] [--algorithms divshare,adpsgd,swift]
+        [--features "none,compute jitter 0.3"]
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=10.0)
     ap.add_argument("--algorithms", default="divshare,adpsgd,swift")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--features", default="", help="comma-separated names (default: all)")
     ap.add_argument("--out", default=f"benchmarks/results/network_features-"
                                      f"{jax.default_backend()}-{time.strftime('%Y-%m-%d')}.json")
     args = ap.parse_args()
@@ -76,7 +81,12 @@ def main() -> None:
     tmp.write_text("\n".join(",".join(f"{v:g}" for v in row) for row in matrix) + "\n")
     features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
                 "latency file": {"latency_file": str(tmp)}, "loss 10%": {"loss_rate": 0.1},
-                "compute spread 0.5": {"compute_spread": 0.5}}
+                "compute spread 0.5": {"compute_spread": 0.5},
+                "compute jitter 0.3": {"compute_jitter": 0.3},
+                "churn 10%": {"churn_rate": 0.1, "churn_mean_s": 1.0}}
+    if args.features:
+        keep = ["none"] + [f.strip() for f in args.features.split(",")]
+        features = {k: v for k, v in features.items() if k in keep}
     gflops = matmul_gflops()
     rows = []
     print(f"| algorithm | feature | compile+run s | run s | ratio to none |  (matmul "
@@ -87,6 +97,8 @@ def main() -> None:
         for name, change in features.items():
             if "loss_rate" in change and algo not in ("divshare", "swift"):
                 continue   # refused: loss is modelled for DivShare and Swift
+            if "churn_rate" in change and algo != "divshare":
+                continue   # refused: churn is modelled for DivShare (and local)
             first, best = run_seconds(base.replace(algorithm=algo, **change), args.repeats)
             ref = best if name == "none" else ref
             rows.append({"algorithm": algo, "feature": name, "first_s": first, "run_s": best,

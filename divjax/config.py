@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from divjax.compute_schedule import compute_spread_factors
+
 # The DivShare authors' Kollaps topology (paper.md): 7 communication stragglers among 60 nodes.
 PAPER_STRAGGLER_MBPS = (12.0, 12.0, 12.0, 13.0, 10.0, 13.0, 11.0)
 
@@ -112,6 +114,13 @@ class SimConfig:
     #                                  exp(s z_i - s^2 / 2), z_i ~ N(0, 1) (log-normal, mean
     #                                  compute_s), rounded to whole ticks; 0 = every node equal
     compute_seed: int = 0            # seed of those draws (numpy; the run's key is separate)
+    compute_jitter: float = 0.0      # per-iteration jitter: iteration k of node i takes its
+    #                                  compute time * exp(s z - s^2 / 2), z ~ N(0, 1) clipped to
+    #                                  [-3, 3], drawn from the run's key; 0 = fixed times
+    churn_rate: float = 0.0          # churn: mean fraction of the time a node is offline
+    #                                  (exponential on/off times from the run's key); 0 = none
+    churn_mean_s: float = 1.0        # churn: mean length of an offline interval, seconds
+    iteration_slots: int = 0         # compute jitter: iteration ends tabled per node; 0 = auto
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
     momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)
@@ -149,6 +158,20 @@ class SimConfig:
         if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
             bad("compute_spread", self.compute_spread,
                 "use a log-normal sigma in [0, 3] (0 = equal compute times)")
+        if not (math.isfinite(self.compute_jitter) and 0 <= self.compute_jitter <= 2):
+            bad("compute_jitter", self.compute_jitter,
+                "use a log-normal sigma in [0, 2] (0 = every iteration takes compute_s)")
+        if not (math.isfinite(self.churn_rate) and 0 <= self.churn_rate <= 0.9):
+            bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
+        if not (math.isfinite(self.churn_mean_s) and self.churn_mean_s > 0):
+            bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
+        if self.churn_rate and self.algorithm not in ("divshare", "local"):
+            bad("churn_rate", self.churn_rate, f"churn is not modelled for algorithm="
+                f"{self.algorithm!r} yet: use --churn-rate 0, or --algorithm divshare or local")
+        if self.compute_jitter and self.algorithm in ("dpsgd", "epidemic"):
+            bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
+                "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
+                "algorithm (divshare, swift, adpsgd, local)")
         if self.latency_ms < 0:
             bad("latency_ms", self.latency_ms, "latency cannot be negative")
         if not 1 <= self.latency_regions <= self.n_nodes:
@@ -169,14 +192,10 @@ class SimConfig:
             bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
         if self.inbox not in ("latest", "sum"):
             bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
-        if self.inbox_history < 0:
-            bad("inbox_history", self.inbox_history, "use 0 (auto) or a positive count")
-        if self.ping_slots < 0:
-            bad("ping_slots", self.ping_slots, "use 0 (auto) or a positive count")
-        if self.ring_ticks < 0:
-            bad("ring_ticks", self.ring_ticks, "use 0 (auto) or a positive ring length")
-        if self.delay_ticks < 0:
-            bad("delay_ticks", self.delay_ticks, "use 0 (auto) or a positive number of ticks")
+        for name in ("inbox_history", "ping_slots", "ring_ticks", "delay_ticks",
+                     "iteration_slots"):   # sizes: 0 = auto
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "use 0 (auto) or a positive size")
         if self.link_resolution < 1:
             bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
         if not 0 <= self.train_capacity <= self.n_nodes:
@@ -329,19 +348,6 @@ def straggler_mask(cfg: SimConfig) -> np.ndarray:
     if cfg.n_stragglers:
         mask[-cfg.n_stragglers:] = True
     return mask
-
-
-def compute_spread_factors(cfg: SimConfig) -> np.ndarray:
-    """(n,) float64: the factor on every node's compute time for `compute_spread` s.
-
-    exp(s z_i - s^2 / 2) with z ~ N(0, 1) from numpy's generator seeded with `compute_seed`
-    (mean 1: the mean compute time stays `compute_s`). All ones for s = 0."""
-    n = cfg.n_nodes
-    if cfg.compute_spread == 0:
-        return np.ones(n)
-    s = float(cfg.compute_spread)
-    z = np.random.default_rng(cfg.compute_seed).standard_normal(n)
-    return np.exp(s * z - s * s / 2)
 
 
 def default_hparams(cfg: SimConfig) -> HParams:

@@ -4,7 +4,8 @@ Messages in flight wait in a ring buffer of payload sums, indexed by when they w
 - `delivery="arrival_tick"`: slot (arrival tick) mod L; at every tick the slot of that tick is
   moved into each node's pending sum, which a node averages in when it finishes an iteration.
 - `delivery="receiver_iteration"`: slot (index of the receiver's first aggregation at or after the
-  arrival) mod B. Because compute times are fixed per node, that index is known at send time, so
+  arrival) mod B. Because compute times are known per node (fixed, or jittered from the run's
+  key: `divjax.compute_schedule`), that index is known at send time, so
   the message goes straight to the aggregation that will use it. Results are identical (the tests
   check both against the reference simulator); memory is B n D floats with B ~ 2-3 instead of
   L n D with L = longest delay in ticks.
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from divjax.compute_schedule import window_index
 from divjax.config import SimConfig
 from divjax.network import LinkTable, Schedule
 from divjax.rows import add_rows, get_rows, padded_rows, set_rows, zero_rows
@@ -113,7 +115,7 @@ def arrive(cfg: SimConfig, inbox: Inbox, t: jax.Array) -> Inbox:
 
 
 def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
-            compute_ticks: jax.Array, t: jax.Array):
+            table: LinkTable, t: jax.Array):
     """Read the arrived payloads of the nodes aggregating at tick t (at most once per tick).
 
     Their inbox entries are zeroed by `clear_collected` at the start of the next tick; until
@@ -133,7 +135,7 @@ def collect(cfg: SimConfig, inbox: Inbox, node: jax.Array, valid: jax.Array,
         got_count = get_rows(inbox.pending_count, (safe,))
         slot = jnp.zeros_like(safe)
     else:
-        slot = (t // compute_ticks[safe]) % inbox.total.shape[0]  # this aggregation's index
+        slot = window_index(table, safe, t) % inbox.total.shape[0]  # this aggregation's index
         got_total = get_rows(inbox.total, (slot, safe))
         got_count = get_rows(inbox.count, (slot, safe))
     C = inbox.clear_node.shape[0]
@@ -215,8 +217,9 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
     if cfg.delivery == "arrival_tick":
         slot_all = sched.arrival % inbox.total.shape[0]
     else:
-        c_recv = table.compute_ticks[jnp.minimum(jnp.where(sched.sent, receiver, n), n - 1)]
-        slot_all = ((sched.arrival + c_recv - 1) // c_recv) % inbox.total.shape[0]
+        r_safe = jnp.minimum(jnp.where(sched.sent, receiver, n), n - 1)
+        window = window_index(table, r_safe, sched.arrival)
+        slot_all = window % inbox.total.shape[0]
     R = inbox.total.shape[0]
     if cfg.delivery == "arrival_tick":
         span = sched.arrival - sched.enqueue_tick[:, None, None]       # ticks in flight
@@ -224,8 +227,8 @@ def push(cfg: SimConfig, inbox: Inbox, counters: Counters, table: LinkTable, sch
         # the receiver's slots free at tick t belong to its aggregations after t (one that
         # aggregates at t keeps that slot until the next tick clears it): aggregations
         # ceil(t / c) .. ceil(t / c) + R - 1, counting t's own only if it is still to come
-        enq = sched.enqueue_tick[:, None, None]
-        span = ((sched.arrival + c_recv - 1) // c_recv - (enq + c_recv - 1) // c_recv) + 1
+        enq = jnp.broadcast_to(sched.enqueue_tick[:, None, None], r_safe.shape)
+        span = window - window_index(table, r_safe, enq) + 1
     too_late = jnp.any(sched.sent & ((span > R) | (
         sched.arrival - sched.enqueue_tick[:, None, None] >= Lc)))
     total, count = inbox.total, inbox.count

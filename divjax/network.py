@@ -2,7 +2,8 @@
 
 Time is an integer tick of `cfg.tick_s` seconds. Every node i has
 - a compute time of `compute_ticks[i]` ticks per iteration (all its local steps); node i finishes
-  iterations at ticks c_i, 2 c_i, 3 c_i, ... (all nodes start at tick 0);
+  iterations at ticks c_i, 2 c_i, 3 c_i, ... (all nodes start at tick 0); with compute jitter or
+  churn, at the ticks of its row of `ends`, drawn from the run's key (`divjax.compute_schedule`);
 - an upload link that sends queued messages one after another. A link keeps its own finer clock
   of `cfg.link_resolution` sub-ticks per tick, so a queue of small fragments is timed exactly:
   fragment k occupies node i's link for `msg_units[i, k]` sub-ticks (bytes / bandwidth, rounded
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks
 from divjax.config import ConfigError, HParams, SimConfig
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
@@ -45,6 +47,10 @@ class LinkTable(NamedTuple):
     msg_units: jax.Array      # (n, K) int32: link sub-ticks node i needs to send fragment k, >= 1
     region: jax.Array         # (n,) int32: every node's latency region (all 0 with one region)
     region_units: jax.Array   # (G, G) int32: sub-ticks added from region a to region b, >= 0
+    ends: jax.Array | None = None  # (n, S) int32 with compute jitter or churn: the tick
+    #                                iteration k of node i ends (`compute_schedule`); None: k c_i
+    off_start: jax.Array | None = None  # (n, J) int32 with churn: node i is offline at ticks
+    off_end: jax.Array | None = None    # [off_start, off_end) (`offline_intervals`)
 
 
 def pair_latency_units(table: LinkTable, sender: jax.Array, receiver: jax.Array) -> jax.Array:
@@ -221,24 +227,26 @@ def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.A
           & jnp.all(jnp.isfinite(units)) & jnp.all(jnp.isfinite(hp.compute_s))
           & jnp.all(jnp.isfinite(hp.latency_s)))
     ok &= jnp.max(units) * M + (cfg.num_ticks + 1.0) * R < limit
-    ok &= jnp.max(hp.compute_s) / tick * R < limit
+    ok &= jnp.max(hp.compute_s) / tick * R * longest_ticks(cfg, 1) < limit
     ok &= jnp.max(hp.latency_s) / tick * R < limit
     return ok
 
 
-def longest_delay_ticks(table: LinkTable, resolution: int) -> int:
+def longest_delay_ticks(cfg: SimConfig, table: LinkTable) -> int:
     """The longest time, in ticks, from enqueueing a message to its arrival.
 
     With a replaced queue (DivShare) a message must leave the link before its sender's next
     iteration end, c ticks later, so the delay is at most c + the latency's whole ticks.
     """
-    return int(np.max(replaced_queue_delay_bound(table, resolution)))
+    return int(np.max(replaced_queue_delay_bound(cfg, table)))
 
 
-def replaced_queue_delay_bound(table: LinkTable, resolution: int) -> jax.Array:
+def replaced_queue_delay_bound(cfg: SimConfig, table: LinkTable) -> jax.Array:
     """(..., n) the longest enqueue-to-arrival delay, in ticks, of a message of a queue that
-    the sender's next iteration end replaces: it leaves within c ticks, then the latency."""
-    return table.compute_ticks + latency_ticks(table, resolution)
+    the sender's next iteration end replaces: it leaves within c ticks (with compute jitter,
+    the longest iteration), then the latency."""
+    return (longest_ticks(cfg, table.compute_ticks)
+            + latency_ticks(table, cfg.link_resolution))
 
 
 def ring_slots_for(cfg: SimConfig, delay, compute_ticks):
@@ -256,13 +264,20 @@ def ring_slots_for(cfg: SimConfig, delay, compute_ticks):
 
 def ring_slots_needed(cfg: SimConfig, table: LinkTable, delay: int | None = None) -> int:
     """Smallest ring length that holds every message in flight, for cfg.delivery."""
-    delay = longest_delay_ticks(table, cfg.link_resolution) if delay is None else delay
-    return int(ring_slots_for(cfg, int(delay), int(np.min(table.compute_ticks))))
+    delay = longest_delay_ticks(cfg, table) if delay is None else delay
+    return int(ring_slots_for(cfg, int(delay),
+                              int(np.min(shortest_ticks(cfg, np.asarray(table.compute_ticks))))))
 
 
 def finishers_per_tick(cfg: SimConfig, table: LinkTable) -> tuple[int, float]:
     """(the largest number of nodes that finish an iteration at one tick during the run, the
-    mean number over the ticks at which any finishes), the worst over swept configs."""
+    mean number over the ticks at which any finishes), the worst over swept configs. With
+    compute jitter or churn the key decides who finishes when: (n, the expected number
+    finishing per tick, sum_i 1 / c_i)."""
+    if has_table(cfg):
+        rate = np.sum(1.0 / np.asarray(table.compute_ticks, np.float64).reshape(
+            -1, cfg.n_nodes), axis=-1)
+        return cfg.n_nodes, float(np.max(rate))
     c = np.asarray(table.compute_ticks).reshape(-1, cfg.n_nodes)
     T = cfg.num_ticks
     worst, mean = 1, 0.0
@@ -294,13 +309,14 @@ class Schedule(NamedTuple):
 
 def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Array,
                             units: jax.Array, t: jax.Array, resolution: int,
-                            receiver: jax.Array) -> Schedule:
+                            receiver: jax.Array, next_end: jax.Array | None = None
+                            ) -> Schedule:
     """Sequential sends from a queue that the sender's next iteration end replaces (DivShare).
 
     The link starts on the new queue at tick t (the old queue and the message on the wire were
     dropped just then). Message q of the queue has fully left after the link time of messages
-    0..q; it is sent only if that is no later than the sender's next iteration end, t + c, and
-    dropped then otherwise.
+    0..q; it is sent only if that is no later than the sender's next iteration end, t + c (or
+    `next_end` (C,), with compute jitter), and dropped then otherwise.
 
     Args:
       sender: (C,) int32; valid: (C,) bool;
@@ -310,14 +326,16 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     """
     safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
     t = jnp.broadcast_to(t, safe.shape)                                     # () or (C,)
+    if next_end is None:
+        next_end = t + table.compute_ticks[safe]
     leave_rel = jnp.cumsum(units, axis=1)                                   # sub-ticks after t
-    budget = (table.compute_ticks[safe] * resolution)[:, None]             # until next end
+    budget = ((next_end - t) * resolution)[:, None]                        # until next end
     sent = valid[:, None] & (leave_rel <= budget)
     leave_tick = t[:, None] + (leave_rel + resolution - 1) // resolution
     n = table.compute_ticks.shape[0]
     lat = pair_latency_units(table, safe[:, None], jnp.minimum(receiver, n - 1))
     arrival = t[:, None] + arrival_tick(leave_rel, lat, resolution)
-    return Schedule(sent, leave_tick, arrival, t + table.compute_ticks[safe], t)
+    return Schedule(sent, leave_tick, arrival, next_end, t)
 
 
 def aggregation_index(arrival: jax.Array, receiver_compute: jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms.divshare import divshare_routes
+from divjax.compute_schedule import host_end_ticks, host_offline
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.sizing import model_layout
@@ -62,6 +63,35 @@ def initial_models(cfg: SimConfig, task: Task, layout, key: jax.Array):
             for k in jax.random.split(k_init, cfg.n_nodes)], k_sim
 
 
+def iteration_schedule(cfg: SimConfig, c: np.ndarray, k_sim: jax.Array):
+    """(end_of(i, k): the tick iteration k (0-based) of node i ends, offline: per node a dict
+    {start: end} of its offline ticks [start, end) that start within the run).
+
+    Iteration lengths: c_i, or the jitter table's (`compute_schedule`, drawn from the key).
+    Churn pauses an iteration for every offline interval it meets (an end that would fall on
+    an offline tick waits for the node to come back), walked here interval by interval."""
+    T = cfg.num_ticks
+    jit = host_end_ticks(cfg.replace(churn_rate=0.0), c, k_sim)   # None: no jitter
+    intervals = host_offline(cfg, k_sim)
+    offline = [{int(s): int(e) for s, e in zip(*(x[i] for x in intervals), strict=True)
+                if s < T} if intervals else {} for i in range(cfg.n_nodes)]
+    cache: dict = {}
+
+    def end_of(i, k):
+        if (i, k) not in cache:
+            start = 0 if k == 0 else end_of(i, k - 1)
+            d = int(c[i]) if jit is None else int(np.diff(jit[i], prepend=0)[min(
+                k, jit.shape[1] - 1)])
+            end = start + d
+            for s_j, e_j in sorted(offline[i].items()):
+                if e_j > start and s_j <= end:   # offline before (or at) the end: pause
+                    end += e_j - s_j
+            cache[(i, k)] = end
+        return cache[(i, k)]
+
+    return end_of, offline
+
+
 def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
              inbox_policy: str = "sum", keep_log: bool = False) -> ReferenceResult:
     """Run DivShare event by event for cfg.num_ticks ticks.
@@ -85,6 +115,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
 
     params, k_sim = initial_models(cfg, task, layout, key)
+    end_of, offline = iteration_schedule(cfg, c, k_sim)
     opt = [init_opt(p) for p in params]
 
     sent = np.zeros((n, K), np.int64)
@@ -115,7 +146,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         at(-(-end // R), 0, "leave", i, token)
 
     for i in range(n):
-        at(c[i], 1, "end", i)
+        at(end_of(i, 0), 1, "end", i)
+        for s_j in offline[i]:   # churn: going offline drops the queue (phase 1, no end then)
+            at(s_j, 1, "offline", i)
 
     T = cfg.num_ticks
     while events and events[0][0] < T:
@@ -134,8 +167,17 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
             start_next(i, end)
+        elif kind == "offline":   # the queue and the message on the wire are dropped
+            (i,) = data
+            link = links[i]
+            dropped[i] += len(link.queue) + (link.busy is not None)
+            link.queue.clear()
+            link.busy = None
         elif kind == "arrive":
             i, r, k, payload = data
+            if any(s_j <= t < e_j for s_j, e_j in offline[r].items()):
+                lost_at[r] += 1   # churn: it reaches an offline node
+                continue
             delivered[r] += 1
             if keep_log:
                 log.append((t, "arrive", (i, r, k)))
@@ -180,7 +222,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             params[i] = total / count[:, None]
             opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
             iterations[i] += 1
-            at(t + c[i], 1, "end", i)
+            at(end_of(i, iterations[i]), 1, "end", i)
 
     return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log,
                            lost_at)

@@ -31,7 +31,7 @@ from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.reference import initial_models
+from divjax.reference import initial_models, iteration_schedule
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -86,6 +86,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     route = jax.jit(route) if route is not None else None
 
     params, k_sim = initial_models(cfg, task, layout, key)
+    end_of, _ = iteration_schedule(cfg, c, k_sim)   # churn: local only (nothing to send)
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 
@@ -140,10 +141,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         params[i] = new
         opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
         iterations[i] += 1
-        at(t + c[i], 2, "end", i)
+        at(end_of(i, iterations[i]), 2, "end", i)
 
     for i in range(n):
-        at(c[i], 2, "end", i)
+        at(end_of(i, 0), 2, "end", i)
 
     while events and events[0][0] < T:
         t, _, _, kind, data = heapq.heappop(events)

@@ -5,7 +5,8 @@ One tick (t), `tick`:
   2. the nodes whose iteration ends at t (at most `train_capacity` of them, gathered) take their
      local steps from their current model (`end_iterations`);
   3. the algorithm queues their post-training messages and averages in their inbox;
-  4. they start the next iteration, which ends compute_ticks later.
+  4. they start the next iteration, which ends compute_ticks later (with compute jitter or
+     churn: at the next entry of the iteration-end table, `compute_schedule.end_tick`).
 Ticks at which no node finishes skip step 2-3 (`lax.cond`); with `iteration_chunk` the finishing
 nodes are handled a chunk at a time (`end_finishing_nodes`). Everything random derives from
 `fold_in(k_sim, t)` and the node id, so results do not depend on chunking or on which nodes
@@ -28,6 +29,13 @@ import numpy as np
 
 from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
+from divjax.compute_schedule import (
+    end_tick,
+    has_table,
+    iteration_ends,
+    offline_intervals,
+    shortest_ticks,
+)
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
@@ -40,13 +48,14 @@ from divjax.local import (
 from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.sizing import check_memory_early, compile_checked, model_layout, resolve
-from divjax.state import (
+from divjax.state import (  # SimulationError, check_state: re-exported
     ERR_CAPACITY,
     ERR_CLOCK,
-    ERR_HISTORY,
-    ERR_NONFINITE,
     ERR_RING_TOO_SHORT,
+    ERR_SCHEDULE,
     SimState,
+    SimulationError,  # noqa: F401
+    check_state,
     flag_error,
     flag_nonfinite,
     initial_state,
@@ -82,11 +91,15 @@ class Engine(NamedTuple):
 # ----------------------------------------------------------------------------- state at tick 0
 
 
-def context(spec: EngineSpec, hp: HParams) -> Context:
-    """The algorithm's view of the run: config, layout, graph and the integer timing of hp."""
+def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
+    """The algorithm's view of the run: config, layout, graph, integer timing (`ends`: k_sim)."""
     table = network.link_table(spec.cfg, hp, spec.layout.fragment_bytes)
     if spec.algo.adjust_timing is not None:
         table = spec.algo.adjust_timing(spec.cfg, table)
+    if has_table(spec.cfg):
+        off = offline_intervals(spec.cfg, k_sim) if spec.cfg.churn_rate else (None, None)
+        table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim, off),
+                               off_start=off[0], off_end=off[1])
     return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
                    jnp.asarray(spec.degree), table)
 
@@ -98,14 +111,16 @@ def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.
     if spec.algo.longest_delay is None:
         # a queue that is replaced every iteration bounds every delay by compute + latency;
         # other queues are checked message by message in messages.push
-        delay = jnp.max(network.replaced_queue_delay_bound(table, cfg.link_resolution))
-        slots = network.ring_slots_for(cfg, delay, jnp.min(table.compute_ticks))
+        delay = jnp.max(network.replaced_queue_delay_bound(cfg, table))
+        slots = network.ring_slots_for(cfg, delay,
+                                       jnp.min(shortest_ticks(cfg, table.compute_ticks)))
         fits = (slots <= cfg.ring_ticks) & (delay <= cfg.delay_ticks)
     else:
         fits = jnp.bool_(True)
     clock_ok = network.clock_fits(cfg, hp, spec.layout.fragment_bytes)
-    return (jnp.where(fits, 0, ERR_RING_TOO_SHORT)
-            | jnp.where(clock_ok, 0, ERR_CLOCK)).astype(jnp.int32)
+    ends_ok = True if table.ends is None else jnp.all(table.ends[:, -1] >= cfg.num_ticks)
+    return (jnp.where(fits, 0, ERR_RING_TOO_SHORT) | jnp.where(clock_ok, 0, ERR_CLOCK)
+            | jnp.where(ends_ok, 0, ERR_SCHEDULE)).astype(jnp.int32)
 
 
 def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
@@ -114,7 +129,7 @@ def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
     n, K, F = cfg.n_nodes, layout.K, layout.F
     k_init, k_sim = jax.random.split(key)
     del key
-    ctx = context(spec, hp)
+    ctx = context(spec, hp, k_sim)
     if cfg.same_init:
         params = jnp.broadcast_to(layout.flatten(task.init(k_init)), (n, K, F))
     else:
@@ -202,7 +217,8 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
         jnp.any(done), lambda s: end_finishing_nodes(spec, ctx, hp, s, done, keys, t),
         lambda s: s, state)
     return state.replace(
-        next_end=jnp.where(done, t + ctx.table.compute_ticks, state.next_end),
+        next_end=jnp.where(done, end_tick(ctx.table, jnp.arange(spec.cfg.n_nodes),
+                                          state.iterations + 1), state.next_end),
         iterations=state.iterations + done.astype(jnp.int32),
         t=t + 1,
     )
@@ -210,7 +226,7 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
 
 def run_ticks(spec: EngineSpec, state: SimState, hp: HParams) -> SimState:
     """One evaluation interval of ticks (`cfg.eval_every`), no evaluation."""
-    ctx = context(spec, hp)
+    ctx = context(spec, hp, state.k_sim)
     return jax.lax.fori_loop(0, spec.cfg.eval_every, lambda _, s: tick(spec, ctx, hp, s), state)
 
 
@@ -288,6 +304,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
             or cfg.iteration_chunk == -1
+            or (has_table(cfg) and cfg.iteration_slots == 0)
             or (algo.resolve_sizes is not None
                 and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
         cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
@@ -330,49 +347,12 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 # ----------------------------------------------------------------------------- host side
 
 
-class SimulationError(RuntimeError):
-    """Something went wrong inside a run (NaN, ring or capacity overflow): says what and how to fix."""
-
-
-def check_state(state: SimState, cfg: SimConfig) -> None:
-    """Raise a clear error if the run raised any error flag (host side)."""
-    errors = np.asarray(jax.device_get(state.errors)).reshape(-1)
-    first = np.asarray(jax.device_get(state.first_error_tick)).reshape(-1)
-    if not errors.any():
-        return
-    i = int(np.flatnonzero(errors)[0])
-    e, when = int(errors[i]), float(first[i]) * cfg.tick_s
-    msgs = []
-    if e & ERR_NONFINITE:
-        node = int(np.asarray(jax.device_get(state.first_error_node)).reshape(-1)[i])
-        msgs.append(f"node {node}'s model became NaN/inf at simulated time {when:.3f}s: "
-                    f"training diverged; lower --lr (now {cfg.lr}) or check the data")
-    if e & ERR_RING_TOO_SHORT:
-        msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
-                    "build the run with these HParams (make_run(cfg, hp=hp)), or set "
-                    "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
-                    "whose pong delays depend on random pings; or its --ping-slots)")
-    if e & ERR_CLOCK:
-        msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
-                    "compute time, bandwidth or latency for the int32 link clock: check them, "
-                    "or raise tick_s / lower link_resolution")
-    if e & ERR_HISTORY:
-        msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
-                    f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
-                    f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
-    if e & ERR_CAPACITY:
-        msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
-                    f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
-    raise SimulationError("; ".join(msgs))
-
-
 def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | None = None,
              state: SimState | None = None, stop_chunk: int | None = None):
     """The Python driver: one jitted eval interval at a time, with progress reports.
 
     Bit-identical to `make_run` (same tick function, keys folded from the tick). Starts from
-    `state` if given (e.g. a resumed checkpoint). Returns (state, metrics stacked over chunks).
-    Not jittable: host loop.
+    `state` if given (a resumed checkpoint). Returns (state, metrics stacked over chunks).
     """
     if state is None:
         state = jax.jit(engine.init)(key, hp)

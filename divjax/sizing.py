@@ -16,6 +16,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms import Algorithm
+from divjax.compute_schedule import has_table, longest_ticks, slots_needed
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.flat import FragmentLayout, make_layout
 from divjax.memory import available_memory_bytes, compiled_memory, memory_model
@@ -68,7 +69,8 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
     if algo is not None and algo.adjust_timing is not None:
         table = algo.adjust_timing(cfg, table)
-    if np.max(table.compute_ticks) * cfg.link_resolution >= 2**30:
+    longest = longest_ticks(cfg, np.asarray(table.compute_ticks))
+    if np.max(longest) * cfg.link_resolution >= 2**30:
         raise ConfigError(
             f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
             f"raise tick_s={cfg.tick_s} or lower link_resolution={cfg.link_resolution}")
@@ -78,7 +80,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     if algo is not None and algo.longest_delay is not None:
         delay = int(algo.longest_delay(cfg, table))
     else:
-        delay = network.longest_delay_ticks(table, cfg.link_resolution)
+        delay = network.longest_delay_ticks(cfg, table)
     if cfg.delay_ticks == 0:
         cfg = cfg.replace(delay_ticks=delay)
     elif cfg.delay_ticks < delay:
@@ -94,6 +96,16 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
+    if cfg.churn_rate and (cfg.num_ticks + 2) ** 2 >= 2**31:
+        raise ConfigError(f"churn over num_ticks={cfg.num_ticks} ticks is too long for the "
+                          f"int32 offline table: raise --tick-s or shorten --duration-s")
+    if has_table(cfg):   # the iteration-end table reaches past the run's end
+        need = slots_needed(cfg, table.compute_ticks)
+        if cfg.iteration_slots == 0:
+            cfg = cfg.replace(iteration_slots=need)
+        elif cfg.iteration_slots < need:
+            raise ConfigError(f"iteration_slots={cfg.iteration_slots} cannot hold the "
+                              f"iteration ends of the run: set --iteration-slots {need} or 0")
     worst, mean = network.finishers_per_tick(cfg, table)
     if cfg.iteration_chunk == -1:
         cfg = cfg.replace(iteration_chunk=auto_iteration_chunk(

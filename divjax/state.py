@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from divjax.messages import Counters, Inbox, init_counters, init_inbox
@@ -16,6 +17,7 @@ ERR_CAPACITY = 2         # more nodes finished in one tick than train_capacity
 ERR_NONFINITE = 4        # a trained model holds NaN or inf
 ERR_HISTORY = 8          # inbox "latest": a replaced message's snapshot left the history
 ERR_CLOCK = 16           # HParams invalid or too large for the int32 link clock
+ERR_SCHEDULE = 32        # compute jitter: the iteration-end table is shorter than the run
 
 
 @struct.dataclass
@@ -71,7 +73,8 @@ def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
         algo_state=algo.init(ctx, params),
         inbox=init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
         counters=init_counters(n, K, counter_ticks),
-        next_end=ctx.table.compute_ticks,
+        next_end=(ctx.table.compute_ticks if ctx.table.ends is None
+                  else ctx.table.ends[:, 0]),
         iterations=jnp.zeros((n,), jnp.int32),
         errors=errors,
         first_error_tick=jnp.where(errors > 0, 0, -1).astype(jnp.int32),
@@ -88,3 +91,42 @@ def flag_nonfinite(state: SimState, node: jax.Array, bad: jax.Array, t: jax.Arra
     first = jnp.where((state.first_error_node < 0) & jnp.any(bad), n_bad, state.first_error_node)
     state = flag_error(state, jnp.where(jnp.any(bad), ERR_NONFINITE, 0), t)
     return state.replace(first_error_node=first.astype(jnp.int32))
+
+
+class SimulationError(RuntimeError):
+    """Something went wrong inside a run (NaN, ring or capacity overflow): what, and the fix."""
+
+
+def check_state(state: SimState, cfg: Any) -> None:
+    """Raise a clear error if the run raised any error flag (host side)."""
+    errors = np.asarray(jax.device_get(state.errors)).reshape(-1)
+    first = np.asarray(jax.device_get(state.first_error_tick)).reshape(-1)
+    if not errors.any():
+        return
+    i = int(np.flatnonzero(errors)[0])
+    e, when = int(errors[i]), float(first[i]) * cfg.tick_s
+    msgs = []
+    if e & ERR_NONFINITE:
+        node = int(np.asarray(jax.device_get(state.first_error_node)).reshape(-1)[i])
+        msgs.append(f"node {node}'s model became NaN/inf at simulated time {when:.3f}s: "
+                    f"training diverged; lower --lr (now {cfg.lr}) or check the data")
+    if e & ERR_RING_TOO_SHORT:
+        msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
+                    "build the run with these HParams (make_run(cfg, hp=hp)), or set "
+                    "--ring-ticks 0 --delay-ticks 0 (auto), or raise --delay-ticks (AD-PSGD, "
+                    "whose pong delays depend on random pings; or its --ping-slots)")
+    if e & ERR_CLOCK:
+        msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
+                    "compute time, bandwidth or latency for the int32 link clock: check them, "
+                    "or raise tick_s / lower link_resolution")
+    if e & ERR_HISTORY:
+        msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
+                    f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
+                    f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
+    if e & ERR_SCHEDULE:
+        msgs.append("the compute-jitter table ends before the run: build the run with these "
+                    "HParams (make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
+    if e & ERR_CAPACITY:
+        msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
+                    f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
+    raise SimulationError("; ".join(msgs))

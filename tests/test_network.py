@@ -50,7 +50,7 @@ def test_ring__receiver_iteration_mode_joins_the_first_aggregation_at_or_after_a
     for t in (10, 20, 30):
         inbox = messages.clear_collected(cfg, inbox)
         inbox, total, count = messages.collect(cfg, inbox, jnp.array([2]), jnp.array([True]),
-                                              table.compute_ticks, jnp.int32(t))
+                                              table, jnp.int32(t))
         got_at.append(float(count.sum()))
     expect = [float(t >= arrival and t - c < arrival) for t in (10, 20, 30)]
     assert got_at == expect

@@ -57,9 +57,10 @@ from divjax.algorithms.queues import (
     model_units,
     schedule_appended_queue,
 )
+from divjax.compute_schedule import longest_ticks, shortest_ticks, window_index
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import Inbox, collect, push
-from divjax.network import aggregation_index, latency_ticks
+from divjax.network import latency_ticks
 from divjax.rows import add_rows, get_rows, padded_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
@@ -97,9 +98,10 @@ def history_depth(cfg: SimConfig, table) -> int:
     """
     p = max(1, cfg.fanout // 2)
     n = cfg.n_nodes
-    c = np.asarray(table.compute_ticks, np.int64).reshape(-1, n)
+    c0 = np.asarray(table.compute_ticks, np.int64)   # with compute jitter: the bounds
+    c = np.asarray(shortest_ticks(cfg, c0), np.int64).reshape(-1, n)
     U = np.asarray(model_units(table), np.int64).reshape(-1, n)
-    c_max = c.max(axis=1, keepdims=True)
+    c_max = np.asarray(longest_ticks(cfg, c0), np.int64).reshape(-1, n).max(1, keepdims=True)
     fifo = c_max * cfg.link_resolution // (p * U) + 2
     timed = -(-(c_max + cfg.delay_ticks) // c) + 1
     return int(np.clip(np.max(np.minimum(fifo, timed)) + 1, 2, 64))
@@ -122,7 +124,7 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     C, J = recv.shape
     safe = jnp.minimum(sender, n - 1)
     r = jnp.minimum(recv, n - 1)
-    window = aggregation_index(arrival, table.compute_ticks[r])                  # (C, J)
+    window = window_index(table, r, arrival)                                     # (C, J)
     same_r = (recv[:, :, None] == recv[:, None, :]) & sent[:, None, :]           # (C, J, J')
     later = jnp.triu(jnp.ones((J, J), bool), 1)                                  # j' > j
     earlier = later.T
@@ -181,7 +183,7 @@ def ping_slots_needed(cfg: SimConfig, table) -> int:
     end, and a ping arrives at most `delay_ticks` after its iteration end, so the pings of at
     most delay_ticks // c_min + 1 iteration ends are in flight at once."""
     p = max(1, cfg.fanout // 2)
-    c_min = int(np.min(np.asarray(table.compute_ticks)))
+    c_min = int(np.min(shortest_ticks(cfg, np.asarray(table.compute_ticks))))
     return p * (cfg.delay_ticks // c_min + 1)
 
 
@@ -277,8 +279,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                                    jnp.full((C,), p, jnp.int32), t),
                 a.queue.enqueued.at[drop].add(p, mode="drop"))
             a = a._replace(queue=q)
-        inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid,
-                                              ctx.table.compute_ticks, t)
+        inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid, ctx.table, t)
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, algo_state=a._replace(latest=latest)), averaged
 
@@ -342,7 +343,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         check_link_clock(cfg_resolved, table, max(p, cfg_resolved.n_nodes * max(p, 1)))
         if cfg_resolved.delay_ticks > 0:
             return cfg_resolved.delay_ticks
-        c_min = int(np.min(np.asarray(table.compute_ticks)))
+        c_min = int(np.min(shortest_ticks(cfg_resolved, np.asarray(table.compute_ticks))))
         lat_max = int(np.max(np.asarray(latency_ticks(table, cfg_resolved.link_resolution))))
         return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
 

@@ -7,6 +7,11 @@ coordinate of its model with the fragments that have arrived since its last aggr
 x[c] = (x[c] + sum of received values of c) / (1 + number received). With inbox="latest" (the
 authors' rule, the default) only the newest fragment per (sender, fragment index) counts; with
 inbox="sum" every copy that arrived does. See ../shared/paper.md.
+
+Churn (`--churn-rate`, `divjax.compute_schedule`): an offline node does not train (its iteration
+is paused) and does not send: going offline drops its send queue and the message on the wire,
+as its next iteration end would (counted as dropped); a message that arrives at an offline node
+is lost (counted in `lost`, as with `--loss-rate`), and replaces nothing in an inbox.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
+from divjax.compute_schedule import end_tick, is_offline, stop_tick, window_index, window_tick
 from divjax.config import SimConfig
 from divjax.messages import collect, push
-from divjax.network import Schedule, aggregation_index, message_lost, schedule_replaced_queue
+from divjax.network import Schedule, message_lost, schedule_replaced_queue
 from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 
@@ -36,9 +42,10 @@ def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
 
 
 def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: jax.Array,
-                    t: jax.Array) -> tuple[jax.Array, Schedule]:
+                    t: jax.Array, next_end: jax.Array) -> tuple[jax.Array, Schedule]:
     """The K*s messages that C nodes queue at their iteration end at tick t (() or (C,)), with
-    the keys of that tick. Returns receivers (C, s, K) and their Schedule, fields (C, s, K).
+    the keys of that tick, sent until their next iteration end `next_end` (C,). Returns
+    receivers (C, s, K) and their Schedule, fields (C, s, K).
 
     `k_route` is the route key of tick t: () for one tick, (C,) for one tick per node."""
     K, s = ctx.layout.K, ctx.cfg.fanout
@@ -51,7 +58,7 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
     units_q = jnp.take_along_axis(ctx.table.msg_units[safe], fragment_q, axis=1)
     recv_q = jnp.take_along_axis(receivers.reshape(C, s * K), queue, axis=1)   # queue order
     sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution,
-                                    recv_q)
+                                    recv_q, next_end)
     # back from queue order to message order m = j * K + k, then (C, s, K)
     to_msg = jnp.argsort(queue, axis=1)
     unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731
@@ -60,40 +67,44 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
 
 
 def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
-                      receivers: jax.Array, sched: Schedule, t: jax.Array) -> jax.Array:
+                      receivers: jax.Array, sched: Schedule, t: jax.Array, k: jax.Array
+                      ) -> jax.Array:
     """(C, s, K) bool: which messages queued at tick t a newer message from the same sender,
     with the same fragment, replaces in the receiver's inbox before the receiver aggregates.
 
-    Compute times are fixed, so the sender's later iteration ends (t + i c), their receivers
-    (drawn from the keys of those ticks) and their link schedules are known now: a message is
-    replaced when a later iteration sends the same fragment to the same receiver and it arrives
-    within the run in the same inbox window (`aggregation_index`). The loop looks ahead only
-    while a later iteration end precedes the last aggregation these messages join.
+    The sender's later iteration ends (t + i c, or its jitter table's: `end_tick`; the tick t
+    ends its iteration k (C,)), their receivers (drawn from the keys of those ticks) and their
+    link schedules are known now: a message is replaced when a later iteration sends the same
+    fragment to the same receiver and it arrives within the run in the same inbox window
+    (`window_index`). The loop looks ahead only while a later iteration end precedes the last
+    aggregation these messages join.
     """
     n, T = ctx.cfg.n_nodes, ctx.cfg.num_ticks
     safe = jnp.minimum(node, n - 1)
-    c_send = ctx.table.compute_ticks[safe]                                       # (C,)
-    c_recv = ctx.table.compute_ticks[receivers]                                  # (C, s, K)
-    window = aggregation_index(sched.arrival, c_recv)
-    last_agg = jnp.max(jnp.where(sched.sent, window * c_recv, 0), axis=(1, 2))   # (C,)
+    window = window_index(ctx.table, receivers, sched.arrival)                   # (C, s, K)
+    last_agg = jnp.max(jnp.where(sched.sent, window_tick(ctx.table, receivers, window), 0),
+                       axis=(1, 2))                                              # (C,)
     horizon = jnp.where(valid, jnp.minimum(last_agg, T), 0)
 
     def pending(i):
-        return t + i * c_send < horizon                                          # (C,)
+        return end_tick(ctx.table, safe, k + i) < horizon                        # (C,)
 
     def body(carry):
         i, replaced = carry
-        t_i = t + i * c_send
+        t_i = end_tick(ctx.table, safe, k + i)
         alive = pending(i)
         k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
-        recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i)
+        stop_i = stop_tick(ctx.table, safe, t_i, end_tick(ctx.table, safe, k + i + 1))
+        recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i, stop_i)
         ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
         if ctx.cfg.loss_rate > 0:   # a newer message lost on the way replaces nothing
             lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
                                                         recv_i.shape[1:])[0])(k_i.spare, safe)
             ok_i = ok_i & ~lost_i
+        if ctx.cfg.churn_rate:      # nor does one that reaches an offline node
+            ok_i = ok_i & ~is_offline(ctx.table, recv_i, sched_i.arrival)
         same = ((receivers[:, :, None, :] == recv_i[:, None, :, :]) & ok_i[:, None]
-                & (aggregation_index(sched_i.arrival[:, None], c_recv[:, :, None])
+                & (window_index(ctx.table, receivers[:, :, None], sched_i.arrival[:, None])
                    == window[:, :, None]))                                       # (C, s, s', K)
         return i + 1, replaced | jnp.any(same, axis=2)
 
@@ -112,20 +123,25 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         inbox, counters = state.inbox, state.counters
         if s > 0:
-            receivers, sched = queued_messages(ctx, keys.route, node, valid, t)
             safe = jnp.minimum(node, cfg.n_nodes - 1)
+            k = state.iterations[safe]                   # the iteration that ends now
+            stop = stop_tick(ctx.table, safe, t, end_tick(ctx.table, safe, k + 1))
+            receivers, sched = queued_messages(ctx, keys.route, node, valid, t, stop)
             lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
+            if cfg.churn_rate:   # what arrives at an offline node is lost
+                offline = is_offline(ctx.table, receivers, sched.arrival)
+                lost = offline if lost is None else lost | offline
             replaced = None
             if cfg.inbox == "latest":
-                replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t)
+                replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t,
+                                             k)
                 if lost is not None:   # a lost message is never in an inbox to be replaced
                     replaced = replaced & ~lost
             inbox, counters, too_late = push(cfg, inbox, counters, ctx.table, sched, node,
                                              valid, receivers, trained, replaced, lost)
             state = flag_error(state, jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
         # with s = 0 nothing is sent, and replacing the (empty) old queue drops nothing
-        inbox, got_total, got_count = collect(cfg, inbox, node, valid,
-                                              ctx.table.compute_ticks, t)
+        inbox, got_total, got_count = collect(cfg, inbox, node, valid, ctx.table, t)
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters), averaged
 

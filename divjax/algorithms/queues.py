@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from divjax.compute_schedule import shortest_ticks
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import push
 from divjax.network import (
@@ -116,7 +117,9 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
     """
     check_link_clock(cfg, table, per_iteration)
     R, T = cfg.link_resolution, cfg.num_ticks
-    c_all = np.asarray(table.compute_ticks, np.int64)
+    # with compute jitter every iteration as short as it can be: the most models queued, so
+    # an upper bound (free_m - t_m R is largest when the ends are closest)
+    c_all = np.asarray(shortest_ticks(cfg, np.asarray(table.compute_ticks)), np.int64)
     n = c_all.shape[-1]
     c_all = c_all.reshape(-1, n)
     lat_all = np.asarray(latency_bounds_units(table)[1], np.int64).reshape(-1, n)

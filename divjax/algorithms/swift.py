@@ -27,10 +27,10 @@ from divjax.algorithms.queues import (
     model_units,
     send_full_models,
 )
+from divjax.compute_schedule import end_tick, window_index, window_tick
 from divjax.config import SimConfig
 from divjax.messages import collect
 from divjax.network import (
-    aggregation_index,
     arrival_tick,
     latency_bounds_units,
     message_lost,
@@ -58,13 +58,14 @@ def queue_length(state) -> jax.Array:
 
 def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
                       recv: jax.Array, arrival: jax.Array, sent: jax.Array,
-                      link_free: jax.Array, t: jax.Array) -> jax.Array:
+                      link_free: jax.Array, t: jax.Array, k: jax.Array) -> jax.Array:
     """(C, s) bool: which full models queued at tick t a newer model from the same sender
     replaces in the receiver's inbox before the receiver aggregates (inbox "latest").
 
     The appended queue is deterministic: from the link's end of queue after this append
-    (`link_free`, (C,) sub-ticks), the sender's later iteration ends t + i c append s models
-    each to receivers drawn from the keys of those ticks. A model is replaced when a later one
+    (`link_free`, (C,) sub-ticks), the sender's later iteration ends t + i c (with compute
+    jitter, its table's; tick t ends its iteration k (C,)) append s models each to receivers
+    drawn from the keys of those ticks. A model is replaced when a later one
     to the same receiver arrives within the run in the same inbox window. The loop looks ahead
     while a later iteration end precedes the last aggregation these models join and the link
     can still deliver a later model before it.
@@ -72,23 +73,21 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     cfg, table = ctx.cfg, ctx.table
     n, T, R, s = cfg.n_nodes, cfg.num_ticks, cfg.link_resolution, cfg.fanout
     safe = jnp.minimum(node, n - 1)
-    c_send = table.compute_ticks[safe]                                           # (C,)
     U = model_units(table)[safe]
     lat_low = latency_bounds_units(table)[0][safe]                                  # (C,)
-    c_recv = table.compute_ticks[recv]                                           # (C, s)
-    window = aggregation_index(arrival, c_recv)
-    last_agg = jnp.max(jnp.where(sent, window * c_recv, 0), axis=1)
+    window = window_index(table, recv, arrival)                                  # (C, s)
+    last_agg = jnp.max(jnp.where(sent, window_tick(table, recv, window), 0), axis=1)
     horizon = jnp.where(valid, jnp.minimum(last_agg, T), 0)                      # (C,)
     position = jnp.arange(1, s + 1, dtype=jnp.int32)
 
     def pending(i, free):
-        t_i = t + i * c_send
+        t_i = end_tick(table, safe, k + i)
         first = arrival_tick(jnp.maximum(free, t_i * R) + U, lat_low, R)       # earliest arrival
         return (t_i < horizon) & (first <= horizon)
 
     def body(carry):
         i, free, replaced = carry
-        t_i = t + i * c_send
+        t_i = end_tick(table, safe, k + i)
         alive = pending(i, free)
         keys_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
         recv_i = jax.vmap(lambda k, j: swift_routes(k, j, ctx.neighbors, ctx.degree, s))(
@@ -102,7 +101,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
             ok_i = ok_i & ~jax.vmap(lambda k, j: message_lost(cfg, k, j[None], (s,))[0])(
                 keys_i.spare, safe)
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
-                & (aggregation_index(arrival_i[:, None, :], c_recv[:, :, None])
+                & (window_index(table, recv[:, :, None], arrival_i[:, None, :])
                    == window[:, :, None]))                                       # (C, s, s')
         free = jnp.minimum(start + s * U, T * R)
         return i + 1, free, replaced | jnp.any(same, axis=2)
@@ -135,7 +134,7 @@ def make_swift(cfg: SimConfig) -> Algorithm:
                 def replaced_fn(sched):
                     rep = replaced_by_newer(ctx, state.k_sim, node, valid, recv,
                                             sched.arrival[..., 0], sched.sent[..., 0],
-                                            link_free[safe], t)
+                                            link_free[safe], t, state.iterations[safe])
                     return rep if lost is None else rep & ~lost
             state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t,
                                         replaced_fn, lost)
@@ -143,8 +142,7 @@ def make_swift(cfg: SimConfig) -> Algorithm:
             q = QueueState(link_free,
                            q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(
                                s, mode="drop"))
-        inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid,
-                                              ctx.table.compute_ticks, t)
+        inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid, ctx.table, t)
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters,
                              algo_state=SwiftState(q)), averaged

@@ -1,0 +1,105 @@
+"""Churn (issue 18): nodes go offline for exponential intervals drawn from the run's key. An
+offline node neither trains (its iteration is paused) nor sends (going offline drops its
+DivShare queue); what reaches it is lost and counted. The engine equals the reference
+simulators (parameters and counters, lost and dropped included); a churn rate that takes no
+node offline within the run gives the bits of no churn; bad values and the algorithms it is
+not modelled for are refused."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_equals_reference
+
+from divjax import compute_schedule, reference, reference_baselines
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.sim import check_state, make_run
+
+
+def churn_config(**changes) -> SimConfig:
+    base = SimConfig(n_nodes=5, n_fragments=3, fanout=2, local_steps=2, batch_size=4,
+                     tick_s=0.01, duration_s=1.5, eval_every_s=0.5, compute_s=0.1,
+                     churn_rate=0.3, churn_mean_s=0.15, same_init=False)
+    return base.replace(**changes)
+
+
+def uneven_hparams(cfg):
+    return default_hparams(cfg).replace(
+        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
+        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
+
+
+def run_engine(cfg, hp):
+    run = make_run(cfg, hp=hp)
+    state, metrics = jax.jit(run)(jax.random.key(1), hp)
+    check_state(state, run.engine.cfg)
+    return run, state, metrics
+
+
+@pytest.mark.parametrize("algorithm,delivery,jitter", [("divshare", "receiver_iteration", 0.0),
+                                                       ("divshare", "arrival_tick", 0.4),
+                                                       ("local", "receiver_iteration", 0.3)])
+def test_churn__engine_equals_reference_simulator(algorithm, delivery, jitter):
+    cfg = churn_config(algorithm=algorithm, delivery=delivery, compute_jitter=jitter)
+    hp = uneven_hparams(cfg)
+    run, state, metrics = run_engine(cfg, hp)
+    sim = reference if algorithm == "divshare" else reference_baselines
+    ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
+                       inbox_policy="latest")
+    assert_equals_reference(state, ref)
+    if algorithm == "divshare":
+        np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+        np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+        assert int(state.counters.replaced.sum()) == ref.replaced
+        assert ref.lost.sum() > 0 and metrics["msgs_lost"][-1] == ref.lost.sum()
+    if jitter == 0:   # nodes really went offline: fewer iterations than without churn
+        base = np.floor(1.5 / np.asarray(hp.compute_s, np.float64) + 1e-6)
+        assert np.all(np.asarray(state.iterations) <= base)
+        assert state.iterations.sum() < base.sum()
+
+
+def test_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
+    """churn_rate 1e-6: online intervals longer than the run, the churn code paths (end table,
+    offline searches) with nothing offline: the bits of no churn (same iteration chunks)."""
+    cfg = churn_config(churn_rate=0.0, iteration_chunk=2, train_capacity=5)
+    hp = uneven_hparams(cfg)
+    _, base, _ = run_engine(cfg, hp)
+    run, tiny, _ = run_engine(cfg.replace(churn_rate=1e-6), hp)
+    assert run.engine.cfg.iteration_slots > 0
+    np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
+    for name in ("sent", "delivered", "dropped", "replaced", "lost"):
+        np.testing.assert_array_equal(np.asarray(getattr(tiny.counters, name)),
+                                      np.asarray(getattr(base.counters, name)))
+
+
+def test_churn__offline_intervals_are_seeded_and_pause_iterations():
+    cfg = SimConfig(n_nodes=300, tick_s=0.01, duration_s=4.0, eval_every_s=1.0,
+                    churn_rate=0.25, churn_mean_s=0.2, iteration_slots=60)
+    key = jax.random.key(5)
+    start, end = (np.asarray(x) for x in compute_schedule.offline_intervals(cfg, key))
+    again = compute_schedule.offline_intervals(cfg, key)
+    np.testing.assert_array_equal(np.asarray(again[0]), start)
+    assert np.all(start[:, 0] >= 1) and np.all(end > start) and np.all(start[:, 1:] > end[:, :-1])
+    T = cfg.num_ticks
+    offline = np.clip(np.minimum(end, T) - np.minimum(start, T), 0, None).sum(1)
+    assert abs(offline.mean() / T - 0.25) < 0.03                    # the offline fraction
+    assert abs((end - start)[start < T].mean() * cfg.tick_s / 0.2 - 1) < 0.1
+    c = jnp.full((300,), 7, jnp.int32)
+    ends = np.asarray(compute_schedule.iteration_ends(cfg, c, key))
+    unpaused = np.arange(1, 61) * 7
+    assert np.all(ends >= unpaused) and np.any(ends[:, 10] > unpaused[10])
+    # no iteration ends while its node is offline
+    down = (start[:, None, :] <= ends[:, :, None]) & (ends[:, :, None] < end[:, None, :])
+    assert not down.any()
+
+
+def test_churn__bad_values_and_unsupported_algorithms_are_refused():
+    for value in (-0.1, 0.95, float("nan")):
+        with pytest.raises(ConfigError, match="churn_rate"):
+            churn_config(churn_rate=value)
+    for value in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="churn_mean_s"):
+            churn_config(churn_mean_s=value)
+    for algorithm in ("swift", "adpsgd", "dpsgd", "epidemic"):
+        with pytest.raises(ConfigError, match="--churn-rate 0"):
+            churn_config(algorithm=algorithm)
