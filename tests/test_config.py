@@ -64,3 +64,13 @@ def test_run__hparams_that_outgrow_the_ring_are_flagged_not_silently_dropped():
     slow = default_hparams(cfg).replace(compute_s=jnp.full(5, 0.5))
     with pytest.raises(SimulationError, match="delay ring is shorter"):
         simulate(run.engine, jax.random.key(0), slow)
+
+
+def test_presets__every_preset_is_a_valid_config_and_realworld_turns_the_features_on():
+    from divjax.presets import PRESETS
+
+    for name, make in PRESETS.items():
+        assert isinstance(make(), SimConfig), name
+    rw = PRESETS["movielens-realworld"]()
+    assert rw.algorithm == "divshare" and rw.n_nodes == 60 and rw.latency_regions > 1
+    assert rw.compute_spread and rw.compute_jitter and rw.loss_rate and rw.churn_rate
