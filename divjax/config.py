@@ -116,11 +116,13 @@ class SimConfig:
     compute_seed: int = 0            # seed of those draws (numpy; the run's key is separate)
     compute_jitter: float = 0.0      # per-iteration jitter: iteration k of node i takes its
     #                                  compute time * exp(s z - s^2 / 2), z ~ N(0, 1) clipped to
-    #                                  [-3, 3], drawn from the run's key; 0 = fixed times
+    #                                  [-3, 3], drawn from the run's key (not D-PSGD,
+    #                                  Epidemic); 0 = fixed times
     churn_rate: float = 0.0          # churn: mean fraction of the time a node is offline
-    #                                  (exponential on/off times from the run's key); 0 = none
+    #                                  (exponential on/off times from the run's key; DivShare
+    #                                  and local); 0 = none
     churn_mean_s: float = 1.0        # churn: mean length of an offline interval, seconds
-    iteration_slots: int = 0         # compute jitter: iteration ends tabled per node; 0 = auto
+    iteration_slots: int = 0         # jitter, churn: iteration ends tabled per node; 0 = auto
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
     momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)

@@ -338,14 +338,6 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     return Schedule(sent, leave_tick, arrival, next_end, t)
 
 
-def aggregation_index(arrival: jax.Array, receiver_compute: jax.Array) -> jax.Array:
-    """Index g of the receiver's first aggregation at or after `arrival` (it aggregates at ticks
-    g * c, and arrivals come before iteration ends): the inbox window a message lands in.
-    Under the "latest" rule, of the messages of one sender (and fragment) that land in the same
-    window only the newest counts."""
-    return (arrival + receiver_compute - 1) // receiver_compute
-
-
 def message_lost(cfg: SimConfig, k_spare: jax.Array, sender: jax.Array,
                  shape: tuple[int, ...]) -> jax.Array | None:
     """(C, *shape) bool: which messages that C senders queue at one tick are lost on the way,

@@ -13,7 +13,7 @@ from conftest import assert_equals_reference
 
 from divjax import compute_schedule, reference, reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import check_state, make_run
+from divjax.sim import check_state, make_run, simulate
 
 
 def churn_config(**changes) -> SimConfig:
@@ -29,9 +29,14 @@ def uneven_hparams(cfg):
         upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
-def run_engine(cfg, hp):
+def run_engine(cfg, hp, driver=False):
+    """The jitted run, or (driver) the Python driver, one jitted eval interval at a time: the
+    iteration-end and offline tables are drawn again from the key at every interval."""
     run = make_run(cfg, hp=hp)
-    state, metrics = jax.jit(run)(jax.random.key(1), hp)
+    if driver:
+        state, metrics = simulate(run.engine, jax.random.key(1), hp)
+    else:
+        state, metrics = jax.jit(run)(jax.random.key(1), hp)
     check_state(state, run.engine.cfg)
     return run, state, metrics
 
@@ -42,7 +47,7 @@ def run_engine(cfg, hp):
 def test_churn__engine_equals_reference_simulator(algorithm, delivery, jitter):
     cfg = churn_config(algorithm=algorithm, delivery=delivery, compute_jitter=jitter)
     hp = uneven_hparams(cfg)
-    run, state, metrics = run_engine(cfg, hp)
+    run, state, metrics = run_engine(cfg, hp, driver=jitter > 0)
     sim = reference if algorithm == "divshare" else reference_baselines
     ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
                        inbox_policy="latest")

@@ -44,8 +44,9 @@ def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
 def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: jax.Array,
                     t: jax.Array, next_end: jax.Array) -> tuple[jax.Array, Schedule]:
     """The K*s messages that C nodes queue at their iteration end at tick t (() or (C,)), with
-    the keys of that tick, sent until their next iteration end `next_end` (C,). Returns
-    receivers (C, s, K) and their Schedule, fields (C, s, K).
+    the keys of that tick, sent until `next_end` (C,): their next iteration end, or their
+    going offline if sooner (churn). Returns receivers (C, s, K) and their Schedule, fields
+    (C, s, K).
 
     `k_route` is the route key of tick t: () for one tick, (C,) for one tick per node."""
     K, s = ctx.layout.K, ctx.cfg.fanout
