@@ -9,8 +9,9 @@ One tick (t), `tick`:
      churn: at the next entry of the iteration-end table, `compute_schedule.end_tick`).
 Ticks at which no node finishes skip step 2-3 (`lax.cond`); with `iteration_chunk` the finishing
 nodes are handled a chunk at a time (`end_finishing_nodes`). Everything random derives from
-`fold_in(k_sim, t)` and the node id, so results do not depend on chunking or on which nodes
-happen to be gathered together.
+`fold_in(k_sim, t)` and the node id, so what happens (iterations, messages, counters) does not
+depend on chunking or on which nodes happen to be gathered together; the parameters only to
+float rounding (a chunked tick adds the same inbox terms in another order).
 
 Every function here is a module-level pure function of an `EngineSpec` (what is fixed for one
 run: the resolved config, task, layout, algorithm and graph) and the traced state; `make_engine`

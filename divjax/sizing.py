@@ -133,7 +133,8 @@ def auto_iteration_chunk(capacity: int, mean_finishers: float) -> int:
     `capacity`) when nodes finish together, as with equal compute times; else the smallest
     power of two >= the mean number of nodes finishing at a tick, so that a tick trains about
     the nodes that finish instead of `capacity` padded rows (compute spread or jitter: nodes
-    finish at many different ticks). The results do not depend on it."""
+    finish at many different ticks). Counters, iterations and the schedule do not depend on
+    it; parameters only to float rounding (the inbox sums are added in another order)."""
     if capacity <= 2 or 2 * mean_finishers > capacity:
         return 0
     return 1 << max(0, math.ceil(math.log2(max(1.0, mean_finishers))))
@@ -145,7 +146,7 @@ def memory_advice(cfg: SimConfig, est: dict) -> list[str]:
     if est.get("training", 0) > 0.2 * est["total"] and (
             cfg.iteration_chunk <= 0 or cfg.iteration_chunk > 64):
         tips.append("--iteration-chunk 64 (end the iterations of 64 finishing nodes at a time: "
-                    "the training buffers shrink, the results do not change)")
+                    "the training buffers shrink; the results change only by float rounding)")
     if cfg.delivery == "arrival_tick":
         tips.append("--delivery receiver_iteration (2-3 ring slots instead of one per tick of "
                     "the longest delay; same results)")
