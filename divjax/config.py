@@ -89,11 +89,9 @@ class SimConfig:
     train_chunk: int = 0             # nodes trained at once (0 = every finishing node under one
     #                                  vmap; k: lax.map over chunks of k, bounding memory; 1 runs
     #                                  per-node kernels, faster for CNNs on CPU)
-    iteration_chunk: int = -1        # finishing nodes whose whole iteration end (training,
-    #                                  sending, averaging) runs at once; 0 = all; k bounds the
-    #                                  gathered models to k (thousands of large models in memory);
-    #                                  -1 = auto (sizing.auto_iteration_chunk: all when nodes
-    #                                  finish together, small chunks when they finish apart)
+    iteration_chunk: int = -1        # finishing nodes whose iteration end runs at once: 0 all,
+    #                                  k bounds the gathered models, -1 auto (all when nodes finish
+    #                                  together, else small chunks: sizing.auto_iteration_chunk)
     eval_chunk: int = 64             # nodes evaluated at once (bounds evaluation memory)
     # --- default network (builds HParams arrays) ---
     fast_mbps: float = 60.0          # upload bandwidth of a normal node, Mbit/s
