@@ -785,7 +785,16 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          f"{', '.join(sorted(trees)) or '-'}: "
          f"{'the same in every cell' if len(trees) == 1 else 'differs between cells'}); "
          f"summed wall time of the runs that made them "
-         f"{total_wall / 60:.0f} min on {device}.",
+         f"{total_wall / 60:.0f} min on {device}."
+         + ("" if len(trees) <= 1 else
+            " Between these trees the engine changed how fast it runs (AD-PSGD's pong passes, "
+            "one-point sweep chunks without vmap, automatic iteration chunks, the CNN "
+            "convolutions) and gained features that are off in every cell (loss, latency "
+            "regions, compute jitter, churn); after each change the default run's metrics "
+            "were compared bit for bit and the reference-simulator tests passed, and the "
+            "AD-PSGD map cell r1-s7 seed 0 was rerun after the speed change with an "
+            "identical curve. \"engine edited\": the cell ran with uncommitted engine edits "
+            "of that kind."),
          "",
          "```bash",
          f"{cmd}                  # run / resume the whole grid (main, long, map, cifar)",
