@@ -82,6 +82,10 @@ def main() -> None:
     features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
                 "latency file": {"latency_file": str(tmp)}, "loss 10%": {"loss_rate": 0.1},
                 "compute spread 0.5": {"compute_spread": 0.5},
+                # the same, every finishing node in one gather padded to train_capacity (the
+                # engine before the automatic iteration_chunk): what the default saves
+                "compute spread 0.5, iteration chunk 0": {"compute_spread": 0.5,
+                                                          "iteration_chunk": 0},
                 "compute jitter 0.3": {"compute_jitter": 0.3},
                 "churn 10%": {"churn_rate": 0.1, "churn_mean_s": 1.0}}
     if args.features:
