@@ -59,3 +59,27 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def run_checked(cfg: SimConfig, hp, seed: int = 1, driver: bool = False):
+    """(run, final state, metrics) of `make_run(cfg, hp)` with key `seed`, jitted or (driver)
+    through the Python driver; a run with any error flag fails the test."""
+    from divjax.sim import check_state, make_run, simulate
+
+    run = make_run(cfg, hp=hp)
+    if driver:
+        state, metrics = simulate(run.engine, jax.random.key(seed), hp)
+    else:
+        state, metrics = jax.jit(run)(jax.random.key(seed), hp)
+    check_state(state, run.engine.cfg)
+    return run, state, metrics
+
+
+def reference_of(run, hp, seed: int = 1):
+    """The reference simulator's result for the same run: `reference` (DivShare) or
+    `reference_baselines` (every other algorithm), under the authors' inbox rule."""
+    from divjax import reference, reference_baselines
+
+    sim = reference if run.engine.cfg.algorithm == "divshare" else reference_baselines
+    return sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed),
+                        inbox_policy="latest")

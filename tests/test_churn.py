@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference
+from conftest import assert_equals_reference, reference_of, run_checked
 
-from divjax import compute_schedule, reference, reference_baselines
+from divjax import compute_schedule
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import check_state, make_run, simulate
 
 
 def churn_config(**changes) -> SimConfig:
@@ -29,28 +28,14 @@ def uneven_hparams(cfg):
         upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
-def run_engine(cfg, hp, driver=False):
-    """The jitted run, or (driver) the Python driver, one jitted eval interval at a time: the
-    iteration-end and offline tables are drawn again from the key at every interval."""
-    run = make_run(cfg, hp=hp)
-    if driver:
-        state, metrics = simulate(run.engine, jax.random.key(1), hp)
-    else:
-        state, metrics = jax.jit(run)(jax.random.key(1), hp)
-    check_state(state, run.engine.cfg)
-    return run, state, metrics
-
-
 @pytest.mark.parametrize("algorithm,delivery,jitter", [("divshare", "receiver_iteration", 0.0),
                                                        ("divshare", "arrival_tick", 0.4),
                                                        ("local", "receiver_iteration", 0.3)])
 def test_churn__engine_equals_reference_simulator(algorithm, delivery, jitter):
     cfg = churn_config(algorithm=algorithm, delivery=delivery, compute_jitter=jitter)
     hp = uneven_hparams(cfg)
-    run, state, metrics = run_engine(cfg, hp, driver=jitter > 0)
-    sim = reference if algorithm == "divshare" else reference_baselines
-    ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
-                       inbox_policy="latest")
+    run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
+    ref = reference_of(run, hp)
     assert_equals_reference(state, ref)
     if algorithm == "divshare":
         np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
@@ -68,8 +53,8 @@ def test_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
     offline searches) with nothing offline: the bits of no churn (same iteration chunks)."""
     cfg = churn_config(churn_rate=0.0, iteration_chunk=2, train_capacity=5)
     hp = uneven_hparams(cfg)
-    _, base, _ = run_engine(cfg, hp)
-    run, tiny, _ = run_engine(cfg.replace(churn_rate=1e-6), hp)
+    _, base, _ = run_checked(cfg, hp)
+    run, tiny, _ = run_checked(cfg.replace(churn_rate=1e-6), hp)
     assert run.engine.cfg.iteration_slots > 0
     np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
     for name in ("sent", "delivered", "dropped", "replaced", "lost"):

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference
+from conftest import assert_equals_reference, reference_of, run_checked
 
-from divjax import compute_schedule, reference, reference_baselines
+from divjax import compute_schedule
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import check_state, make_run
+from divjax.sim import make_run
 
 
 def jitter_config(**changes) -> SimConfig:
@@ -30,13 +30,6 @@ def uneven_hparams(cfg):
         upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
-def run_engine(cfg, hp):
-    run = make_run(cfg, hp=hp)
-    state, metrics = jax.jit(run)(jax.random.key(1), hp)
-    check_state(state, run.engine.cfg)
-    return run, state, metrics
-
-
 # DivShare with delivery "arrival_tick" and local-only run with jitter in tests/test_churn.py
 @pytest.mark.parametrize("algorithm,delivery", [("divshare", "receiver_iteration"),
                                                 ("swift", "receiver_iteration"),
@@ -44,10 +37,8 @@ def run_engine(cfg, hp):
 def test_jitter__engine_equals_reference_simulator(algorithm, delivery):
     cfg = jitter_config(algorithm=algorithm, delivery=delivery)
     hp = uneven_hparams(cfg)
-    run, state, _ = run_engine(cfg, hp)
-    sim = reference if algorithm == "divshare" else reference_baselines
-    ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
-                       inbox_policy="latest")
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
     assert_equals_reference(state, ref)
     per = 1 if algorithm == "divshare" else run.engine.layout.K
     assert int(state.counters.replaced.sum()) == per * ref.replaced
@@ -70,8 +61,8 @@ def test_jitter__a_jitter_that_moves_no_end_changes_no_bit():
     cfg = jitter_config(compute_jitter=0.0, algorithm="swift", iteration_chunk=2,
                         train_capacity=5)
     hp = uneven_hparams(cfg)
-    _, base, m_base = run_engine(cfg, hp)
-    run, tiny, m_tiny = run_engine(cfg.replace(compute_jitter=1e-7), hp)
+    _, base, m_base = run_checked(cfg, hp)
+    run, tiny, m_tiny = run_checked(cfg.replace(compute_jitter=1e-7), hp)
     assert run.engine.cfg.iteration_slots > 0
     np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
     for name in ("sent", "delivered", "dropped", "replaced"):

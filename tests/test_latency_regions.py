@@ -4,13 +4,11 @@ The engine equals the reference simulators with a latency that depends on the (s
 receiver) pair; with no extra latency the results are bit for bit those of a run without it;
 a malformed matrix file is refused with its line and column."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference
+from conftest import assert_equals_reference, reference_of, run_checked
 
-from divjax import reference, reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
 
@@ -29,13 +27,6 @@ def uneven_hparams(cfg):
         upload_bps=jnp.array([1e5, 1e4, 1e4, 4e3, 1e3, 3e4], jnp.float32))
 
 
-def run_engine(cfg, hp, seed=0):
-    run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(seed), hp)
-    assert int(state.errors) == 0
-    return run, state
-
-
 @pytest.mark.parametrize("algorithm,delivery", [
     ("divshare", "receiver_iteration"), ("divshare", "arrival_tick"),
     ("swift", "receiver_iteration"), ("adpsgd", "arrival_tick")])
@@ -43,10 +34,8 @@ def test_regions__engine_equals_reference_simulator(algorithm, delivery):
     cfg = regional_config(algorithm=algorithm, delivery=delivery,
                           fanout=4 if algorithm == "adpsgd" else 2)
     hp = uneven_hparams(cfg)
-    run, state = run_engine(cfg, hp)
-    sim = reference if algorithm == "divshare" else reference_baselines
-    ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
-                       inbox_policy="latest")
+    run, state, _ = run_checked(cfg, hp, seed=0)
+    ref = reference_of(run, hp, seed=0)
     assert_equals_reference(state, ref)
     assert ref.sent.sum() > 0
 
@@ -56,12 +45,12 @@ def test_regions__change_arrivals_and_zero_extra_latency_changes_nothing(tmp_pat
     them; 23.4 ms between regions gives other results (so the tests above can fail)."""
     plain = regional_config(latency_regions=1, inter_region_ms=0.0)
     hp = uneven_hparams(plain)
-    _, base = run_engine(plain, hp)
-    _, zero = run_engine(plain.replace(latency_regions=3), hp)
+    _, base, _ = run_checked(plain, hp, seed=0)
+    _, zero, _ = run_checked(plain.replace(latency_regions=3), hp, seed=0)
     path = tmp_path / "zeros.csv"
     path.write_text("\n".join(",".join(["0"] * 6) for _ in range(6)) + "\n")
-    _, from_file = run_engine(plain.replace(latency_file=str(path)), hp)
-    _, far = run_engine(plain.replace(latency_regions=3, inter_region_ms=23.4), hp)
+    _, from_file, _ = run_checked(plain.replace(latency_file=str(path)), hp, seed=0)
+    _, far, _ = run_checked(plain.replace(latency_regions=3, inter_region_ms=23.4), hp, seed=0)
     for other in (zero, from_file):
         np.testing.assert_array_equal(np.asarray(other.params), np.asarray(base.params))
         np.testing.assert_array_equal(np.asarray(other.counters.delivered),
@@ -73,13 +62,14 @@ def test_latency_file__a_matrix_equals_the_same_regions(tmp_path):
     """A file holding the 3-region matrix of 23.4 ms gives the regions' results exactly."""
     cfg = regional_config()
     hp = uneven_hparams(cfg)
-    _, regions = run_engine(cfg, hp)
+    _, regions, _ = run_checked(cfg, hp, seed=0)
     region = np.arange(6) % 3
     matrix = np.where(region[:, None] == region[None, :], 0.0, 23.4)
     path = tmp_path / "lat.csv"
     path.write_text("# one-way ms, row = sender\n"
                     + "\n".join(",".join(f"{v:g}" for v in row) for row in matrix) + "\n")
-    _, from_file = run_engine(cfg.replace(latency_regions=1, latency_file=str(path)), hp)
+    _, from_file, _ = run_checked(cfg.replace(latency_regions=1, latency_file=str(path)), hp,
+                                  seed=0)
     np.testing.assert_array_equal(np.asarray(from_file.params), np.asarray(regions.params))
 
 

@@ -2,13 +2,11 @@
 drawn from the run's key; the engine equals the reference simulators, parameters and counters
 (lost ones included), and the "latest" inbox rule never lets a lost message replace one."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference
+from conftest import assert_equals_reference, reference_of, run_checked
 
-from divjax import reference, reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
 
@@ -28,23 +26,14 @@ def uneven_hparams(cfg):
         upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
-def run_engine(cfg, hp):
-    run = make_run(cfg, hp=hp)
-    state, metrics = jax.jit(run)(jax.random.key(1), hp)
-    assert int(state.errors) == 0
-    return run, state, metrics
-
-
 @pytest.mark.parametrize("algorithm,delivery", [("divshare", "receiver_iteration"),
                                                 ("divshare", "arrival_tick"),
                                                 ("swift", "receiver_iteration")])
 def test_loss__engine_equals_reference_simulator(algorithm, delivery):
     cfg = lossy_config(algorithm=algorithm, delivery=delivery)
     hp = uneven_hparams(cfg)
-    run, state, metrics = run_engine(cfg, hp)
-    sim = reference if algorithm == "divshare" else reference_baselines
-    ref = sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
-                       inbox_policy="latest")
+    run, state, metrics = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
     assert_equals_reference(state, ref)
     np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
     # the engine counts a replaced full model (Swift) once per fragment, as it counts deliveries
@@ -58,8 +47,8 @@ def test_loss__a_rate_that_loses_nothing_changes_nothing():
     """loss_rate 1e-9 (the lossy code path, nothing lost) gives the bits of loss_rate 0."""
     cfg = lossy_config(loss_rate=0.0)
     hp = uneven_hparams(cfg)
-    _, base, _ = run_engine(cfg, hp)
-    _, tiny, _ = run_engine(cfg.replace(loss_rate=1e-9), hp)
+    _, base, _ = run_checked(cfg, hp)
+    _, tiny, _ = run_checked(cfg.replace(loss_rate=1e-9), hp)
     np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
     assert int(tiny.counters.lost.sum()) == 0
 
