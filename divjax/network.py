@@ -292,11 +292,6 @@ def finishers_per_tick(cfg: SimConfig, table: LinkTable) -> tuple[int, float]:
     return worst, mean
 
 
-def max_simultaneous_finishers(cfg: SimConfig, table: LinkTable) -> int:
-    """The largest number of nodes that finish an iteration at one tick during the run."""
-    return finishers_per_tick(cfg, table)[0]
-
-
 class Schedule(NamedTuple):
     """Timing of the messages that each of C sending nodes queued at tick t (any trailing shape)."""
 
