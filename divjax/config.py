@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
-import numbers
 from dataclasses import dataclass
 
 import jax
@@ -20,23 +18,10 @@ import numpy as np
 from flax import struct
 
 from divjax.compute_schedule import compute_spread_factors
+from divjax.config_checks import FANOUT_NEEDED, ConfigError, check_config  # noqa: F401
 
 # The DivShare authors' Kollaps topology (paper.md): 7 communication stragglers among 60 nodes.
 PAPER_STRAGGLER_MBPS = (12.0, 12.0, 12.0, 13.0, 10.0, 13.0, 11.0)
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: the message names the field, the value and the fix."""
-
-
-# Algorithms whose exchange is driven by `fanout`: (smallest useful fanout, what it does).
-# dpsgd follows the topology and local never communicates, so they take any fanout.
-FANOUT_NEEDED = {
-    "divshare": (1, "sends each fragment to fanout receivers"),
-    "swift": (1, "sends its model to fanout receivers"),
-    "epidemic": (1, "sends its model to fanout peers"),
-    "adpsgd": (2, "sends fanout // 2 pings"),
-}
 
 
 @dataclass(frozen=True)
@@ -127,138 +112,7 @@ class SimConfig:
     weight_decay: float = 0.0        # L2 weight decay coefficient, >= 0
 
     def __post_init__(self):
-        def bad(field, value, fix):
-            raise ConfigError(f"{field}={value!r} is invalid: {fix}")
-
-        self._check_types()
-        if self.n_nodes < 2:
-            bad("n_nodes", self.n_nodes, "a decentralized run needs at least 2 nodes")
-        if self.n_fragments < 1:
-            bad("n_fragments", self.n_fragments, "use Omega >= 1 (1 = whole model per message)")
-        if self.fanout < 0:
-            bad("fanout", self.fanout, "use s >= 0 receivers per fragment")
-        if self.fanout > self.n_nodes - 1:
-            bad("fanout", self.fanout,
-                f"s must be at most n_nodes - 1 = {self.n_nodes - 1} (a node never sends to itself)")
-        if self.local_steps < 1:
-            bad("local_steps", self.local_steps, "use at least 1 local step per iteration")
-        if self.batch_size < 1:
-            bad("batch_size", self.batch_size, "use a positive batch size")
-        for name in ("tick_s", "duration_s", "eval_every_s", "compute_s", "fast_mbps",
-                     "straggler_compute_factor"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                bad(name, v, "must be a positive, finite number")
-        if any(not (m > 0) for m in self.straggler_mbps):
-            bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
-        if not 0 <= self.n_stragglers <= self.n_nodes:
-            bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
-        if not (isinstance(self.loss_rate, int | float) and 0 <= self.loss_rate < 1):
-            bad("loss_rate", self.loss_rate, "use a probability in [0, 1)")
-        if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
-            bad("compute_spread", self.compute_spread,
-                "use a log-normal sigma in [0, 3] (0 = equal compute times)")
-        if not (math.isfinite(self.compute_jitter) and 0 <= self.compute_jitter <= 2):
-            bad("compute_jitter", self.compute_jitter,
-                "use a log-normal sigma in [0, 2] (0 = every iteration takes compute_s)")
-        if not (math.isfinite(self.churn_rate) and 0 <= self.churn_rate <= 0.9):
-            bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
-        if not (math.isfinite(self.churn_mean_s) and self.churn_mean_s > 0):
-            bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
-        if self.churn_rate and self.algorithm not in ("divshare", "local"):
-            bad("churn_rate", self.churn_rate, f"churn is not modelled for algorithm="
-                f"{self.algorithm!r} yet: use --churn-rate 0, or --algorithm divshare or local")
-        if self.compute_jitter and self.algorithm in ("dpsgd", "epidemic"):
-            bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
-                "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
-                "algorithm (divshare, swift, adpsgd, local)")
-        if self.latency_ms < 0:
-            bad("latency_ms", self.latency_ms, "latency cannot be negative")
-        if not 1 <= self.latency_regions <= self.n_nodes:
-            bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
-        if not (math.isfinite(self.inter_region_ms) and self.inter_region_ms >= 0):
-            bad("inter_region_ms", self.inter_region_ms, "use a finite latency >= 0")
-        if self.eval_every_s < self.tick_s:
-            bad("eval_every_s", self.eval_every_s, f"must be at least tick_s={self.tick_s}")
-        ratio = self.eval_every_s / self.tick_s
-        if abs(ratio - round(ratio)) > 1e-6:
-            bad("eval_every_s", self.eval_every_s,
-                f"must be a whole number of ticks (tick_s={self.tick_s})")
-        chunks = self.duration_s / self.eval_every_s
-        if abs(chunks - round(chunks)) > 1e-6:
-            bad("duration_s", self.duration_s,
-                f"must be a whole number of eval intervals (eval_every_s={self.eval_every_s})")
-        if self.delivery not in ("arrival_tick", "receiver_iteration"):
-            bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
-        if self.inbox not in ("latest", "sum"):
-            bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
-        for name in ("inbox_history", "ping_slots", "ring_ticks", "delay_ticks",
-                     "iteration_slots"):   # sizes: 0 = auto
-            if getattr(self, name) < 0:
-                bad(name, getattr(self, name), "use 0 (auto) or a positive size")
-        if self.link_resolution < 1:
-            bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
-        if not 0 <= self.train_capacity <= self.n_nodes:
-            bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
-        if self.train_chunk < 0:
-            bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
-        if self.iteration_chunk < -1:
-            bad("iteration_chunk", self.iteration_chunk,
-                "use -1 (auto), 0 (all at once) or a positive chunk size")
-        if self.eval_chunk < 1:
-            bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            bad("lr", self.lr, "the learning rate must be a finite number >= 0")
-        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            bad("momentum", self.momentum, "SGD momentum must be in [0, 1)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            bad("weight_decay", self.weight_decay, "weight decay must be a finite number >= 0")
-        if 1 < len(self.straggler_mbps) < self.n_stragglers:
-            bad("straggler_mbps", self.straggler_mbps,
-                f"{len(self.straggler_mbps)} bandwidths for n_stragglers={self.n_stragglers}: "
-                f"give one bandwidth per straggler, or a single value that every straggler gets "
-                f"(values are never cycled)")
-        need = FANOUT_NEEDED.get(self.algorithm)
-        if need is not None and self.fanout < need[0]:
-            bad("fanout", self.fanout,
-                f"algorithm={self.algorithm!r} {need[1]}, so nothing would ever be exchanged: "
-                f"use fanout >= {need[0]}, or algorithm='local' (--algorithm local) for a run "
-                f"without communication")
-
-    def _check_types(self):
-        """Every field holds its declared type (an int field refuses 16.5 and "16"); numpy
-        scalars become Python ones, so configs stay hashable and JSON-writable."""
-        for f in dataclasses.fields(self):
-            v, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok = isinstance(v, bool | np.bool_)
-                fixed = bool(v) if ok else v
-                want = "True or False"
-            elif isinstance(default, int):
-                ok = isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
-                fixed = int(v) if ok else v
-                want = "a whole number"
-            elif isinstance(default, float):
-                ok = isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
-                fixed = float(v) if ok else v
-                want = "a number"
-            elif isinstance(default, str):
-                ok = isinstance(v, str)
-                fixed = v
-                want = "a string"
-            elif isinstance(default, tuple):
-                ok = (isinstance(v, tuple | list | np.ndarray) and len(v) > 0
-                      and all(isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)
-                              for x in v))
-                fixed = tuple(float(x) for x in v) if ok else v
-                want = "a non-empty tuple of numbers, e.g. (12.0,)"
-            else:
-                continue
-            if not ok:
-                raise ConfigError(f"{f.name}={v!r} is invalid: {f.name} takes {want}, not "
-                                  f"{type(v).__name__}")
-            if fixed is not v:
-                object.__setattr__(self, f.name, fixed)
+        check_config(self)
 
     # Derived quantities (never written back into the config).
     @property
