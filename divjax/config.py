@@ -83,6 +83,10 @@ class SimConfig:
     straggler_mbps: tuple = PAPER_STRAGGLER_MBPS  # upload bandwidth of the stragglers, Mbit/s:
     #                                  one value for all of them, or at least one per straggler
     n_stragglers: int = 0            # the last n_stragglers nodes are communication stragglers
+    download_mbps: float = 0.0       # download bandwidth of a normal node, Mbit/s; 0 = unlimited
+    #                                  (no download model: a message arrives as it leaves the link)
+    straggler_download_mbps: tuple = (0.0,)  # download bandwidth of the stragglers, Mbit/s: one
+    #                                  value for all, or one per straggler; 0 = unlimited
     latency_ms: float = 1.0          # one-way latency of every link, milliseconds
     latency_regions: int = 1         # nodes in this many regions (node i in region i mod G);
     #                                  a message between two regions takes inter_region_ms more
@@ -175,7 +179,7 @@ def check_hparams(cfg: SimConfig, hp: HParams, where: str = "hp") -> None:
     """Raise ConfigError unless every per-node HParams leaf has the config's n in its last axis
     (HParams built for another n_nodes, e.g. `default_hparams(other_cfg)`)."""
     n = cfg.n_nodes
-    for name in ("compute_s", "upload_bps", "latency_s"):
+    for name in ("compute_s", "upload_bps", "latency_s", "download_bps"):
         shape = np.shape(getattr(hp, name))
         if not shape or shape[-1] != n:
             raise ConfigError(
@@ -194,6 +198,8 @@ class HParams:
     compute_s: jax.Array      # (n,) float32: simulated seconds per iteration of every node
     upload_bps: jax.Array     # (n,) float32: upload bandwidth of every node, bytes per second
     latency_s: jax.Array      # (n,) float32: one-way latency of every node's messages
+    download_bps: jax.Array   # (n,) float32: download bandwidth of every node, bytes per second
+    #                           (inf = unlimited; only read when `download_limited(cfg)`)
 
 
 def straggler_mask(cfg: SimConfig) -> np.ndarray:
@@ -204,14 +210,28 @@ def straggler_mask(cfg: SimConfig) -> np.ndarray:
     return mask
 
 
+def download_limited(cfg: SimConfig) -> bool:
+    """True when some node's download bandwidth is limited: the engine then queues arriving
+    messages on download links (`divjax.downloads`); static, as it selects code."""
+    return cfg.download_mbps > 0 or (cfg.n_stragglers > 0
+                                     and any(m > 0 for m in cfg.straggler_download_mbps))
+
+
+def per_node_mbps(cfg: SimConfig, fast: float, stragglers: tuple) -> np.ndarray:
+    """(n,) float64 Mbit/s: `fast` for normal nodes, the stragglers' values (one for all, or
+    one per straggler, never cycled) for the last n_stragglers nodes."""
+    mbps = np.full(cfg.n_nodes, fast, np.float64)
+    for j, i in enumerate(np.flatnonzero(straggler_mask(cfg))):
+        mbps[i] = stragglers[min(j, len(stragglers) - 1)]
+    return mbps
+
+
 def default_hparams(cfg: SimConfig) -> HParams:
     """Per-node arrays built from the config's network description."""
     n = cfg.n_nodes
     slow = straggler_mask(cfg)
-    mbps = np.full(n, cfg.fast_mbps, np.float64)
-    straggler_ids = np.flatnonzero(slow)
-    for j, i in enumerate(straggler_ids):   # one value for all, or one per straggler
-        mbps[i] = cfg.straggler_mbps[min(j, len(cfg.straggler_mbps) - 1)]
+    mbps = per_node_mbps(cfg, cfg.fast_mbps, cfg.straggler_mbps)
+    down = per_node_mbps(cfg, cfg.download_mbps, cfg.straggler_download_mbps)
     compute = np.where(slow, cfg.compute_s * cfg.straggler_compute_factor, cfg.compute_s)
     if cfg.compute_spread:   # drawn times, rounded to whole ticks (the clock's unit)
         compute = compute * compute_spread_factors(cfg)
@@ -224,6 +244,7 @@ def default_hparams(cfg: SimConfig) -> HParams:
         compute_s=f32(compute),
         upload_bps=f32(mbps * 1e6 / 8.0),
         latency_s=f32(np.full(n, cfg.latency_ms / 1e3)),
+        download_bps=f32(np.where(down > 0, down * 1e6 / 8.0, np.inf)),
     )
 
 

@@ -48,6 +48,24 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         v = getattr(self, name)
         if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
             bad(name, v, "must be a positive, finite number")
+    if not (math.isfinite(self.download_mbps) and self.download_mbps >= 0):
+        bad("download_mbps", self.download_mbps, "use a finite bandwidth > 0, or 0 (unlimited)")
+    if any(not (math.isfinite(m) and m >= 0) for m in self.straggler_download_mbps):
+        bad("straggler_download_mbps", self.straggler_download_mbps,
+            "every bandwidth must be finite and > 0, or 0 (unlimited)")
+    if 1 < len(self.straggler_download_mbps) < self.n_stragglers:
+        bad("straggler_download_mbps", self.straggler_download_mbps,
+            f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
+            f"{self.n_stragglers}: give one per straggler, or one value for all")
+    limited = self.download_mbps > 0 or (self.n_stragglers > 0 and any(
+        m > 0 for m in self.straggler_download_mbps))
+    if limited and self.algorithm not in ("divshare", "local"):
+        bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
+            f"download limits are modelled for divshare (and local) only, not for algorithm="
+            f"{self.algorithm!r} yet: set --download-mbps 0 --straggler-download-mbps 0")
+    if limited and self.churn_rate:
+        bad("churn_rate", self.churn_rate, "churn together with download limits is not "
+            "modelled yet: use --churn-rate 0, or --download-mbps 0 --straggler-download-mbps 0")
     if any(not (m > 0) for m in self.straggler_mbps):
         bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
     if not 0 <= self.n_stragglers <= self.n_nodes:

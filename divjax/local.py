@@ -12,7 +12,7 @@ rule* is a `lax.map`: any vmap of it, the engine's or a sweep's, runs the nodes 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -22,7 +22,8 @@ no mutable collections), so the engine can ravel them into its `(K, F)` fragment
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks
-from divjax.config import ConfigError, HParams, SimConfig
+from divjax.config import ConfigError, HParams, SimConfig, download_limited
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
 
@@ -51,6 +51,9 @@ class LinkTable(NamedTuple):
     #                                iteration k of node i ends (`compute_schedule`); None: k c_i
     off_start: jax.Array | None = None  # (n, J) int32 with churn: node i is offline at ticks
     off_end: jax.Array | None = None    # [off_start, off_end) (`offline_intervals`)
+    down_units: jax.Array | None = None  # (n, K) int32 with download limits: link sub-ticks
+    #                                      node j's download link needs to receive fragment k,
+    #                                      >= 0 (0: unlimited); None: downloads not modelled
 
 
 def pair_latency_units(table: LinkTable, sender: jax.Array, receiver: jax.Array) -> jax.Array:
@@ -145,7 +148,13 @@ def link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkT
     units = jnp.maximum(1, jnp.ceil(units_f - 1e-3)).astype(jnp.int32)
     region, extra_ms = region_latency_ms(cfg)
     region_units = np.round(extra_ms / 1e3 / cfg.tick_s * cfg.link_resolution).astype(np.int32)
-    return LinkTable(compute, latency, units, jnp.asarray(region), jnp.asarray(region_units))
+    down = None
+    if download_limited(cfg):   # 0 sub-ticks where unlimited (inf): arrival as without limits
+        down_f = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.download_bps[:, None]
+                  / tick * cfg.link_resolution)
+        down = jnp.maximum(0, jnp.ceil(down_f - 1e-3)).astype(jnp.int32)
+    return LinkTable(compute, latency, units, jnp.asarray(region), jnp.asarray(region_units),
+                     down_units=down)
 
 
 def concrete_link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkTable:
@@ -173,6 +182,12 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
                 f"HParams.{name}[{tuple(int(i) for i in where)}]={value[tuple(where)]!r} is "
                 f"invalid: it must be {'positive' if positive else 'non-negative'} and finite "
                 f"(set --{'fast-mbps/--straggler-mbps' if name == 'upload_bps' else name})")
+    download = np.asarray(hp.download_bps)
+    if download.shape[-1:] != (n,) or (download_limited(cfg) and (
+            np.isnan(download) | (download <= 0)).any()):
+        raise ConfigError(f"HParams.download_bps (shape {download.shape}) must hold one positive "
+                          f"bandwidth (bytes/s, inf = unlimited) per node, shape (..., {n}): set "
+                          f"--download-mbps / --straggler-download-mbps")
     # the clock counts whole ticks: a compute time must be one to within 1%
     compute = np.asarray(hp.compute_s, np.float64) / cfg.tick_s
     ticks = np.maximum(1, np.round(compute))
@@ -229,6 +244,9 @@ def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.A
     ok &= jnp.max(units) * M + (cfg.num_ticks + 1.0) * R < limit
     ok &= jnp.max(hp.compute_s) / tick * R * longest_ticks(cfg, 1) < limit
     ok &= jnp.max(hp.latency_s) / tick * R < limit
+    if download_limited(cfg):   # a message's download time on the same int32 clock
+        down = jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.download_bps[:, None]
+        ok &= jnp.all(hp.download_bps > 0) & (jnp.max(down) / tick * R * M < limit)
     return ok
 
 
@@ -300,6 +318,8 @@ class Schedule(NamedTuple):
     arrival: jax.Array     # (C, ...) int32: tick at which it reaches its receiver
     drop_tick: jax.Array   # (C,) int32: when the unsent rest of the queue is dropped
     enqueue_tick: jax.Array  # (C,) int32: the tick the messages were queued
+    arrival_sub: jax.Array | None = None  # (C, ...) int32: absolute link sub-tick at which it
+    #                        reaches the receiver (before any download queue; replaced queues)
 
 
 def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Array,
@@ -330,7 +350,8 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
     n = table.compute_ticks.shape[0]
     lat = pair_latency_units(table, safe[:, None], jnp.minimum(receiver, n - 1))
     arrival = t[:, None] + arrival_tick(leave_rel, lat, resolution)
-    return Schedule(sent, leave_tick, arrival, next_end, t)
+    return Schedule(sent, leave_tick, arrival, next_end, t,
+                    t[:, None] * resolution + leave_rel + lat)
 
 
 def message_lost(cfg: SimConfig, k_spare: jax.Array, sender: jax.Array,

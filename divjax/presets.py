@@ -7,7 +7,7 @@ names (`cfg.task`) are listed in `divjax.registry.TASKS`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from divjax.config import PAPER_STRAGGLER_MBPS, ConfigError, SimConfig
 

@@ -10,6 +10,12 @@ counters' tick ring, the schedule arithmetic -- is done here the plain way.
 
 Event order at one tick: a link finishing a message and a message arriving (phase 0) come before
 iteration ends (phase 1).
+
+Download limits (`divjax.downloads`): a message that has left its sender's link waits at its
+receiver's download link; at every tick (phase 0.5, after the links of that tick) each receiver
+serves the messages that have reached it by then, in the order they reached it (ties: smaller
+sender first), one after another, and one not received in full by its deadline (the sender's
+next iteration end plus the latency) is lost.
 """
 
 from __future__ import annotations
@@ -105,6 +111,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     layout = model_layout(cfg, task)
     table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
     c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
+    down = table.down_units            # None: downloads are not modelled
+    waiting: list[list] = [[] for _ in range(n)]   # per receiver: heap of messages not yet served
+    down_free = [0] * n                 # sub-tick at which each download link is free
 
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
@@ -158,12 +167,17 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             link = links[i]
             if link.busy is None or link.busy[0] != token:
                 continue  # this transmission was cancelled by a queue replacement
-            _, end, (r, k, payload, is_lost) = link.busy
+            _, end, (r, k, payload, is_lost, stop) = link.busy
             sent[i, k] += 1
-            if is_lost:   # sent, and lost on the way: it never arrives
-                lost_at[r] += 1
-            else:  # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-                at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, k, payload)
+            reach = end + pair_lat(i, r)   # sub-tick it reaches the receiver
+            if is_lost:   # sent, and lost on the way: it never arrives (counted then)
+                at(-(-reach // R), 0, "lost", r)
+            elif down is None:  # it arrives at the first tick at or after reaching the receiver
+                at(-(-reach // R), 0, "arrive", i, r, k, payload)
+            else:   # it waits for the receiver's download link
+                heapq.heappush(waiting[r], (reach, i, next(seq), k, payload,
+                                            stop * R + pair_lat(i, r)))
+                at(-(-reach // R), 0.5, "download", r)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
             start_next(i, end)
@@ -173,6 +187,20 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             dropped[i] += len(link.queue) + (link.busy is not None)
             link.queue.clear()
             link.busy = None
+        elif kind == "download":   # serve, first come first served, what reached r by now
+            (r,) = data
+            while waiting[r] and waiting[r][0][0] <= t * R:
+                reach, i, _, k, payload, deadline = heapq.heappop(waiting[r])
+                start = max(reach, down_free[r])
+                done = start + int(down[r, k])
+                if done <= deadline:
+                    down_free[r] = done
+                    at(-(-done // R), 0, "arrive", i, r, k, payload)
+                else:   # the sender closes the connection first: lost at the deadline
+                    down_free[r] = deadline if start < deadline else down_free[r]
+                    at(-(-deadline // R), 0, "lost", r)
+        elif kind == "lost":
+            lost_at[data[0]] += 1
         elif kind == "arrive":
             i, r, k, payload = data
             if any(s_j <= t < e_j for s_j, e_j in offline[r].items()):
@@ -205,10 +233,11 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 receivers, queue = np.asarray(receivers), np.asarray(queue)
                 lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K))
                 lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
+                stop = end_of(i, iterations[i] + 1)   # the link stops on this queue then
                 for m in queue:
                     j, k = divmod(int(m), K)
                     link.queue.append((int(receivers[j, k]), k, trained[k].copy(),
-                                       bool(lost[j, k])))
+                                       bool(lost[j, k]), stop))
                 start_next(i, t * R)
             # (4) average every coordinate with what has arrived, then empty the inbox
             total = trained.astype(np.float32).copy()

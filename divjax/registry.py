@@ -7,8 +7,8 @@ for real data). Presets (`--preset NAME`) are listed the same way in `divjax.pre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from divjax.config import ConfigError, SimConfig
 from divjax.data.cifar10 import make_cifar10_task

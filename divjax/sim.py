@@ -21,8 +21,9 @@ sizes the config (`divjax.sizing.resolve`) and binds them. Host-side checks and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

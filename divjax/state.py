@@ -70,7 +70,7 @@ def initial_state(cfg: Any, algo: Any, ctx: Any, params: jax.Array, tx: Any,
     return SimState(
         params=params,
         opt_state=jax.vmap(tx.init)(params),
-        algo_state=algo.init(ctx, params),
+        algo_state=algo.init(ctx._replace(k_sim=k_sim), params),
         inbox=init_inbox(cfg, cfg.ring_ticks, K, F, cfg.train_capacity),
         counters=init_counters(n, K, counter_ticks),
         next_end=(ctx.table.compute_ticks if ctx.table.ends is None

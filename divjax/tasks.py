@@ -7,7 +7,8 @@ MovieLens) are built in `divjax.data`; every task name is listed in `divjax.regi
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

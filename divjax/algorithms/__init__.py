@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from divjax.algorithms.adpsgd import make_adpsgd
 from divjax.algorithms.base import Algorithm, Context

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ class Context(NamedTuple):
     neighbors: jax.Array      # (n, max_degree) int32 padded neighbour lists
     degree: jax.Array         # (n,) int32
     table: LinkTable          # integer timing of every node (traced from HParams)
+    k_sim: jax.Array | None = None  # the run's simulation key (set for `Algorithm.init`)
 
 
 class Algorithm(NamedTuple):

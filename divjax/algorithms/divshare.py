@@ -12,18 +12,32 @@ Churn (`--churn-rate`, `divjax.compute_schedule`): an offline node does not trai
 is paused) and does not send: going offline drops its send queue and the message on the wire,
 as its next iteration end would (counted as dropped); a message that arrives at an offline node
 is lost (counted in `lost`, as with `--loss-rate`), and replaces nothing in an inbox.
+
+Download limits (`--download-mbps`, `divjax.downloads`): every message's delivery tick, or its
+loss on a download link that could not take it before its deadline, is read from a table that
+`download_table` computes at init from the run's key (the state's only field then).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
-from divjax.compute_schedule import end_tick, is_offline, stop_tick, window_index, window_tick
-from divjax.config import SimConfig
+from divjax.compute_schedule import (
+    end_tick,
+    is_offline,
+    slots_needed,
+    stop_tick,
+    window_index,
+    window_tick,
+)
+from divjax.config import SimConfig, download_limited
+from divjax.downloads import decode, fifo_deliveries
 from divjax.messages import collect, push
-from divjax.network import Schedule, message_lost, schedule_replaced_queue
+from divjax.network import Schedule, message_lost, pair_latency_units, schedule_replaced_queue
 from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 
@@ -64,12 +78,60 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
     to_msg = jnp.argsort(queue, axis=1)
     unq = lambda x: jnp.take_along_axis(x, to_msg, axis=1).reshape(C, s, K)  # noqa: E731
     return receivers, sched._replace(sent=unq(sched.sent), leave_tick=unq(sched.leave_tick),
-                                     arrival=unq(sched.arrival))
+                                     arrival=unq(sched.arrival),
+                                     arrival_sub=unq(sched.arrival_sub))
+
+
+class DivShareState(NamedTuple):
+    """With download limits: the fate of every message of the run (`download_table`)."""
+
+    deliveries: jax.Array   # (n, S, s, K) int32 `downloads` codes of iteration k's messages
+
+
+def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
+    """(n, S, s, K) int32: for every node i, iteration k < S = cfg.iteration_slots and message
+    (j, k'), the `downloads.fifo_deliveries` code of that message: its delivery tick, or
+    -(tick lost) - 1 when its receiver's download link could not take it all by its deadline
+    (the sender's next iteration end plus the pair's latency). Messages that never reach a
+    download link (not sent, lost on the way, iterations past the run) hold their upload
+    arrival tick. Every iteration of the run at once: the schedule is the engine's own
+    (`queued_messages`, from the keys of each iteration end), then one FIFO per link."""
+    cfg, table = ctx.cfg, ctx.table
+    n, S, T, R = cfg.n_nodes, cfg.iteration_slots, cfg.num_ticks, cfg.link_resolution
+    node = jnp.repeat(jnp.arange(n, dtype=jnp.int32), S)
+    k = jnp.tile(jnp.arange(S, dtype=jnp.int32), n)
+    t = end_tick(table, node, k)
+    stop = stop_tick(table, node, t, end_tick(table, node, k + 1))
+    keys = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t)
+    receivers, sched = queued_messages(ctx, keys.route, node, t < T, t, stop)    # (nS, s, K)
+    enters = sched.sent
+    if cfg.loss_rate > 0:
+        enters &= ~jax.vmap(lambda kk, i: message_lost(cfg, kk, i[None], receivers.shape[1:])[0]
+                            )(keys.spare, node)
+    deadline = stop[:, None, None] * R + pair_latency_units(table, node[:, None, None],
+                                                            receivers)
+    units = table.down_units[receivers, jnp.arange(ctx.layout.K)[None, None, :]]
+    flat = lambda x: jnp.broadcast_to(x, receivers.shape).ravel()  # noqa: E731
+    code = fifo_deliveries(flat(jnp.where(enters, receivers, n)), flat(sched.arrival_sub),
+                           flat(deadline), flat(units), flat(node[:, None, None]), R, n)
+    code = jnp.where(enters, code.reshape(receivers.shape), sched.arrival)
+    return code.reshape((n, S) + receivers.shape[1:])
+
+
+def with_downloads(algo_state, node: jax.Array, k: jax.Array, sched: Schedule
+                   ) -> tuple[Schedule, jax.Array | None]:
+    """The schedule of iteration k's messages (node, k: (C,)) with their delivery ticks from the
+    download table, and which were lost on a download link; unchanged, None, without limits."""
+    if not isinstance(algo_state, DivShareState):
+        return sched, None
+    S = algo_state.deliveries.shape[1]
+    tick, lost = decode(algo_state.deliveries[node, jnp.minimum(k, S - 1)])
+    return sched._replace(arrival=tick), lost & sched.sent
 
 
 def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
-                      receivers: jax.Array, sched: Schedule, t: jax.Array, k: jax.Array
-                      ) -> jax.Array:
+                      receivers: jax.Array, sched: Schedule, t: jax.Array, k: jax.Array,
+                      algo_state=()) -> jax.Array:
     """(C, s, K) bool: which messages queued at tick t a newer message from the same sender,
     with the same fragment, replaces in the receiver's inbox before the receiver aggregates.
 
@@ -97,7 +159,10 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         k_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
         stop_i = stop_tick(ctx.table, safe, t_i, end_tick(ctx.table, safe, k + i + 1))
         recv_i, sched_i = queued_messages(ctx, k_i.route, node, alive, t_i, stop_i)
+        sched_i, down_lost_i = with_downloads(algo_state, safe, k + i, sched_i)
         ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
+        if down_lost_i is not None:   # nor does one its receiver could not take in time
+            ok_i = ok_i & ~down_lost_i
         if ctx.cfg.loss_rate > 0:   # a newer message lost on the way replaces nothing
             lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
                                                         recv_i.shape[1:])[0])(k_i.spare, safe)
@@ -118,8 +183,17 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
     s = cfg.fanout
 
     def init(ctx: Context, params):
-        del ctx, params  # DivShare keeps no state beyond the inbox.
+        del params  # DivShare keeps no state beyond the inbox, but for download limits.
+        if download_limited(cfg) and s > 0:
+            return DivShareState(download_table(ctx, ctx.k_sim))
         return ()
+
+    def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
+        """With download limits: table every iteration of the run (iteration_slots)."""
+        if not download_limited(cfg_resolved) or cfg_resolved.iteration_slots:
+            return cfg_resolved
+        return cfg_resolved.replace(iteration_slots=slots_needed(cfg_resolved,
+                                                                 table.compute_ticks))
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         inbox, counters = state.inbox, state.counters
@@ -128,14 +202,17 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
             k = state.iterations[safe]                   # the iteration that ends now
             stop = stop_tick(ctx.table, safe, t, end_tick(ctx.table, safe, k + 1))
             receivers, sched = queued_messages(ctx, keys.route, node, valid, t, stop)
+            sched, down_lost = with_downloads(state.algo_state, safe, k, sched)
             lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
+            if down_lost is not None:   # its receiver's download link could not take it
+                lost = down_lost if lost is None else lost | down_lost
             if cfg.churn_rate:   # what arrives at an offline node is lost
                 offline = is_offline(ctx.table, receivers, sched.arrival)
                 lost = offline if lost is None else lost | offline
             replaced = None
             if cfg.inbox == "latest":
                 replaced = replaced_by_newer(ctx, state.k_sim, node, valid, receivers, sched, t,
-                                             k)
+                                             k, state.algo_state)
                 if lost is not None:   # a lost message is never in an inbox to be replaced
                     replaced = replaced & ~lost
             inbox, counters, too_late = push(cfg, inbox, counters, ctx.table, sched, node,
@@ -146,4 +223,4 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters), averaged
 
-    return Algorithm("divshare", init, iteration_end)
+    return Algorithm("divshare", init, iteration_end, resolve_sizes=resolve_sizes)

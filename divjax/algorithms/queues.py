@@ -21,7 +21,8 @@ one after another plus the largest latency, rounded up to a tick once (`sync_rou
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

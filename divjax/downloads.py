@@ -1,0 +1,89 @@
+"""Download links: the messages reaching a node queue on its download link (issue 18).
+
+The model (`--download-mbps`, `--straggler-download-mbps`; `SimConfig.download_mbps`,
+`HParams.download_bps`). Node j's download link receives one message at a time, first come
+first served in the order the messages reach it -- their *upload arrival*: the link sub-tick at
+which the message has fully left its sender's link plus the pair's latency (ties: the smaller
+sender id first) -- and takes `LinkTable.down_units[j, k]` link sub-ticks to receive fragment k
+(bytes / download bandwidth, rounded up to a sub-tick; 0 where the bandwidth is unlimited). A
+message is delivered (it joins the inbox) at the first tick at or after the sub-tick it has been
+received in full. This is a FIFO by arrival time, on the link's sub-tick clock: no rounding to
+ticks happens before the delivery.
+
+Senders are not slowed by a busy receiver (no backpressure): a sender's link pushes at its
+upload rate and the receiver's side buffers what it cannot take yet, as with one shaped queue per
+direction (the authors' Kollaps testbed shapes both).
+
+DivShare's queue replacement. At every iteration end the authors' code closes its connections
+with linger = 0, so a message still on the wire is lost (../shared/paper.md). With download
+limits a message is on the wire until its receiver has all of it, so a message not received in
+full by its *deadline* -- the sender's next iteration end plus the pair's latency, the last
+moment at which bytes it sent before closing can still reach the receiver -- is lost: counted in
+`lost` of its receiver, never delivered. The download link was busy with it until the deadline
+if it had started receiving it, and not at all otherwise.
+
+Why this is exact and computable before training. Upload timing does not depend on downloads
+(no backpressure), and the routes, queue orders, losses and iteration ends of every message of
+the run are drawn from the run's key (`divjax.compute_schedule`, `state.tick_keys`), never from
+the models. So every message's upload arrival, deadline and receiver are known at init, and the
+FIFO of every download link is a pure function of them (`fifo_deliveries`), computed once per
+run (`divshare.download_table`), as the compute-jitter table is. The engine then reads each
+message's delivery tick from that table when it sends the message -- also the look-ahead of the
+"latest" inbox rule, which needs the delivery of a sender's later messages.
+
+With every download unlimited (or fast enough that each message rounds to 0 sub-ticks) a message
+is delivered at its upload arrival tick, so the run equals the run without download limits bit
+for bit (`tests/test_downloads.py`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
+                    units: jax.Array, sender: jax.Array, resolution: int, n: int) -> jax.Array:
+    """Serve every download link first come, first served; return each message's fate.
+
+    Args (all (N,) int32; link sub-ticks are absolute):
+      receiver: the message's receiver, or n for an entry that is not a message;
+      avail: its upload arrival (sub-tick it reaches the receiver's download link);
+      deadline: the last sub-tick by which it must be received in full, else it is lost;
+      units: sub-ticks the receiver's download link needs for it (>= 0);
+      sender: ties in `avail` at one receiver are served smaller sender first.
+    Returns (N,) int32: the delivery tick (>= 0) of a delivered message, -(t + 1) for a message
+      lost at tick t (its deadline's tick), 0 for entries that are not messages.
+
+    The links run in parallel, one message of each per round: round j serves the j-th message
+    (in arrival order) of every link, so the loop runs as many rounds as the busiest link has
+    messages, not N.
+    """
+    N = receiver.shape[0]
+    order = jnp.lexsort((sender, avail, receiver))         # by receiver, then arrival, then id
+    counts = jnp.bincount(receiver, length=n + 1)[:n]       # messages per link
+    first = jnp.cumsum(counts) - counts                     # each link's first entry in `order`
+    R = resolution
+
+    def serve(j, carry):
+        free, out = carry                                   # (n,) sub-tick each link is free
+        active = j < counts
+        idx = order[jnp.minimum(first + j, N - 1)]
+        a, dl, u = avail[idx], deadline[idx], units[idx]
+        start = jnp.maximum(a, free)
+        done = start + u
+        ok = done <= dl
+        busy_until = jnp.where(ok, done, jnp.where(start < dl, dl, free))
+        code = jnp.where(ok, (done + R - 1) // R, -((dl + R - 1) // R) - 1)
+        out = out.at[jnp.where(active, idx, N)].set(code.astype(jnp.int32), mode="drop")
+        return jnp.where(active, busy_until, free), out
+
+    _, out = jax.lax.fori_loop(0, jnp.max(counts, initial=0), serve,
+                               (jnp.zeros((n,), jnp.int32), jnp.zeros((N,), jnp.int32)))
+    return out
+
+
+def decode(code: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tick, lost) from `fifo_deliveries` codes: the delivery tick, or the tick it was lost."""
+    lost = code < 0
+    return jnp.where(lost, -code - 1, code), lost

@@ -1,0 +1,128 @@
+"""Download links (issue 18): messages reaching a node queue on its download link, first come
+first served by the time they reach it; one its receiver cannot take in full before the
+sender's next iteration end (plus the latency) is lost (`divjax.downloads`). The engine equals
+the event-driven reference simulator, parameters and counters; unlimited downloads give the
+bits of a run without the download model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_equals_reference, reference_of, run_checked
+
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.downloads import decode, fifo_deliveries
+from divjax.sim import make_run
+
+
+def download_config(**changes) -> SimConfig:
+    base = SimConfig(n_nodes=5, n_fragments=3, fanout=2, local_steps=2, batch_size=4,
+                     tick_s=0.01, duration_s=1.5, eval_every_s=0.5, compute_s=0.1,
+                     same_init=False, download_mbps=1.0)
+    return base.replace(**changes)
+
+
+def congested_hparams(cfg, download=(4e4, 1e4, 3e3, 6e4, 1.5e3)):
+    """Fast senders, uneven compute and download links from ample to far too slow: queues form
+    on the slow links, some messages are lost there, and copies pile up in inbox windows."""
+    return default_hparams(cfg).replace(
+        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
+        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 2e4], jnp.float32),
+        latency_s=jnp.array([0.0234, 0.0, 0.0071, 0.0312, 0.0188], jnp.float32),
+        download_bps=jnp.array(download, jnp.float32))
+
+
+@pytest.mark.parametrize("delivery,loss", [("receiver_iteration", 0.0), ("arrival_tick", 0.0),
+                                           ("receiver_iteration", 0.2)])
+def test_downloads__engine_equals_reference_simulator(delivery, loss):
+    cfg = download_config(delivery=delivery, loss_rate=loss)
+    hp = congested_hparams(cfg)
+    run, state, metrics = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    assert int(state.counters.replaced.sum()) == ref.replaced
+    assert ref.replaced > 0                       # the "latest" look-ahead is exercised
+    # the slow links lose messages, the ample one never does (loss 0)
+    if loss == 0:
+        assert ref.lost[4] > 0 and ref.lost[3] == 0
+    assert metrics["msgs_lost"][-1] == ref.lost.sum()
+
+
+def test_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_model():
+    """Download links far faster than anything sent (every message 0 sub-ticks): the download
+    code path delivers each message at its upload arrival, so the run is today's, bit for bit."""
+    cfg = download_config(download_mbps=0.0)
+    hp = congested_hparams(cfg)
+    _, base, base_m = run_checked(cfg, hp)
+    fast = download_config(download_mbps=1e9)
+    _, state, m = run_checked(fast, congested_hparams(fast, download=(1e15,) * 5))
+    np.testing.assert_array_equal(np.asarray(state.params), np.asarray(base.params))
+    for name in ("sent", "delivered", "replaced", "dropped", "lost"):
+        np.testing.assert_array_equal(np.asarray(getattr(state.counters, name)),
+                                      np.asarray(getattr(base.counters, name)))
+    assert int(state.counters.lost.sum()) == 0
+
+
+def test_downloads__slower_links_deliver_later_and_lose_more():
+    cfg = download_config()
+    lost = []
+    for scale in (1.0, 0.25):
+        hp = congested_hparams(cfg, download=tuple(scale * np.array(
+            [4e4, 1e4, 3e3, 6e4, 1.5e3])))
+        _, state, _ = run_checked(cfg, hp)
+        lost.append(int(state.counters.lost.sum()))
+    assert lost[1] > lost[0] > 0
+
+
+def test_fifo_deliveries__first_come_first_served_never_before_arrival():
+    """On one link: messages are served in arrival order (ties: smaller sender), each starts
+    when it has arrived and the link is free, and one that cannot finish by its deadline is lost
+    (the link busy with it until then if it had started)."""
+    R = 10
+    # receiver 0: arrivals 5 (sender 2), 5 (sender 1), 12, 40; receiver 1: one message
+    receiver = jnp.array([0, 0, 0, 0, 1, 2], jnp.int32)       # 2 = n: not a message
+    avail = jnp.array([5, 5, 12, 40, 3, 0], jnp.int32)
+    deadline = jnp.array([100, 100, 30, 100, 4, 0], jnp.int32)
+    units = jnp.array([10, 10, 10, 5, 9, 0], jnp.int32)
+    sender = jnp.array([2, 1, 3, 4, 0, 0], jnp.int32)
+    tick, lost = decode(fifo_deliveries(receiver, avail, deadline, units, sender, R, 2))
+    # sender 1 first: 5..15 (tick 2), sender 2: 15..25 (tick 3), the third starts at 25 and
+    # cannot end by 30: lost at tick 3, link busy until 30; the fourth: 40..45 (tick 5)
+    np.testing.assert_array_equal(np.asarray(lost), [False, False, True, False, True, False])
+    np.testing.assert_array_equal(np.asarray(tick)[:5], [3, 2, 3, 5, 1])
+    # zero download time: delivered at the tick it arrives, whatever the order
+    tick0, lost0 = decode(fifo_deliveries(receiver, avail, deadline + 100, units * 0, sender, R,
+                                          2))
+    np.testing.assert_array_equal(np.asarray(tick0)[:5], -(-np.asarray(avail)[:5] // R))
+    assert not bool(jnp.any(lost0))
+
+
+def test_downloads__same_seed_bit_identical_and_local_accepts_limits():
+    cfg = download_config()
+    hp = congested_hparams(cfg)
+    _, a, _ = run_checked(cfg, hp, seed=3)
+    _, b, _ = run_checked(cfg, hp, seed=3)
+    np.testing.assert_array_equal(np.asarray(a.params), np.asarray(b.params))
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a.counters,
+                                     b.counters))
+    run_checked(download_config(algorithm="local"), hp)   # nothing is sent: nothing to queue
+
+
+def test_downloads__bad_values_and_unsupported_combinations_are_refused():
+    for value in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="download_mbps"):
+            download_config(download_mbps=value)
+    with pytest.raises(ConfigError, match="straggler_download_mbps"):
+        download_config(straggler_download_mbps=(-2.0,))
+    with pytest.raises(ConfigError, match="straggler_download_mbps"):
+        download_config(n_stragglers=3, straggler_download_mbps=(1.0, 2.0))
+    for algorithm in ("swift", "adpsgd", "dpsgd", "epidemic"):
+        with pytest.raises(ConfigError, match="download limits are modelled for divshare"):
+            download_config(algorithm=algorithm)
+    with pytest.raises(ConfigError, match="churn together with download limits"):
+        download_config(churn_rate=0.1)
+    cfg = download_config()
+    bad = default_hparams(cfg).replace(download_bps=jnp.array([1e4, 0.0, 1e4, 1e4, 1e4]))
+    with pytest.raises(ConfigError, match="download_bps"):
+        make_run(cfg, hp=bad)
