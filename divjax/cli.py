@@ -205,6 +205,8 @@ def cmd_run(args) -> int:
             "msgs_replaced"]
     if primary != "loss" and "loss_mean" in metrics:
         cols.insert(5, "loss_mean")
+    if np.any(np.asarray(metrics.get("msgs_lost", 0.0)) > 0):   # loss, churn, download limits
+        cols.append("msgs_lost")
     print(report.format_table(metrics, cols))
     extra = {"seed": args.seed, "wall_s": wall, "jax": jax.__version__,
              "device": jax.devices()[0].device_kind,

@@ -81,11 +81,25 @@ def movielens_realworld() -> SimConfig:
     one-way between regions (intercontinental) on top of the 1 ms; compute times log-normal
     around 0.15 s with sigma 0.5 per node (heterogeneous machines) and 0.2 per iteration
     (jitter); 1% of messages lost; every node offline 5% of the time, 5 s per absence on
-    average (churn). Download limits are not modelled. Swap any with its flag; churn is
+    average (churn). Download limits are left off (`movielens-testbed` has them). Swap any with its flag; churn is
     modelled for DivShare (and local-only) only, loss for DivShare and Swift."""
     return movielens_paper().replace(latency_regions=4, inter_region_ms=40.0,
                                      compute_spread=0.5, compute_jitter=0.2, loss_rate=0.01,
                                      churn_rate=0.05, churn_mean_s=5.0)
+
+
+def movielens_testbed() -> SimConfig:
+    """`movielens-paper` with the testbed's download limits too: Kollaps shaped both directions
+    of every link (paper.md: 60 Mbit/s up and down, the 7 stragglers 10-13 Mbit/s both ways);
+    downloads are FIFO queues (`divjax.downloads`). DivShare and local-only only."""
+    return movielens_paper().replace(download_mbps=60.0,
+                                     straggler_download_mbps=PAPER_STRAGGLER_MBPS)
+
+
+def cifar10_testbed() -> SimConfig:
+    """`cifar10-paper` with the testbed's download limits (see `movielens_testbed`)."""
+    return cifar10_paper().replace(download_mbps=60.0,
+                                   straggler_download_mbps=PAPER_STRAGGLER_MBPS)
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -96,8 +110,10 @@ PRESETS: dict[str, Callable[[], SimConfig]] = {
     "movielens-default": movielens_default,
     "movielens-small": movielens_small,
     "movielens-realworld": movielens_realworld,
+    "movielens-testbed": movielens_testbed,
     "cifar10-paper": cifar10_paper,
     "cifar10-small": cifar10_small,
+    "cifar10-testbed": cifar10_testbed,
 }
 
 DEFAULT_PRESET = "movielens-default"  # embedded MovieLens: a real run offline

@@ -98,24 +98,30 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
     (`queued_messages`, from the keys of each iteration end), then one FIFO per link."""
     cfg, table = ctx.cfg, ctx.table
     n, S, T, R = cfg.n_nodes, cfg.iteration_slots, cfg.num_ticks, cfg.link_resolution
-    node = jnp.repeat(jnp.arange(n, dtype=jnp.int32), S)
-    k = jnp.tile(jnp.arange(S, dtype=jnp.int32), n)
-    t = end_tick(table, node, k)
-    stop = stop_tick(table, node, t, end_tick(table, node, k + 1))
-    keys = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t)
-    receivers, sched = queued_messages(ctx, keys.route, node, t < T, t, stop)    # (nS, s, K)
-    enters = sched.sent
-    if cfg.loss_rate > 0:
-        enters &= ~jax.vmap(lambda kk, i: message_lost(cfg, kk, i[None], receivers.shape[1:])[0]
-                            )(keys.spare, node)
-    deadline = stop[:, None, None] * R + pair_latency_units(table, node[:, None, None],
-                                                            receivers)
-    units = table.down_units[receivers, jnp.arange(ctx.layout.K)[None, None, :]]
-    flat = lambda x: jnp.broadcast_to(x, receivers.shape).ravel()  # noqa: E731
-    code = fifo_deliveries(flat(jnp.where(enters, receivers, n)), flat(sched.arrival_sub),
-                           flat(deadline), flat(units), flat(node[:, None, None]), R, n)
-    code = jnp.where(enters, code.reshape(receivers.shape), sched.arrival)
-    return code.reshape((n, S) + receivers.shape[1:])
+    K = ctx.layout.K
+
+    def one_node(i):   # node i's S iteration ends: (S, s, K) fields
+        node = jnp.full((S,), i, jnp.int32)
+        t = end_tick(table, node, jnp.arange(S, dtype=jnp.int32))
+        stop = stop_tick(table, node, t, end_tick(table, node, jnp.arange(1, S + 1)))
+        keys = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t)
+        receivers, sched = queued_messages(ctx, keys.route, node, t < T, t, stop)
+        enters = sched.sent
+        if cfg.loss_rate > 0:
+            enters &= ~jax.vmap(lambda kk: message_lost(cfg, kk, i[None],
+                                                        receivers.shape[1:])[0])(keys.spare)
+        deadline = stop[:, None, None] * R + pair_latency_units(table, i, receivers)
+        units = table.down_units[receivers, jnp.arange(K)[None, None, :]]
+        return (jnp.where(enters, receivers, n), sched.arrival_sub, deadline, units,
+                enters, sched.arrival)
+
+    # iteration ends of a few nodes at a time: intermediates of about 4096 iteration ends
+    recv, avail, deadline, units, enters, upload_tick = jax.lax.map(
+        one_node, jnp.arange(n, dtype=jnp.int32), batch_size=max(1, min(n, 4096 // S)))
+    sender = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None, None, None], recv.shape)
+    code = fifo_deliveries(recv.ravel(), avail.ravel(), deadline.ravel(), units.ravel(),
+                           sender.ravel(), R, n)
+    return jnp.where(enters, code.reshape(recv.shape), upload_tick)
 
 
 def with_downloads(algo_state, node: jax.Array, k: jax.Array, sched: Schedule
