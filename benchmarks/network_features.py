@@ -9,7 +9,13 @@ run after compilation (best of `--repeats`) and the ratio to (a). Features:
 - compute spread 0.5: log-normal compute times (`--compute-spread 0.5`);
 - compute jitter 0.3: every iteration's time drawn log-normal from the key (`--compute-jitter
   0.3`; DivShare, Swift, AD-PSGD);
-- churn 10%: nodes offline 10% of the time, 1 s on average (`--churn-rate 0.1`; DivShare).
+- churn 10%: nodes offline 10% of the time, 1 s on average (`--churn-rate 0.1`; DivShare);
+- download limits (testbed): the testbed's download bandwidths, 60 Mbit/s and the stragglers'
+  10-13 (`--download-mbps 60 --straggler-download-mbps ...`; DivShare): the FIFO table at init
+  and fewer, later deliveries;
+- download 1e9 Mbit/s: the download code path with links so fast that nothing queues (the
+  run's bits are those of "none"): the cost of the machinery alone.
+A feature an algorithm refuses (ConfigError) is skipped for it.
 Loss, compute spread and jitter change what the nodes do (fewer arrivals, other iteration ends),
 so their ratio is the cost of the feature together with the different run it describes.
 Ratios are measured in one process, on one machine, one after another (these machines are
@@ -33,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_common import git_commit
 
-from divjax.config import default_hparams
+from divjax.config import PAPER_STRAGGLER_MBPS, ConfigError, default_hparams
 from divjax.presets import get_preset
 from divjax.sim import make_run
 
@@ -87,7 +93,11 @@ def main() -> None:
                 "compute spread 0.5, iteration chunk 0": {"compute_spread": 0.5,
                                                           "iteration_chunk": 0},
                 "compute jitter 0.3": {"compute_jitter": 0.3},
-                "churn 10%": {"churn_rate": 0.1, "churn_mean_s": 1.0}}
+                "churn 10%": {"churn_rate": 0.1, "churn_mean_s": 1.0},
+                "download limits (testbed)": {"download_mbps": 60.0,
+                                              "straggler_download_mbps": PAPER_STRAGGLER_MBPS},
+                "download 1e9 Mbit/s": {"download_mbps": 1e9,
+                                        "straggler_download_mbps": (1e9,)}}
     if args.features:
         keep = ["none"] + [f.strip() for f in args.features.split(",")]
         features = {k: v for k, v in features.items() if k in keep}
@@ -99,11 +109,11 @@ def main() -> None:
     for algo in args.algorithms.split(","):
         ref = None
         for name, change in features.items():
-            if "loss_rate" in change and algo not in ("divshare", "swift"):
-                continue   # refused: loss is modelled for DivShare and Swift
-            if "churn_rate" in change and algo != "divshare":
-                continue   # refused: churn is modelled for DivShare (and local)
-            first, best = run_seconds(base.replace(algorithm=algo, **change), args.repeats)
+            try:
+                cfg = base.replace(algorithm=algo, **change)
+            except ConfigError:
+                continue   # a feature this algorithm does not model (yet)
+            first, best = run_seconds(cfg, args.repeats)
             ref = best if name == "none" else ref
             rows.append({"algorithm": algo, "feature": name, "first_s": first, "run_s": best,
                          "ratio": best / ref})

@@ -14,6 +14,7 @@ Parts (run in this order by default; CPU time is the constraint):
   map    MovieLens regime map: compute time per iteration 0.1x ... 10x that send time (5
          log-spaced values) x stragglers (0, 7, 30 of 60); DivShare, AD-PSGD, Swift; 3 seeds.
   cifar  CIFAR-10 at 60 nodes, shortened (see `cifar_config`); 3 seeds.
+  downloads  the main setting with the testbed's download limits (DivShare; issue 18).
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
 (`data_seed` 0) in every cell. Statistics (one place: `stats` and `verdict` below): mean and
@@ -52,6 +53,7 @@ ML_ALGOS = ("divshare", "adpsgd", "swift", "local", "dpsgd", "epidemic")
 MAP_ALGOS = ("divshare", "adpsgd", "swift")
 LONG_ALGOS = ("divshare", "local")
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
+ALL_PARTS = ("main", "long", "map", "cifar", "downloads")
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
 FAST_MBPS = 60.0
@@ -282,6 +284,15 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                               eval_every_s=(10 if scale != "tiny" else 4) * cfg.compute_s)
             groups += [Group("movielens", "long", a, cfg.replace(algorithm=a), ("long",),
                              ({},), seeds, 0) for a in LONG_ALGOS]
+        elif part == "downloads":
+            # the main comparison with the testbed's download limits too (Kollaps shaped both
+            # directions: every node's download = its upload); DivShare only, as the baselines
+            # do not model download limits yet
+            cfg = main_config(scale, data_dir)
+            cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
+                              straggler_download_mbps=cfg.straggler_mbps)
+            groups += [Group("movielens", "downloads", "divshare", cfg, ("downloads",), ({},),
+                             seeds, 0)]
         elif part == "map":
             groups += map_groups(scale, data_dir, seeds)
         elif part == "cifar":
@@ -291,7 +302,7 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             groups += [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
                              (s,), 1) for s in seeds for a in algos]
         else:
-            raise SystemExit(f"unknown part {part!r}: use main, long, map, cifar")
+            raise SystemExit(f"unknown part {part!r}: use main, long, map, cifar, downloads")
     return groups
 
 
@@ -309,7 +320,7 @@ def git_commit() -> dict:
 
 
 CURVE_KEYS = ("time_s", "consensus", "bytes_sent", "msgs_sent", "msgs_delivered",
-              "msgs_dropped", "msgs_replaced", "iterations_mean", "errors")
+              "msgs_dropped", "msgs_replaced", "msgs_lost", "iterations_mean", "errors")
 
 
 def run_group(g: Group, out: Path, log) -> int:
@@ -692,8 +703,70 @@ def analyse(out: Path, scale: str) -> dict:
         t["plateau"] = plateau(idx, task, "main", algos)
         res[task] = t
     res["map"] = regime_map(idx, tg["movielens-map"][0], scale)
+    res["downloads"] = downloads_effect(idx, tg["movielens"])
     res["idx"] = idx
     return res
+
+
+def downloads_effect(idx: dict, targets) -> dict | None:
+    """DivShare with the testbed's download limits against DivShare without them (its effect,
+    paired by seed) and against the baselines' runs without them (the baselines do not model
+    download limits, so that comparison is not the paper's comparison with limits)."""
+    dl = idx.get(("movielens", "downloads", "divshare"), {})
+    if not dl:
+        return None
+    out: dict = {"seeds": len(dl), "gain": {}, "speedup": {}}
+    lost = [c["curve"]["msgs_lost"][-1] / max(1.0, c["curve"]["msgs_sent"][-1])
+            for c in dl.values()]
+    out["lost_pct"] = mean_ci([100 * x for x in lost])
+    for b in ("divshare",) + BASELINES:
+        base = idx.get(("movielens", "main", b), {})
+        if base:
+            out["gain"][b] = gain(dl, base)
+            for y in targets:
+                out["speedup"][(b, y)] = speedup(dl, base, y)
+    return out
+
+
+def downloads_section(res: dict, cmd: str) -> list[str]:
+    """The document's section on download limits (from `downloads_effect`)."""
+    d = res.get("downloads")
+    L = ["## MovieLens with download limits (issue 18)", ""]
+    if not d:
+        return L + [f"No cells yet: `{cmd} --parts downloads`.", ""]
+    L += ["The main comparison's setting with the authors' testbed shaping both directions of "
+          "every link (every node's download bandwidth equals its upload: 60 Mbit/s, the 7 "
+          "stragglers 10-13). Downloads are first-come-first-served queues on the link clock, "
+          "and a fragment not received by the sender's next iteration end (plus the latency) "
+          "is lost, as the authors' linger = 0 connections lose it (`divjax/downloads.py`). "
+          f"DivShare only: the baselines do not model download limits yet. {d['seeds']} seeds; "
+          f"`{cmd} --parts downloads`.", "",
+          f"- Fragments lost on download links: {fmt_ci(d['lost_pct'], '%', 3)} of those sent.",
+          ""]
+    rows = []
+    for b, r in d["gain"].items():
+        name = ("DivShare without limits" if b == "divshare"
+                else f"{b} without limits (not modelled with them)")
+        sp = "; ".join(f"RMSE {y:g}: {speed_text(d['speedup'][(b, y)])}"
+                       for (bb, y) in d["speedup"] if bb == b)
+        rows.append([name, fmt_ci(r, "%"), r["verdict"], sp])
+    L += [table(rows, ["DivShare with limits against", "final RMSE gain, % (positive = "
+                       "with limits better)", "verdict", "speedup to target (x)"]), ""]
+    g = d["gain"].get("divshare")
+    if g:
+        L += ["What changes: " + (
+            "download limits change DivShare's final RMSE by an amount the seeds do not "
+            "establish" if g["verdict"].startswith("not established") else
+            f"download limits make DivShare's final RMSE {'better' if g['mean'] > 0 else 'worse'} "
+            f"({fmt_ci(g, '%')}, {g['verdict']} as an effect)") + (
+            ". Fewer fragments are averaged in when download links lose some; on this matrix "
+            "factorisation less averaging means less dilution of the user rows (the MovieLens "
+            "section): a plausible cause of the better RMSE, which this grid does not test "
+            "further" if g["mean"] > 0 else "") + ". Whether DivShare still "
+            "beats AD-PSGD and Swift with limits is **not established**: their rows compare "
+            "against their runs without limits, and limits would also delay (appended queues "
+            "never drop) the baselines' full models at the stragglers.", ""]
+    return L
 
 
 def expected_cells(parts, scale, data_dir, seeds) -> list[tuple]:
@@ -758,7 +831,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
     rel = lambda p: os.path.relpath(p, doc.parent)  # noqa: E731
     cmd = (f"python scripts/reproduction_grid.py --scale {scale} --data-dir {data_arg}"
            + (f" --seeds {len(seeds)}" if len(seeds) != 3 else ""))
-    want = expected_cells(["main", "long", "map", "cifar"], scale, data_arg, seeds) \
+    want = expected_cells(list(ALL_PARTS), scale, data_arg, seeds) \
         if scale != "tiny" else expected_cells(parts, scale, data_arg, seeds)
     have = {(c["task"], c["regime"], c["algorithm"], c["seed"]) for t in idx.values()
             for c in t.values()}
@@ -797,7 +870,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
             "of that kind."),
          "",
          "```bash",
-         f"{cmd}                  # run / resume the whole grid (main, long, map, cifar)",
+         f"{cmd}                  # run / resume the whole grid ({', '.join(ALL_PARTS)})",
          f"{cmd} --parts main     # one part",
          "python scripts/reproduction_grid.py --doc-only              # regenerate this page",
          "```",
@@ -1064,14 +1137,15 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
             L += [f"![CIFAR-10]({rel(png)})", ""]
     else:
         L += ["No CIFAR-10 cells yet.", ""]
+    L += downloads_section(res, cmd)
     # --- missing
     L += ["## Missing cells", ""]
     if missing:
         by: dict = {}
         for t, r, a, s in missing:
             by.setdefault((t, r), []).append(f"{a}-seed{s}")
-        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts main, long, map, "
-              f"cifar; "
+        L += [f"{len(missing)} of {len(want)} cells of the full grid (parts "
+              f"{', '.join(ALL_PARTS)}; "
               f"seeds {', '.join(map(str, seeds))}) are missing; `{cmd}` runs them:", ""]
         L += [f"- {t}/{r}: {', '.join(v)}" for (t, r), v in sorted(by.items())]
     else:
@@ -1099,10 +1173,11 @@ DIFFERENCES = [
     "iteration is a parameter, the same for every node, with no jitter, no OS scheduling and "
     "no Python overhead. The paper does not report it: MovieLens uses 1.5x the fast send time "
     "(and the regime map sweeps 0.1x-10x), CIFAR-10 uses the preset's 5 s estimate.",
-    "**Network.** Upload bandwidth and a fixed latency per node; no download limit, no "
-    "contention at the receiver or the switch, no TCP dynamics; messages are the float32 "
-    "payload only. The latency of 1 ms is rounded up to whole ticks (tick = compute / 10 on "
-    "MovieLens, 0.25 s on CIFAR-10), so arrivals are quantised to a tenth (MovieLens) or a "
+    "**Network.** Upload bandwidth and a fixed latency per node; no download limit (but in "
+    "the section on download limits), no contention at the switch, no TCP dynamics; messages are the float32 "
+    "payload only. Link and latency times run on a sub-tick clock and each arrival is rounded "
+    "up to a whole tick once (tick = compute / 10 on MovieLens, 0.25 s on CIFAR-10), so "
+    "arrivals are quantised to a tenth (MovieLens) or a "
     "twentieth (CIFAR-10) of an iteration.",
     "**MovieLens learning rate 0.2**, not the CIFAR-10 0.05 the preset borrows (the paper gives "
     "none for MovieLens): 0.05 learns too slowly for the CPU budget, 0.5 diverges (one-seed "
@@ -1139,7 +1214,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=("cpu", "paper", "tiny"), default="cpu")
     ap.add_argument("--data-dir", default="../shared/data")
-    ap.add_argument("--parts", default="main,long,map,cifar")
+    ap.add_argument("--parts", default=",".join(ALL_PARTS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reproduction")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "reproduction.md")
