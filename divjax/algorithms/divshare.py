@@ -88,14 +88,12 @@ class DivShareState(NamedTuple):
     deliveries: jax.Array   # (n, S, s, K) int32 `downloads` codes of iteration k's messages
 
 
-def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
-    """(n, S, s, K) int32: for every node i, iteration k < S = cfg.iteration_slots and message
-    (j, k'), the `downloads.fifo_deliveries` code of that message: its delivery tick, or
-    -(tick lost) - 1 when its receiver's download link could not take it all by its deadline
-    (the sender's next iteration end plus the pair's latency). Messages that never reach a
-    download link (not sent, lost on the way, iterations past the run) hold their upload
-    arrival tick. Every iteration of the run at once: the schedule is the engine's own
-    (`queued_messages`, from the keys of each iteration end), then one FIFO per link."""
+def download_messages(ctx: Context, k_sim: jax.Array) -> tuple[jax.Array, ...]:
+    """Every message of the run as it reaches its receiver's download link: (receiver
+    (n = none), upload arrival sub-tick, deadline sub-tick, download sub-ticks, enters,
+    upload arrival tick), each (n, S, s, K) for node i's iteration k < S = iteration_slots and
+    message (j, k'). `enters`: sent and not lost on the way. The schedule is the engine's own
+    (`queued_messages`, from the keys of each iteration end)."""
     cfg, table = ctx.cfg, ctx.table
     n, S, T, R = cfg.n_nodes, cfg.iteration_slots, cfg.num_ticks, cfg.link_resolution
     K = ctx.layout.K
@@ -116,11 +114,22 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
                 enters, sched.arrival)
 
     # iteration ends of a few nodes at a time: intermediates of about 4096 iteration ends
-    recv, avail, deadline, units, enters, upload_tick = jax.lax.map(
-        one_node, jnp.arange(n, dtype=jnp.int32), batch_size=max(1, min(n, 4096 // S)))
+    return jax.lax.map(one_node, jnp.arange(n, dtype=jnp.int32),
+                       batch_size=max(1, min(n, 4096 // S)))
+
+
+def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
+    """(n, S, s, K) int32: for every node i, iteration k < S = cfg.iteration_slots and message
+    (j, k'), the `downloads.fifo_deliveries` code of that message: its delivery tick, or
+    -(tick lost) - 1 when its receiver's download link could not take it all by its deadline
+    (the sender's next iteration end plus the pair's latency). Messages that never reach a
+    download link (not sent, lost on the way, iterations past the run) hold their upload
+    arrival tick. Every iteration of the run at once, then one FIFO per link."""
+    recv, avail, deadline, units, enters, upload_tick = download_messages(ctx, k_sim)
+    n = ctx.cfg.n_nodes
     sender = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None, None, None], recv.shape)
     code = fifo_deliveries(recv.ravel(), avail.ravel(), deadline.ravel(), units.ravel(),
-                           sender.ravel(), R, n)
+                           sender.ravel(), ctx.cfg.link_resolution, n)
     return jnp.where(enters, code.reshape(recv.shape), upload_tick)
 
 
