@@ -15,6 +15,7 @@ Parts (run in this order by default; CPU time is the constraint):
          log-spaced values) x stragglers (0, 7, 30 of 60); DivShare, AD-PSGD, Swift; 3 seeds.
   cifar  CIFAR-10 at 60 nodes, shortened (see `cifar_config`); 3 seeds.
   downloads  the main setting with the testbed's download limits (DivShare; issue 18).
+  cifar-downloads  the CIFAR-10 setting with them (DivShare).
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
 (`data_seed` 0) in every cell. Statistics (one place: `stats` and `verdict` below): mean and
@@ -53,7 +54,7 @@ ML_ALGOS = ("divshare", "adpsgd", "swift", "local", "dpsgd", "epidemic")
 MAP_ALGOS = ("divshare", "adpsgd", "swift")
 LONG_ALGOS = ("divshare", "local")
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
-ALL_PARTS = ("main", "long", "map", "cifar", "downloads")
+ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads")
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
 FAST_MBPS = 60.0
@@ -293,6 +294,12 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                               straggler_download_mbps=cfg.straggler_mbps)
             groups += [Group("movielens", "downloads", "divshare", cfg, ("downloads",), ({},),
                              seeds, 0)]
+        elif part == "cifar-downloads":
+            cfg = cifar_config(scale, data_dir)
+            cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
+                              straggler_download_mbps=cfg.straggler_mbps)
+            groups += [Group("cifar10", "downloads", "divshare", cfg, ("downloads",), ({},),
+                             (s,), 1) for s in seeds]
         elif part == "map":
             groups += map_groups(scale, data_dir, seeds)
         elif part == "cifar":
@@ -302,7 +309,7 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             groups += [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
                              (s,), 1) for s in seeds for a in algos]
         else:
-            raise SystemExit(f"unknown part {part!r}: use main, long, map, cifar, downloads")
+            raise SystemExit(f"unknown part {part!r}: use {', '.join(ALL_PARTS)}")
     return groups
 
 
@@ -703,16 +710,17 @@ def analyse(out: Path, scale: str) -> dict:
         t["plateau"] = plateau(idx, task, "main", algos)
         res[task] = t
     res["map"] = regime_map(idx, tg["movielens-map"][0], scale)
-    res["downloads"] = downloads_effect(idx, tg["movielens"])
+    res["downloads"] = {task: downloads_effect(idx, task, tg[task])
+                        for task in ("movielens", "cifar10")}
     res["idx"] = idx
     return res
 
 
-def downloads_effect(idx: dict, targets) -> dict | None:
+def downloads_effect(idx: dict, task: str, targets) -> dict | None:
     """DivShare with the testbed's download limits against DivShare without them (its effect,
     paired by seed) and against the baselines' runs without them (the baselines do not model
     download limits, so that comparison is not the paper's comparison with limits)."""
-    dl = idx.get(("movielens", "downloads", "divshare"), {})
+    dl = idx.get((task, "downloads", "divshare"), {})
     if not dl:
         return None
     out: dict = {"seeds": len(dl), "gain": {}, "speedup": {}}
@@ -720,7 +728,7 @@ def downloads_effect(idx: dict, targets) -> dict | None:
             for c in dl.values()]
     out["lost_pct"] = mean_ci([100 * x for x in lost])
     for b in ("divshare",) + BASELINES:
-        base = idx.get(("movielens", "main", b), {})
+        base = idx.get((task, "main", b), {})
         if base:
             out["gain"][b] = gain(dl, base)
             for y in targets:
@@ -730,42 +738,48 @@ def downloads_effect(idx: dict, targets) -> dict | None:
 
 def downloads_section(res: dict, cmd: str) -> list[str]:
     """The document's section on download limits (from `downloads_effect`)."""
-    d = res.get("downloads")
-    L = ["## MovieLens with download limits (issue 18)", ""]
-    if not d:
-        return L + [f"No cells yet: `{cmd} --parts downloads`.", ""]
-    L += ["The main comparison's setting with the authors' testbed shaping both directions of "
-          "every link (every node's download bandwidth equals its upload: 60 Mbit/s, the 7 "
-          "stragglers 10-13). Downloads are first-come-first-served queues on the link clock, "
-          "and a fragment not received by the sender's next iteration end (plus the latency) "
-          "is lost, as the authors' linger = 0 connections lose it (`divjax/downloads.py`). "
-          f"DivShare only: the baselines do not model download limits yet. {d['seeds']} seeds; "
-          f"`{cmd} --parts downloads`.", "",
-          f"- Fragments lost on download links: {fmt_ci(d['lost_pct'], '%', 3)} of those sent.",
-          ""]
-    rows = []
-    for b, r in d["gain"].items():
-        name = ("DivShare without limits" if b == "divshare"
-                else f"{b} without limits (not modelled with them)")
-        sp = "; ".join(f"RMSE {y:g}: {speed_text(d['speedup'][(b, y)])}"
-                       for (bb, y) in d["speedup"] if bb == b)
-        rows.append([name, fmt_ci(r, "%"), r["verdict"], sp])
-    L += [table(rows, ["DivShare with limits against", "final RMSE gain, % (positive = "
-                       "with limits better)", "verdict", "speedup to target (x)"]), ""]
-    g = d["gain"].get("divshare")
-    if g:
-        L += ["What changes: " + (
-            "download limits change DivShare's final RMSE by an amount the seeds do not "
-            "establish" if g["verdict"].startswith("not established") else
-            f"download limits make DivShare's final RMSE {'better' if g['mean'] > 0 else 'worse'} "
-            f"({fmt_ci(g, '%')}, {g['verdict']} as an effect)") + (
-            ". Fewer fragments are averaged in when download links lose some; on this matrix "
-            "factorisation less averaging means less dilution of the user rows (the MovieLens "
-            "section): a plausible cause of the better RMSE, which this grid does not test "
-            "further" if g["mean"] > 0 else "") + ". Whether DivShare still "
-            "beats AD-PSGD and Swift with limits is **not established**: their rows compare "
-            "against their runs without limits, and limits would also delay (appended queues "
-            "never drop) the baselines' full models at the stragglers.", ""]
+    L = ["## With download limits (issue 18)", "",
+         "The main comparisons' settings with the authors' testbed shaping both directions of "
+         "every link (every node's download bandwidth equals its upload: 60 Mbit/s, the 7 "
+         "stragglers 10-13). Downloads are first-come-first-served queues on the link clock, "
+         "and a fragment not received by the sender's next iteration end (plus the latency) "
+         "is lost, as the authors' linger = 0 connections lose it (`divjax/downloads.py`). "
+         "DivShare only: the baselines do not model download limits yet, so their rows "
+         "compare DivShare with limits against the baselines' runs without them, and "
+         "whether DivShare still beats them with limits is **not established** (limits would "
+         "also delay the baselines' full models, which appended queues never drop).", ""]
+    for task, part, metric in (("movielens", "downloads", "RMSE"),
+                               ("cifar10", "cifar-downloads", "accuracy")):
+        d = res.get("downloads", {}).get(task)
+        L += [f"### {'MovieLens' if task == 'movielens' else 'CIFAR-10'}", ""]
+        if not d:
+            L += [f"No cells yet: `{cmd} --parts {part}`.", ""]
+            continue
+        L += [f"{d['seeds']} seeds; `{cmd} --parts {part}`. Fragments lost on download "
+              f"links: {fmt_ci(d['lost_pct'], '%', 3)} of those sent.", ""]
+        rows = []
+        for b, r in d["gain"].items():
+            name = ("DivShare without limits" if b == "divshare"
+                    else f"{b} without limits (not modelled with them)")
+            sp = "; ".join(f"{metric} {y:g}: {speed_text(d['speedup'][(b, y)])}"
+                           for (bb, y) in d["speedup"] if bb == b)
+            rows.append([name, fmt_ci(r, "%"), r["verdict"], sp])
+        L += [table(rows, ["DivShare with limits against", f"final {metric} gain, % "
+                           "(positive = with limits better)", "verdict",
+                           "speedup to target (x)"]), ""]
+        g = d["gain"].get("divshare")
+        if g:
+            effect = ("download limits change DivShare's final " + metric + " by an amount the "
+                      "seeds do not establish" if g["verdict"].startswith("not established")
+                      else f"download limits make DivShare's final {metric} "
+                      f"{'better' if g['mean'] > 0 else 'worse'} ({fmt_ci(g, '%')}, "
+                      f"{g['verdict']} as an effect)")
+            why = (". Fewer fragments are averaged in when download links lose some; on this "
+                   "matrix factorisation less averaging means less dilution of the user rows "
+                   "(the MovieLens section): a plausible cause of the better RMSE, which this "
+                   "grid does not test further" if task == "movielens" and g["mean"] > 0
+                   and g["verdict"] == "holds" else "")
+            L += ["What changes: " + effect + why + ".", ""]
     return L
 
 

@@ -32,10 +32,12 @@ def congested_hparams(cfg, download=(4e4, 1e4, 3e3, 6e4, 1.5e3)):
         download_bps=jnp.array(download, jnp.float32))
 
 
-@pytest.mark.parametrize("delivery,loss", [("receiver_iteration", 0.0), ("arrival_tick", 0.0),
-                                           ("receiver_iteration", 0.2)])
-def test_downloads__engine_equals_reference_simulator(delivery, loss):
-    cfg = download_config(delivery=delivery, loss_rate=loss)
+@pytest.mark.parametrize("delivery,loss,jitter", [("receiver_iteration", 0.0, 0.0),
+                                                  ("arrival_tick", 0.0, 0.0),
+                                                  ("receiver_iteration", 0.2, 0.0),
+                                                  ("receiver_iteration", 0.0, 0.3)])
+def test_downloads__engine_equals_reference_simulator(delivery, loss, jitter):
+    cfg = download_config(delivery=delivery, loss_rate=loss, compute_jitter=jitter)
     hp = congested_hparams(cfg)
     run, state, metrics = run_checked(cfg, hp)
     ref = reference_of(run, hp)
