@@ -57,8 +57,7 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("straggler_download_mbps", self.straggler_download_mbps,
             f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
             f"{self.n_stragglers}: give one per straggler, or one value for all")
-    limited = self.download_mbps > 0 or (self.n_stragglers > 0 and any(
-        m > 0 for m in self.straggler_download_mbps))
+    limited = self.download_mbps > 0 or any(m > 0 for m in self.straggler_download_mbps)
     if limited and self.algorithm not in ("divshare", "local"):
         bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
             f"download limits are modelled for divshare (and local) only, not for algorithm="
