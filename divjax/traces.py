@@ -35,7 +35,8 @@ it as churn does (an end that would fall on or after the start of an offline int
 its length), so no iteration ends while its node is offline. Offline intervals act as churn's:
 DivShare drops an offline node's send queue and loses what reaches it; only DivShare and local
 take a trace with offline rows. What lies past the run's end changes nothing: an offline
-interval still open at tick T ends at T + 1 in the tables.
+interval still open at tick T ends at T + 1 in the tables. With a trace, HParams.compute_s no
+longer sets how long iterations last (the trace does, for every HParams of a sweep alike).
 
 Every error is a ConfigError naming path:line:column (columns count from 1).
 """
