@@ -55,6 +55,7 @@ def test_traces__shipped_trace_is_the_scripts_output():
     ("divshare", "receiver_iteration", False),
     ("divshare", "arrival_tick", False),
     ("swift", "receiver_iteration", False),
+    ("adpsgd", "arrival_tick", False),
     ("local", "receiver_iteration", True),
     pytest.param("divshare", "receiver_iteration", True, marks=pytest.mark.xfail(
         strict=True, reason="divshare.py loses arrivals at offline nodes only when "
