@@ -111,12 +111,12 @@ def trace_schedule(cfg: SimConfig):
     trace, n, T = read_trace(cfg.trace_file), cfg.n_nodes, cfg.num_ticks
     never = 2**40                              # offline for good: no end within any run
     rows: list[list] = [[] for _ in range(n)]  # per node: (tick, compute ticks, online)
-    for r in range(len(trace.line)):
-        on = trace.col("online")
-        rows[int(trace.col("node")[r])].append(
-            (round(trace.col("time_s")[r] / cfg.tick_s),
-             max(1, round(trace.col("compute_s")[r] / cfg.tick_s)),
-             True if on is None else bool(on[r] == 1)))
+    on = trace.col("online")
+    for r, (node, time_s, compute_s) in enumerate(zip(
+            trace.col("node"), trace.col("time_s"), trace.col("compute_s"), strict=True)):
+        rows[int(node)].append((round(time_s / cfg.tick_s),
+                                max(1, round(compute_s / cfg.tick_s)),
+                                True if on is None else bool(on[r] == 1)))
 
     def state(i, tau):                         # the last row of node i at or before tau
         return [row for row in rows[i] if row[0] <= tau][-1]

@@ -274,9 +274,17 @@ def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
 
 def end_table(cfg, S: int) -> np.ndarray:
     """(n, S) int32: the tick at which iteration k of node i ends under the trace (the rule of
-    the module docstring), walked on the host for all nodes at once."""
-    nt = node_trace(cfg)
-    n = cfg.n_nodes
+    the module docstring), walked on the host for all nodes at once (cached)."""
+    node_trace(cfg)   # checks the trace against the config first
+    st = os.stat(cfg.trace_file)
+    return _end_table(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
+                      cfg.num_ticks, cfg.algorithm, S)
+
+
+@functools.lru_cache(maxsize=8)
+def _end_table(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
+               algorithm: str, S: int) -> np.ndarray:
+    nt = _node_trace(path, mtime, size, n, tick_s, T, algorithm)
     rows = np.arange(n)
     has_off = nt.off_start is not None
     J = nt.off_start.shape[1] if has_off else 0
@@ -309,9 +317,11 @@ def end_table(cfg, S: int) -> np.ndarray:
         ends[:, k] = end
         prev = end
     if ends.size and ends.max() >= 2**30:
-        raise ConfigError(f"trace_file={cfg.trace_file!r}: iteration ends past 2^30 ticks do "
+        raise ConfigError(f"trace_file={path!r}: iteration ends past 2^30 ticks do "
                           f"not fit the int32 clock: raise --tick-s or shorten --duration-s")
-    return ends.astype(np.int32)
+    ends = ends.astype(np.int32)
+    ends.flags.writeable = False   # cached: shared by every caller
+    return ends
 
 
 def trace_hparams(cfg, hp):
