@@ -96,6 +96,52 @@ def test_traces__offline_rows_pause_iterations_as_churn_does():
         assert not inside.any()
 
 
+EDGES = """time_s,node,compute_s,online
+0,0,0.07,0
+0,1,0.05,1
+0,2,0.2,1
+0.13,0,0.11,1
+0.3,1,0.09,0
+0.31,1,0.02,1
+0.4,2,0.03,0
+0.55,0,0.01,1
+0.9,1,0.04,0
+2.5,2,0.01,1
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_traces__end_table_equals_the_reference_walk(tmp_path, seed):
+    """The engine's vectorised walk against the reference's tick-by-tick one, on seeded traces
+    and on edge cases: offline at time 0 (the first iteration starts when the node is back,
+    with the compute time then), a one-tick online gap, offline for good, a row after the run."""
+    from divjax.reference import trace_schedule
+
+    spec = importlib.util.spec_from_file_location(
+        "make_trace", Path(__file__).parent.parent / "scripts" / "make_trace.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = EDGES if seed == 0 else mod.make_trace(n=6, duration=1.0, step=0.1, seed=seed)
+    n = 3 if seed == 0 else 6
+    cfg = trace_config(n_nodes=n, fanout=1, algorithm="local", duration_s=1.0,
+                       trace_file=write(tmp_path, text))
+    T, S = cfg.num_ticks, 120
+    ends = traces.end_table(cfg, S)
+    end_of, offline = trace_schedule(cfg)
+    nt = traces.node_trace(cfg)
+    for i in range(n):
+        want = [end_of(i, k) for k in range(S) if end_of(i, k) < T]
+        assert ends[i][ends[i] < T].tolist() == want
+        assert ends[i, len(want)] >= T
+        got = {int(a): int(b) for a, b in zip(nt.off_start[i], nt.off_end[i], strict=True)
+               if a < T}
+        assert got == {a: min(b, T + 1) for a, b in offline[i].items()}
+    if seed == 0:
+        assert ends[0, :2].tolist() == [24, 35]               # starts when back, at 13
+        assert ends[1, 4:7].tolist() == [25, 31, 33]          # 30 offline: waits one tick
+        assert ends[2, 0] == 20 and ends[2, 1] >= T           # offline for good from 40
+
+
 @pytest.mark.parametrize("algorithm", ["divshare", "local"])
 def test_traces__constant_always_online_trace_gives_the_bits_of_no_trace(tmp_path, algorithm):
     """Every node's own compute time at every row (rows at 0, 0.3 and 0.7 s), always online:
