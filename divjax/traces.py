@@ -18,14 +18,16 @@ any order. Every later line is one row with a number in every column:
                               ticks to 1% (as `network.check_network` demands of HParams)
     online          optional  1 online, 0 offline (without the column: always online)
     upload_mbps     optional  upload bandwidth, Mbit/s, > 0 (without it: the config's network)
-    download_mbps   optional  download bandwidth, Mbit/s, > 0 (exposed as `download_bps`)
+    download_mbps   optional  download bandwidth, Mbit/s, > 0 (used while download limits are
+                              on: --download-mbps; without it: the config's)
 
 Semantics: piecewise constant. A row sets its node's state from time_s (inclusive) until that
 node's next row; a node's last row holds for ever. Rows are sorted by time_s (ties in any
 order), a node has at most one row per time, and every node of the run has a row at time 0.
 Bandwidth must be constant per node over the whole trace (time-varying bandwidth is not
 modelled yet: the file is refused, naming the line and column where it changes); a constant one
-becomes the node's bandwidth (`trace_hparams`: HParams.upload_bps; `NodeTrace.download_bps`).
+becomes the node's bandwidth (`trace_hparams`: HParams.upload_bps and download_bps; also
+`NodeTrace.upload_bps`, `NodeTrace.download_bps`).
 
 Iteration rule (the same tables as compute jitter and churn, `divjax.compute_schedule`, built
 from the file instead of the run's key): an iteration starts at its node's previous iteration
@@ -34,9 +36,10 @@ needs the compute time in force at its start, counted in online ticks: offline i
 it as churn does (an end that would fall on or after the start of an offline interval waits
 its length), so no iteration ends while its node is offline. Offline intervals act as churn's:
 DivShare drops an offline node's send queue and loses what reaches it; only DivShare and local
-take a trace with offline rows. What lies past the run's end changes nothing: an offline
-interval still open at tick T ends at T + 1 in the tables. With a trace, HParams.compute_s no
-longer sets how long iterations last (the trace does, for every HParams of a sweep alike).
+take a trace with offline rows, and not with download limits (as churn). What lies past the
+run's end changes nothing: an offline interval still open at tick T ends at T + 1 in the
+tables. With a trace, HParams.compute_s no longer sets how long iterations last (the trace
+does, for every HParams of a sweep alike).
 
 Every error is a ConfigError naming path:line:column (columns count from 1).
 """
@@ -207,12 +210,25 @@ def node_trace(cfg) -> NodeTrace:
     read_trace(cfg.trace_file)   # checks the file (and that it exists) first
     st = os.stat(cfg.trace_file)
     return _node_trace(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
-                       cfg.num_ticks, cfg.algorithm)
+                       cfg.num_ticks, _offline_refused(cfg))
+
+
+def _offline_refused(cfg) -> str:
+    """Why this config cannot take offline rows ("" if it can): as churn."""
+    if cfg.algorithm not in OFFLINE_ALGORITHMS:
+        return (f"availability is not modelled for algorithm={cfg.algorithm!r} yet: use "
+                f"--algorithm divshare or local")
+    # download limits on (config.download_limited, which this module cannot import)
+    if cfg.download_mbps > 0 or (cfg.n_stragglers > 0
+                                 and any(m > 0 for m in cfg.straggler_download_mbps)):
+        return ("availability together with download limits is not modelled yet (as churn): "
+                "use --download-mbps 0 --straggler-download-mbps 0")
+    return ""
 
 
 @functools.lru_cache(maxsize=8)
 def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
-                algorithm: str) -> NodeTrace:
+                offline_refused: str) -> NodeTrace:
     trace = _read(path, mtime, size)
     node = trace.col("node").astype(np.int64)
     _first(trace, node >= n, "node", f"this run has n_nodes={n} (ids 0..{n - 1})")
@@ -233,11 +249,10 @@ def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
     if missing.size:
         raise ConfigError(f"{trace.path}: node {int(missing[0])} has no row at time_s 0: the "
                           f"trace gives every node's state from the start (column node)")
-    if not online.all() and algorithm not in OFFLINE_ALGORITHMS:
+    if not online.all() and offline_refused:
         r = int(np.argmin(online))
         raise ConfigError(f"{trace.where(r, 'online')}: node {node[r]} goes offline, and "
-                          f"availability is not modelled for algorithm={algorithm!r} yet: use "
-                          f"--algorithm divshare or local, or a trace without offline rows")
+                          f"{offline_refused}, or a trace without offline rows")
     P = int(np.bincount(node, minlength=n).max())
     seg_tick = np.full((n, P), np.iinfo(np.int64).max, np.int64)
     seg_compute = np.zeros((n, P), np.int64)
@@ -278,13 +293,13 @@ def end_table(cfg, S: int) -> np.ndarray:
     node_trace(cfg)   # checks the trace against the config first
     st = os.stat(cfg.trace_file)
     return _end_table(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
-                      cfg.num_ticks, cfg.algorithm, S)
+                      cfg.num_ticks, _offline_refused(cfg), S)
 
 
 @functools.lru_cache(maxsize=8)
 def _end_table(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
-               algorithm: str, S: int) -> np.ndarray:
-    nt = _node_trace(path, mtime, size, n, tick_s, T, algorithm)
+               offline_refused: str, S: int) -> np.ndarray:
+    nt = _node_trace(path, mtime, size, n, tick_s, T, offline_refused)
     rows = np.arange(n)
     has_off = nt.off_start is not None
     J = nt.off_start.shape[1] if has_off else 0
@@ -325,13 +340,16 @@ def _end_table(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
 
 
 def trace_hparams(cfg, hp):
-    """`hp` with the trace's constant upload bandwidths (HParams.upload_bps) where the trace
-    gives them; `hp` itself without a trace or without an upload_mbps column."""
+    """`hp` with the trace's constant bandwidths where it gives them: HParams.upload_bps, and
+    HParams.download_bps (read only while download limits are on, `config.download_limited`);
+    `hp` itself without a trace or without those columns."""
     if not cfg.trace_file:
         return hp
-    up = node_trace(cfg).upload_bps
-    if up is None:
-        return hp
     import jax.numpy as jnp
-    return hp.replace(upload_bps=jnp.broadcast_to(jnp.asarray(up, jnp.float32),
-                                                  np.shape(hp.upload_bps)))
+
+    nt = node_trace(cfg)
+    for field, bps in (("upload_bps", nt.upload_bps), ("download_bps", nt.download_bps)):
+        if bps is not None:
+            hp = hp.replace(**{field: jnp.broadcast_to(jnp.asarray(bps, jnp.float32),
+                                                       np.shape(getattr(hp, field)))})
+    return hp

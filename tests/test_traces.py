@@ -83,6 +83,20 @@ def test_traces__engine_equals_reference_simulator(tmp_path, algorithm, delivery
             assert ref.lost.sum() > 0
 
 
+def test_traces__download_limits_with_a_trace_equal_the_reference_simulator(tmp_path):
+    """Download links (on with --download-mbps) at the trace's download_mbps, compute times
+    from the trace: engine == reference, losses at the slow download links included."""
+    cfg = trace_config(download_mbps=1.0, trace_file=always_online(tmp_path))
+    hp = traces.trace_hparams(cfg, default_hparams(cfg))
+    np.testing.assert_allclose(np.asarray(hp.download_bps), [1e5, 1e5, 1e5, 3750, 3750])
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+    assert ref.lost[3:].sum() > 0
+
+
 def test_traces__offline_rows_pause_iterations_as_churn_does():
     cfg = trace_config(algorithm="local", iteration_slots=40)
     ends = traces.end_table(cfg, 40)
@@ -217,10 +231,14 @@ def test_traces__refuses_what_a_trace_cannot_combine_with(changes, words):
         trace_config(**changes)
 
 
-def test_traces__offline_rows_are_refused_where_availability_is_not_modelled():
+@pytest.mark.parametrize("changes,words", [
+    (dict(algorithm="swift"), "algorithm='swift'"),
+    (dict(download_mbps=1.0), "download limits"),
+])
+def test_traces__offline_rows_are_refused_where_availability_is_not_modelled(changes, words):
     with pytest.raises(ConfigError) as err:
-        traces.node_trace(trace_config(algorithm="swift"))
-    assert f"{TINY_TRACE}:12:4:" in str(err.value) and "algorithm='swift'" in str(err.value)
+        traces.node_trace(trace_config(**changes))
+    assert f"{TINY_TRACE}:12:4:" in str(err.value) and words in str(err.value)
 
 
 def test_traces__bandwidth_is_exposed_per_node(tmp_path):
