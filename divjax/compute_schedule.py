@@ -30,6 +30,11 @@ k_sim, CHURN_STREAM), i), j) for the j-th pair of node i (`offline_intervals`: t
 compute runs on online time only), so no iteration ends while its node is offline; the ends
 table holds the paused ends. What the engine does with an offline node's messages (DivShare:
 going offline drops its send queue; an arrival at an offline node is lost) is the algorithm's.
+
+A trace (`trace_file`, `divjax.traces`) gives the same tables from a file instead of the key:
+its ends (`traces.end_table`: an iteration lasts the compute time in force at its start, paused
+by the trace's offline intervals as churn pauses it) and its offline intervals; the bounds of
+an iteration's length are the shortest and longest compute time of each node in the trace.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from divjax import traces
 
 JITTER_STREAM = 2**31 - 1   # fold_in constant of the jitter stream (never a tick)
 CHURN_STREAM = 2**31 - 2    # fold_in constant of the churn stream (never a tick)
@@ -60,8 +67,14 @@ def compute_spread_factors(cfg) -> np.ndarray:
 
 
 def has_table(cfg) -> bool:
-    """Whether iteration ends come from a table (compute jitter or churn), not k c_i."""
-    return bool(cfg.compute_jitter or cfg.churn_rate)
+    """Whether iteration ends come from a table (compute jitter, churn or a trace), not k c_i."""
+    return bool(cfg.compute_jitter or cfg.churn_rate or cfg.trace_file)
+
+
+def has_offline(cfg) -> bool:
+    """Whether nodes go offline: churn, or a trace with a node offline within the run."""
+    return bool(cfg.churn_rate) or bool(cfg.trace_file
+                                        and traces.node_trace(cfg).off_start is not None)
 
 
 def factor_bounds(sigma: float) -> tuple[float, float]:
@@ -74,9 +87,21 @@ def _xp(c):
     return np if isinstance(c, np.ndarray | np.integer | int) else jnp
 
 
+def _trace_bound(cfg, compute_ticks, which: str):
+    """A trace's bound per node broadcast to compute_ticks' shape (its lengths do not follow
+    compute_ticks); a scalar compute_ticks (a factor on compute times) gives 1."""
+    if np.ndim(compute_ticks) == 0:
+        return 1
+    xp = _xp(compute_ticks)
+    bound = getattr(traces.node_trace(cfg), which)
+    return xp.broadcast_to(xp.asarray(bound), np.shape(compute_ticks)).astype(np.int32)
+
+
 def shortest_ticks(cfg, compute_ticks):
     """(..., n) a lower bound of every node's iteration length in ticks (numpy or traced):
-    compute_ticks itself without jitter."""
+    compute_ticks itself without jitter; a trace's shortest compute time of each node."""
+    if cfg.trace_file:
+        return _trace_bound(cfg, compute_ticks, "shortest")
     if cfg.compute_jitter == 0:
         return compute_ticks
     xp = _xp(compute_ticks)
@@ -86,7 +111,9 @@ def shortest_ticks(cfg, compute_ticks):
 
 def longest_ticks(cfg, compute_ticks):
     """(..., n) an upper bound of every node's iteration length in ticks (compute_ticks
-    without jitter)."""
+    without jitter; a trace's longest compute time of each node)."""
+    if cfg.trace_file:
+        return _trace_bound(cfg, compute_ticks, "longest")
     if cfg.compute_jitter == 0:
         return compute_ticks
     xp = _xp(compute_ticks)
@@ -113,12 +140,15 @@ def _per_node_draws(key: jax.Array, n: int, S: int, draw) -> jax.Array:
 def iteration_ends(cfg, compute_ticks: jax.Array, k_sim: jax.Array,
                    offline: tuple | None = None) -> jax.Array:
     """(n, S) int32: the tick at which iteration k of node i ends (see the module docstring),
-    paused by the `offline_intervals` (start, end) with churn (drawn here if not given).
-    Pure and jittable; cfg.iteration_slots must be resolved (> 0)."""
+    paused by the `offline_intervals` (start, end) with churn (drawn here if not given); a
+    trace's table (`traces.end_table`, a constant). Pure and jittable; cfg.iteration_slots must
+    be resolved (> 0)."""
     S = cfg.iteration_slots
     if S < 1:
         raise ValueError("iteration_slots must be resolved before the run: build the engine "
                          "with make_engine / make_run")
+    if cfg.trace_file:
+        return jnp.asarray(traces.end_table(cfg, S))
     n = compute_ticks.shape[-1]
     c = jnp.broadcast_to(compute_ticks.astype(jnp.int32)[:, None], (n, S))
     if cfg.compute_jitter:
@@ -147,7 +177,11 @@ def offline_slots(cfg) -> int:
 def offline_intervals(cfg, k_sim: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(start, end), each (n, J) int32: node i is offline at ticks [start[i, j], end[i, j])
     (churn; see the module docstring). Lengths are capped at T + 1 ticks (what lies past the
-    run's end T changes nothing), so the int32 sums hold for T < 46,000 ticks."""
+    run's end T changes nothing), so the int32 sums hold for T < 46,000 ticks. A trace's
+    intervals (`traces.NodeTrace`), constants."""
+    if cfg.trace_file:
+        nt = traces.node_trace(cfg)
+        return jnp.asarray(nt.off_start), jnp.asarray(nt.off_end)
     n, J, T = cfg.n_nodes, offline_slots(cfg), cfg.num_ticks
     mean_off = cfg.churn_mean_s / cfg.tick_s
     mean_on = mean_off * (1 - cfg.churn_rate) / cfg.churn_rate

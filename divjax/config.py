@@ -110,6 +110,9 @@ class SimConfig:
     #                                  and local); 0 = none
     churn_mean_s: float = 1.0        # churn: mean length of an offline interval, seconds
     iteration_slots: int = 0         # jitter, churn: iteration ends tabled per node; 0 = auto
+    trace_file: str = ""             # CSV of every node's compute time, availability and
+    #                                  bandwidth over time (--trace; format: divjax/traces.py,
+    #                                  scripts/make_trace.py writes one); "" = none
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
     momentum: float = 0.0            # SGD momentum in [0, 1) (needs --momentum-buffer)

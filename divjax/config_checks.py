@@ -88,6 +88,8 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
             "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
             "algorithm (divshare, swift, adpsgd, local)")
+    if self.trace_file:
+        check_trace_fields(self, bad)
     if self.latency_ms < 0:
         bad("latency_ms", self.latency_ms, "latency cannot be negative")
     if not 1 <= self.latency_regions <= self.n_nodes:
@@ -141,6 +143,28 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"use fanout >= {need[0]}, or algorithm='local' (--algorithm local) for a run "
             f"without communication")
 
+
+
+def check_trace_fields(self, bad) -> None:
+    """A trace (`divjax.traces`, read when the engine is built) gives every node's compute
+    time: refuse what would draw or scale compute times as well, and the synchronous rounds."""
+    import os
+
+    if not os.path.isfile(self.trace_file):
+        bad("trace_file", self.trace_file, "no such file: give a CSV trace (format: "
+            "divjax/traces.py; scripts/make_trace.py writes one)")
+    if self.algorithm in ("dpsgd", "epidemic"):
+        bad("trace_file", self.trace_file, f"algorithm={self.algorithm!r} runs synchronous "
+            "rounds of one length: use an asynchronous algorithm (divshare, swift, adpsgd, "
+            "local) with a trace")
+    for name, flag in (("compute_jitter", "--compute-jitter 0"), ("churn_rate",
+                       "--churn-rate 0"), ("compute_spread", "--compute-spread 0")):
+        if getattr(self, name):
+            bad(name, getattr(self, name), f"a trace (trace_file={self.trace_file!r}) gives "
+                f"every node's compute time and availability: use {flag}, or no trace")
+    if self.n_stragglers and self.straggler_compute_factor != 1:
+        bad("straggler_compute_factor", self.straggler_compute_factor, "a trace gives every "
+            "node's compute time: use --straggler-compute-factor 1, or no trace")
 
 
 def check_types(self) -> None:

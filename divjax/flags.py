@@ -33,6 +33,10 @@ def _show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Extra spellings of some fields' flags.
+FLAG_ALIASES = {"trace_file": ("--trace",)}
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per SimConfig field; unset flags keep the preset's value.
 
@@ -48,18 +52,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         f"Defaults are those of the default preset {presets.DEFAULT_PRESET}; --preset changes "
         f"them. Times are simulated seconds.")
     for f in dataclasses.fields(SimConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ("--" + f.name.replace("_", "-"),) + FLAG_ALIASES.get(f.name, ())
         default = f.default
         text = (help_of.get(f.name, "") + f" (default: {_show(getattr(base, f.name))})")
         text = text.replace("%", "%%")
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         elif isinstance(default, tuple):
-            group.add_argument(flag, type=_parse_tuple, default=argparse.SUPPRESS,
+            group.add_argument(*flags, type=_parse_tuple, default=argparse.SUPPRESS,
                                metavar="X[,X...]", help=text + "; comma-separated")
         else:
-            group.add_argument(flag, type=type(default), default=argparse.SUPPRESS,
+            group.add_argument(*flags, type=type(default), default=argparse.SUPPRESS,
                                metavar="TEXT" if isinstance(default, str) else None, help=text)
 
 

@@ -75,7 +75,10 @@ def iteration_schedule(cfg: SimConfig, c: np.ndarray, k_sim: jax.Array):
 
     Iteration lengths: c_i, or the jitter table's (`compute_schedule`, drawn from the key).
     Churn pauses an iteration for every offline interval it meets (an end that would fall on
-    an offline tick waits for the node to come back), walked here interval by interval."""
+    an offline tick waits for the node to come back), walked here interval by interval. A
+    trace: `trace_schedule`."""
+    if cfg.trace_file:
+        return trace_schedule(cfg)
     T = cfg.num_ticks
     jit = host_end_ticks(cfg.replace(churn_rate=0.0), c, k_sim)   # None: no jitter
     intervals = host_offline(cfg, k_sim)
@@ -93,6 +96,56 @@ def iteration_schedule(cfg: SimConfig, c: np.ndarray, k_sim: jax.Array):
                 if e_j > start and s_j <= end:   # offline before (or at) the end: pause
                     end += e_j - s_j
             cache[(i, k)] = end
+        return cache[(i, k)]
+
+    return end_of, offline
+
+
+def trace_schedule(cfg: SimConfig):
+    """`iteration_schedule` of a trace (divjax/traces.py), walked tick by tick from the file's
+    rows in seconds, apart from the engine's table (`traces.end_table`): an iteration starts at
+    the first online tick at or after the previous end, needs the compute ticks in force then,
+    counts only online ticks, and ends at the first online tick after its last one."""
+    from divjax.traces import read_trace
+
+    trace, n, T = read_trace(cfg.trace_file), cfg.n_nodes, cfg.num_ticks
+    never = 2**40                              # offline for good: no end within any run
+    rows: list[list] = [[] for _ in range(n)]  # per node: (tick, compute ticks, online)
+    on = trace.col("online")
+    for r, (node, time_s, compute_s) in enumerate(zip(
+            trace.col("node"), trace.col("time_s"), trace.col("compute_s"), strict=True)):
+        rows[int(node)].append((round(time_s / cfg.tick_s),
+                                max(1, round(compute_s / cfg.tick_s)),
+                                True if on is None else bool(on[r] == 1)))
+
+    def state(i, tau):                         # the last row of node i at or before tau
+        return [row for row in rows[i] if row[0] <= tau][-1]
+
+    def next_online(i, tau):
+        while tau < never and not state(i, tau)[2]:
+            tau = tau + 1 if tau < rows[i][-1][0] else never
+        return tau
+
+    offline = []
+    for i in range(n):
+        spans, tau = {}, 0
+        while tau < T:
+            if state(i, tau)[2]:
+                tau += 1
+            else:
+                back = next_online(i, tau)
+                spans[tau], tau = back, back
+        offline.append(spans)
+    cache: dict = {}
+
+    def end_of(i, k):
+        if (i, k) not in cache:
+            tau = next_online(i, 0 if k == 0 else end_of(i, k - 1))
+            left = state(i, tau)[1] if tau < never else 0
+            while left and tau < never:        # count the iteration's online ticks
+                left -= 1
+                tau = next_online(i, tau + 1)
+            cache[(i, k)] = tau
         return cache[(i, k)]
 
     return end_of, offline

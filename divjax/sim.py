@@ -33,6 +33,7 @@ from divjax import messages, network
 from divjax.algorithms import ALGORITHMS, Algorithm, Context
 from divjax.compute_schedule import (
     end_tick,
+    has_offline,
     has_table,
     iteration_ends,
     offline_intervals,
@@ -99,7 +100,7 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
     if spec.algo.adjust_timing is not None:
         table = spec.algo.adjust_timing(spec.cfg, table)
     if has_table(spec.cfg):
-        off = offline_intervals(spec.cfg, k_sim) if spec.cfg.churn_rate else (None, None)
+        off = offline_intervals(spec.cfg, k_sim) if has_offline(spec.cfg) else (None, None)
         table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim, off),
                                off_start=off[0], off_end=off[1])
     return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
