@@ -240,7 +240,7 @@ def default_hparams(cfg: SimConfig) -> HParams:
         compute = compute * compute_spread_factors(cfg)
         compute = np.maximum(1, np.round(compute / cfg.tick_s)) * cfg.tick_s
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return HParams(
+    hp = HParams(
         lr=f32(cfg.lr),
         momentum=f32(cfg.momentum),
         weight_decay=f32(cfg.weight_decay),
@@ -249,6 +249,10 @@ def default_hparams(cfg: SimConfig) -> HParams:
         latency_s=f32(np.full(n, cfg.latency_ms / 1e3)),
         download_bps=f32(np.where(down > 0, down * 1e6 / 8.0, np.inf)),
     )
+    if cfg.trace_file:   # the trace's constant bandwidths (divjax/traces.py)
+        from divjax.traces import trace_hparams
+        hp = trace_hparams(cfg, hp)
+    return hp
 
 
 def product(base: HParams, **values) -> HParams:

@@ -219,8 +219,7 @@ def _offline_refused(cfg) -> str:
         return (f"availability is not modelled for algorithm={cfg.algorithm!r} yet: use "
                 f"--algorithm divshare or local")
     # download limits on (config.download_limited, which this module cannot import)
-    if cfg.download_mbps > 0 or (cfg.n_stragglers > 0
-                                 and any(m > 0 for m in cfg.straggler_download_mbps)):
+    if _download_limited(cfg):
         return ("availability together with download limits is not modelled yet (as churn): "
                 "use --download-mbps 0 --straggler-download-mbps 0")
     return ""
@@ -339,6 +338,11 @@ def _end_table(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
     return ends
 
 
+def _download_limited(cfg) -> bool:
+    """`config.download_limited` (which this module cannot import: config imports it)."""
+    return cfg.download_mbps > 0 or any(m > 0 for m in cfg.straggler_download_mbps)
+
+
 def trace_hparams(cfg, hp):
     """`hp` with the trace's constant bandwidths where it gives them: HParams.upload_bps, and
     HParams.download_bps (read only while download limits are on, `config.download_limited`);
@@ -348,6 +352,12 @@ def trace_hparams(cfg, hp):
     import jax.numpy as jnp
 
     nt = node_trace(cfg)
+    if nt.download_bps is not None and not _download_limited(cfg):
+        import warnings
+
+        warnings.warn(f"{cfg.trace_file}: the trace's download_mbps column is not used: download "
+                      f"limits are off (--download-mbps X, any X > 0, turns them on for "
+                      f"divshare and local; the trace's values replace X)", stacklevel=2)
     for field, bps in (("upload_bps", nt.upload_bps), ("download_bps", nt.download_bps)):
         if bps is not None:
             hp = hp.replace(**{field: jnp.broadcast_to(jnp.asarray(bps, jnp.float32),

@@ -57,10 +57,7 @@ def test_traces__shipped_trace_is_the_scripts_output():
     ("swift", "receiver_iteration", False),
     ("adpsgd", "arrival_tick", False),
     ("local", "receiver_iteration", True),
-    pytest.param("divshare", "receiver_iteration", True, marks=pytest.mark.xfail(
-        strict=True, reason="divshare.py loses arrivals at offline nodes only when "
-        "cfg.churn_rate (two `if ... churn_rate:`); they should test "
-        "compute_schedule.has_offline(cfg)")),
+    ("divshare", "receiver_iteration", True),
 ])
 def test_traces__engine_equals_reference_simulator(tmp_path, algorithm, delivery, offline):
     path = str(TINY_TRACE) if offline else always_online(tmp_path)
@@ -250,6 +247,8 @@ def test_traces__bandwidth_is_exposed_per_node(tmp_path):
     assert traces.node_trace(cfg).upload_bps is None and traces.node_trace(cfg).download_bps is None
     hp = default_hparams(cfg)
     assert traces.trace_hparams(cfg, hp) is hp
+    with pytest.warns(UserWarning, match="download_mbps column is not used"):
+        default_hparams(trace_config())   # download limits off: the column is not used
 
 
 def test_traces__trace_flag_sets_trace_file():

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.compute_schedule import (
     end_tick,
+    has_offline,
     is_offline,
     slots_needed,
     stop_tick,
@@ -182,7 +183,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
             lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
                                                         recv_i.shape[1:])[0])(k_i.spare, safe)
             ok_i = ok_i & ~lost_i
-        if ctx.cfg.churn_rate:      # nor does one that reaches an offline node
+        if has_offline(ctx.cfg):    # nor does one that reaches an offline node
             ok_i = ok_i & ~is_offline(ctx.table, recv_i, sched_i.arrival)
         same = ((receivers[:, :, None, :] == recv_i[:, None, :, :]) & ok_i[:, None]
                 & (window_index(ctx.table, receivers[:, :, None], sched_i.arrival[:, None])
@@ -221,7 +222,7 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
             lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
             if down_lost is not None:   # its receiver's download link could not take it
                 lost = down_lost if lost is None else lost | down_lost
-            if cfg.churn_rate:   # what arrives at an offline node is lost
+            if has_offline(cfg):   # what arrives at an offline node (churn, a trace) is lost
                 offline = is_offline(ctx.table, receivers, sched.arrival)
                 lost = offline if lost is None else lost | offline
             replaced = None
