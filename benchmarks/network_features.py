@@ -15,6 +15,9 @@ run after compilation (best of `--repeats`) and the ratio to (a). Features:
   and fewer, later deliveries;
 - download 1e9 Mbit/s: the download code path with links so fast that nothing queues (the
   run's bits are those of "none"): the cost of the machinery alone.
+- trace: `--trace FILE`, a 60-node trace from `scripts/make_trace.py` (compute times 0.1-0.3
+  s changing every simulated second with probability 0.3, 10% of changes offline; the links'
+  bandwidths constant, 60 and 12 Mbit/s): the tables built from the file.
 A feature an algorithm refuses (ConfigError) is skipped for it.
 Loss, compute spread and jitter change what the nodes do (fewer arrivals, other iteration ends),
 so their ratio is the cost of the feature together with the different run it describes.
@@ -29,9 +32,11 @@ float32 matmul rate measured in the same process.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -78,6 +83,7 @@ def main() -> None:
     ap.add_argument("--out", default=f"benchmarks/results/network_features-"
                                      f"{jax.default_backend()}-{time.strftime('%Y-%m-%d')}.json")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore", message=".*download_mbps column is not used")
     base = get_preset("movielens-default").replace(duration_s=args.duration_s,
                                                    eval_every_s=args.duration_s)
     n = base.n_nodes
@@ -85,6 +91,15 @@ def main() -> None:
     matrix = np.where(region[:, None] == region[None, :], 0.0, 40.0)
     tmp = Path(tempfile.mkdtemp()) / "latency.csv"
     tmp.write_text("\n".join(",".join(f"{v:g}" for v in row) for row in matrix) + "\n")
+    spec = importlib.util.spec_from_file_location(
+        "make_trace", Path(__file__).resolve().parents[1] / "scripts" / "make_trace.py")
+    make_trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_trace)
+    trace = Path(tmp.parent) / "trace.csv"
+    trace.write_text(make_trace.make_trace(
+        n=n, duration=args.duration_s, step=1.0, change=0.3, offline=0.1,
+        compute=(0.1, 0.15, 0.2, 0.3), fast_mbps=base.fast_mbps,
+        slow_mbps=base.straggler_mbps[0], stragglers=base.n_stragglers))
     features = {"none": {}, "regions": {"latency_regions": 3, "inter_region_ms": 40.0},
                 "latency file": {"latency_file": str(tmp)}, "loss 10%": {"loss_rate": 0.1},
                 "compute spread 0.5": {"compute_spread": 0.5},
@@ -97,7 +112,8 @@ def main() -> None:
                 "download limits (testbed)": {"download_mbps": 60.0,
                                               "straggler_download_mbps": PAPER_STRAGGLER_MBPS},
                 "download 1e9 Mbit/s": {"download_mbps": 1e9,
-                                        "straggler_download_mbps": (1e9,)}}
+                                        "straggler_download_mbps": (1e9,)},
+                "trace": {"trace_file": str(trace)}}
     if args.features:
         keep = ["none"] + [f.strip() for f in args.features.split(",")]
         features = {k: v for k, v in features.items() if k in keep}
