@@ -95,6 +95,8 @@ class SimConfig:
     #                                  i (row) to node j (column), ms; replaces the regions
     loss_rate: float = 0.0           # probability that a sent message is lost on its way
     #                                  (each independently; DivShare, Swift); 0 = none
+    loss_file: str = ""              # CSV, n rows of n loss probabilities in [0, 1) (row i: from
+    #                                  node i to each node j): per-link loss instead (DivShare)
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     compute_spread: float = 0.0      # heterogeneous compute: node i takes compute_s *

@@ -71,6 +71,12 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
     if not (isinstance(self.loss_rate, int | float) and 0 <= self.loss_rate < 1):
         bad("loss_rate", self.loss_rate, "use a probability in [0, 1)")
+    if self.loss_file and self.loss_rate:
+        bad("loss_file", self.loss_file, "give either --loss-rate (every link) or --loss-file "
+            "(per link), not both")
+    if self.loss_file and self.algorithm not in ("divshare", "local"):
+        bad("loss_file", self.loss_file, f"per-link loss is modelled for divshare (and local) "
+            f"only, not for algorithm={self.algorithm!r} yet: use --loss-rate")
     if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
         bad("compute_spread", self.compute_spread,
             "use a log-normal sigma in [0, 3] (0 = equal compute times)")

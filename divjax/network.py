@@ -93,14 +93,24 @@ def region_latency_ms(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(n) % G).astype(np.int32), extra
 
 
-@functools.lru_cache(maxsize=8)
 def _read_latency_file(path: str, n: int) -> np.ndarray:
     """An n x n latency matrix (ms) from a CSV file, with errors naming the line and column."""
+    return read_square_csv(path, n, "latency_file", "one-way latencies in ms (row i: from node "
+                           "i to each node j)", lambda v: v >= 0,
+                           "a latency: use a finite number of milliseconds >= 0")
+
+
+@functools.cache
+def read_square_csv(path: str, n: int, field: str, what: str, valid, not_valid: str
+                    ) -> np.ndarray:
+    """An n x n float64 matrix from a CSV file of n rows of n comma-separated numbers (`#`
+    comments, blank lines skipped); every error names the file, line and column. `valid(v)`
+    checks a finite cell; `not_valid` completes "'cell' is not ..." in the error."""
     import os
 
     if not os.path.isfile(path):
-        raise ConfigError(f"latency_file={path!r} does not exist: give a CSV of {n} rows of {n} "
-                          f"one-way latencies in ms (row i: from node i to each node j)")
+        raise ConfigError(f"{field}={path!r} does not exist: give a CSV of {n} rows of {n} "
+                          f"{what}")
     rows = []
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
@@ -117,14 +127,32 @@ def _read_latency_file(path: str, n: int) -> np.ndarray:
                     v = float(cell)
                 except ValueError:
                     v = float("nan")
-                if not (math.isfinite(v) and v >= 0):
-                    raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not a latency: use "
-                                      f"a finite number of milliseconds >= 0")
+                if not (math.isfinite(v) and valid(v)):
+                    raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not {not_valid}")
                 row.append(v)
             rows.append(row)
     if len(rows) != n:
         raise ConfigError(f"{path}: {len(rows)} rows, expected {n} (one per node)")
     return np.asarray(rows, np.float64)
+
+
+def loss_modelled(cfg: SimConfig) -> bool:
+    """Messages may be lost on the way: `loss_rate` > 0 or a per-link `loss_file`."""
+    return cfg.loss_rate > 0 or bool(cfg.loss_file)
+
+
+def _valid_probability(v: float) -> bool:
+    return 0 <= v < 1
+
+
+def loss_matrix(cfg: SimConfig) -> np.ndarray | None:
+    """(n, n) float32 per-link loss probabilities of `loss_file` (row = sender), or None."""
+    if not cfg.loss_file:
+        return None
+    return read_square_csv(cfg.loss_file, cfg.n_nodes, "loss_file",
+                           "loss probabilities (row i: from node i to each node j)",
+                           _valid_probability, "a loss probability: use a number in [0, 1)"
+                           ).astype(np.float32)
 
 
 def arrival_tick(leave_subtick: jax.Array, latency_units: jax.Array, resolution: int
@@ -210,6 +238,7 @@ def check_network(cfg: SimConfig, hp: HParams) -> None:
             f"HParams.latency_s{list(where)}={float(latency_s[where])!r} s is not a whole "
             f"number of link sub-ticks of {sub_s:.3g} s (tick_s / link_resolution): it would run "
             f"as {units[where] * sub_s:.6g} s; raise --link-resolution or lower --tick-s")
+    loss_matrix(cfg)   # a malformed loss file is refused here, naming its line and column
     _, extra_ms = region_latency_ms(cfg)
     bad_extra = not_whole_subticks(extra_ms / 1e3, sub_s)
     if bad_extra.any():
@@ -355,11 +384,22 @@ def schedule_replaced_queue(table: LinkTable, sender: jax.Array, valid: jax.Arra
 
 
 def message_lost(cfg: SimConfig, k_spare: jax.Array, sender: jax.Array,
-                 shape: tuple[int, ...]) -> jax.Array | None:
+                 shape: tuple[int, ...], receiver: jax.Array | None = None) -> jax.Array | None:
     """(C, *shape) bool: which messages that C senders queue at one tick are lost on the way,
-    each independently with probability `cfg.loss_rate`, drawn from the tick's spare key
-    folded with the sender id (so the draw does not depend on chunking). None without loss."""
-    if cfg.loss_rate == 0:
+    each independently with probability `cfg.loss_rate`, or with the per-link probability of
+    `loss_file` from the sender to its receiver (`receiver` (C, *shape), required then), drawn
+    from the tick's spare key folded with the sender id (so the draw does not depend on
+    chunking): one uniform u per message, lost when u < p. None without loss."""
+    if not loss_modelled(cfg):
         return None
-    return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_spare, i),
-                                                   cfg.loss_rate, shape))(sender)
+    if not cfg.loss_file:
+        return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_spare, i),
+                                                       cfg.loss_rate, shape))(sender)
+    if receiver is None:
+        raise ConfigError(f"loss_file={cfg.loss_file!r}: per-link loss is modelled for divshare "
+                          f"only, not for algorithm={cfg.algorithm!r} yet")
+    p = jnp.asarray(loss_matrix(cfg))
+    n = cfg.n_nodes
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_spare, i), shape))(sender)
+    return u < p[jnp.minimum(sender, n - 1).reshape((-1,) + (1,) * len(shape)),
+                 jnp.minimum(receiver, n - 1)]

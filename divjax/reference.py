@@ -284,7 +284,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             if s > 0:
                 receivers, queue = routes(keys.route, i)
                 receivers, queue = np.asarray(receivers), np.asarray(queue)
-                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K))
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K),
+                                            jax.numpy.asarray(receivers)[None])
                 lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
                 stop = end_of(i, iterations[i] + 1)   # the link stops on this queue then
                 for m in queue:

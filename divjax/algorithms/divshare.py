@@ -38,7 +38,13 @@ from divjax.compute_schedule import (
 from divjax.config import SimConfig, download_limited
 from divjax.downloads import decode, fifo_deliveries
 from divjax.messages import collect, push
-from divjax.network import Schedule, message_lost, pair_latency_units, schedule_replaced_queue
+from divjax.network import (
+    Schedule,
+    loss_modelled,
+    message_lost,
+    pair_latency_units,
+    schedule_replaced_queue,
+)
 from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 
@@ -106,9 +112,9 @@ def download_messages(ctx: Context, k_sim: jax.Array) -> tuple[jax.Array, ...]:
         keys = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t)
         receivers, sched = queued_messages(ctx, keys.route, node, t < T, t, stop)
         enters = sched.sent
-        if cfg.loss_rate > 0:
-            enters &= ~jax.vmap(lambda kk: message_lost(cfg, kk, i[None],
-                                                        receivers.shape[1:])[0])(keys.spare)
+        if loss_modelled(cfg):
+            enters &= ~jax.vmap(lambda kk, rr: message_lost(cfg, kk, i[None], rr.shape,
+                                                            rr[None])[0])(keys.spare, receivers)
         deadline = stop[:, None, None] * R + pair_latency_units(table, i, receivers)
         units = table.down_units[receivers, jnp.arange(K)[None, None, :]]
         return (jnp.where(enters, receivers, n), sched.arrival_sub, deadline, units,
@@ -179,9 +185,9 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         ok_i = sched_i.sent & (sched_i.arrival < T)                              # (C, s, K)
         if down_lost_i is not None:   # nor does one its receiver could not take in time
             ok_i = ok_i & ~down_lost_i
-        if ctx.cfg.loss_rate > 0:   # a newer message lost on the way replaces nothing
-            lost_i = jax.vmap(lambda k, i: message_lost(ctx.cfg, k, i[None],
-                                                        recv_i.shape[1:])[0])(k_i.spare, safe)
+        if loss_modelled(ctx.cfg):   # a newer message lost on the way replaces nothing
+            lost_i = jax.vmap(lambda k, i, r: message_lost(ctx.cfg, k, i[None], r.shape,
+                                                           r[None])[0])(k_i.spare, safe, recv_i)
             ok_i = ok_i & ~lost_i
         if has_offline(ctx.cfg):    # nor does one that reaches an offline node
             ok_i = ok_i & ~is_offline(ctx.table, recv_i, sched_i.arrival)
@@ -219,7 +225,7 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
             stop = stop_tick(ctx.table, safe, t, end_tick(ctx.table, safe, k + 1))
             receivers, sched = queued_messages(ctx, keys.route, node, valid, t, stop)
             sched, down_lost = with_downloads(state.algo_state, safe, k, sched)
-            lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K))          # (C, s, K)
+            lost = message_lost(cfg, keys.spare, safe, (s, ctx.layout.K), receivers)  # (C, s, K)
             if down_lost is not None:   # its receiver's download link could not take it
                 lost = down_lost if lost is None else lost | down_lost
             if has_offline(cfg):   # what arrives at an offline node (churn, a trace) is lost
