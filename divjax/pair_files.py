@@ -1,6 +1,7 @@
-"""Per-pair matrices read from CSV files: the latency file and the per-link loss file.
+"""CSV inputs: the line reader of every CSV file divjax reads (`csv_lines`, `number`; traces
+use it too), and the per-pair matrices: the latency file and the per-link loss file.
 
-Both are n rows of n comma-separated numbers (row i: from node i to each node j), `#` comments
+Those two are n rows of n comma-separated numbers (row i: from node i to each node j), `#` comments
 and blank lines skipped; every error names the file, line and column.
 """
 
@@ -11,7 +12,25 @@ import math
 
 import numpy as np
 
-from divjax.config import ConfigError, SimConfig
+from divjax.config_checks import ConfigError
+
+
+def csv_lines(path: str):
+    """(line number, stripped cells) of every line of a CSV file that is not blank once its
+    `#` comment is cut (the one line reader of divjax's CSV inputs)."""
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                yield line_no, [c.strip() for c in text.split(",")]
+
+
+def number(cell: str) -> float:
+    """The cell as a float; nan if it is not a number (callers name the line and column)."""
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
 
 
 def read_latency_file(path: str, n: int) -> np.ndarray:
@@ -33,25 +52,17 @@ def read_square_csv(path: str, n: int, field: str, what: str, valid, not_valid: 
         raise ConfigError(f"{field}={path!r} does not exist: give a CSV of {n} rows of {n} "
                           f"{what}")
     rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            cells = [c.strip() for c in text.split(",")]
-            if len(cells) != n:
-                raise ConfigError(f"{path}:{line_no}: {len(cells)} values, expected {n} (one "
-                                  f"per node, comma-separated)")
-            row = []
-            for col, cell in enumerate(cells, 1):
-                try:
-                    v = float(cell)
-                except ValueError:
-                    v = float("nan")
-                if not (math.isfinite(v) and valid(v)):
-                    raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not {not_valid}")
-                row.append(v)
-            rows.append(row)
+    for line_no, cells in csv_lines(path):
+        if len(cells) != n:
+            raise ConfigError(f"{path}:{line_no}: {len(cells)} values, expected {n} (one "
+                              f"per node, comma-separated)")
+        row = []
+        for col, cell in enumerate(cells, 1):
+            v = number(cell)
+            if not (math.isfinite(v) and valid(v)):
+                raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not {not_valid}")
+            row.append(v)
+        rows.append(row)
     if len(rows) != n:
         raise ConfigError(f"{path}: {len(rows)} rows, expected {n} (one per node)")
     return np.asarray(rows, np.float64)
@@ -61,7 +72,7 @@ def _valid_probability(v: float) -> bool:
     return 0 <= v < 1
 
 
-def loss_matrix(cfg: SimConfig) -> np.ndarray | None:
+def loss_matrix(cfg) -> np.ndarray | None:
     """(n, n) float32 per-link loss probabilities of `loss_file` (row = sender), or None."""
     if not cfg.loss_file:
         return None

@@ -54,6 +54,7 @@ from typing import NamedTuple
 import numpy as np
 
 from divjax.config_checks import ConfigError
+from divjax.pair_files import csv_lines, number
 
 COLUMNS = ("time_s", "node", "compute_s", "online", "upload_mbps", "download_mbps")
 REQUIRED = ("time_s", "node", "compute_s")
@@ -104,31 +105,23 @@ def read_trace(path: str) -> Trace:
 @functools.lru_cache(maxsize=8)
 def _read(path: str, _mtime: int, _size: int) -> Trace:
     header, rows, lines = None, [], []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            cells = [c.strip() for c in text.split(",")]
-            if header is None:
-                header = _header(path, line_no, cells)
-                continue
-            if len(cells) != len(header):
-                col = min(len(cells), len(header)) + 1
-                raise ConfigError(f"{path}:{line_no}:{col}: {len(cells)} values, expected "
-                                  f"{len(header)} (one per column: {','.join(header)})")
-            row = []
-            for col, cell in enumerate(cells, 1):
-                try:
-                    v = float(cell)
-                except ValueError:
-                    v = math.nan
-                if not math.isfinite(v):
-                    raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not a number "
-                                      f"(column {header[col - 1]})")
-                row.append(v)
-            rows.append(row)
-            lines.append(line_no)
+    for line_no, cells in csv_lines(path):
+        if header is None:
+            header = _header(path, line_no, cells)
+            continue
+        if len(cells) != len(header):
+            col = min(len(cells), len(header)) + 1
+            raise ConfigError(f"{path}:{line_no}:{col}: {len(cells)} values, expected "
+                              f"{len(header)} (one per column: {','.join(header)})")
+        row = []
+        for col, cell in enumerate(cells, 1):
+            v = number(cell)
+            if not math.isfinite(v):
+                raise ConfigError(f"{path}:{line_no}:{col}: {cell!r} is not a number "
+                                  f"(column {header[col - 1]})")
+            row.append(v)
+        rows.append(row)
+        lines.append(line_no)
     if header is None or not rows:
         raise ConfigError(f"{path}: no {'rows' if header else 'header'}: a trace is a header "
                           f"line ({','.join(REQUIRED)}[,online,upload_mbps,download_mbps]) and "

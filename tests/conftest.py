@@ -48,6 +48,14 @@ def assert_equals_reference(state, ref) -> None:
     np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
 
 
+def assert_lost_and_replaced_equal(state, ref, per: int = 1) -> None:
+    """The engine's lost messages (per receiver) and inbox replacements equal a reference
+    simulator's; `per`: fragments per counted message (the engine counts a baseline's full
+    model once per fragment)."""
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    assert int(state.counters.replaced.sum()) == per * ref.replaced
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

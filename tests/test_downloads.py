@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, reference_of, run_checked
+from conftest import (
+    assert_equals_reference,
+    assert_lost_and_replaced_equal,
+    reference_of,
+    run_checked,
+)
 
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.downloads import decode, fifo_deliveries
@@ -42,8 +47,7 @@ def test_downloads__engine_equals_reference_simulator(delivery, loss, jitter):
     run, state, metrics = run_checked(cfg, hp)
     ref = reference_of(run, hp)
     assert_equals_reference(state, ref)
-    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
-    assert int(state.counters.replaced.sum()) == ref.replaced
+    assert_lost_and_replaced_equal(state, ref)
     assert ref.replaced > 0                       # the "latest" look-ahead is exercised
     # the slow links lose messages, the ample one never does (loss 0)
     if loss == 0:
