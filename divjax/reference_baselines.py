@@ -51,6 +51,7 @@ class BaselineResult:
     replaced: int           # inbox entries overwritten by a newer one (policy "latest")
     log: list = field(default_factory=list)
     lost: np.ndarray | None = None  # (n,) fragments of full models to each receiver lost
+    dropped: np.ndarray | None = None  # (n,) fragments dropped from the queue going offline
 
 
 def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
@@ -86,7 +87,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     route = jax.jit(route) if route is not None else None
 
     params, k_sim = initial_models(cfg, task, layout, key)
-    end_of, _ = iteration_schedule(cfg, c, k_sim)   # churn: local only (nothing to send)
+    end_of, offline = iteration_schedule(cfg, c, k_sim)
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 
@@ -96,6 +97,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     enqueued = np.zeros(n, np.int64)
     lost_at = np.zeros(n, np.int64)                # fragments to node r lost on the way
     free_at = np.zeros(n, np.int64)                # sub-tick at which each link is idle
+    dropped = np.zeros(n, np.int64)                # fragments dropped when a node goes offline
+    on_link = [set() for _ in range(n)]            # ids of the models queued, not yet left
+    msg_id = itertools.count()
     inbox_sum: list[list] = [[] for _ in range(n)]
     inbox_latest: list[dict] = [{} for _ in range(n)]
     pings_now: list[list] = [[] for _ in range(n)]  # senders of pings arriving this tick
@@ -113,8 +117,13 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         start = max(int(free_at[i]), t * R)
         free_at[i] = start + int(model_units[i])
         enqueued[i] += 1
+        m = next(msg_id)
+        on_link[i].add(m)
         at(-(-int(free_at[i]) // R), 0, "leave", i, int(free_at[i]), receiver, payload, kind,
-           lost)
+           lost, m)
+
+    def offline_at(r, t):
+        return any(s_j <= t < e_j for s_j, e_j in offline[r].items())
 
     def receive(i, r, payload):
         delivered[r] += K
@@ -145,19 +154,32 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
 
     for i in range(n):
         at(end_of(i, 0), 2, "end", i)
+        for s_j in offline[i]:   # churn: going offline drops the queue (phase 1; no end then)
+            at(s_j, 1, "offline", i)
 
     while events and events[0][0] < T:
         t, _, _, kind, data = heapq.heappop(events)
         if kind == "leave":
-            i, end, r, payload, what, is_lost = data
+            i, end, r, payload, what, is_lost, m = data
+            if m not in on_link[i]:
+                continue   # dropped when its sender went offline
+            on_link[i].discard(m)
             sent[i] += 1
             if is_lost:   # sent, and lost on the way: it never arrives (K fragments)
                 lost_at[r] += K
             else:  # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
                 at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, payload, what)
             log.append((t, "sent", (i, r, what)))
+        elif kind == "offline":   # the queue and the model on the wire are dropped
+            (i,) = data
+            dropped[i] += K * len(on_link[i])
+            on_link[i].clear()
+            free_at[i] = min(int(free_at[i]), t * R)   # the link is empty from now on
         elif kind == "arrive":
             i, r, payload, what = data
+            if offline_at(r, t):   # churn: it reaches an offline node, and is lost
+                lost_at[r] += K
+                continue
             receive(i, r, payload)
             log.append((t, "arrive", (i, r, what)))
             if what == "ping":
@@ -213,4 +235,4 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 finish(j, t, new[j].astype(np.float32), opts[j])
 
     return BaselineResult(np.stack(params), sent, delivered, iterations, enqueued,
-                          counts["pongs"], counts["replaced"], log, lost_at)
+                          counts["pongs"], counts["replaced"], log, lost_at, dropped)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.compute_schedule import shortest_ticks
+from divjax.compute_schedule import is_offline, shortest_ticks
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import push
 from divjax.network import (
@@ -60,16 +60,21 @@ def model_units(table: LinkTable) -> jax.Array:
 
 def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
                             sender: jax.Array, active: jax.Array, position: jax.Array,
-                            t: jax.Array, K: int, receiver: jax.Array) -> Schedule:
+                            t: jax.Array, K: int, receiver: jax.Array,
+                            stop: jax.Array | None = None) -> Schedule:
     """Timing of full-model messages appended at tick t to the queues of C senders.
 
     Args:
       link_free: (n,) int32, every link's current end of queue (sub-ticks).
       sender: (C,) int32; active: (C, J) bool, which messages exist;
       position: (C, J) int32, each message's place among the messages appended now (0-based);
-      receiver: (C, J) int32, their receivers (for the pair's latency; padding may be n).
+      receiver: (C, J) int32, their receivers (for the pair's latency; padding may be n);
+      stop: optional (C,) int32, the tick the sender's queue is dropped (churn: it goes
+        offline; `compute_schedule.stop_tick`): a message is sent only if it has fully left the
+        link by then (at or before sub-tick stop * R).
     Returns: a Schedule with (C, J, K) fields (the K fragments of one message leave together);
-      drop_tick is unused (nothing is dropped). The new end of queue is `appended_link_free`.
+      drop_tick is `stop` (t without it: nothing is dropped). The new end of queue is
+      `appended_link_free`.
     """
     R, T = cfg.link_resolution, cfg.num_ticks
     safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
@@ -78,22 +83,28 @@ def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Arr
     leave_sub = start + (position + 1) * units                              # (C, J)
     leave_tick = (leave_sub + R - 1) // R
     sent = active & (leave_tick < T)
+    if stop is not None:
+        sent = sent & (leave_sub <= jnp.minimum(stop, T)[:, None] * R)
     n = table.compute_ticks.shape[0]
     lat = pair_latency_units(table, safe[:, None], jnp.minimum(receiver, n - 1))
     arrival = arrival_tick(leave_sub, lat, R)
     wide = lambda x: jnp.broadcast_to(x[..., None], x.shape + (K,))  # noqa: E731
+    enq = jnp.broadcast_to(t, safe.shape)
     return Schedule(wide(sent), wide(leave_tick), wide(arrival),
-                    jnp.broadcast_to(t, safe.shape), jnp.broadcast_to(t, safe.shape))
+                    enq if stop is None else stop, enq)
 
 
 def appended_link_free(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
                        sender: jax.Array, valid: jax.Array, count: jax.Array,
-                       t: jax.Array) -> jax.Array:
-    """link_free after C senders (valid) appended `count` (C,) full models at tick t."""
+                       t: jax.Array, stop: jax.Array | None = None) -> jax.Array:
+    """link_free after C senders (valid) appended `count` (C,) full models at tick t; with
+    `stop` (C,) (churn) the queue is dropped at that tick, so it ends by stop * R at the
+    latest (the next append, after the node is back online, starts on an empty link)."""
     R, T, n = cfg.link_resolution, cfg.num_ticks, link_free.shape[0]
     safe = jnp.minimum(sender, n - 1)
     start = jnp.maximum(link_free[safe], t * R)
-    new = jnp.minimum(start + count * model_units(table)[safe], T * R)
+    end = T if stop is None else jnp.minimum(stop, T)
+    new = jnp.minimum(start + count * model_units(table)[safe], end * R)
     return link_free.at[jnp.where(valid, sender, n)].set(new.astype(jnp.int32), mode="drop")
 
 
@@ -163,7 +174,8 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
 
 def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: jax.Array,
                      recv: jax.Array, payload: jax.Array, t: jax.Array,
-                     replaced_fn: Callable | None = None, lost: jax.Array | None = None):
+                     replaced_fn: Callable | None = None, lost: jax.Array | None = None,
+                     stop: jax.Array | None = None):
     """Append one full-model message per receiver recv[c, j] to each sender's queue, scatter
     them into the ring (as K fragments each) and time the counters.
 
@@ -172,7 +184,11 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
       node, valid: (C,); recv: (C, J) int32 receivers in queue order; payload: (C, K, F);
       replaced_fn: optional, Schedule (C, J, K) -> (C, J) bool, the messages a newer one from
         the same sender replaces in the receiver's inbox (inbox "latest"; see messages.push);
-      lost: optional (C, J) bool, the messages lost on the way (`network.message_lost`).
+      lost: optional (C, J) bool, the messages lost on the way (`network.message_lost`); with
+        churn, those that arrive at an offline receiver are lost too;
+      stop: optional (C,) int32, the tick each sender goes offline and drops its queue (churn):
+        what has not fully left its link by then is dropped, counted in `dropped` then (per
+        fragment) if that is within the run.
     Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
     """
     C, J = recv.shape
@@ -180,12 +196,20 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
     position = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (C, J))
     active = jnp.broadcast_to(valid[:, None], (C, J))
     sched = schedule_appended_queue(ctx.cfg, ctx.table, link_free, node, active, position, t, K,
-                                    recv)
+                                    recv, stop)
+    # dropped: the messages not sent when the sender goes offline within the run (without it,
+    # only the run's end keeps a message unsent: not a drop)
+    dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
+    if ctx.cfg.churn_rate:   # what arrives at an offline node is lost
+        offline = is_offline(ctx.table, recv, sched.arrival[..., 0])
+        lost = offline if lost is None else lost | offline
     replaced = None
-    if replaced_fn is not None:
-        replaced = jnp.broadcast_to(replaced_fn(sched)[..., None], (C, J, K))
+    if replaced_fn is not None:   # a lost message is never in an inbox to be replaced
+        rep = replaced_fn(sched)
+        replaced = jnp.broadcast_to((rep if lost is None else rep & ~lost)[..., None],
+                                    (C, J, K))
     inbox, counters, too_late = push(
-        ctx.cfg, state.inbox, state.counters, ctx.table, sched, node, jnp.zeros_like(valid),
+        ctx.cfg, state.inbox, state.counters, ctx.table, sched, node, dropping,
         jnp.broadcast_to(recv[..., None], (C, J, K)), payload, replaced,
         None if lost is None else jnp.broadcast_to(lost[..., None], (C, J, K)))
     state = state.replace(inbox=inbox, counters=counters)

@@ -9,6 +9,15 @@ the models sent, see `queue_length`). Nobody waits for anybody. At its iteration
 averages its model with the newest model of each sender that arrived since its last aggregation
 (inbox="latest", the authors' rule; inbox="sum" averages every copy that arrived).
 See ../../shared/paper.md.
+
+Churn (`--churn-rate`, `divjax.compute_schedule`), as for DivShare: an offline node does not
+train (its iteration is paused) and does not send. Going offline drops its whole appended queue
+and the model on the wire (what has not fully left its link at sub-tick off_start * R; counted
+in `dropped`, once per fragment like every full-model counter); back online, it appends to an
+empty link at its next iteration end. (The authors' Swift appends and never drops while the
+process lives; a node that leaves takes its queue with it.) A model that arrives at an offline
+node is lost (counted in `lost` at the receiver, as with `--loss-rate`) and replaces nothing in
+an inbox.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from divjax.algorithms.queues import (
     model_units,
     send_full_models,
 )
-from divjax.compute_schedule import end_tick, window_index, window_tick
+from divjax.compute_schedule import end_tick, is_offline, stop_tick, window_index, window_tick
 from divjax.config import SimConfig
 from divjax.messages import collect
 from divjax.network import (
@@ -97,13 +106,17 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         leave = (leave_sub + R - 1) // R
         arrival_i = arrival_tick(leave_sub, pair_latency_units(table, safe[:, None], recv_i), R)
         ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
+        stop_i = stop_tick(table, safe, t_i, jnp.int32(T))   # T, or going offline (churn)
         if cfg.loss_rate > 0:   # a newer model lost on the way replaces nothing
             ok_i = ok_i & ~jax.vmap(lambda k, j: message_lost(cfg, k, j[None], (s,))[0])(
                 keys_i.spare, safe)
+        if cfg.churn_rate:      # nor one dropped when its sender goes offline, nor one that
+            ok_i = ok_i & (leave_sub <= stop_i[:, None] * R) & ~is_offline(  # reaches an
+                table, recv_i, arrival_i)                                 # offline node
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
                 & (window_index(table, recv[:, :, None], arrival_i[:, None, :])
                    == window[:, :, None]))                                       # (C, s, s')
-        free = jnp.minimum(start + s * U, T * R)
+        free = jnp.minimum(start + s * U, stop_i * R)
         return i + 1, free, replaced | jnp.any(same, axis=2)
 
     _, _, replaced = jax.lax.while_loop(
@@ -126,18 +139,20 @@ def make_swift(cfg: SimConfig) -> Algorithm:
         if s > 0:
             recv = jax.vmap(lambda i: swift_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                    s))(safe)                      # (C, s)
+            # churn: the queue is dropped when the node next goes offline (None: never)
+            stop = (stop_tick(ctx.table, safe, t, jnp.int32(ctx.cfg.num_ticks))
+                    if ctx.cfg.churn_rate else None)
             link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
-                                           jnp.full((C,), s, jnp.int32), t)
+                                           jnp.full((C,), s, jnp.int32), t, stop)
             lost = message_lost(ctx.cfg, keys.spare, safe, (s,))                  # (C, s)
             replaced_fn = None
             if ctx.cfg.inbox == "latest":
-                def replaced_fn(sched):
-                    rep = replaced_by_newer(ctx, state.k_sim, node, valid, recv,
-                                            sched.arrival[..., 0], sched.sent[..., 0],
-                                            link_free[safe], t, state.iterations[safe])
-                    return rep if lost is None else rep & ~lost
+                def replaced_fn(sched):   # (lost ones are taken out by send_full_models)
+                    return replaced_by_newer(ctx, state.k_sim, node, valid, recv,
+                                             sched.arrival[..., 0], sched.sent[..., 0],
+                                             link_free[safe], t, state.iterations[safe])
             state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t,
-                                        replaced_fn, lost)
+                                        replaced_fn, lost, stop)
             inbox, counters = state.inbox, state.counters
             q = QueueState(link_free,
                            q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(
