@@ -26,7 +26,7 @@ import numpy as np
 
 from divjax import network
 from divjax.algorithms import ALGORITHMS
-from divjax.algorithms.adpsgd import adpsgd_routes
+from divjax.algorithms.adpsgd import adpsgd_routes, pong_lost
 from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
@@ -188,8 +188,11 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 pings_now[r].append(i)
         elif kind == "pong":
             (r,) = data
-            for j in sorted(pings_now[r]):  # every ping is answered, with r's latest snapshot
-                enqueue(r, t, j, latest[r].copy(), "pong")
+            spare = tick_keys(k_sim, t).spare
+            # every ping that arrived is answered, with r's latest snapshot
+            for m, j in enumerate(sorted(pings_now[r])):
+                lost = pong_lost(cfg, spare, jax.numpy.array([r]), m)
+                enqueue(r, t, j, latest[r].copy(), "pong", lost is not None and bool(lost[0]))
                 counts["pongs"] += 1
             pings_now[r] = []
         elif cfg.algorithm in ("swift", "adpsgd", "local"):
@@ -203,8 +206,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             if cfg.algorithm == "adpsgd":
                 latest[i] = trained.copy()
                 if s // 2 > 0:
-                    for r in np.asarray(route(keys.route, i)):
-                        enqueue(i, t, int(r), trained.copy(), "ping")
+                    lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s // 2,))
+                    lost = np.zeros(s // 2, bool) if lost is None else np.asarray(lost[0])
+                    for j, r in enumerate(np.asarray(route(keys.route, i))):
+                        enqueue(i, t, int(r), trained.copy(), "ping", bool(lost[j]))
             new = trained if cfg.algorithm == "local" else average_inbox(i, trained)
             finish(i, t, new, o)
         else:  # synchronous round end: every node ends now (same round length)

@@ -1,5 +1,6 @@
 """Churn and message loss for the baselines (issue 18): Swift with churn (going offline drops
-the appended queue, counted in `dropped`; what reaches an offline node is lost). The engine
+the appended queue, counted in `dropped`; what reaches an offline node is lost); AD-PSGD with
+loss (a lost ping is never answered, a lost pong is lost; both counted at their receiver). The engine
 equals the reference simulator (parameters and counters: sent, delivered, lost, dropped,
 replaced); a churn rate that takes no node offline within the run gives the bits of no churn;
 what is still not modelled is refused with the fix."""
@@ -76,6 +77,39 @@ def test_swift_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
         np.testing.assert_array_equal(np.asarray(getattr(tiny.counters, name)),
                                       np.asarray(getattr(base.counters, name)))
     assert int(tiny.counters.dropped.sum()) == 0
+
+
+@pytest.mark.parametrize("delivery,inbox,jitter", [("arrival_tick", "latest", 0.0),
+                                                   ("receiver_iteration", "latest", 0.3),
+                                                   ("arrival_tick", "sum", 0.0)])
+def test_adpsgd_loss__engine_equals_reference_simulator(delivery, inbox, jitter):
+    cfg = base_config(algorithm="adpsgd", fanout=4, delivery=delivery, inbox=inbox,
+                      compute_jitter=jitter, loss_rate=0.3)
+    hp = uneven_hparams(cfg)
+    run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
+                                       inbox_policy=inbox)
+    assert_counters_equal(run, state, ref, metrics)
+    np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
+    assert ref.lost.sum() > 0
+    # pings and pongs both get lost: fewer pongs than pings sent (lost pings are unanswered)
+    pings = int(np.asarray(state.algo_state.ping_tail).sum())
+    assert 0 < ref.pongs < pings
+    assert 0.15 < ref.lost.sum() / ref.sent.sum() < 0.45       # about loss_rate of what left
+
+
+def test_adpsgd_loss__a_rate_that_loses_nothing_changes_no_bit():
+    """loss_rate 1e-9 (the lossy code paths, pings and pongs, nothing lost): the bits and
+    counters of loss_rate 0."""
+    cfg = base_config(algorithm="adpsgd", fanout=4, delivery="arrival_tick")
+    hp = uneven_hparams(cfg)
+    _, base, _ = run_checked(cfg, hp)
+    _, tiny, _ = run_checked(cfg.replace(loss_rate=1e-9), hp)
+    np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
+    for name in ("sent", "delivered", "replaced", "lost"):
+        np.testing.assert_array_equal(np.asarray(getattr(tiny.counters, name)),
+                                      np.asarray(getattr(base.counters, name)))
+    assert int(tiny.counters.lost.sum()) == 0
 
 
 def test_baseline_churn__algorithms_not_modelled_are_refused():

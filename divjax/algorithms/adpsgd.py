@@ -27,6 +27,12 @@ Within one tick, arrivals come first, then pongs (in increasing order of the pin
 then iteration ends; a pong answering a ping that arrives at the tick its receiver finishes an
 iteration carries the receiver's previous snapshot.
 
+Message loss (`--loss-rate p`): every ping and every pong is lost on the way independently with
+probability p (pings: `network.message_lost` from the tick's spare key and the sender, as for
+Swift; the m-th pong a node queues at a tick: from a key of its own, `pong_lost`). A lost
+message occupies its sender's link and counts as sent, never arrives, and is counted in `lost`
+at its receiver; a lost ping is never answered, and a lost message replaces nothing in an inbox.
+
 Ring sizing: pong times depend on the random pings, so the rings are sized for the run's horizon
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
 delay beyond the rings raises ERR_RING_TOO_SHORT, never a silent drop.
@@ -58,9 +64,9 @@ from divjax.algorithms.queues import (
     schedule_appended_queue,
 )
 from divjax.compute_schedule import longest_ticks, shortest_ticks, window_index
-from divjax.config import ConfigError, SimConfig
+from divjax.config import SimConfig
 from divjax.messages import Inbox, collect, push
-from divjax.network import latency_ticks
+from divjax.network import latency_ticks, message_lost
 from divjax.rows import add_rows, get_rows, padded_rows
 from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
@@ -81,6 +87,8 @@ class ADPSGDState(NamedTuple):
     last_arrival: jax.Array  # (n, n) int32: its arrival tick
     last_version: jax.Array  # (n, n) int32: its snapshot version
 
+
+PONG_STREAM = 2**31 - 1   # fold_in constant of the pongs' loss draws (the spare key's stream)
 
 # Pongs are scheduled and scattered PONG_CHUNK responders at a time (the m-th pong of each,
 # then the next m): the work of a tick follows the pongs that arrive, not n full models per pass.
@@ -171,6 +179,15 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     return inbox, counters, a, replaced, lost
 
 
+def pong_lost(cfg: SimConfig, k_spare: jax.Array, responder: jax.Array, m: jax.Array
+              ) -> jax.Array | None:
+    """(B,) bool: whether the m-th pong each of B `responder`s queues at a tick is lost, from
+    the tick's spare key (a stream apart from the pings': fold_in PONG_STREAM, then m, then the
+    responder). None without loss."""
+    return message_lost(cfg, jax.random.fold_in(jax.random.fold_in(k_spare, PONG_STREAM), m),
+                        responder, ())
+
+
 def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
                   p: int) -> jax.Array:
     """(p,) int32 neighbours of `node` drawn uniformly WITH replacement, in queue order."""
@@ -220,9 +237,6 @@ def arrived_pings(a, t: jax.Array, n: int) -> jax.Array:
 
 
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
-    if cfg.loss_rate > 0:
-        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for adpsgd yet (DivShare "
-                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     p = cfg.fanout // 2
     latest_rule = cfg.inbox == "latest"
 
@@ -260,19 +274,24 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 jnp.broadcast_to(valid[:, None], (C, p)),
                 jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv)
             sent = sched.sent[..., 0]
+            lost = message_lost(ctx.cfg, keys.spare, safe, (p,))                 # (C, p)
+            arrives = sent if lost is None else sent & ~lost
             inbox, counters, replaced = state.inbox, state.counters, None
             if latest_rule:
-                inbox, counters, a, rep, lost = retract_replaced(
-                    ctx.cfg, ctx.table, inbox, counters, a, node, recv, sent,
+                inbox, counters, a, rep, short = retract_replaced(
+                    ctx.cfg, ctx.table, inbox, counters, a, node, recv, arrives,
                     sched.arrival[..., 0], version, t)
                 replaced = jnp.broadcast_to(rep[..., None], (C, p, K))
-                state = flag_error(state, jnp.where(lost, ERR_HISTORY, 0), t)
+                state = flag_error(state, jnp.where(short, ERR_HISTORY, 0), t)
             inbox, counters, too_late = push(
                 ctx.cfg, inbox, counters, ctx.table, sched, node, jnp.zeros_like(valid),
-                jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced)
+                jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced,
+                None if lost is None else jnp.broadcast_to(lost[..., None], (C, p, K)))
             state = flag_error(state.replace(inbox=inbox, counters=counters),
                                jnp.where(too_late, ERR_RING_TOO_SHORT, 0), t)
-            a, overflow = record_pings(a, node, recv, sent, sched.arrival[..., 0], t, n)
+            # a lost ping takes its slot in the ping table but never arrives (-1): unanswered
+            a, overflow = record_pings(a, node, recv, sent,
+                                       jnp.where(arrives, sched.arrival[..., 0], -1), t, n)
             state = flag_error(state, jnp.where(overflow, ERR_RING_TOO_SHORT, 0), t)
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
@@ -285,7 +304,6 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
 
     def on_tick(ctx: Context, state, keys, t):
         """Answer the pings arriving at tick t with pongs carrying the latest models."""
-        del keys  # pongs draw nothing
         n = ctx.cfg.n_nodes
         count = arrived_pings(state.algo_state, t, n)                          # (recv, send)
         total = jnp.sum(count, axis=1)                                         # (n,) pongs
@@ -300,7 +318,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             none = jnp.zeros((B,), bool)
 
             def body(carry):
-                m, c, inbox, counters, a, late, lost = carry
+                m, c, inbox, counters, a, late, short = carry
                 # chunk c of the nodes that send an m-th pong now, in increasing id (n: none)
                 active = total > m
                 order = jnp.pad(jnp.sort(jnp.where(active, ids, n)), (0, B), constant_values=n)
@@ -312,19 +330,25 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 valid[:, None], jnp.full((B, 1), m, jnp.int32),
                                                 t, K, target[:, None])
+                lost_p = pong_lost(ctx.cfg, keys.spare, safe, m)                      # (B,)
+                arrives = sched.sent[..., 0]
+                if lost_p is not None:
+                    arrives = arrives & ~lost_p[:, None]
                 if latest_rule:
-                    inbox, counters, a, _, lost_m = retract_replaced(
+                    inbox, counters, a, _, short_m = retract_replaced(
                         ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
-                        sched.sent[..., 0], sched.arrival[..., 0], state.iterations[safe], t)
-                    lost = lost | lost_m
+                        arrives, sched.arrival[..., 0], state.iterations[safe], t)
+                    short = short | short_m
                 inbox, counters, too_late = push(
                     ctx.cfg, inbox, counters, ctx.table, sched, sender, none,
-                    jnp.broadcast_to(target[:, None, None], (B, 1, K)), a.latest[safe])
+                    jnp.broadcast_to(target[:, None, None], (B, 1, K)), a.latest[safe], None,
+                    None if lost_p is None else jnp.broadcast_to(lost_p[:, None, None],
+                                                                 (B, 1, K)))
                 more = (c + 1) * B < jnp.sum(active)
                 return (jnp.where(more, m, m + 1), jnp.where(more, c + 1, 0), inbox, counters,
-                        a, late | too_late, lost)
+                        a, late | too_late, short)
 
-            _, _, inbox, counters, a, late, lost = jax.lax.while_loop(
+            _, _, inbox, counters, a, late, short = jax.lax.while_loop(
                 lambda c: c[0] < jnp.max(total), body,
                 (jnp.int32(0), jnp.int32(0), state.inbox, state.counters, a,
                  jnp.bool_(False), jnp.bool_(False)))
@@ -332,7 +356,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                                               total > 0, total, t),
                            q.enqueued + total)
             state = flag_error(state, jnp.where(late, ERR_RING_TOO_SHORT, 0), t)
-            state = flag_error(state, jnp.where(lost, ERR_HISTORY, 0), t)
+            state = flag_error(state, jnp.where(short, ERR_HISTORY, 0), t)
             return state.replace(inbox=inbox, counters=counters,
                                  algo_state=a._replace(queue=q))
 
