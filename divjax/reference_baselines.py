@@ -223,18 +223,32 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             trained, opts, keys = {}, {}, None
             for j in ends:
                 trained[j], opts[j], keys = train(j, t)
+            def lost_of(j, shape):   # which of j's models this round are lost on the way
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([j]), shape)
+                return np.zeros(shape, bool) if lost is None else np.asarray(lost[0])
             if cfg.algorithm == "dpsgd":
                 W = metropolis_hastings(adj)
+                got = {r: {r} for r in ends}     # the models r mixes (its own always)
                 for j in ends:  # every node sends its model to each neighbour, one at a time
+                    lost = lost_of(j, (n,))
                     for r in np.flatnonzero(adj[j]):
                         sent[j] += 1
-                        delivered[r] += K
-                new = {r: sum(np.float32(W[r, j]) * trained[j] for j in ends) for r in ends}
+                        if lost[r]:   # r mixes its own model in its place
+                            lost_at[r] += K
+                        else:
+                            delivered[r] += K
+                            got[r].add(j)
+                new = {r: sum(np.float32(W[r, j]) * trained[j if j in got[r] else r]
+                              for j in ends) for r in ends}
             else:  # epidemic
                 for j in ends:
-                    for r in np.asarray(route(keys.route, j)):
+                    lost = lost_of(j, (s,))
+                    for q, r in enumerate(np.asarray(route(keys.route, j))):
                         sent[j] += 1
-                        receive(j, int(r), trained[j])
+                        if lost[q]:
+                            lost_at[int(r)] += K
+                        else:
+                            receive(j, int(r), trained[j])
                 new = {r: average_inbox(r, trained[r]) for r in ends}
             for j in ends:
                 finish(j, t, new[j].astype(np.float32), opts[j])

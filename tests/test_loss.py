@@ -61,9 +61,7 @@ def test_loss__bad_values_and_unsupported_algorithms_are_refused():
     for value in (-0.1, 1.0, float("nan")):
         with pytest.raises(ConfigError, match="loss_rate"):
             lossy_config(loss_rate=value)
-    for algorithm in ("dpsgd", "epidemic"):   # adpsgd: tests/test_baseline_churn_loss.py
-        with pytest.raises(ConfigError, match="not modelled for"):
-            make_run(lossy_config(algorithm=algorithm, fanout=2))
+    # every algorithm models loss now (baselines: tests/test_baseline_churn_loss.py)
 
 
 def write_loss_file(tmp_path, p: np.ndarray) -> str:

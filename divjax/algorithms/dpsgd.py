@@ -9,6 +9,12 @@ node's model to all of its neighbours one after another, plus the largest latenc
 therefore ends its round at the same tick, and mixes there (`sync_iteration_end`).
 Counters: node i sends deg_i full models per round (counted once per fragment, like every full
 model message in divjax, see divjax.algorithms.queues), counted at the round end.
+
+Message loss (`--loss-rate p`): every model sent is lost independently with probability p
+(`network.message_lost` from the round's spare key and the sender, one draw per receiver id);
+it counts as sent, is counted in `lost` at its receiver, and the receiver mixes its own model in
+its place: x_r = y_r + sum over the models that arrived of W_rj (y_j - y_r) (rows stay
+stochastic; no loss gives x = W y).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.queues import sync_round_timing
-from divjax.config import ConfigError, SimConfig
+from divjax.config import SimConfig
+from divjax.network import message_lost
 from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.topology import adjacency, metropolis_hastings
 
@@ -67,8 +74,9 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
       sent_per_node: (n,) int32 full models each node sends per round (counted per fragment,
         for this call's nodes).
       mix: mix(y (n, K, F), handled (n,) bool) -> (x (n, K, F) mixed models of every node,
-        received (n,) int32 full models each node received this round), called once per round
-        with y the post-training models (rows of nodes that did not train: their models).
+        received (n,) int32 full models each node received this round[, lost (n,) int32 full
+        models to each node lost on the way]), called once per round with y the post-training
+        models (rows of nodes that did not train: their models).
     Returns: (state, params_after (C, K, F)).
     """
     n, K = ctx.cfg.n_nodes, trained.shape[1]
@@ -80,27 +88,25 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
 
     def close(_):
         y = set_rows(state.params, (drop,), trained)                   # (n, K, F) post-training
-        x, received = mix(y, handled)
+        x, received, *lost = mix(y, handled)
         params = state.params
         if closes is not True:  # the earlier chunks' nodes take their mixed models too
             params = jnp.where(handled[:, None, None], x, params)
-        return params, get_rows(x, (safe,)), counters.delivered + K * received
+        lost = counters.lost + K * lost[0] if lost else counters.lost
+        return params, get_rows(x, (safe,)), counters.delivered + K * received, lost
 
     def wait(_):
-        return state.params, trained, counters.delivered
+        return state.params, trained, counters.delivered, counters.lost
 
     if closes is True:
-        params, after, delivered = close(None)
+        params, after, delivered, lost = close(None)
     else:
-        params, after, delivered = jax.lax.cond(closes, close, wait, None)
-    counters = counters._replace(sent=sent, delivered=delivered)
+        params, after, delivered, lost = jax.lax.cond(closes, close, wait, None)
+    counters = counters._replace(sent=sent, delivered=delivered, lost=lost)
     return state.replace(params=params, counters=counters), after
 
 
 def make_dpsgd(cfg: SimConfig) -> Algorithm:
-    if cfg.loss_rate > 0:
-        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for dpsgd yet (DivShare "
-                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     @functools.cache
     def graph() -> tuple[np.ndarray, np.ndarray]:
         """(W (n, n) Metropolis-Hastings weights, degrees (n,) int32), built on first use (the
@@ -113,15 +119,23 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
         return ()
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        del keys  # deterministic mixing
         W_np, deg_np = graph()
         deg = jnp.asarray(deg_np)
+        n = ctx.cfg.n_nodes
 
         def mix(y, handled):
             del handled  # a node that does not train (capacity overflow) still mixes as is
             W = jnp.asarray(W_np, jnp.float32)
-            x = jnp.einsum("ij,jkf->ikf", W, y)
-            return x, deg
+            lost = message_lost(ctx.cfg, keys.spare, jnp.arange(n, dtype=jnp.int32), (n,))
+            if lost is None:
+                return jnp.einsum("ij,jkf->ikf", W, y), deg
+            # lost[j, r]: node j's model to r is lost; [r, j] of the edges that lost one
+            gone = jnp.asarray(W_np > 0) & ~jnp.eye(n, dtype=bool) & lost.T
+            W_got = jnp.where(gone, 0.0, W)
+            x = (jnp.einsum("ij,jkf->ikf", W_got, y)
+                 + jnp.sum(jnp.where(gone, W, 0.0), axis=1)[:, None, None] * y)
+            missing = jnp.sum(gone, axis=1).astype(jnp.int32)
+            return x, deg - missing, missing
 
         return sync_iteration_end(ctx, state, node, valid, trained, t, deg, mix)
 

@@ -8,6 +8,11 @@ A round lasts the slowest compute time, plus the time the slowest link needs to 
 full models one after another, plus the largest latency (`sync_round_timing`); every node ends
 its round at the same tick and mixes there, also when the engine hands the round's nodes over in
 chunks (`dpsgd.sync_iteration_end`). Counters as for D-PSGD (once per fragment).
+
+Message loss (`--loss-rate p`): every model sent is lost independently with probability p
+(`network.message_lost` from the round's spare key and the sender, one draw per peer in send
+order); it counts as sent, is counted in `lost` at its receiver, and the receiver averages only
+what arrived.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.algorithms.dpsgd import sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
-from divjax.config import ConfigError, SimConfig
+from divjax.config import SimConfig
+from divjax.network import message_lost
 
 
 def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -29,9 +35,6 @@ def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
 
 
 def make_epidemic(cfg: SimConfig) -> Algorithm:
-    if cfg.loss_rate > 0:
-        raise ConfigError(f"loss_rate={cfg.loss_rate} is not modelled for epidemic yet (DivShare "
-                          f"and Swift only): use --loss-rate 0 or --algorithm divshare/swift")
     s = cfg.fanout
 
     def init(ctx: Context, params):
@@ -49,11 +52,17 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
             recv = jax.vmap(lambda i: epidemic_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                       s))(sender)                 # (n, s)
             recv = jnp.where(handled[:, None], recv, n)
-            # A[r, i] = 1 if i sent its model to r this round
-            A = jnp.zeros((n, n), jnp.float32).at[recv, sender[:, None]].add(1.0, mode="drop")
+            lost = message_lost(ctx.cfg, keys.spare, sender, (s,))               # (n, s)
+            arrived = recv if lost is None else jnp.where(lost, n, recv)
+            # A[r, i] = 1 if i's model sent to r this round arrived
+            A = jnp.zeros((n, n), jnp.float32).at[arrived, sender[:, None]].add(1.0, mode="drop")
             got = jnp.sum(A, axis=1)
             x = average_with_inbox(y, jnp.einsum("ri,ikf->rkf", A, y), got[:, None])
-            return x, got.astype(jnp.int32)
+            if lost is None:
+                return x, got.astype(jnp.int32)
+            missing = jnp.zeros((n,), jnp.int32).at[jnp.where(lost, recv, n)].add(
+                1, mode="drop")
+            return x, got.astype(jnp.int32), missing
 
         return sync_iteration_end(ctx, state, node, valid, trained, t,
                                   jnp.full((n,), s, jnp.int32), mix)
