@@ -32,6 +32,10 @@ probability p (pings: `network.message_lost` from the tick's spare key and the s
 Swift; the m-th pong a node queues at a tick: from a key of its own, `pong_lost`). A lost
 message occupies its sender's link and counts as sent, never arrives, and is counted in `lost`
 at its receiver; a lost ping is never answered, and a lost message replaces nothing in an inbox.
+Churn (`--churn-rate`), as for Swift: an offline node does not train (its iteration is paused),
+going offline drops its queue (pings and pongs not fully sent; counted in `dropped`), and a ping
+or pong that arrives at an offline node is lost (a ping then goes unanswered). `history_depth`
+ignores offline pauses: a window spanning one may raise ERR_HISTORY (raise --inbox-history).
 
 Ring sizing: pong times depend on the random pings, so the rings are sized for the run's horizon
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
@@ -60,7 +64,9 @@ from divjax.algorithms.queues import (
     appended_link_free,
     check_link_clock,
     init_queue_state,
+    lost_or_offline,
     model_units,
+    queue_stop,
     schedule_appended_queue,
 )
 from divjax.compute_schedule import longest_ticks, shortest_ticks, window_index
@@ -269,12 +275,16 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             recv = jax.vmap(lambda i: adpsgd_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                     p))(safe)                     # (C, p)
             K = trained.shape[1]
+            stop = queue_stop(ctx.cfg, ctx.table, node, t)         # churn: None or (C,)
             sched = schedule_appended_queue(
                 ctx.cfg, ctx.table, a.queue.link_free, node,
                 jnp.broadcast_to(valid[:, None], (C, p)),
-                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv)
+                jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv, stop)
             sent = sched.sent[..., 0]
-            lost = message_lost(ctx.cfg, keys.spare, safe, (p,))                 # (C, p)
+            lost = lost_or_offline(ctx.cfg, ctx.table,
+                                   message_lost(ctx.cfg, keys.spare, safe, (p,)), recv,
+                                   sched.arrival[..., 0])                          # (C, p)
+            dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
             arrives = sent if lost is None else sent & ~lost
             inbox, counters, replaced = state.inbox, state.counters, None
             if latest_rule:
@@ -284,7 +294,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 replaced = jnp.broadcast_to(rep[..., None], (C, p, K))
                 state = flag_error(state, jnp.where(short, ERR_HISTORY, 0), t)
             inbox, counters, too_late = push(
-                ctx.cfg, inbox, counters, ctx.table, sched, node, jnp.zeros_like(valid),
+                ctx.cfg, inbox, counters, ctx.table, sched, node, dropping,
                 jnp.broadcast_to(recv[..., None], (C, p, K)), trained, replaced,
                 None if lost is None else jnp.broadcast_to(lost[..., None], (C, p, K)))
             state = flag_error(state.replace(inbox=inbox, counters=counters),
@@ -295,7 +305,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             state = flag_error(state, jnp.where(overflow, ERR_RING_TOO_SHORT, 0), t)
             q = QueueState(
                 appended_link_free(ctx.cfg, ctx.table, a.queue.link_free, node, valid,
-                                   jnp.full((C,), p, jnp.int32), t),
+                                   jnp.full((C,), p, jnp.int32), t, stop),
                 a.queue.enqueued.at[drop].add(p, mode="drop"))
             a = a._replace(queue=q)
         inbox, got_total, got_count = collect(ctx.cfg, state.inbox, node, valid, ctx.table, t)
@@ -327,23 +337,27 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 safe = jnp.minimum(sender, n - 1)
                 # node r's m-th pong goes to the pinging node j with cum[r, j-1] <= m < cum[r, j]
                 target = jnp.minimum(jnp.sum(cum[safe] <= m, axis=1), n - 1).astype(jnp.int32)
+                stop = queue_stop(ctx.cfg, ctx.table, sender, t)     # churn: None or (B,)
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 valid[:, None], jnp.full((B, 1), m, jnp.int32),
-                                                t, K, target[:, None])
+                                                t, K, target[:, None], stop)
                 lost_p = pong_lost(ctx.cfg, keys.spare, safe, m)                      # (B,)
+                lost_p = lost_or_offline(ctx.cfg, ctx.table,
+                                         None if lost_p is None else lost_p[:, None],
+                                         target[:, None], sched.arrival[..., 0])     # (B, 1)
                 arrives = sched.sent[..., 0]
                 if lost_p is not None:
-                    arrives = arrives & ~lost_p[:, None]
+                    arrives = arrives & ~lost_p
                 if latest_rule:
                     inbox, counters, a, _, short_m = retract_replaced(
                         ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None],
                         arrives, sched.arrival[..., 0], state.iterations[safe], t)
                     short = short | short_m
                 inbox, counters, too_late = push(
-                    ctx.cfg, inbox, counters, ctx.table, sched, sender, none,
+                    ctx.cfg, inbox, counters, ctx.table, sched, sender,
+                    none if stop is None else valid & (stop < ctx.cfg.num_ticks),
                     jnp.broadcast_to(target[:, None, None], (B, 1, K)), a.latest[safe], None,
-                    None if lost_p is None else jnp.broadcast_to(lost_p[:, None, None],
-                                                                 (B, 1, K)))
+                    None if lost_p is None else jnp.broadcast_to(lost_p[..., None], (B, 1, K)))
                 more = (c + 1) * B < jnp.sum(active)
                 return (jnp.where(more, m, m + 1), jnp.where(more, c + 1, 0), inbox, counters,
                         a, late | too_late, short)
@@ -352,8 +366,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 lambda c: c[0] < jnp.max(total), body,
                 (jnp.int32(0), jnp.int32(0), state.inbox, state.counters, a,
                  jnp.bool_(False), jnp.bool_(False)))
-            q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, ids,
-                                              total > 0, total, t),
+            q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, ids, total > 0,
+                                              total, t, queue_stop(ctx.cfg, ctx.table, ids, t)),
                            q.enqueued + total)
             state = flag_error(state, jnp.where(late, ERR_RING_TOO_SHORT, 0), t)
             state = flag_error(state, jnp.where(short, ERR_HISTORY, 0), t)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.compute_schedule import is_offline, shortest_ticks
+from divjax.compute_schedule import is_offline, shortest_ticks, stop_tick
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import push
 from divjax.network import (
@@ -51,6 +51,24 @@ class QueueState(NamedTuple):
 def init_queue_state(n: int) -> QueueState:
     z = jnp.zeros((n,), jnp.int32)
     return QueueState(z, z)
+
+
+def queue_stop(cfg: SimConfig, table: LinkTable, node: jax.Array, t: jax.Array
+               ) -> jax.Array | None:
+    """(C,) int32: the tick at which nodes that queue at tick t (online then) drop their queue
+    when they next go offline (churn; at most the run's end T); None without churn."""
+    if not cfg.churn_rate:
+        return None
+    return stop_tick(table, jnp.minimum(node, cfg.n_nodes - 1), t, jnp.int32(cfg.num_ticks))
+
+
+def lost_or_offline(cfg: SimConfig, table: LinkTable, lost: jax.Array | None,
+                    receiver: jax.Array, arrival: jax.Array) -> jax.Array | None:
+    """`lost` (or None), and with churn also the messages that arrive at an offline node."""
+    if not cfg.churn_rate:
+        return lost
+    offline = is_offline(table, jnp.minimum(receiver, cfg.n_nodes - 1), arrival)
+    return offline if lost is None else lost | offline
 
 
 def model_units(table: LinkTable) -> jax.Array:
@@ -200,9 +218,7 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
     # dropped: the messages not sent when the sender goes offline within the run (without it,
     # only the run's end keeps a message unsent: not a drop)
     dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
-    if ctx.cfg.churn_rate:   # what arrives at an offline node is lost
-        offline = is_offline(ctx.table, recv, sched.arrival[..., 0])
-        lost = offline if lost is None else lost | offline
+    lost = lost_or_offline(ctx.cfg, ctx.table, lost, recv, sched.arrival[..., 0])
     replaced = None
     if replaced_fn is not None:   # a lost message is never in an inbox to be replaced
         rep = replaced_fn(sched)
