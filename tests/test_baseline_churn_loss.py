@@ -8,13 +8,16 @@ simulator (parameters and counters: sent, delivered, lost, dropped, replaced); a
 no node offline or loses nothing gives the bits of none; what is still not modelled is refused
 with the fix."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_equals_reference, run_checked
 
-from divjax import reference_baselines
+from divjax import reference_baselines, traces
+from divjax.algorithms.swift import queue_length
 from divjax.config import ConfigError, SimConfig, default_hparams
 
 
@@ -61,6 +64,10 @@ def test_swift_churn__engine_equals_reference_simulator(delivery, inbox, jitter,
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
                                        jax.random.key(seed), inbox_policy=inbox)
     assert_counters_equal(run, state, ref, metrics)
+    np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
+    K = run.engine.layout.K     # what is still queued at the end: neither sent nor dropped
+    np.testing.assert_array_equal(np.asarray(queue_length(state)),
+                                  ref.enqueued - ref.sent[:, 0] - ref.dropped // K)
     # the features are exercised: arrivals at offline nodes lost, queues dropped going offline
     assert ref.lost.sum() > 0 and ref.dropped.sum() > 0
     if inbox == "latest":
@@ -178,3 +185,20 @@ def test_baseline_churn__algorithms_not_modelled_are_refused():
     for algorithm in ("dpsgd", "epidemic"):
         with pytest.raises(ConfigError, match="--churn-rate 0"):
             base_config(algorithm=algorithm, churn_rate=0.3)
+
+
+@pytest.mark.filterwarnings("ignore:.*download_mbps column is not used")
+@pytest.mark.parametrize("algorithm", ["swift", "adpsgd"])
+def test_trace_offline__swift_and_adpsgd_equal_reference_simulator(monkeypatch, algorithm):
+    """A trace's offline rows act as churn does (the engine keys on `has_offline`). traces.py
+    still refuses them for swift and adpsgd (OFFLINE_ALGORITHMS): lifted here only."""
+    monkeypatch.setattr(traces, "OFFLINE_ALGORITHMS", ("divshare", "local", "swift", "adpsgd"))
+    path = Path(__file__).parent / "data" / "trace_tiny.csv"
+    cfg = base_config(algorithm=algorithm, fanout=4 if algorithm == "adpsgd" else 2,
+                      trace_file=str(path))
+    hp = traces.trace_hparams(cfg, default_hparams(cfg))
+    run, state, metrics = run_checked(cfg, hp)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
+                                       inbox_policy="latest")
+    assert_counters_equal(run, state, ref, metrics)
+    assert ref.lost.sum() > 0 and ref.dropped.sum() > 0

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.compute_schedule import is_offline, shortest_ticks, stop_tick
+from divjax.compute_schedule import has_offline, is_offline, shortest_ticks, stop_tick
 from divjax.config import ConfigError, SimConfig
 from divjax.messages import push
 from divjax.network import (
@@ -56,16 +56,18 @@ def init_queue_state(n: int) -> QueueState:
 def queue_stop(cfg: SimConfig, table: LinkTable, node: jax.Array, t: jax.Array
                ) -> jax.Array | None:
     """(C,) int32: the tick at which nodes that queue at tick t (online then) drop their queue
-    when they next go offline (churn; at most the run's end T); None without churn."""
-    if not cfg.churn_rate:
+    when they next go offline (churn, a trace; at most the run's end T); None when no node
+    goes offline."""
+    if not has_offline(cfg):
         return None
     return stop_tick(table, jnp.minimum(node, cfg.n_nodes - 1), t, jnp.int32(cfg.num_ticks))
 
 
 def lost_or_offline(cfg: SimConfig, table: LinkTable, lost: jax.Array | None,
                     receiver: jax.Array, arrival: jax.Array) -> jax.Array | None:
-    """`lost` (or None), and with churn also the messages that arrive at an offline node."""
-    if not cfg.churn_rate:
+    """`lost` (or None), and with churn (or a trace's offline rows) also the messages that
+    arrive at an offline node."""
+    if not has_offline(cfg):
         return lost
     offline = is_offline(table, jnp.minimum(receiver, cfg.n_nodes - 1), arrival)
     return offline if lost is None else lost | offline

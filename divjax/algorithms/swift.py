@@ -10,14 +10,14 @@ averages its model with the newest model of each sender that arrived since its l
 (inbox="latest", the authors' rule; inbox="sum" averages every copy that arrived).
 See ../../shared/paper.md.
 
-Churn (`--churn-rate`, `divjax.compute_schedule`), as for DivShare: an offline node does not
-train (its iteration is paused) and does not send. Going offline drops its whole appended queue
-and the model on the wire (what has not fully left its link at sub-tick off_start * R; counted
-in `dropped`, once per fragment like every full-model counter); back online, it appends to an
-empty link at its next iteration end. (The authors' Swift appends and never drops while the
-process lives; a node that leaves takes its queue with it.) A model that arrives at an offline
-node is lost (counted in `lost` at the receiver, as with `--loss-rate`) and replaces nothing in
-an inbox.
+Churn (`--churn-rate`, or a trace's offline rows; `divjax.compute_schedule`), as for DivShare:
+an offline node does not train (its iteration is paused) and does not send. Going offline drops
+its whole appended queue and the model on the wire (what has not fully left its link at
+sub-tick off_start * R; counted in `dropped`, once per fragment like every full-model counter);
+back online, it appends to an empty link at its next iteration end. (The authors' Swift
+appends and never drops while the process lives; a node that leaves takes its queue with it.)
+A model that arrives at an offline node is lost (counted in `lost` at the receiver, as with
+`--loss-rate`) and replaces nothing in an inbox.
 """
 
 from __future__ import annotations
@@ -34,9 +34,17 @@ from divjax.algorithms.queues import (
     appended_queue_longest_delay,
     init_queue_state,
     model_units,
+    queue_stop,
     send_full_models,
 )
-from divjax.compute_schedule import end_tick, is_offline, stop_tick, window_index, window_tick
+from divjax.compute_schedule import (
+    end_tick,
+    has_offline,
+    is_offline,
+    stop_tick,
+    window_index,
+    window_tick,
+)
 from divjax.config import SimConfig
 from divjax.messages import collect
 from divjax.network import (
@@ -61,8 +69,10 @@ def swift_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
 
 
 def queue_length(state) -> jax.Array:
-    """(n,) full models queued but not yet fully sent (Swift, AD-PSGD): the queue length."""
-    return state.algo_state.queue.enqueued - state.counters.sent[:, 0]
+    """(n,) full models queued but neither fully sent nor dropped going offline (Swift,
+    AD-PSGD; counters count a model once per fragment): the queue length."""
+    c = state.counters
+    return state.algo_state.queue.enqueued - c.sent[:, 0] - c.dropped // c.sent.shape[1]
 
 
 def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
@@ -110,7 +120,7 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         if cfg.loss_rate > 0:   # a newer model lost on the way replaces nothing
             ok_i = ok_i & ~jax.vmap(lambda k, j: message_lost(cfg, k, j[None], (s,))[0])(
                 keys_i.spare, safe)
-        if cfg.churn_rate:      # nor one dropped when its sender goes offline, nor one that
+        if has_offline(cfg):    # nor one dropped when its sender goes offline, nor one that
             ok_i = ok_i & (leave_sub <= stop_i[:, None] * R) & ~is_offline(  # reaches an
                 table, recv_i, arrival_i)                                 # offline node
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
@@ -140,8 +150,7 @@ def make_swift(cfg: SimConfig) -> Algorithm:
             recv = jax.vmap(lambda i: swift_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                    s))(safe)                      # (C, s)
             # churn: the queue is dropped when the node next goes offline (None: never)
-            stop = (stop_tick(ctx.table, safe, t, jnp.int32(ctx.cfg.num_ticks))
-                    if ctx.cfg.churn_rate else None)
+            stop = queue_stop(ctx.cfg, ctx.table, node, t)
             link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
                                            jnp.full((C,), s, jnp.int32), t, stop)
             lost = message_lost(ctx.cfg, keys.spare, safe, (s,))                  # (C, s)
