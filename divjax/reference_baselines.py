@@ -191,7 +191,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             spare = tick_keys(k_sim, t).spare
             # every ping that arrived is answered, with r's latest snapshot
             for m, j in enumerate(sorted(pings_now[r])):
-                lost = pong_lost(cfg, spare, jax.numpy.array([r]), m)
+                lost = pong_lost(cfg, spare, jax.numpy.array([r]), m, jax.numpy.array([j]))
                 enqueue(r, t, j, latest[r].copy(), "pong", lost is not None and bool(lost[0]))
                 counts["pongs"] += 1
             pings_now[r] = []
@@ -199,16 +199,20 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             (i,) = data
             trained, o, keys = train(i, t)
             if cfg.algorithm == "swift" and s > 0:
-                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s,))
+                peers = np.asarray(route(keys.route, i))
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s,),
+                                            jax.numpy.asarray(peers)[None])
                 lost = np.zeros(s, bool) if lost is None else np.asarray(lost[0])
-                for j, r in enumerate(np.asarray(route(keys.route, i))):
+                for j, r in enumerate(peers):
                     enqueue(i, t, int(r), trained.copy(), "model", bool(lost[j]))
             if cfg.algorithm == "adpsgd":
                 latest[i] = trained.copy()
                 if s // 2 > 0:
-                    lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s // 2,))
+                    peers = np.asarray(route(keys.route, i))
+                    lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s // 2,),
+                                                jax.numpy.asarray(peers)[None])
                     lost = np.zeros(s // 2, bool) if lost is None else np.asarray(lost[0])
-                    for j, r in enumerate(np.asarray(route(keys.route, i))):
+                    for j, r in enumerate(peers):
                         enqueue(i, t, int(r), trained.copy(), "ping", bool(lost[j]))
             new = trained if cfg.algorithm == "local" else average_inbox(i, trained)
             finish(i, t, new, o)
@@ -223,14 +227,15 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             trained, opts, keys = {}, {}, None
             for j in ends:
                 trained[j], opts[j], keys = train(j, t)
-            def lost_of(j, shape):   # which of j's models this round are lost on the way
-                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([j]), shape)
-                return np.zeros(shape, bool) if lost is None else np.asarray(lost[0])
+            def lost_of(j, peers):   # which of j's models to `peers` this round are lost
+                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([j]), peers.shape,
+                                            jax.numpy.asarray(peers)[None])
+                return np.zeros(peers.shape, bool) if lost is None else np.asarray(lost[0])
             if cfg.algorithm == "dpsgd":
                 W = metropolis_hastings(adj)
                 got = {r: {r} for r in ends}     # the models r mixes (its own always)
                 for j in ends:  # every node sends its model to each neighbour, one at a time
-                    lost = lost_of(j, (n,))
+                    lost = lost_of(j, np.arange(n))   # drawn per receiver id
                     for r in np.flatnonzero(adj[j]):
                         sent[j] += 1
                         if lost[r]:   # r mixes its own model in its place
@@ -242,8 +247,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                               for j in ends) for r in ends}
             else:  # epidemic
                 for j in ends:
-                    lost = lost_of(j, (s,))
-                    for q, r in enumerate(np.asarray(route(keys.route, j))):
+                    peers = np.asarray(route(keys.route, j))
+                    lost = lost_of(j, peers)
+                    for q, r in enumerate(peers):
                         sent[j] += 1
                         if lost[q]:
                             lost_at[int(r)] += K

@@ -185,13 +185,13 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     return inbox, counters, a, replaced, lost
 
 
-def pong_lost(cfg: SimConfig, k_spare: jax.Array, responder: jax.Array, m: jax.Array
-              ) -> jax.Array | None:
-    """(B,) bool: whether the m-th pong each of B `responder`s queues at a tick is lost, from
-    the tick's spare key (a stream apart from the pings': fold_in PONG_STREAM, then m, then the
-    responder). None without loss."""
+def pong_lost(cfg: SimConfig, k_spare: jax.Array, responder: jax.Array, m: jax.Array,
+              target: jax.Array) -> jax.Array | None:
+    """(B,) bool: whether the m-th pong each of B `responder`s queues at a tick (to `target`
+    (B,)) is lost, from the tick's spare key (a stream apart from the pings': fold_in
+    PONG_STREAM, then m, then the responder). None without loss."""
     return message_lost(cfg, jax.random.fold_in(jax.random.fold_in(k_spare, PONG_STREAM), m),
-                        responder, ())
+                        responder, (), target)
 
 
 def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -282,7 +282,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (C, p)), t, K, recv, stop)
             sent = sched.sent[..., 0]
             lost = lost_or_offline(ctx.cfg, ctx.table,
-                                   message_lost(ctx.cfg, keys.spare, safe, (p,)), recv,
+                                   message_lost(ctx.cfg, keys.spare, safe, (p,), recv), recv,
                                    sched.arrival[..., 0])                          # (C, p)
             dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
             arrives = sent if lost is None else sent & ~lost
@@ -341,7 +341,7 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender,
                                                 valid[:, None], jnp.full((B, 1), m, jnp.int32),
                                                 t, K, target[:, None], stop)
-                lost_p = pong_lost(ctx.cfg, keys.spare, safe, m)                      # (B,)
+                lost_p = pong_lost(ctx.cfg, keys.spare, safe, m, target)              # (B,)
                 lost_p = lost_or_offline(ctx.cfg, ctx.table,
                                          None if lost_p is None else lost_p[:, None],
                                          target[:, None], sched.arrival[..., 0])     # (B, 1)

@@ -126,7 +126,8 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
         def mix(y, handled):
             del handled  # a node that does not train (capacity overflow) still mixes as is
             W = jnp.asarray(W_np, jnp.float32)
-            lost = message_lost(ctx.cfg, keys.spare, jnp.arange(n, dtype=jnp.int32), (n,))
+            ids = jnp.arange(n, dtype=jnp.int32)
+            lost = message_lost(ctx.cfg, keys.spare, ids, (n,), jnp.broadcast_to(ids, (n, n)))
             if lost is None:
                 return jnp.einsum("ij,jkf->ikf", W, y), deg
             # lost[j, r]: node j's model to r is lost; [r, j] of the edges that lost one

@@ -52,7 +52,7 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
             recv = jax.vmap(lambda i: epidemic_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                       s))(sender)                 # (n, s)
             recv = jnp.where(handled[:, None], recv, n)
-            lost = message_lost(ctx.cfg, keys.spare, sender, (s,))               # (n, s)
+            lost = message_lost(ctx.cfg, keys.spare, sender, (s,), recv)         # (n, s)
             arrived = recv if lost is None else jnp.where(lost, n, recv)
             # A[r, i] = 1 if i's model sent to r this round arrived
             A = jnp.zeros((n, n), jnp.float32).at[arrived, sender[:, None]].add(1.0, mode="drop")

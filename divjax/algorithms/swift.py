@@ -50,6 +50,7 @@ from divjax.messages import collect
 from divjax.network import (
     arrival_tick,
     latency_bounds_units,
+    loss_modelled,
     message_lost,
     pair_latency_units,
 )
@@ -117,9 +118,10 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         arrival_i = arrival_tick(leave_sub, pair_latency_units(table, safe[:, None], recv_i), R)
         ok_i = alive[:, None] & (leave < T) & (arrival_i < T)
         stop_i = stop_tick(table, safe, t_i, jnp.int32(T))   # T, or going offline (churn)
-        if cfg.loss_rate > 0:   # a newer model lost on the way replaces nothing
-            ok_i = ok_i & ~jax.vmap(lambda k, j: message_lost(cfg, k, j[None], (s,))[0])(
-                keys_i.spare, safe)
+        if loss_modelled(cfg):   # a newer model lost on the way replaces nothing
+            ok_i = ok_i & ~jax.vmap(lambda k, j, r: message_lost(cfg, k, j[None], (s,),
+                                                                 r[None])[0])(
+                keys_i.spare, safe, recv_i)
         if has_offline(cfg):    # nor one dropped when its sender goes offline, nor one that
             ok_i = ok_i & (leave_sub <= stop_i[:, None] * R) & ~is_offline(  # reaches an
                 table, recv_i, arrival_i)                                 # offline node
@@ -153,7 +155,7 @@ def make_swift(cfg: SimConfig) -> Algorithm:
             stop = queue_stop(ctx.cfg, ctx.table, node, t)
             link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
                                            jnp.full((C,), s, jnp.int32), t, stop)
-            lost = message_lost(ctx.cfg, keys.spare, safe, (s,))                  # (C, s)
+            lost = message_lost(ctx.cfg, keys.spare, safe, (s,), recv)            # (C, s)
             replaced_fn = None
             if ctx.cfg.inbox == "latest":
                 def replaced_fn(sched):   # (lost ones are taken out by send_full_models)
