@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, run_checked
+from conftest import assert_equals_reference, assert_lost_and_replaced_equal, run_checked
 
 from divjax import reference_baselines, traces
 from divjax.algorithms.swift import queue_length
@@ -38,12 +38,9 @@ def uneven_hparams(cfg):
 
 def assert_counters_equal(run, state, ref, metrics=None):
     """Engine counters equal the reference's; a full model counts once per fragment."""
-    K = run.engine.layout.K
     assert_equals_reference(state, ref)
-    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
-    if ref.dropped is not None:
-        np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
-    assert int(state.counters.replaced.sum()) == K * ref.replaced
+    assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
     if metrics is not None:
         assert metrics["msgs_lost"][-1] == ref.lost.sum()
 
