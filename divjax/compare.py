@@ -132,11 +132,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"divjax compare: {name} ...", flush=True)
         state, metrics = simulate(engine, jax.random.key(args.seed), hp)
         jax.block_until_ready(state.params)
-        queue = getattr(state.algo_state, "queue", None)
         max_queue = None
-        if queue is not None:
-            max_queue = int(np.max(np.asarray(queue.enqueued)
-                                   - np.asarray(state.counters.sent)[:, 0]))
+        if getattr(state.algo_state, "queue", None) is not None:   # appended queues
+            from divjax.algorithms.swift import queue_length
+
+            max_queue = int(np.max(np.asarray(queue_length(state))))
         runs[name] = {"metrics": metrics, "K": engine.layout.K, "max_queue": max_queue,
                       "wall_s": time.perf_counter() - t0}
     primary = task.primary

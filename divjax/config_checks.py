@@ -74,9 +74,7 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
     if self.loss_file and self.loss_rate:
         bad("loss_file", self.loss_file, "give either --loss-rate (every link) or --loss-file "
             "(per link), not both")
-    if self.loss_file and self.algorithm not in ("divshare", "local"):
-        bad("loss_file", self.loss_file, f"per-link loss is modelled for divshare (and local) "
-            f"only, not for algorithm={self.algorithm!r} yet: use --loss-rate")
+
     if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
         bad("compute_spread", self.compute_spread,
             "use a log-normal sigma in [0, 3] (0 = equal compute times)")

@@ -338,8 +338,7 @@ def message_lost(cfg: SimConfig, k_spare: jax.Array, sender: jax.Array,
         return jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(k_spare, i),
                                                        cfg.loss_rate, shape))(sender)
     if receiver is None:
-        raise ConfigError(f"loss_file={cfg.loss_file!r}: per-link loss is modelled for divshare "
-                          f"only, not for algorithm={cfg.algorithm!r} yet")
+        raise ValueError("message_lost with a loss_file needs each message's receiver")
     p = jnp.asarray(loss_matrix(cfg))
     n = cfg.n_nodes
     u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_spare, i), shape))(sender)

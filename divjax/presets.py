@@ -82,8 +82,8 @@ def movielens_realworld() -> SimConfig:
     around 0.15 s with sigma 0.5 per node (heterogeneous machines) and 0.2 per iteration
     (jitter); 1% of messages lost; every node offline 5% of the time, 5 s per absence on
     average (churn). Download limits are left off (`movielens-testbed` has them). Swap any
-    with its flag; churn is modelled for DivShare (and local-only) only, loss for DivShare
-    and Swift."""
+    with its flag; churn is modelled for DivShare, Swift, AD-PSGD and local-only (D-PSGD and
+    Epidemic Learning refuse it), loss for every algorithm."""
     return movielens_paper().replace(latency_regions=4, inter_region_ms=40.0,
                                      compute_spread=0.5, compute_jitter=0.2, loss_rate=0.01,
                                      churn_rate=0.05, churn_mean_s=5.0)

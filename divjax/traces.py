@@ -58,7 +58,7 @@ from divjax.pair_files import csv_lines, number
 
 COLUMNS = ("time_s", "node", "compute_s", "online", "upload_mbps", "download_mbps")
 REQUIRED = ("time_s", "node", "compute_s")
-OFFLINE_ALGORITHMS = ("divshare", "local")   # those that model an offline node
+OFFLINE_ALGORITHMS = ("divshare", "swift", "adpsgd", "local")   # model an offline node
 
 
 class Trace(NamedTuple):
@@ -209,8 +209,8 @@ def node_trace(cfg) -> NodeTrace:
 def _offline_refused(cfg) -> str:
     """Why this config cannot take offline rows ("" if it can): as churn."""
     if cfg.algorithm not in OFFLINE_ALGORITHMS:
-        return (f"availability is not modelled for algorithm={cfg.algorithm!r} yet: use "
-                f"--algorithm divshare or local")
+        return (f"availability is not modelled for algorithm={cfg.algorithm!r} yet (synchronous "
+                f"rounds of one length): use --algorithm divshare, swift, adpsgd or local")
     # download limits on (config.download_limited, which this module cannot import)
     if _download_limited(cfg):
         return ("availability together with download limits is not modelled yet (as churn): "

@@ -186,10 +186,8 @@ def test_baseline_churn__algorithms_not_modelled_are_refused():
 
 @pytest.mark.filterwarnings("ignore:.*download_mbps column is not used")
 @pytest.mark.parametrize("algorithm", ["swift", "adpsgd"])
-def test_trace_offline__swift_and_adpsgd_equal_reference_simulator(monkeypatch, algorithm):
-    """A trace's offline rows act as churn does (the engine keys on `has_offline`). traces.py
-    still refuses them for swift and adpsgd (OFFLINE_ALGORITHMS): lifted here only."""
-    monkeypatch.setattr(traces, "OFFLINE_ALGORITHMS", ("divshare", "local", "swift", "adpsgd"))
+def test_trace_offline__swift_and_adpsgd_equal_reference_simulator(algorithm):
+    """A trace's offline rows act as churn does (the engine keys on `has_offline`)."""
     path = Path(__file__).parent / "data" / "trace_tiny.csv"
     cfg = base_config(algorithm=algorithm, fanout=4 if algorithm == "adpsgd" else 2,
                       trace_file=str(path))
@@ -202,22 +200,9 @@ def test_trace_offline__swift_and_adpsgd_equal_reference_simulator(monkeypatch, 
 
 
 @pytest.mark.parametrize("algorithm", ["swift", "adpsgd", "dpsgd", "epidemic"])
-def test_loss_file__baselines_equal_reference_simulator(tmp_path, monkeypatch, algorithm):
+def test_loss_file__baselines_equal_reference_simulator(tmp_path, algorithm):
     """Per-link loss (`--loss-file`): every baseline passes each message's receiver to
-    `message_lost`. config_checks still refuses a loss file for them: lifted here only."""
-    import divjax.config as config_module
-
-    check = config_module.check_config
-
-    def without_loss_file_refusal(cfg):
-        path = cfg.loss_file
-        object.__setattr__(cfg, "loss_file", "")
-        try:
-            check(cfg)
-        finally:
-            object.__setattr__(cfg, "loss_file", path)
-
-    monkeypatch.setattr(config_module, "check_config", without_loss_file_refusal)
+    `message_lost`."""
     p = np.zeros((5, 5))
     p[1, :], p[:, 0] = 0.7, 0.4        # from node 1, and to node 0
     np.fill_diagonal(p, 0.0)

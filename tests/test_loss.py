@@ -113,5 +113,3 @@ def test_loss_file__malformed_and_unsupported_are_refused(tmp_path):
         make_run(lossy_config(loss_rate=0.0, loss_file=str(tmp_path / "none.csv")))
     with pytest.raises(ConfigError, match="not both"):
         lossy_config(loss_rate=0.1, loss_file=str(short))
-    with pytest.raises(ConfigError, match="per-link loss is modelled for divshare"):
-        lossy_config(loss_rate=0.0, loss_file=str(short), algorithm="swift")

@@ -229,7 +229,6 @@ def test_traces__refuses_what_a_trace_cannot_combine_with(changes, words):
 
 
 @pytest.mark.parametrize("changes,words", [
-    (dict(algorithm="swift"), "algorithm='swift'"),
     (dict(download_mbps=1.0), "download limits"),
 ])
 def test_traces__offline_rows_are_refused_where_availability_is_not_modelled(changes, words):
