@@ -220,6 +220,17 @@ def is_offline(table, node: jax.Array, tick: jax.Array) -> jax.Array:
     return (m > 0) & (tick < last_end)
 
 
+def next_offline_start(table, node: jax.Array, tick: jax.Array) -> jax.Array:
+    """The first tick after `tick` at which `node` goes offline; 2^30 if none is tabled (or
+    without churn). Any broadcastable shapes."""
+    never = jnp.full(jnp.broadcast_shapes(jnp.shape(node), jnp.shape(tick)), 2**30, jnp.int32)
+    if table.off_start is None:
+        return never
+    m = _count(table.off_start, node, tick, side_right=True)
+    J = table.off_start.shape[-1]
+    return jnp.where(m < J, table.off_start[node, jnp.minimum(m, J - 1)], never)
+
+
 def stop_tick(table, node: jax.Array, t: jax.Array, next_end: jax.Array) -> jax.Array:
     """When a node's link stops on what it queued at its iteration end t: its next iteration
     end, or (churn) its next going offline if that comes first."""

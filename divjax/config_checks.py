@@ -62,9 +62,7 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
             f"download limits are modelled for divshare (and local) only, not for algorithm="
             f"{self.algorithm!r} yet: set --download-mbps 0 --straggler-download-mbps 0")
-    if limited and self.churn_rate:
-        bad("churn_rate", self.churn_rate, "churn together with download limits is not "
-            "modelled yet: use --churn-rate 0, or --download-mbps 0 --straggler-download-mbps 0")
+
     if any(not (m > 0) for m in self.straggler_mbps):
         bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
     if not 0 <= self.n_stragglers <= self.n_nodes:

@@ -22,6 +22,11 @@ moment at which bytes it sent before closing can still reach the receiver -- is 
 `lost` of its receiver, never delivered. The download link was busy with it until the deadline
 if it had started receiving it, and not at all otherwise.
 
+Churn (or a trace's offline rows): a receiver that is offline when a message reaches it never
+takes it (lost, as without download limits); one that goes offline at tick s must have received
+it by the end of tick s - 1, its connections closing then; a sender going offline closes its
+connections as at an iteration end (the deadline uses the sooner of the two).
+
 Why this is exact and computable before training. Upload timing does not depend on downloads
 (no backpressure), and the routes, queue orders, losses and iteration ends of every message of
 the run are drawn from the run's key (`divjax.compute_schedule`, `state.tick_keys`), never from

@@ -193,6 +193,9 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     events: list = []
     seq = itertools.count()
 
+    def offline_at(r, tick):
+        return any(s_j <= tick < e_j for s_j, e_j in offline[r].items())
+
     def at(tick, phase, kind, *data):
         heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
 
@@ -227,9 +230,15 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 at(-(-reach // R), 0, "lost", r)
             elif down is None:  # it arrives at the first tick at or after reaching the receiver
                 at(-(-reach // R), 0, "arrive", i, r, k, payload)
-            else:   # it waits for the receiver's download link
-                heapq.heappush(waiting[r], (reach, i, next(seq), k, payload,
-                                            stop * R + pair_lat(i, r)))
+            elif offline_at(r, -(-reach // R)):   # an offline receiver never takes it
+                at(-(-reach // R), 0, "lost", r)
+            else:   # it waits for the receiver's download link, which must take it all by the
+                # sender's stop plus the latency, and before the receiver goes offline
+                deadline = stop * R + pair_lat(i, r)
+                later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
+                if later:
+                    deadline = min(deadline, (min(later) - 1) * R)
+                heapq.heappush(waiting[r], (reach, i, next(seq), k, payload, deadline))
                 at(-(-reach // R), 0.5, "download", r)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
@@ -256,7 +265,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             lost_at[data[0]] += 1
         elif kind == "arrive":
             i, r, k, payload = data
-            if any(s_j <= t < e_j for s_j, e_j in offline[r].items()):
+            if offline_at(r, t):
                 lost_at[r] += 1   # churn: it reaches an offline node
                 continue
             delivered[r] += 1
@@ -287,7 +296,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K),
                                             jax.numpy.asarray(receivers)[None])
                 lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
-                stop = end_of(i, iterations[i] + 1)   # the link stops on this queue then
+                # the link stops on this queue at the next iteration end, or going offline
+                stop = min([end_of(i, iterations[i] + 1)] + [s_j for s_j in offline[i] if s_j > t])
                 for m in queue:
                     j, k = divmod(int(m), K)
                     link.queue.append((int(receivers[j, k]), k, trained[k].copy(),

@@ -211,10 +211,6 @@ def _offline_refused(cfg) -> str:
     if cfg.algorithm not in OFFLINE_ALGORITHMS:
         return (f"availability is not modelled for algorithm={cfg.algorithm!r} yet (synchronous "
                 f"rounds of one length): use --algorithm divshare, swift, adpsgd or local")
-    # download limits on (config.download_limited, which this module cannot import)
-    if _download_limited(cfg):
-        return ("availability together with download limits is not modelled yet (as churn): "
-                "use --download-mbps 0 --straggler-download-mbps 0")
     return ""
 
 

@@ -228,13 +228,17 @@ def test_traces__refuses_what_a_trace_cannot_combine_with(changes, words):
         trace_config(**changes)
 
 
-@pytest.mark.parametrize("changes,words", [
-    (dict(download_mbps=1.0), "download limits"),
-])
-def test_traces__offline_rows_are_refused_where_availability_is_not_modelled(changes, words):
-    with pytest.raises(ConfigError) as err:
-        traces.node_trace(trace_config(**changes))
-    assert f"{TINY_TRACE}:12:4:" in str(err.value) and words in str(err.value)
+def test_traces__offline_rows_with_download_limits_equal_the_reference_simulator():
+    """A trace's offline rows and its download bandwidths together (DivShare): engine ==
+    reference, counters included."""
+    cfg = trace_config(download_mbps=1.0)
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+    assert ref.lost.sum() > 0 and ref.dropped.sum() > 0
 
 
 def test_traces__bandwidth_is_exposed_per_node(tmp_path):

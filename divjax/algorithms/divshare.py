@@ -30,6 +30,7 @@ from divjax.compute_schedule import (
     end_tick,
     has_offline,
     is_offline,
+    next_offline_start,
     slots_needed,
     stop_tick,
     window_index,
@@ -116,6 +117,13 @@ def download_messages(ctx: Context, k_sim: jax.Array) -> tuple[jax.Array, ...]:
             enters &= ~jax.vmap(lambda kk, rr: message_lost(cfg, kk, i[None], rr.shape,
                                                             rr[None])[0])(keys.spare, receivers)
         deadline = stop[:, None, None] * R + pair_latency_units(table, i, receivers)
+        if has_offline(cfg):
+            # a receiver offline when a message reaches it never takes it (lost, as without
+            # download limits); one that goes offline at tick s must have received it by the
+            # end of tick s - 1 (its connections close then)
+            enters &= ~is_offline(table, receivers, sched.arrival)
+            s_off = next_offline_start(table, receivers, sched.arrival)
+            deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
         units = table.down_units[receivers, jnp.arange(K)[None, None, :]]
         return (jnp.where(enters, receivers, n), sched.arrival_sub, deadline, units,
                 enters, sched.arrival)
