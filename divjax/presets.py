@@ -81,12 +81,13 @@ def movielens_realworld() -> SimConfig:
     one-way between regions (intercontinental) on top of the 1 ms; compute times log-normal
     around 0.15 s with sigma 0.5 per node (heterogeneous machines) and 0.2 per iteration
     (jitter); 1% of messages lost; every node offline 5% of the time, 5 s per absence on
-    average (churn). Download limits are left off (`movielens-testbed` has them). Swap any
-    with its flag; churn is modelled for DivShare, Swift, AD-PSGD and local-only (D-PSGD and
+    average (churn); download links as fast as each node's upload (the testbed's symmetric
+    shaping: 60 Mbit/s, the stragglers 10-13). Swap any with its flag; churn is modelled for DivShare, Swift, AD-PSGD and local-only (D-PSGD and
     Epidemic Learning refuse it), loss for every algorithm."""
     return movielens_paper().replace(latency_regions=4, inter_region_ms=40.0,
                                      compute_spread=0.5, compute_jitter=0.2, loss_rate=0.01,
-                                     churn_rate=0.05, churn_mean_s=5.0)
+                                     churn_rate=0.05, churn_mean_s=5.0, download_mbps=60.0,
+                                     straggler_download_mbps=PAPER_STRAGGLER_MBPS)
 
 
 def movielens_testbed() -> SimConfig:

@@ -74,3 +74,6 @@ def test_presets__every_preset_is_a_valid_config_and_realworld_turns_the_feature
     rw = PRESETS["movielens-realworld"]()
     assert rw.algorithm == "divshare" and rw.n_nodes == 60 and rw.latency_regions > 1
     assert rw.compute_spread and rw.compute_jitter and rw.loss_rate and rw.churn_rate
+    assert rw.download_mbps > 0
+    tb = PRESETS["movielens-testbed"]()   # the paper's setting, both directions shaped
+    assert tb.download_mbps == tb.fast_mbps and tb.straggler_download_mbps == tb.straggler_mbps
