@@ -56,6 +56,15 @@ def assert_lost_and_replaced_equal(state, ref, per: int = 1) -> None:
     assert int(state.counters.replaced.sum()) == per * ref.replaced
 
 
+def assert_same_run(state, base) -> None:
+    """Two runs' final models and message counters are bit-identical (an invariant: a feature
+    set so that it changes nothing gives the run without it)."""
+    np.testing.assert_array_equal(np.asarray(state.params), np.asarray(base.params))
+    for name in ("sent", "delivered", "dropped", "replaced", "lost"):
+        np.testing.assert_array_equal(np.asarray(getattr(state.counters, name)),
+                                      np.asarray(getattr(base.counters, name)))
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, reference_of, run_checked
+from conftest import assert_equals_reference, assert_same_run, reference_of, run_checked
 
 from divjax import compute_schedule
 from divjax.config import ConfigError, SimConfig, default_hparams
@@ -56,10 +56,7 @@ def test_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
     _, base, _ = run_checked(cfg, hp)
     run, tiny, _ = run_checked(cfg.replace(churn_rate=1e-6), hp)
     assert run.engine.cfg.iteration_slots > 0
-    np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
-    for name in ("sent", "delivered", "dropped", "replaced", "lost"):
-        np.testing.assert_array_equal(np.asarray(getattr(tiny.counters, name)),
-                                      np.asarray(getattr(base.counters, name)))
+    assert_same_run(tiny, base)
 
 
 def test_churn__offline_intervals_are_seeded_and_pause_iterations():
