@@ -199,13 +199,32 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     def at(tick, phase, kind, *data):
         heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
 
+    upload_rows = None   # a trace whose upload varies: per node, its (tick, bytes/s) rows
+    if table.seg_units is not None:
+        from divjax.traces import read_trace
+
+        tr = read_trace(cfg.trace_file)
+        upload_rows = [[] for _ in range(n)]
+        for node_r, time_s, mbps in zip(tr.col("node"), tr.col("time_s"),
+                                        tr.col("upload_mbps"), strict=True):
+            upload_rows[int(node_r)].append((round(time_s / cfg.tick_s), mbps * 1e6 / 8))
+
+    def queue_units(i, t):
+        """(K,) sub-ticks of node i's fragments for a queue formed at tick t: the upload of
+        its last trace row at or before t, or its constant upload."""
+        if upload_rows is None:
+            return units[i]
+        bps = [b for tick, b in upload_rows[i] if tick <= t][-1]
+        return np.asarray(network.fragment_units(layout.fragment_bytes,
+                                                 jax.numpy.float32(bps), cfg))
+
     def start_next(i, start_subtick):
         link = links[i]
         if not link.queue:
             link.busy = None
             return
         msg = link.queue.popleft()
-        end = start_subtick + int(units[i, msg[1]])
+        end = start_subtick + int(msg[6][msg[1]])   # the queue's units (upload when formed)
         token = next(link.tokens)
         link.busy = (token, end, msg)
         at(-(-end // R), 0, "leave", i, token)
@@ -223,7 +242,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             link = links[i]
             if link.busy is None or link.busy[0] != token:
                 continue  # this transmission was cancelled by a queue replacement
-            _, end, (r, k, payload, is_lost, stop) = link.busy
+            _, end, (r, k, payload, is_lost, stop, _, _) = link.busy
             sent[i, k] += 1
             reach = end + pair_lat(i, r)   # sub-tick it reaches the receiver
             if is_lost:   # sent, and lost on the way: it never arrives (counted then)
@@ -297,11 +316,13 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                                             jax.numpy.asarray(receivers)[None])
                 lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
                 # the link stops on this queue at the next iteration end, or going offline
-                stop = min([end_of(i, iterations[i] + 1)] + [s_j for s_j in offline[i] if s_j > t])
+                stop = min([end_of(i, iterations[i] + 1)]
+                           + [s_j for s_j in offline[i] if s_j > t])
+                units_now = queue_units(i, t)
                 for m in queue:
                     j, k = divmod(int(m), K)
                     link.queue.append((int(receivers[j, k]), k, trained[k].copy(),
-                                       bool(lost[j, k]), stop))
+                                       bool(lost[j, k]), stop, None, units_now))
                 start_next(i, t * R)
             # (4) average every coordinate with what has arrived, then empty the inbox
             total = trained.astype(np.float32).copy()

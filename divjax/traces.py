@@ -24,10 +24,12 @@ any order. Every later line is one row with a number in every column:
 Semantics: piecewise constant. A row sets its node's state from time_s (inclusive) until that
 node's next row; a node's last row holds for ever. Rows are sorted by time_s (ties in any
 order), a node has at most one row per time, and every node of the run has a row at time 0.
-Bandwidth must be constant per node over the whole trace (time-varying bandwidth is not
-modelled yet: the file is refused, naming the line and column where it changes); a constant one
-becomes the node's bandwidth (`trace_hparams`: HParams.upload_bps and download_bps; also
-`NodeTrace.upload_bps`, `NodeTrace.download_bps`).
+A node's download bandwidth must be constant over the whole trace (a change is refused, naming
+the line and column); a constant bandwidth becomes the node's (`trace_hparams`:
+HParams.upload_bps and download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`).
+Its upload may change (DivShare and local): a queue is sent at the upload in force when it is
+formed, at the sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`), as a
+DivShare queue lives one iteration; other algorithms refuse an upload that changes.
 
 Iteration rule (the same tables as compute jitter and churn, `divjax.compute_schedule`, built
 from the file instead of the run's key): an iteration starts at its node's previous iteration
@@ -90,6 +92,8 @@ class NodeTrace(NamedTuple):
     off_end: np.ndarray | None    # (padded with T + 1, T + 1); None: nobody offline in the run
     upload_bps: np.ndarray | None    # (n,) float64 bytes/s, or None (no upload_mbps column)
     download_bps: np.ndarray | None  # (n,) float64 bytes/s, or None
+    upload_seg_bps: np.ndarray | None = None  # (n, P) float64 bytes/s in force from seg_tick,
+    #                                          when some node's upload varies; else None
 
 
 def read_trace(path: str) -> Trace:
@@ -180,7 +184,7 @@ def _check_values(trace: Trace) -> None:
         r = int(order[1:][np.argmax(same)])
         raise ConfigError(f"{trace.where(r, 'node')}: node {node[r]:g} has a second row at "
                           f"time_s={t[r]:g}: give one row per node and time")
-    for name in ("upload_mbps", "download_mbps"):
+    for name in ("download_mbps",):   # upload may vary (DivShare: `NodeTrace.upload_seg_bps`)
         v = trace.col(name)
         if v is None:
             continue
@@ -203,7 +207,15 @@ def node_trace(cfg) -> NodeTrace:
     read_trace(cfg.trace_file)   # checks the file (and that it exists) first
     st = os.stat(cfg.trace_file)
     return _node_trace(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
-                       cfg.num_ticks, _offline_refused(cfg))
+                       cfg.num_ticks, _offline_refused(cfg), _varying_refused(cfg))
+
+
+def _varying_refused(cfg) -> str:
+    """Why this config cannot take an upload that changes over time ("" if it can)."""
+    if cfg.algorithm not in ("divshare", "local"):
+        return (f"a time-varying upload is modelled for divshare (and local) only, not for "
+                f"algorithm={cfg.algorithm!r} yet: give the node one upload_mbps")
+    return ""
 
 
 def _offline_refused(cfg) -> str:
@@ -216,7 +228,7 @@ def _offline_refused(cfg) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
-                offline_refused: str) -> NodeTrace:
+                offline_refused: str, varying_refused: str = "") -> NodeTrace:
     trace = _read(path, mtime, size)
     node = trace.col("node").astype(np.int64)
     _first(trace, node >= n, "node", f"this run has n_nodes={n} (ids 0..{n - 1})")
@@ -271,8 +283,20 @@ def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
         v = trace.col(name)
         bps[name] = None if v is None else np.array(
             [v[np.flatnonzero(node == i)[0]] for i in range(n)]) * 1e6 / 8
+    up = trace.col("upload_mbps")
+    seg_up = None
+    if up is not None and any(np.unique(up[node == i]).size > 1 for i in range(n)):
+        if varying_refused:
+            r = next(r for r in range(len(up)) if up[r] != up[np.flatnonzero(node == node[r])[0]])
+            raise ConfigError(f"{trace.where(r, 'upload_mbps')}: node {node[r]}'s upload "
+                              f"changes over time, and {varying_refused}")
+        seg_up = np.zeros((n, P))
+        for i in range(n):
+            rows = np.flatnonzero(node == i)
+            seg_up[i, :rows.size] = up[rows] * 1e6 / 8
+            seg_up[i, rows.size:] = up[rows[-1]] * 1e6 / 8
     return NodeTrace(seg_tick, seg_compute, shortest.astype(np.int32), longest.astype(np.int32),
-                     off_start, off_end, bps["upload_mbps"], bps["download_mbps"])
+                     off_start, off_end, bps["upload_mbps"], bps["download_mbps"], seg_up)
 
 
 def end_table(cfg, S: int) -> np.ndarray:

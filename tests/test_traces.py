@@ -179,7 +179,7 @@ HEAD = "time_s,node,compute_s,upload_mbps\n"
     (HEAD + "# a comment\n\n0,0,0.1,5\n0,x,0.1,5\n", 5, 2, "'x' is not a number"),
     (HEAD + "0,0,0.1,5\n0,1,0.1,-5\n", 3, 4, "a bandwidth is > 0"),
     (HEAD + "0,0,0.1,5\n0.2,1,0.1,5\n0.1,1,0.2,5\n", 4, 1, "sort the rows by time_s"),
-    (HEAD + "0,0,0.1,5\n0,1,0.1,5\n0.5,1,0.1,7\n", 4, 4,
+    ("time_s,node,compute_s,download_mbps\n0,0,0.1,5\n0,1,0.1,5\n0.5,1,0.1,7\n", 4, 4,
      "time-varying bandwidth is not modelled yet"),
     ("time_s,node,compute_s,speed\n0,0,0.1,5\n", 1, 4, "'speed' is not a column"),
     (HEAD + "0,0,0.1,5\n0,0,0.2,5\n", 3, 2, "second row"),
@@ -257,3 +257,38 @@ def test_traces__trace_flag_sets_trace_file():
 
     args = cli.build_parser().parse_args(["run", "--trace", str(TINY_TRACE)])
     assert config_from_args(args).trace_file == str(TINY_TRACE)
+
+
+def varying_upload_trace(tmp_path, vary: bool = True) -> str:
+    """Five nodes at 0.1-0.2 s per iteration; nodes 0 and 3 change their upload at 0.5 s and
+    1.0 s (or keep their first one: vary=False)."""
+    up = {0: (0.8, 0.05, 0.3), 3: (0.03, 0.8, 0.01)}
+    lines = ["time_s,node,compute_s,upload_mbps"]
+    for i in range(5):
+        lines.append(f"0,{i},{0.1 + 0.05 * (i % 3):g},{up.get(i, (0.5,))[0]:g}")
+    for j, t in ((1, 0.5), (2, 1.0)):
+        for i in (0, 3):
+            lines.append(f"{t:g},{i},{0.1 + 0.05 * (i % 3):g},{up[i][j if vary else 0]:g}")
+    lines.sort(key=lambda x: (x[0] != "t", float(x.split(",")[0]) if x[0] != "t" else 0))
+    return write(tmp_path, "\n".join(lines) + "\n", "vary.csv" if vary else "flat.csv")
+
+
+@pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])
+def test_traces__time_varying_upload_equals_the_reference_simulator(tmp_path, delivery):
+    """A DivShare queue is sent at the upload in force when it is formed (the sender's
+    iteration end): engine == reference, and the changes change what is sent."""
+    cfg = trace_config(delivery=delivery, trace_file=varying_upload_trace(tmp_path))
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+    flat = trace_config(delivery=delivery, trace_file=varying_upload_trace(tmp_path, False))
+    _, steady, _ = run_checked(flat, default_hparams(flat))
+    assert not np.array_equal(np.asarray(steady.counters.sent), np.asarray(state.counters.sent))
+
+
+def test_traces__time_varying_upload_is_refused_where_not_modelled(tmp_path):
+    with pytest.raises(ConfigError, match="time-varying upload is modelled for divshare"):
+        traces.node_trace(trace_config(algorithm="swift",
+                                       trace_file=varying_upload_trace(tmp_path)))

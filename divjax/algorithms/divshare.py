@@ -45,6 +45,7 @@ from divjax.network import (
     message_lost,
     pair_latency_units,
     schedule_replaced_queue,
+    units_at,
 )
 from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
@@ -78,7 +79,8 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
     receivers, queue = jax.vmap(
         lambda k, i: divshare_routes(k, i, ctx.neighbors, ctx.degree, K, s))(k_route, safe)
     fragment_q = queue % K                                                       # (C, M)
-    units_q = jnp.take_along_axis(ctx.table.msg_units[safe], fragment_q, axis=1)
+    units_q = jnp.take_along_axis(units_at(ctx.table, safe, jnp.broadcast_to(t, safe.shape)),
+                                  fragment_q, axis=1)
     recv_q = jnp.take_along_axis(receivers.reshape(C, s * K), queue, axis=1)   # queue order
     sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution,
                                     recv_q, next_end)
