@@ -38,8 +38,9 @@ message's delivery tick from that table when it sends the message -- also the lo
 
 How this differs from flows sharing a link (processor sharing, which TCP flows approximate):
 measured on the same messages by `scripts/download_rules.py` (README, "Downloads"): under
-DivShare's deadlines FIFO delivers more (one message at a time gets through where sharing makes
-all of them late); at the testbed's setting about 88% of messages have the same fate.
+DivShare's deadlines, in one 20-s run of the testbed's setting, FIFO delivered more (one
+message at a time gets through where sharing makes all of them late) and 88% of messages had
+the same fate.
 
 With every download unlimited (or fast enough that each message rounds to 0 sub-ticks) a message
 is delivered at its upload arrival tick, so the run equals the run without download limits bit

@@ -39,6 +39,16 @@ def straggler_hparams(cfg: SimConfig):
         latency_s=jnp.array([0.02, 0.0, 0.01, 0.03, 0.02], jnp.float32))
 
 
+def uneven_hparams(cfg: SimConfig, last_upload_bps: float = 1e3):
+    """n = 5, fast senders and slow links (compute 50 to 270 ms, uploads 100 kB/s down to
+    `last_upload_bps`): copies pile up in a slow receiver's inbox window, so the "latest"
+    rule's look-ahead replaces messages, and queues build up."""
+    assert cfg.n_nodes == 5
+    return default_hparams(cfg).replace(
+        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
+        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, last_upload_bps], jnp.float32))
+
+
 def assert_equals_reference(state, ref) -> None:
     """The engine's final models, sent and delivered counts and iterations equal a reference
     simulator's (`reference` or `reference_baselines` result)."""

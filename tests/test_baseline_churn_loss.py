@@ -11,7 +11,6 @@ with the fix."""
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -19,6 +18,7 @@ from conftest import (
     assert_lost_and_replaced_equal,
     assert_same_run,
     run_checked,
+    uneven_hparams,
 )
 
 from divjax import reference_baselines, traces
@@ -33,12 +33,6 @@ def base_config(**changes) -> SimConfig:
     return base.replace(**changes)
 
 
-def uneven_hparams(cfg):
-    """Fast senders and slow links: queues build up (so going offline drops some) and copies
-    pile up in one inbox window (so replacements happen)."""
-    return default_hparams(cfg).replace(
-        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 5e3], jnp.float32))
 
 
 def assert_counters_equal(run, state, ref, metrics=None):
@@ -53,7 +47,7 @@ def assert_counters_equal(run, state, ref, metrics=None):
 def appended_run_equals_reference(cfg, seed: int, inbox: str, driver: bool):
     """Run Swift or AD-PSGD and its reference simulator on the uneven network; check the
     counters and the queued models equal. Returns (run, state, reference result)."""
-    hp = uneven_hparams(cfg)
+    hp = uneven_hparams(cfg, 5e3)
     run, state, metrics = run_checked(cfg, hp, seed=seed, driver=driver)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
                                        jax.random.key(seed), inbox_policy=inbox)
@@ -87,7 +81,7 @@ def test_swift_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
     """churn_rate 1e-6: the churn code paths (stop ticks, offline searches, end table) with
     nothing offline give the bits and counters of no churn."""
     cfg = base_config(algorithm="swift", iteration_chunk=2, train_capacity=5)
-    hp = uneven_hparams(cfg)
+    hp = uneven_hparams(cfg, 5e3)
     _, base, _ = run_checked(cfg, hp)
     run, tiny, _ = run_checked(cfg.replace(churn_rate=1e-6), hp)
     assert run.engine.cfg.iteration_slots > 0
@@ -101,7 +95,7 @@ def test_swift_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
 def test_adpsgd_loss__engine_equals_reference_simulator(delivery, inbox, jitter):
     cfg = base_config(algorithm="adpsgd", fanout=4, delivery=delivery, inbox=inbox,
                       compute_jitter=jitter, loss_rate=0.3)
-    hp = uneven_hparams(cfg)
+    hp = uneven_hparams(cfg, 5e3)
     run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
                                        inbox_policy=inbox)
@@ -118,7 +112,7 @@ def test_adpsgd_loss__a_rate_that_loses_nothing_changes_no_bit():
     """loss_rate 1e-9 (the lossy code paths, pings and pongs, nothing lost): the bits and
     counters of loss_rate 0."""
     cfg = base_config(algorithm="adpsgd", fanout=4, delivery="arrival_tick")
-    hp = uneven_hparams(cfg)
+    hp = uneven_hparams(cfg, 5e3)
     _, base, _ = run_checked(cfg, hp)
     _, tiny, _ = run_checked(cfg.replace(loss_rate=1e-9), hp)
     np.testing.assert_array_equal(np.asarray(tiny.params), np.asarray(base.params))
@@ -172,7 +166,7 @@ def test_adpsgd_churn__engine_equals_reference_simulator(delivery, inbox, jitter
 
 def test_adpsgd_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
     cfg = base_config(algorithm="adpsgd", fanout=4, delivery="arrival_tick")
-    hp = uneven_hparams(cfg)
+    hp = uneven_hparams(cfg, 5e3)
     _, base, _ = run_checked(cfg, hp)
     _, tiny, _ = run_checked(cfg.replace(churn_rate=1e-6), hp)
     assert_same_run(tiny, base)
@@ -213,7 +207,7 @@ def test_loss_file__baselines_equal_reference_simulator(tmp_path, algorithm):
     cfg = base_config(algorithm=algorithm, fanout=4 if algorithm == "adpsgd" else 2,
                       loss_file=str(path), **(dict(topology="complete", duration_s=1.0)
                                               if sync else {}))
-    hp = default_hparams(cfg) if sync else uneven_hparams(cfg)
+    hp = default_hparams(cfg) if sync else uneven_hparams(cfg, 5e3)
     run, state, metrics = run_checked(cfg, hp)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
                                        inbox_policy="latest")

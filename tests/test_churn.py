@@ -9,10 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, assert_same_run, reference_of, run_checked
+from conftest import (
+    assert_equals_reference,
+    assert_same_run,
+    reference_of,
+    run_checked,
+    uneven_hparams,
+)
 
 from divjax import compute_schedule
-from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.config import ConfigError, SimConfig
 
 
 def churn_config(**changes) -> SimConfig:
@@ -22,10 +28,6 @@ def churn_config(**changes) -> SimConfig:
     return base.replace(**changes)
 
 
-def uneven_hparams(cfg):
-    return default_hparams(cfg).replace(
-        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
 @pytest.mark.parametrize("algorithm,delivery,jitter", [("divshare", "receiver_iteration", 0.0),

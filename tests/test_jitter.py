@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, reference_of, run_checked
+from conftest import assert_equals_reference, reference_of, run_checked, uneven_hparams
 
 from divjax import compute_schedule
-from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.config import ConfigError, SimConfig
 from divjax.sim import make_run
 
 
@@ -22,12 +22,6 @@ def jitter_config(**changes) -> SimConfig:
     return base.replace(**changes)
 
 
-def uneven_hparams(cfg):
-    """Fast senders and slow links: copies pile up in inboxes, so the "latest" rule's
-    look-ahead (which follows the jittered ends) replaces messages."""
-    return default_hparams(cfg).replace(
-        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
 # DivShare with delivery "arrival_tick" and local-only run with jitter in tests/test_churn.py

@@ -2,7 +2,6 @@
 drawn from the run's key; the engine equals the reference simulators, parameters and counters
 (lost ones included), and the "latest" inbox rule never lets a lost message replace one."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -10,9 +9,10 @@ from conftest import (
     assert_lost_and_replaced_equal,
     reference_of,
     run_checked,
+    uneven_hparams,
 )
 
-from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.config import ConfigError, SimConfig
 from divjax.sim import make_run
 
 
@@ -23,12 +23,6 @@ def lossy_config(**changes) -> SimConfig:
     return base.replace(**changes)
 
 
-def uneven_hparams(cfg):
-    """Fast senders and a slow receiver: copies pile up in one inbox window, so replacements
-    (and lost would-be replacements) happen."""
-    return default_hparams(cfg).replace(
-        compute_s=jnp.array([0.05, 0.1, 0.13, 0.27, 0.07], jnp.float32),
-        upload_bps=jnp.array([1e5, 3e4, 1e4, 4e3, 1e3], jnp.float32))
 
 
 @pytest.mark.parametrize("algorithm,delivery", [("divshare", "receiver_iteration"),

@@ -79,8 +79,7 @@ def queued_messages(ctx: Context, k_route: jax.Array, node: jax.Array, valid: ja
     receivers, queue = jax.vmap(
         lambda k, i: divshare_routes(k, i, ctx.neighbors, ctx.degree, K, s))(k_route, safe)
     fragment_q = queue % K                                                       # (C, M)
-    units_q = jnp.take_along_axis(units_at(ctx.table, safe, jnp.broadcast_to(t, safe.shape)),
-                                  fragment_q, axis=1)
+    units_q = jnp.take_along_axis(units_at(ctx.table, safe, t), fragment_q, axis=1)
     recv_q = jnp.take_along_axis(receivers.reshape(C, s * K), queue, axis=1)   # queue order
     sched = schedule_replaced_queue(ctx.table, node, valid, units_q, t, ctx.cfg.link_resolution,
                                     recv_q, next_end)
