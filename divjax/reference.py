@@ -58,6 +58,40 @@ class _Link:
     tokens: itertools.count = field(default_factory=itertools.count)
 
 
+class DownloadLinks:
+    """Every node's download link (`divjax.downloads`), served event by event: a message
+    waits from the sub-tick it reaches its receiver; `serve` takes, first come first served
+    (ties: smaller sender first), what has reached the link by the end of a tick."""
+
+    def __init__(self, n: int, resolution: int):
+        self.waiting: list[list] = [[] for _ in range(n)]   # per receiver: heap of messages
+        self.free = [0] * n                                  # sub-tick each link is free
+        self.R = resolution
+        self.seq = itertools.count()
+
+    def reach(self, r: int, reach: int, sender: int, units: int, deadline: int, message):
+        """A message reaches r's link at sub-tick `reach`; it takes `units` sub-ticks there
+        and must be received in full by `deadline`. Serve r at tick ceil(reach / R)."""
+        heapq.heappush(self.waiting[r], (reach, sender, next(self.seq), units, deadline,
+                                         message))
+
+    def serve(self, r: int, t: int) -> list:
+        """[(tick, delivered, message)]: each message that reached r by tick t, in order, with
+        the tick it is received in full (delivered) or lost (its deadline's tick)."""
+        out, R = [], self.R
+        while self.waiting[r] and self.waiting[r][0][0] <= t * R:
+            reach, _, _, units, deadline, message = heapq.heappop(self.waiting[r])
+            start = max(reach, self.free[r])
+            done = start + units
+            if done <= deadline:
+                self.free[r] = done
+                out.append((-(-done // R), True, message))
+            else:   # the sender closes the connection first: lost at the deadline
+                self.free[r] = deadline if start < deadline else self.free[r]
+                out.append((-(-deadline // R), False, message))
+        return out
+
+
 def initial_models(cfg: SimConfig, task: Task, layout, key: jax.Array):
     """Every node's initial (K, F) model as a numpy array, and the simulation key, from `key`
     exactly as the engine splits it."""
@@ -165,8 +199,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
     c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
     down = table.down_units            # None: downloads are not modelled
-    waiting: list[list] = [[] for _ in range(n)]   # per receiver: heap of messages not yet served
-    down_free = [0] * n                 # sub-tick at which each download link is free
+    downloads = DownloadLinks(n, R)
 
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
@@ -257,7 +290,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
                 if later:
                     deadline = min(deadline, (min(later) - 1) * R)
-                heapq.heappush(waiting[r], (reach, i, next(seq), k, payload, deadline))
+                downloads.reach(r, reach, i, int(down[r, k]), deadline, (i, r, k, payload))
                 at(-(-reach // R), 0.5, "download", r)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))
@@ -269,17 +302,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             link.queue.clear()
             link.busy = None
         elif kind == "download":   # serve, first come first served, what reached r by now
-            (r,) = data
-            while waiting[r] and waiting[r][0][0] <= t * R:
-                reach, i, _, k, payload, deadline = heapq.heappop(waiting[r])
-                start = max(reach, down_free[r])
-                done = start + int(down[r, k])
-                if done <= deadline:
-                    down_free[r] = done
-                    at(-(-done // R), 0, "arrive", i, r, k, payload)
-                else:   # the sender closes the connection first: lost at the deadline
-                    down_free[r] = deadline if start < deadline else down_free[r]
-                    at(-(-deadline // R), 0, "lost", r)
+            for tick, taken, message in downloads.serve(data[0], t):
+                at(tick, 0, *(("arrive", *message) if taken else ("lost", data[0])))
         elif kind == "lost":
             lost_at[data[0]] += 1
         elif kind == "arrive":

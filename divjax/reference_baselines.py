@@ -31,7 +31,7 @@ from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.reference import initial_models, iteration_schedule
+from divjax.reference import DownloadLinks, initial_models, iteration_schedule
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -76,6 +76,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
     model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
+    downloads = None if table.down_units is None else DownloadLinks(n, R)
     adj = adjacency(cfg)
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adj))
     tx = make_optimizer(cfg, hp)
@@ -165,16 +166,34 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 continue   # dropped when its sender went offline
             on_link[i].discard(m)
             sent[i] += 1
-            if is_lost:   # sent, and lost on the way: it never arrives (K fragments)
-                lost_at[r] += K
-            else:  # it arrives at the first tick at or after (leave sub-tick + latency sub-ticks)
-                at(-(-(end + pair_lat(i, r)) // R), 0, "arrive", i, r, payload, what)
+            reach = end + pair_lat(i, r)   # the sub-tick it reaches its receiver
+            if is_lost:   # sent, and lost on the way: it never arrives (counted then)
+                at(-(-reach // R), 0, "lost", r)
+            elif downloads is None:  # it arrives at the first tick at or after reaching r
+                at(-(-reach // R), 0, "arrive", i, r, payload, what)
+            elif offline_at(r, -(-reach // R)):   # an offline receiver never takes it
+                at(-(-reach // R), 0, "lost", r)
+            else:   # it waits for r's download link (Swift), which must take it all before
+                # its sender goes offline (plus the latency) and before r goes offline
+                stop = min([s_j for s_j in offline[i] if s_j * R >= end] + [T])
+                deadline = stop * R + pair_lat(i, r)
+                later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
+                if later:
+                    deadline = min(deadline, (min(later) - 1) * R)
+                downloads.reach(r, reach, i, int(table.down_units[r].sum()), deadline,
+                                (i, r, payload, what))
+                at(-(-reach // R), 0.5, "download", r)
             log.append((t, "sent", (i, r, what)))
         elif kind == "offline":   # the queue and the model on the wire are dropped
             (i,) = data
             dropped[i] += K * len(on_link[i])
             on_link[i].clear()
             free_at[i] = min(int(free_at[i]), t * R)   # the link is empty from now on
+        elif kind == "download":   # serve, first come first served, what reached r by now
+            for tick, taken, message in downloads.serve(data[0], t):
+                at(tick, 0, *(("arrive", *message) if taken else ("lost", data[0])))
+        elif kind == "lost":   # on the way, or on a download link at its deadline
+            lost_at[data[0]] += K
         elif kind == "arrive":
             i, r, payload, what = data
             if offline_at(r, t):   # churn: it reaches an offline node, and is lost

@@ -1,8 +1,8 @@
 """Download links (issue 18): messages reaching a node queue on its download link, first come
 first served by the time they reach it; one its receiver cannot take in full before the
 sender's next iteration end (plus the latency) is lost (`divjax.downloads`). The engine equals
-the event-driven reference simulator, parameters and counters; unlimited downloads give the
-bits of a run without the download model."""
+the event-driven reference simulators, parameters and counters, for DivShare and Swift;
+unlimited downloads give the bits of a run without the download model."""
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from conftest import (
     run_checked,
 )
 
+from divjax import reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.downloads import decode, fifo_deliveries
 from divjax.sim import make_run
@@ -61,6 +62,38 @@ def test_downloads__engine_equals_reference_simulator(delivery, loss, jitter, ch
     assert metrics["msgs_lost"][-1] == ref.lost.sum()
 
 
+@pytest.mark.parametrize("delivery,inbox,loss,jitter,churn", [
+    ("receiver_iteration", "latest", 0.0, 0.0, 0.0),
+    ("arrival_tick", "latest", 0.2, 0.0, 0.0),
+    ("receiver_iteration", "latest", 0.0, 0.0, 0.2),
+    ("arrival_tick", "sum", 0.0, 0.3, 0.0)])
+def test_swift_downloads__engine_equals_reference_simulator(delivery, inbox, loss, jitter,
+                                                            churn):
+    """Swift's models queue on the download links as DivShare's fragments do; Swift drops
+    nothing, so without churn a slow link delays models (up to the run's end) and loses none;
+    with churn a model a going-offline receiver or sender cannot finish is lost."""
+    cfg = download_config(algorithm="swift", delivery=delivery, inbox=inbox, loss_rate=loss,
+                          compute_jitter=jitter, churn_rate=churn, churn_mean_s=0.2)
+    hp = congested_hparams(cfg)
+    run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
+                                       inbox_policy=inbox)
+    K = run.engine.layout.K
+    assert_equals_reference(state, ref)
+    assert_lost_and_replaced_equal(state, ref, per=K)
+    np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
+    assert metrics["msgs_lost"][-1] == ref.lost.sum()
+    if inbox == "latest":
+        assert ref.replaced > 0                   # the look-ahead reads the download table
+    if churn == 0:                                # the slowest download link holds models back
+        _, free, _ = run_checked(cfg.replace(download_mbps=0.0), hp, driver=jitter > 0)
+        assert int(state.counters.delivered[4]) < int(free.counters.delivered[4])
+        if loss == 0:
+            assert int(state.counters.lost.sum()) == 0
+    else:
+        assert ref.lost.sum() > 0
+
+
 def test_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_model():
     """Download links far faster than anything sent (every message 0 sub-ticks): the download
     code path delivers each message at its upload arrival, so the run is today's, bit for bit."""
@@ -71,6 +104,10 @@ def test_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_model():
     _, state, _ = run_checked(fast, congested_hparams(fast, download=(1e15,) * 5))
     assert_same_run(state, base)
     assert int(state.counters.lost.sum()) == 0
+    swift, fast_swift = cfg.replace(algorithm="swift"), fast.replace(algorithm="swift")
+    _, base, _ = run_checked(swift, congested_hparams(swift))
+    _, state, _ = run_checked(fast_swift, congested_hparams(fast_swift, download=(1e15,) * 5))
+    assert_same_run(state, base)
 
 
 def test_downloads__slower_links_deliver_later_and_lose_more():
@@ -126,7 +163,7 @@ def test_downloads__bad_values_and_unsupported_combinations_are_refused():
         download_config(straggler_download_mbps=(-2.0,))
     with pytest.raises(ConfigError, match="straggler_download_mbps"):
         download_config(n_stragglers=3, straggler_download_mbps=(1.0, 2.0))
-    for algorithm in ("swift", "adpsgd", "dpsgd", "epidemic"):
+    for algorithm in ("adpsgd", "dpsgd", "epidemic"):
         with pytest.raises(ConfigError, match="download limits are modelled for divshare"):
             download_config(algorithm=algorithm)
     cfg = download_config()

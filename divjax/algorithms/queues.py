@@ -111,7 +111,7 @@ def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Arr
     wide = lambda x: jnp.broadcast_to(x[..., None], x.shape + (K,))  # noqa: E731
     enq = jnp.broadcast_to(t, safe.shape)
     return Schedule(wide(sent), wide(leave_tick), wide(arrival),
-                    enq if stop is None else stop, enq)
+                    enq if stop is None else stop, enq, wide(leave_sub + lat))
 
 
 def appended_link_free(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
@@ -195,7 +195,8 @@ def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray) -> Li
 def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: jax.Array,
                      recv: jax.Array, payload: jax.Array, t: jax.Array,
                      replaced_fn: Callable | None = None, lost: jax.Array | None = None,
-                     stop: jax.Array | None = None):
+                     stop: jax.Array | None = None,
+                     delivery: tuple[jax.Array, jax.Array] | None = None):
     """Append one full-model message per receiver recv[c, j] to each sender's queue, scatter
     them into the ring (as K fragments each) and time the counters.
 
@@ -208,7 +209,12 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
         churn, those that arrive at an offline receiver are lost too;
       stop: optional (C,) int32, the tick each sender goes offline and drops its queue (churn):
         what has not fully left its link by then is dropped, counted in `dropped` then (per
-        fragment) if that is within the run.
+        fragment) if that is within the run;
+      delivery: optional ((C, J) int32 delivery tick, (C, J) bool lost on a download link),
+        with download limits (`divjax.downloads`): a message that reaches its receiver's
+        download link joins the inbox at that tick instead of its upload arrival (one that
+        reaches an offline receiver is lost as without limits); a tick at or after the run's
+        end is taken as T (never read within the run).
     Returns: (state with inbox, counters and error flags updated, the Schedule (C, J, K)).
     """
     C, J = recv.shape
@@ -221,6 +227,12 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
     # only the run's end keeps a message unsent: not a drop)
     dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
     lost = lost_or_offline(ctx.cfg, ctx.table, lost, recv, sched.arrival[..., 0])
+    if delivery is not None:   # the download links' FIFO: delivered later, or lost there
+        tick, down_lost = delivery
+        tick = jnp.minimum(tick, ctx.cfg.num_ticks)
+        sched = sched._replace(arrival=jnp.broadcast_to(tick[..., None], (C, J, K)))
+        down_lost = down_lost & sched.sent[..., 0]
+        lost = down_lost if lost is None else lost | down_lost
     replaced = None
     if replaced_fn is not None:   # a lost message is never in an inbox to be replaced
         rep = replaced_fn(sched)

@@ -18,6 +18,18 @@ back online, it appends to an empty link at its next iteration end. (The authors
 appends and never drops while the process lives; a node that leaves takes its queue with it.)
 A model that arrives at an offline node is lost (counted in `lost` at the receiver, as with
 `--loss-rate`) and replaces nothing in an inbox.
+
+Download limits (`--download-mbps`, `divjax.downloads`), the rule DivShare uses: a model that
+has left its sender's link queues at its receiver's download link, first come first served by
+the sub-tick it got there, and joins the inbox at the first tick at or after it has been
+received in full. Senders are not slowed (no backpressure): where more reaches a download link
+than it drains (the testbed's stragglers), its queue, and the models' delay, grow without bound
+(`--delay-ticks` is then the run's horizon). Swift drops nothing: without churn a model is
+never lost on a download link. A sender going offline closes its connections, so a model not
+received in full by then plus the latency is lost (as DivShare's deadline); a receiver going
+offline at tick s must have received it by the end of tick s - 1. Swift's timing does not
+depend on downloads or models, so every model's delivery is computed at init
+(`download_table`, an (n, iterations, s) table), as for DivShare.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
 from divjax.algorithms.queues import (
@@ -35,17 +48,22 @@ from divjax.algorithms.queues import (
     init_queue_state,
     model_units,
     queue_stop,
+    schedule_appended_queue,
     send_full_models,
 )
 from divjax.compute_schedule import (
     end_tick,
     has_offline,
     is_offline,
+    next_offline_start,
+    shortest_ticks,
+    slots_needed,
     stop_tick,
     window_index,
     window_tick,
 )
-from divjax.config import SimConfig
+from divjax.config import SimConfig, download_limited
+from divjax.downloads import decode, fifo_deliveries
 from divjax.messages import collect
 from divjax.network import (
     arrival_tick,
@@ -61,6 +79,8 @@ class SwiftState(NamedTuple):
     """Swift's algorithm state."""
 
     queue: QueueState  # link end of queue and models queued, per node
+    deliveries: jax.Array | tuple = ()  # with download limits: (n, S, s) int32
+    #                                     `downloads` codes of iteration k's models
 
 
 def swift_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -76,9 +96,60 @@ def queue_length(state) -> jax.Array:
     return state.algo_state.queue.enqueued - c.sent[:, 0] - c.dropped // c.sent.shape[1]
 
 
+def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
+    """(n, S, s) int32: for node i's iteration k < S = cfg.iteration_slots and its j-th model,
+    the `downloads.fifo_deliveries` code (delivery tick, or -(tick lost) - 1); models that
+    never reach a download link (not sent, lost on the way, reaching an offline node) hold
+    their upload arrival tick. Every node's appended queue is walked iteration by iteration
+    (all nodes at once, as `iteration_end` schedules them), then one FIFO per download link."""
+    cfg, table = ctx.cfg, ctx.table
+    n, S, T, R, s = cfg.n_nodes, cfg.iteration_slots, cfg.num_ticks, cfg.link_resolution, \
+        cfg.fanout
+    nodes = jnp.arange(n, dtype=jnp.int32)
+    position = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
+    down_units = jnp.sum(table.down_units, axis=-1)        # a full model's K fragments
+
+    def one_iteration(link_free, k):
+        t = end_tick(table, nodes, k)
+        valid = t < T
+        keys = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t)
+        recv = jax.vmap(lambda kk, i: swift_routes(kk, i, ctx.neighbors, ctx.degree, s))(
+            keys.route, nodes)                                                   # (n, s)
+        stop = queue_stop(cfg, table, nodes, t)
+        stop = None if stop is None else jnp.broadcast_to(stop, (n,))
+        sched = schedule_appended_queue(cfg, table, link_free, nodes,
+                                        jnp.broadcast_to(valid[:, None], (n, s)), position, t,
+                                        1, recv, stop)
+        link_free = appended_link_free(cfg, table, link_free, nodes, valid,
+                                       jnp.full((n,), s, jnp.int32), t, stop)
+        enters, arrival = sched.sent[..., 0], sched.arrival[..., 0]
+        if loss_modelled(cfg):
+            enters &= ~jax.vmap(lambda kk, i, r: message_lost(cfg, kk, i[None], (s,),
+                                                              r[None])[0])(
+                keys.spare, nodes, recv)
+        lat = pair_latency_units(table, nodes[:, None], recv)
+        deadline = (jnp.full((n,), T, jnp.int32) if stop is None
+                    else jnp.minimum(stop, T))[:, None] * R + lat
+        if has_offline(cfg):   # as for DivShare (divjax.downloads)
+            enters &= ~is_offline(table, recv, arrival)
+            s_off = next_offline_start(table, recv, arrival)
+            deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
+        return link_free, (jnp.where(enters, recv, n), sched.arrival_sub[..., 0], deadline,
+                           down_units[recv], enters, arrival)
+
+    _, (recv, avail, deadline, units, enters, upload_tick) = jax.lax.scan(
+        one_iteration, jnp.zeros((n,), jnp.int32), jnp.arange(S, dtype=jnp.int32))
+    flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1)   # noqa: E731  (S, n, s) -> node-major
+    code = fifo_deliveries(flat(recv), flat(avail), flat(deadline), flat(units),
+                           jnp.broadcast_to(nodes[:, None, None], (n, S, s)).reshape(-1), R, n)
+    return jnp.where(jnp.swapaxes(enters, 0, 1), code.reshape(n, S, s),
+                     jnp.swapaxes(upload_tick, 0, 1))
+
+
 def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: jax.Array,
                       recv: jax.Array, arrival: jax.Array, sent: jax.Array,
-                      link_free: jax.Array, t: jax.Array, k: jax.Array) -> jax.Array:
+                      link_free: jax.Array, t: jax.Array, k: jax.Array,
+                      deliveries: jax.Array | tuple = ()) -> jax.Array:
     """(C, s) bool: which full models queued at tick t a newer model from the same sender
     replaces in the receiver's inbox before the receiver aggregates (inbox "latest").
 
@@ -88,7 +159,9 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     drawn from the keys of those ticks. A model is replaced when a later one
     to the same receiver arrives within the run in the same inbox window. The loop looks ahead
     while a later iteration end precedes the last aggregation these models join and the link
-    can still deliver a later model before it.
+    can still deliver a later model before it. With download limits (`deliveries`, the
+    `download_table`) a later model joins the inbox at its delivery tick, if it is not lost on
+    its download link; `arrival` is then the delivery of these models.
     """
     cfg, table = ctx.cfg, ctx.table
     n, T, R, s = cfg.n_nodes, cfg.num_ticks, cfg.link_resolution, cfg.fanout
@@ -125,6 +198,10 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
         if has_offline(cfg):    # nor one dropped when its sender goes offline, nor one that
             ok_i = ok_i & (leave_sub <= stop_i[:, None] * R) & ~is_offline(  # reaches an
                 table, recv_i, arrival_i)                                 # offline node
+        if isinstance(deliveries, jax.Array):   # when, and whether, its download link takes it
+            arrival_i, down_lost = decode(deliveries[safe, jnp.minimum(
+                k + i, deliveries.shape[1] - 1)])
+            ok_i = ok_i & (arrival_i < T) & ~down_lost
         same = ((recv[:, :, None] == recv_i[:, None, :]) & ok_i[:, None, :]
                 & (window_index(table, recv[:, :, None], arrival_i[:, None, :])
                    == window[:, :, None]))                                       # (C, s, s')
@@ -142,7 +219,10 @@ def make_swift(cfg: SimConfig) -> Algorithm:
 
     def init(ctx: Context, params):
         del params  # all state is link timing
-        return SwiftState(init_queue_state(ctx.cfg.n_nodes))
+        queue = init_queue_state(ctx.cfg.n_nodes)
+        if download_limited(ctx.cfg) and s > 0:
+            return SwiftState(queue, download_table(ctx, ctx.k_sim))
+        return SwiftState(queue)
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         C = node.shape[0]
@@ -156,14 +236,19 @@ def make_swift(cfg: SimConfig) -> Algorithm:
             link_free = appended_link_free(ctx.cfg, ctx.table, q.link_free, node, valid,
                                            jnp.full((C,), s, jnp.int32), t, stop)
             lost = message_lost(ctx.cfg, keys.spare, safe, (s,), recv)            # (C, s)
+            deliveries, delivery = state.algo_state.deliveries, None
+            if isinstance(deliveries, jax.Array):   # download limits: the table's row
+                delivery = decode(deliveries[safe, jnp.minimum(state.iterations[safe],
+                                                               deliveries.shape[1] - 1)])
             replaced_fn = None
             if ctx.cfg.inbox == "latest":
                 def replaced_fn(sched):   # (lost ones are taken out by send_full_models)
                     return replaced_by_newer(ctx, state.k_sim, node, valid, recv,
                                              sched.arrival[..., 0], sched.sent[..., 0],
-                                             link_free[safe], t, state.iterations[safe])
+                                             link_free[safe], t, state.iterations[safe],
+                                             deliveries)
             state, _ = send_full_models(ctx, state, q.link_free, node, valid, recv, trained, t,
-                                        replaced_fn, lost, stop)
+                                        replaced_fn, lost, stop, delivery)
             inbox, counters = state.inbox, state.counters
             q = QueueState(link_free,
                            q.enqueued.at[jnp.where(valid, node, ctx.cfg.n_nodes)].add(
@@ -171,9 +256,22 @@ def make_swift(cfg: SimConfig) -> Algorithm:
         inbox, got_total, got_count = collect(ctx.cfg, inbox, node, valid, ctx.table, t)
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters,
-                             algo_state=SwiftState(q)), averaged
+                             algo_state=state.algo_state._replace(queue=q)), averaged
 
     def longest_delay(cfg_resolved: SimConfig, table) -> int:
-        return appended_queue_longest_delay(cfg_resolved, table, s)
+        delay = appended_queue_longest_delay(cfg_resolved, table, s)
+        if download_limited(cfg_resolved) and s > 0:
+            # a download queue may hold a model until the run's end (never read after it)
+            c_min = int(np.min(shortest_ticks(cfg_resolved, np.asarray(table.compute_ticks))))
+            delay = max(delay, cfg_resolved.num_ticks - c_min)
+        return delay
 
-    return Algorithm("swift", init, iteration_end, longest_delay=longest_delay)
+    def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
+        """With download limits: table every iteration of the run (iteration_slots)."""
+        if not download_limited(cfg_resolved) or cfg_resolved.iteration_slots:
+            return cfg_resolved
+        return cfg_resolved.replace(iteration_slots=slots_needed(cfg_resolved,
+                                                                 table.compute_ticks))
+
+    return Algorithm("swift", init, iteration_end, longest_delay=longest_delay,
+                     resolve_sizes=resolve_sizes)
