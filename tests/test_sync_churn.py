@@ -74,3 +74,22 @@ def test_sync_churn__churn_is_taken_but_jitter_and_traces_are_still_refused(algo
                      + "".join(f"0,{i},0.1,1\n" for i in range(5)))
     with pytest.raises(ConfigError, match="trace_file"):
         sync_config(algorithm=algorithm, churn_rate=0.0, trace_file=str(trace))
+
+
+@pytest.mark.parametrize("algorithm,seed", [("dpsgd", 2), ("epidemic", 1)])
+def test_sync_churn__nodes_offline_at_most_round_ends(algorithm, seed):
+    """Churn 90%: at most 4 of the 9 rounds find a node online (the others change nothing),
+    and one node is offline at every round end: it never trains, sends nothing and ends with
+    its initial model, while the models sent to it are lost."""
+    cfg = sync_config(algorithm=algorithm, churn_rate=0.9, churn_mean_s=0.6)
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp, seed=seed)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
+                                       jax.random.key(seed))
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    never = np.flatnonzero(ref.iterations == 0)
+    assert never.size > 0 and 0 < ref.iterations.sum() <= 4 and int(state.next_end[0]) == 110
+    initial = jax.jit(run.engine.init)(jax.random.key(seed), hp).params
+    np.testing.assert_array_equal(np.asarray(state.params)[never], np.asarray(initial)[never])
+    assert np.all(ref.sent[never] == 0) and np.all(ref.lost[never] > 0)
