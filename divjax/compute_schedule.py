@@ -30,6 +30,8 @@ k_sim, CHURN_STREAM), i), j) for the j-th pair of node i (`offline_intervals`: t
 compute runs on online time only), so no iteration ends while its node is offline; the ends
 table holds the paused ends. What the engine does with an offline node's messages (DivShare:
 going offline drops its send queue; an arrival at an offline node is lost) is the algorithm's.
+Synchronous rounds (D-PSGD, Epidemic Learning) are never paused: the engine builds no ends table
+for them, and a node offline at a round end (`is_offline`) skips that round (`divjax.sim.tick`).
 
 A trace (`trace_file`, `divjax.traces`) gives the same tables from a file instead of the key:
 its ends (`traces.end_table`: an iteration lasts the compute time in force at its start, paused

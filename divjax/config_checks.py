@@ -84,10 +84,6 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
     if not (math.isfinite(self.churn_mean_s) and self.churn_mean_s > 0):
         bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
-    if self.churn_rate and self.algorithm in ("dpsgd", "epidemic"):
-        bad("churn_rate", self.churn_rate, f"churn is not modelled for algorithm="
-            f"{self.algorithm!r} yet (synchronous rounds of one length): use --churn-rate 0, "
-            f"or an asynchronous algorithm (divshare, swift, adpsgd, local)")
     if self.compute_jitter and self.algorithm in ("dpsgd", "epidemic"):
         bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
             "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "

@@ -89,6 +89,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
 
     params, k_sim = initial_models(cfg, task, layout, key)
     end_of, offline = iteration_schedule(cfg, c, k_sim)
+    if algo.synchronous:   # rounds of one length, never paused by churn (see the branch below)
+        end_of = lambda i, k: (k + 1) * int(c[i])  # noqa: E731
     opt = [init_opt(p) for p in params]
     latest = [p.copy() for p in params]            # AD-PSGD snapshots
 
@@ -242,14 +244,19 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
             ends = [i] + [e[4][0] for e in events if e[0] == t and e[3] == "end"]
             events[:] = [e for e in events if not (e[0] == t and e[3] == "end")]
             heapq.heapify(events)
-            ends = sorted(ends)
-            trained, opts, keys = {}, {}, None
+            for j in ends:   # the next round ends c later, also for a node that skips this one
+                at(t + int(c[j]), 2, "end", j)
+            # churn: a node offline now skips the round (no training, sending or mixing)
+            ends = sorted(j for j in ends if not offline_at(j, t))
+            trained, opts, keys = {}, {}, tick_keys(k_sim, t)
             for j in ends:
-                trained[j], opts[j], keys = train(j, t)
+                trained[j], opts[j], _ = train(j, t)
             def lost_of(j, peers):   # which of j's models to `peers` this round are lost
                 lost = network.message_lost(cfg, keys.spare, jax.numpy.array([j]), peers.shape,
                                             jax.numpy.asarray(peers)[None])
-                return np.zeros(peers.shape, bool) if lost is None else np.asarray(lost[0])
+                lost = np.zeros(peers.shape, bool) if lost is None else np.asarray(lost[0])
+                # a model that reaches an offline node is lost too (sent, never mixed)
+                return lost | np.array([offline_at(int(r), t) for r in peers], bool)
             if cfg.algorithm == "dpsgd":
                 W = metropolis_hastings(adj)
                 got = {r: {r} for r in ends}     # the models r mixes (its own always)
@@ -263,7 +270,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                             delivered[r] += K
                             got[r].add(j)
                 new = {r: sum(np.float32(W[r, j]) * trained[j if j in got[r] else r]
-                              for j in ends) for r in ends}
+                              for j in range(n)) for r in ends}
             else:  # epidemic
                 for j in ends:
                     peers = np.asarray(route(keys.route, j))
@@ -275,8 +282,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                         else:
                             receive(j, int(r), trained[j])
                 new = {r: average_inbox(r, trained[r]) for r in ends}
-            for j in ends:
-                finish(j, t, new[j].astype(np.float32), opts[j])
+            for j in ends:   # as `finish`, but the next round is already scheduled
+                params[j] = new[j].astype(np.float32)
+                opt[j] = init_opt(params[j]) if cfg.reset_optimizer else opts[j]
+                iterations[j] += 1
 
     return BaselineResult(np.stack(params), sent, delivered, iterations, enqueued,
                           counts["pongs"], counts["replaced"], log, lost_at, dropped)

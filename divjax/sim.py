@@ -7,6 +7,9 @@ One tick (t), `tick`:
   3. the algorithm queues their post-training messages and averages in their inbox;
   4. they start the next iteration, which ends compute_ticks later (with compute jitter or
      churn: at the next entry of the iteration-end table, `compute_schedule.end_tick`).
+A synchronous algorithm's rounds all last compute_ticks and churn never pauses them: a node
+offline at a round end (`compute_schedule.is_offline`) skips that round (steps 2-3: no training,
+no messages, no mixing; its iteration count stays), and its next round ends compute_ticks later.
 Ticks at which no node finishes skip step 2-3 (`lax.cond`); with `iteration_chunk` the finishing
 nodes are handled a chunk at a time (`end_finishing_nodes`). Everything random derives from
 `fold_in(k_sim, t)` and the node id, so what happens (iterations, messages, counters) does not
@@ -35,6 +38,7 @@ from divjax.compute_schedule import (
     end_tick,
     has_offline,
     has_table,
+    is_offline,
     iteration_ends,
     offline_intervals,
     shortest_ticks,
@@ -101,8 +105,9 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
         table = spec.algo.adjust_timing(spec.cfg, table)
     if has_table(spec.cfg):
         off = offline_intervals(spec.cfg, k_sim) if has_offline(spec.cfg) else (None, None)
-        table = table._replace(ends=iteration_ends(spec.cfg, table.compute_ticks, k_sim, off),
-                               off_start=off[0], off_end=off[1])
+        ends = (None if spec.algo.synchronous   # rounds of one length, never paused
+                else iteration_ends(spec.cfg, table.compute_ticks, k_sim, off))
+        table = table._replace(ends=ends, off_start=off[0], off_end=off[1])
     return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
                    jnp.asarray(spec.degree), table)
 
@@ -215,14 +220,21 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
                           inbox=messages.arrive(cfg, inbox, t))
     if spec.algo.on_tick is not None:
         state = spec.algo.on_tick(ctx, state, keys, t)
+    nodes = jnp.arange(cfg.n_nodes)
     done = state.next_end == t                                                  # (n,)
+    train = done
+    if spec.algo.synchronous:   # fixed rounds: an offline node skips one, the next is c later
+        following = t + ctx.table.compute_ticks
+        if has_offline(cfg):
+            train = done & ~is_offline(ctx.table, nodes, t)
+    else:
+        following = end_tick(ctx.table, nodes, state.iterations + 1)
     state = jax.lax.cond(
-        jnp.any(done), lambda s: end_finishing_nodes(spec, ctx, hp, s, done, keys, t),
+        jnp.any(train), lambda s: end_finishing_nodes(spec, ctx, hp, s, train, keys, t),
         lambda s: s, state)
     return state.replace(
-        next_end=jnp.where(done, end_tick(ctx.table, jnp.arange(spec.cfg.n_nodes),
-                                          state.iterations + 1), state.next_end),
-        iterations=state.iterations + done.astype(jnp.int32),
+        next_end=jnp.where(done, following, state.next_end),
+        iterations=state.iterations + train.astype(jnp.int32),
         t=t + 1,
     )
 

@@ -2,8 +2,8 @@
 offline node neither trains (its iteration is paused) nor sends (going offline drops its
 DivShare queue); what reaches it is lost and counted. The engine equals the reference
 simulators (parameters and counters, lost and dropped included); a churn rate that takes no
-node offline within the run gives the bits of no churn; bad values and the algorithms it is
-not modelled for are refused."""
+node offline within the run gives the bits of no churn; bad values are refused (D-PSGD and
+Epidemic Learning: tests/test_sync_churn.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -82,13 +82,10 @@ def test_churn__offline_intervals_are_seeded_and_pause_iterations():
     assert not down.any()
 
 
-def test_churn__bad_values_and_unsupported_algorithms_are_refused():
+def test_churn__bad_values_are_refused():
     for value in (-0.1, 0.95, float("nan")):
         with pytest.raises(ConfigError, match="churn_rate"):
             churn_config(churn_rate=value)
     for value in (0.0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match="churn_mean_s"):
             churn_config(churn_mean_s=value)
-    for algorithm in ("dpsgd", "epidemic"):   # swift, adpsgd: tests/test_baseline_churn_loss
-        with pytest.raises(ConfigError, match="--churn-rate 0"):
-            churn_config(algorithm=algorithm)

@@ -15,6 +15,17 @@ Message loss (`--loss-rate p`): every model sent is lost independently with prob
 it counts as sent, is counted in `lost` at its receiver, and the receiver mixes its own model in
 its place: x_r = y_r + sum over the models that arrived of W_rj (y_j - y_r) (rows stay
 stochastic; no loss gives x = W y).
+
+Churn (`--churn-rate`, `--churn-mean-s`; `compute_schedule.offline_intervals`): rounds keep
+their one length and are never paused (unlike an asynchronous iteration): every node's round
+ends at the same ticks, online or not. A node offline at a round end (`is_offline` at that
+tick) skips the round: it does not train, send or mix, its model and optimizer state stay as
+they are and its iteration count does not advance (`iterations` counts the rounds it took
+part in). An online node mixes as under loss, an offline neighbour's model counting as lost:
+x_r = y_r + sum over the models that arrived of W_rj (y_j - y_r). Counters: an offline node
+sends nothing (nothing counted); a model sent to an offline neighbour is sent and counted in
+`lost` at that neighbour, as a lost message is. A trace's offline rows are not taken yet
+(traces change compute times, which rounds of one length cannot follow).
 """
 
 from __future__ import annotations
@@ -28,10 +39,19 @@ import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.queues import sync_round_timing
+from divjax.compute_schedule import has_offline, is_offline
 from divjax.config import SimConfig
 from divjax.network import message_lost
 from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.topology import adjacency, metropolis_hastings
+
+
+def offline_now(ctx: Context, t) -> jax.Array | None:
+    """(n,) bool: the nodes offline at tick t (churn, `compute_schedule.is_offline`); None when
+    no node ever goes offline."""
+    if not has_offline(ctx.cfg):
+        return None
+    return is_offline(ctx.table, jnp.arange(ctx.cfg.n_nodes, dtype=jnp.int32), t)
 
 
 def round_progress(ctx: Context, state, node, valid, t):
@@ -51,6 +71,9 @@ def round_progress(ctx: Context, state, node, valid, t):
     n = ctx.cfg.n_nodes
     cap = ctx.cfg.train_capacity or n
     finishing = state.next_end == t
+    off = offline_now(ctx, t)
+    if off is not None:   # the engine trains no offline node (divjax.sim.tick)
+        finishing = finishing & ~off
     handled = finishing & (jnp.cumsum(finishing) <= cap)
     if node.shape[0] >= cap:  # not chunked
         return handled, True
@@ -128,15 +151,20 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
             W = jnp.asarray(W_np, jnp.float32)
             ids = jnp.arange(n, dtype=jnp.int32)
             lost = message_lost(ctx.cfg, keys.spare, ids, (n,), jnp.broadcast_to(ids, (n, n)))
-            if lost is None:
+            off = offline_now(ctx, t)
+            if lost is None and off is None:
                 return jnp.einsum("ij,jkf->ikf", W, y), deg
-            # lost[j, r]: node j's model to r is lost; [r, j] of the edges that lost one
-            gone = jnp.asarray(W_np > 0) & ~jnp.eye(n, dtype=bool) & lost.T
-            W_got = jnp.where(gone, 0.0, W)
+            nbr = jnp.asarray(W_np > 0) & ~jnp.eye(n, dtype=bool)        # [r, j]: j -> r
+            sends = nbr if off is None else nbr & ~off[None, :]   # an offline node sends none
+            # gone[r, j]: j's model to r was sent and lost (lost[j, r], or r is offline)
+            fails = jnp.zeros((n, n), bool) if lost is None else lost.T
+            gone = sends & (fails if off is None else fails | off[:, None])
+            missed = nbr & ~(sends & ~gone)         # r mixes its own model in their place
+            W_got = jnp.where(missed, 0.0, W)
             x = (jnp.einsum("ij,jkf->ikf", W_got, y)
-                 + jnp.sum(jnp.where(gone, W, 0.0), axis=1)[:, None, None] * y)
+                 + jnp.sum(jnp.where(missed, W, 0.0), axis=1)[:, None, None] * y)
             missing = jnp.sum(gone, axis=1).astype(jnp.int32)
-            return x, deg - missing, missing
+            return x, jnp.sum(sends & ~gone, axis=1).astype(jnp.int32), missing
 
         return sync_iteration_end(ctx, state, node, valid, trained, t, deg, mix)
 

@@ -13,6 +13,13 @@ Message loss (`--loss-rate p`): every model sent is lost independently with prob
 (`network.message_lost` from the round's spare key and the sender, one draw per peer in send
 order); it counts as sent, is counted in `lost` at its receiver, and the receiver averages only
 what arrived.
+
+Churn (`--churn-rate`, `--churn-mean-s`): as for D-PSGD (divjax.algorithms.dpsgd), rounds keep
+their one length, and a node offline at a round end skips it (no training, no sending, no
+averaging; model, optimizer state and iteration count stay). An online node still draws its
+`fanout` peers among all its neighbours, offline ones included: a model sent to an offline
+peer is sent and counted in `lost` at that peer (as a lost message); an online node averages
+what arrived.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
-from divjax.algorithms.dpsgd import sync_iteration_end
+from divjax.algorithms.dpsgd import offline_now, sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
 from divjax.network import message_lost
@@ -51,8 +58,12 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
             sender = jnp.arange(n, dtype=jnp.int32)
             recv = jax.vmap(lambda i: epidemic_routes(keys.route, i, ctx.neighbors, ctx.degree,
                                                       s))(sender)                 # (n, s)
-            recv = jnp.where(handled[:, None], recv, n)
+            recv = jnp.where(handled[:, None], recv, n)   # an offline node sends nothing
             lost = message_lost(ctx.cfg, keys.spare, sender, (s,), recv)         # (n, s)
+            off = offline_now(ctx, t)
+            if off is not None:   # a model that reaches an offline node is lost
+                gone = jnp.append(off, False)[recv]
+                lost = gone if lost is None else lost | gone
             arrived = recv if lost is None else jnp.where(lost, n, recv)
             # A[r, i] = 1 if i's model sent to r this round arrived
             A = jnp.zeros((n, n), jnp.float32).at[arrived, sender[:, None]].add(1.0, mode="drop")
