@@ -82,8 +82,9 @@ def movielens_realworld() -> SimConfig:
     around 0.15 s with sigma 0.5 per node (heterogeneous machines) and 0.2 per iteration
     (jitter); 1% of messages lost; every node offline 5% of the time, 5 s per absence on
     average (churn); download links as fast as each node's upload (the testbed's symmetric
-    shaping: 60 Mbit/s, the stragglers 10-13). Swap any with its flag; churn is modelled for DivShare, Swift, AD-PSGD and local-only (D-PSGD and
-    Epidemic Learning refuse it), loss for every algorithm."""
+    shaping: 60 Mbit/s, the stragglers 10-13). Swap any with its flag. It runs DivShare, Swift and local-only as it is:
+    download limits are modelled for those (AD-PSGD, D-PSGD and Epidemic Learning refuse them;
+    the last two also refuse its compute jitter); churn and loss for every algorithm."""
     return movielens_paper().replace(latency_regions=4, inter_region_ms=40.0,
                                      compute_spread=0.5, compute_jitter=0.2, loss_rate=0.01,
                                      churn_rate=0.05, churn_mean_s=5.0, download_mbps=60.0,
