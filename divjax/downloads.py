@@ -54,15 +54,20 @@ import jax.numpy as jnp
 
 
 def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
-                    units: jax.Array, sender: jax.Array, resolution: int, n: int) -> jax.Array:
+                    units: jax.Array, sender: jax.Array, resolution: int, n: int,
+                    row_start: jax.Array | None = None) -> jax.Array:
     """Serve every download link first come, first served; return each message's fate.
 
     Args (all (N,) int32; link sub-ticks are absolute):
       receiver: the message's receiver, or n for an entry that is not a message;
       avail: its upload arrival (sub-tick it reaches the receiver's download link);
       deadline: the last sub-tick by which it must be received in full, else it is lost;
-      units: sub-ticks the receiver's download link needs for it (>= 0);
-      sender: ties in `avail` at one receiver are served smaller sender first.
+      units: sub-ticks the receiver's download link needs for it (>= 0); with `row_start`,
+        (N, P): the sub-ticks at each of the receiver's trace rows;
+      sender: ties in `avail` at one receiver are served smaller sender first;
+      row_start: optional (n, P) int32, the sub-tick each of a link's trace rows starts (a
+        trace whose download changes; `row_start_subticks`): a message is received at the
+        bandwidth in force when its reception starts (the last row starting at or before).
     Returns (N,) int32: the delivery tick (>= 0) of a delivered message, -(t + 1) for a message
       lost at tick t (its deadline's tick), 0 for entries that are not messages.
 
@@ -80,8 +85,13 @@ def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
         free, out = carry                                   # (n,) sub-tick each link is free
         active = j < counts
         idx = order[jnp.minimum(first + j, N - 1)]
-        a, dl, u = avail[idx], deadline[idx], units[idx]
+        a, dl = avail[idx], deadline[idx]
         start = jnp.maximum(a, free)
+        if row_start is None:
+            u = units[idx]
+        else:   # the row in force at `start` on every link (lane j of the round = link j)
+            row = jnp.maximum(jnp.sum(row_start <= start[:, None], axis=1) - 1, 0)
+            u = units[idx, row]
         done = start + u
         ok = done <= dl
         busy_until = jnp.where(ok, done, jnp.where(start < dl, dl, free))
@@ -92,6 +102,31 @@ def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
     _, out = jax.lax.fori_loop(0, jnp.max(counts, initial=0), serve,
                                (jnp.zeros((n,), jnp.int32), jnp.zeros((N,), jnp.int32)))
     return out
+
+
+def row_start_subticks(table, resolution: int) -> jax.Array | None:
+    """(n, P) int32: the sub-tick at which each of every node's trace rows starts (padding:
+    never), when a trace's download changes; None otherwise (`LinkTable.down_seg_units`)."""
+    if table.down_seg_units is None:
+        return None
+    tick = table.seg_tick
+    return jnp.where(tick > (2**31 - 1) // resolution, jnp.iinfo(jnp.int32).max,
+                     tick * resolution)
+
+
+def message_units(table, receiver: jax.Array, fragment) -> jax.Array:
+    """Download sub-ticks of messages to `receiver` (any shape), each fragment `fragment`
+    (broadcastable; None: a full model, all K fragments): receiver.shape, or receiver.shape +
+    (P,) (one per trace row) when a trace's download changes."""
+    if table.down_seg_units is None:
+        per = table.down_units[receiver]                               # (..., K)
+        return jnp.sum(per, -1) if fragment is None else jnp.take_along_axis(
+            per, jnp.broadcast_to(fragment, receiver.shape)[..., None], -1)[..., 0]
+    per = table.down_seg_units[receiver]                               # (..., P, K)
+    if fragment is None:
+        return jnp.sum(per, -1)
+    k = jnp.broadcast_to(fragment, receiver.shape)[..., None, None]
+    return jnp.take_along_axis(per, jnp.broadcast_to(k, per.shape[:-1] + (1,)), -1)[..., 0]
 
 
 def decode(code: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -53,9 +53,12 @@ class LinkTable(NamedTuple):
     down_units: jax.Array | None = None  # (n, K) int32 with download limits: link sub-ticks
     #                                      node j's download link needs to receive fragment k,
     #                                      >= 0 (0: unlimited); None: downloads not modelled
-    seg_tick: jax.Array | None = None   # (n, P) int32 with a trace whose upload varies: the
-    #                                     tick each of node i's trace rows starts (padded)
+    seg_tick: jax.Array | None = None   # (n, P) int32 with a trace whose upload or download
+    #                                     varies: the tick each of node i's rows starts (padded)
     seg_units: jax.Array | None = None  # (n, P, K) int32: msg_units in force from seg_tick
+    #                                     (None: the upload does not vary)
+    down_seg_units: jax.Array | None = None  # (n, P, K) int32: down_units in force from
+    #                                     seg_tick (None: no download varies, or no limits)
 
 
 def pair_latency_units(table: LinkTable, sender: jax.Array, receiver: jax.Array) -> jax.Array:
@@ -119,22 +122,33 @@ def link_table(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> LinkT
     units = fragment_units(fragment_bytes, hp.upload_bps, cfg)
     region, extra_ms = region_latency_ms(cfg)
     region_units = np.round(extra_ms / 1e3 / cfg.tick_s * cfg.link_resolution).astype(np.int32)
-    seg_tick = seg_units = None
-    if cfg.trace_file:   # a trace whose upload changes over time (DivShare): units per row
+    seg_tick = seg_units = down_seg = None
+    if cfg.trace_file:   # a trace whose bandwidths change over time: units per row
         from divjax.traces import node_trace
 
         nt = node_trace(cfg)
-        if nt.upload_seg_bps is not None:
+        up, down_rows = nt.upload_seg_bps, nt.download_seg_bps
+        down_rows = down_rows if download_limited(cfg) else None
+        if up is not None or down_rows is not None:
             seg_tick = jnp.asarray(np.minimum(nt.seg_tick, 2**30), jnp.int32)
-            seg_units = fragment_units(fragment_bytes, jnp.asarray(nt.upload_seg_bps,
-                                                                   jnp.float32), cfg)
+        if up is not None:
+            seg_units = fragment_units(fragment_bytes, jnp.asarray(up, jnp.float32), cfg)
+        if down_rows is not None:
+            down_seg = download_units(fragment_bytes, jnp.asarray(down_rows, jnp.float32), cfg)
     down = None
     if download_limited(cfg):   # 0 sub-ticks where unlimited (inf): arrival as without limits
-        down_f = (jnp.asarray(fragment_bytes, jnp.float32)[None, :] / hp.download_bps[:, None]
-                  / tick * cfg.link_resolution)
-        down = jnp.maximum(0, jnp.ceil(down_f - 1e-3)).astype(jnp.int32)
+        down = download_units(fragment_bytes, hp.download_bps, cfg)
     return LinkTable(compute, latency, units, jnp.asarray(region), jnp.asarray(region_units),
-                     down_units=down, seg_tick=seg_tick, seg_units=seg_units)
+                     down_units=down, seg_tick=seg_tick, seg_units=seg_units,
+                     down_seg_units=down_seg)
+
+
+def download_units(fragment_bytes: np.ndarray, bps: jax.Array, cfg: SimConfig) -> jax.Array:
+    """(..., K) int32 sub-ticks a download link of `bps` (...,) bytes/s takes to receive each
+    fragment: bytes / bandwidth, rounded up to a sub-tick; 0 where unlimited (inf)."""
+    down_f = (jnp.asarray(fragment_bytes, jnp.float32) / bps[..., None]
+              / jnp.float32(cfg.tick_s) * cfg.link_resolution)
+    return jnp.maximum(0, jnp.ceil(down_f - 1e-3)).astype(jnp.int32)
 
 
 def fragment_units(fragment_bytes: np.ndarray, bps: jax.Array, cfg: SimConfig) -> jax.Array:
@@ -148,7 +162,7 @@ def fragment_units(fragment_bytes: np.ndarray, bps: jax.Array, cfg: SimConfig) -
 def units_at(table: LinkTable, node: jax.Array, t: jax.Array) -> jax.Array:
     """(C, K) link sub-ticks of every fragment of the C `node`s for a queue formed at tick t
     (() or (C,)): the upload in force then (a trace's row; `msg_units` when it is constant)."""
-    if table.seg_tick is None:
+    if table.seg_units is None:
         return table.msg_units[node]
     rows = table.seg_tick[node]                                                  # (C, P)
     p = jnp.sum(rows <= jnp.reshape(t, (-1, 1)), axis=1) - 1

@@ -33,6 +33,7 @@ from divjax.algorithms.divshare import divshare_routes
 from divjax.compute_schedule import host_end_ticks, host_offline
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.reference_downloads import DownloadLinks, download_units_of
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -56,40 +57,6 @@ class _Link:
     queue: deque = field(default_factory=deque)   # messages waiting: (receiver, fragment, payload)
     busy: tuple | None = None                     # (token, end_subtick, message) on the wire
     tokens: itertools.count = field(default_factory=itertools.count)
-
-
-class DownloadLinks:
-    """Every node's download link (`divjax.downloads`), served event by event: a message
-    waits from the sub-tick it reaches its receiver; `serve` takes, first come first served
-    (ties: smaller sender first), what has reached the link by the end of a tick."""
-
-    def __init__(self, n: int, resolution: int):
-        self.waiting: list[list] = [[] for _ in range(n)]   # per receiver: heap of messages
-        self.free = [0] * n                                  # sub-tick each link is free
-        self.R = resolution
-        self.seq = itertools.count()
-
-    def reach(self, r: int, reach: int, sender: int, units: int, deadline: int, message):
-        """A message reaches r's link at sub-tick `reach`; it takes `units` sub-ticks there
-        and must be received in full by `deadline`. Serve r at tick ceil(reach / R)."""
-        heapq.heappush(self.waiting[r], (reach, sender, next(self.seq), units, deadline,
-                                         message))
-
-    def serve(self, r: int, t: int) -> list:
-        """[(tick, delivered, message)]: each message that reached r by tick t, in order, with
-        the tick it is received in full (delivered) or lost (its deadline's tick)."""
-        out, R = [], self.R
-        while self.waiting[r] and self.waiting[r][0][0] <= t * R:
-            reach, _, _, units, deadline, message = heapq.heappop(self.waiting[r])
-            start = max(reach, self.free[r])
-            done = start + units
-            if done <= deadline:
-                self.free[r] = done
-                out.append((-(-done // R), True, message))
-            else:   # the sender closes the connection first: lost at the deadline
-                self.free[r] = deadline if start < deadline else self.free[r]
-                out.append((-(-deadline // R), False, message))
-        return out
 
 
 def initial_models(cfg: SimConfig, task: Task, layout, key: jax.Array):
@@ -200,6 +167,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
     down = table.down_units            # None: downloads are not modelled
     downloads = DownloadLinks(n, R)
+    down_units_of = None if down is None else download_units_of(cfg, layout.fragment_bytes, down)
 
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
@@ -290,7 +258,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
                 if later:
                     deadline = min(deadline, (min(later) - 1) * R)
-                downloads.reach(r, reach, i, int(down[r, k]), deadline, (i, r, k, payload))
+                downloads.reach(r, reach, i, down_units_of(r, k), deadline, (i, r, k, payload))
                 at(-(-reach // R), 0.5, "download", r)
             if keep_log:
                 log.append((t, "sent", (i, r, k)))

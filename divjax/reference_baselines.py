@@ -31,7 +31,8 @@ from divjax.algorithms.epidemic import epidemic_routes
 from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.reference import DownloadLinks, initial_models, iteration_schedule
+from divjax.reference import initial_models, iteration_schedule
+from divjax.reference_downloads import DownloadLinks, download_units_of
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -77,6 +78,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
     model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
     downloads = None if table.down_units is None else DownloadLinks(n, R)
+    down_units_of = None if downloads is None else download_units_of(
+        cfg, layout.fragment_bytes, table.down_units)
     adj = adjacency(cfg)
     nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adj))
     tx = make_optimizer(cfg, hp)
@@ -182,7 +185,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
                 later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
                 if later:
                     deadline = min(deadline, (min(later) - 1) * R)
-                downloads.reach(r, reach, i, int(table.down_units[r].sum()), deadline,
+                downloads.reach(r, reach, i, down_units_of(r, None), deadline,
                                 (i, r, payload, what))
                 at(-(-reach // R), 0.5, "download", r)
             log.append((t, "sent", (i, r, what)))

@@ -24,12 +24,15 @@ any order. Every later line is one row with a number in every column:
 Semantics: piecewise constant. A row sets its node's state from time_s (inclusive) until that
 node's next row; a node's last row holds for ever. Rows are sorted by time_s (ties in any
 order), a node has at most one row per time, and every node of the run has a row at time 0.
-A node's download bandwidth must be constant over the whole trace (a change is refused, naming
-the line and column); a constant bandwidth becomes the node's (`trace_hparams`:
-HParams.upload_bps and download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`).
-Its upload may change (DivShare and local): a queue is sent at the upload in force when it is
-formed, at the sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`), as a
-DivShare queue lives one iteration; other algorithms refuse an upload that changes.
+A node's first row's bandwidths become the node's (`trace_hparams`: HParams.upload_bps and
+download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`). Its upload may change
+(DivShare and local): a queue is sent at the upload in force when it is formed, at the
+sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`), as a DivShare queue
+lives one iteration; other algorithms refuse an upload that changes (naming the line and
+column). Its download may change (DivShare, Swift and local, with download limits on): a
+message is received at the download bandwidth in force when its reception starts, on the
+link's sub-tick clock (`NodeTrace.download_seg_bps`, `downloads.fifo_deliveries`); other
+algorithms refuse a download that changes.
 
 Iteration rule (the same tables as compute jitter and churn, `divjax.compute_schedule`, built
 from the file instead of the run's key): an iteration starts at its node's previous iteration
@@ -37,8 +40,8 @@ end (tick 0 for the first), or, if the node is offline then, when it comes back 
 needs the compute time in force at its start, counted in online ticks: offline intervals pause
 it as churn does (an end that would fall on or after the start of an offline interval waits
 its length), so no iteration ends while its node is offline. Offline intervals act as churn's:
-DivShare drops an offline node's send queue and loses what reaches it; only DivShare and local
-take a trace with offline rows, and not with download limits (as churn). What lies past the
+DivShare drops an offline node's send queue and loses what reaches it; DivShare, Swift,
+AD-PSGD and local take a trace with offline rows (`OFFLINE_ALGORITHMS`). What lies past the
 run's end changes nothing: an offline interval still open at tick T ends at T + 1 in the
 tables. With a trace, HParams.compute_s no longer sets how long iterations last (the trace
 does, for every HParams of a sweep alike).
@@ -94,6 +97,7 @@ class NodeTrace(NamedTuple):
     download_bps: np.ndarray | None  # (n,) float64 bytes/s, or None
     upload_seg_bps: np.ndarray | None = None  # (n, P) float64 bytes/s in force from seg_tick,
     #                                          when some node's upload varies; else None
+    download_seg_bps: np.ndarray | None = None  # (n, P) the same for the download
 
 
 def read_trace(path: str) -> Trace:
@@ -184,20 +188,6 @@ def _check_values(trace: Trace) -> None:
         r = int(order[1:][np.argmax(same)])
         raise ConfigError(f"{trace.where(r, 'node')}: node {node[r]:g} has a second row at "
                           f"time_s={t[r]:g}: give one row per node and time")
-    for name in ("download_mbps",):   # upload may vary (DivShare: `NodeTrace.upload_seg_bps`)
-        v = trace.col(name)
-        if v is None:
-            continue
-        first = {}
-        for r in range(len(v)):
-            i = int(node[r])
-            first.setdefault(i, r)
-            if v[r] != v[first[i]]:
-                raise ConfigError(
-                    f"{trace.where(r, name)}: {name} of node {i} changes from "
-                    f"{v[first[i]]:g} (line {trace.line[first[i]]}) to {v[r]:g}: time-varying "
-                    f"bandwidth is not modelled yet; give node {i} one {name} for the whole "
-                    f"trace")
 
 
 def node_trace(cfg) -> NodeTrace:
@@ -210,12 +200,17 @@ def node_trace(cfg) -> NodeTrace:
                        cfg.num_ticks, _offline_refused(cfg), _varying_refused(cfg))
 
 
-def _varying_refused(cfg) -> str:
-    """Why this config cannot take an upload that changes over time ("" if it can)."""
-    if cfg.algorithm not in ("divshare", "local"):
-        return (f"a time-varying upload is modelled for divshare (and local) only, not for "
-                f"algorithm={cfg.algorithm!r} yet: give the node one upload_mbps")
-    return ""
+def _varying_refused(cfg) -> tuple[str, str]:
+    """Why this config cannot take an upload, a download that changes over time ("" if it
+    can)."""
+    up = "" if cfg.algorithm in ("divshare", "local") else (
+        f"a time-varying upload is modelled for divshare (and local) only, not for "
+        f"algorithm={cfg.algorithm!r} yet: give the node one upload_mbps")
+    down = "" if cfg.algorithm in ("divshare", "swift", "local") or not _download_limited(
+        cfg) else (
+        f"a time-varying download is modelled for divshare and swift (and local) only, not "
+        f"for algorithm={cfg.algorithm!r} yet: give the node one download_mbps")
+    return up, down
 
 
 def _offline_refused(cfg) -> str:
@@ -228,7 +223,7 @@ def _offline_refused(cfg) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
-                offline_refused: str, varying_refused: str = "") -> NodeTrace:
+                offline_refused: str, varying_refused: tuple = ("", "")) -> NodeTrace:
     trace = _read(path, mtime, size)
     node = trace.col("node").astype(np.int64)
     _first(trace, node >= n, "node", f"this run has n_nodes={n} (ids 0..{n - 1})")
@@ -283,20 +278,24 @@ def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
         v = trace.col(name)
         bps[name] = None if v is None else np.array(
             [v[np.flatnonzero(node == i)[0]] for i in range(n)]) * 1e6 / 8
-    up = trace.col("upload_mbps")
-    seg_up = None
-    if up is not None and any(np.unique(up[node == i]).size > 1 for i in range(n)):
-        if varying_refused:
-            r = next(r for r in range(len(up)) if up[r] != up[np.flatnonzero(node == node[r])[0]])
-            raise ConfigError(f"{trace.where(r, 'upload_mbps')}: node {node[r]}'s upload "
-                              f"changes over time, and {varying_refused}")
-        seg_up = np.zeros((n, P))
+    seg = {}   # bandwidths that change over time: bytes/s per row (padded with the last)
+    for name, refused in zip(("upload_mbps", "download_mbps"), varying_refused, strict=True):
+        v = trace.col(name)
+        seg[name] = None
+        if v is None or all(np.unique(v[node == i]).size == 1 for i in range(n)):
+            continue
+        if refused:
+            r = next(r for r in range(len(v)) if v[r] != v[np.flatnonzero(node == node[r])[0]])
+            raise ConfigError(f"{trace.where(r, name)}: node {node[r]}'s "
+                              f"{name.split('_')[0]} changes over time, and {refused}")
+        seg[name] = np.zeros((n, P))
         for i in range(n):
             rows = np.flatnonzero(node == i)
-            seg_up[i, :rows.size] = up[rows] * 1e6 / 8
-            seg_up[i, rows.size:] = up[rows[-1]] * 1e6 / 8
+            seg[name][i, :rows.size] = v[rows] * 1e6 / 8
+            seg[name][i, rows.size:] = v[rows[-1]] * 1e6 / 8
     return NodeTrace(seg_tick, seg_compute, shortest.astype(np.int32), longest.astype(np.int32),
-                     off_start, off_end, bps["upload_mbps"], bps["download_mbps"], seg_up)
+                     off_start, off_end, bps["upload_mbps"], bps["download_mbps"],
+                     seg["upload_mbps"], seg["download_mbps"])
 
 
 def end_table(cfg, S: int) -> np.ndarray:
@@ -370,7 +369,7 @@ def trace_hparams(cfg, hp):
 
         warnings.warn(f"{cfg.trace_file}: the trace's download_mbps column is not used: download "
                       f"limits are off (--download-mbps X, any X > 0, turns them on for "
-                      f"divshare and local; the trace's values replace X)", stacklevel=2)
+                      f"divshare, swift and local; the trace's values replace X)", stacklevel=2)
     for field, bps in (("upload_bps", nt.upload_bps), ("download_bps", nt.download_bps)):
         if bps is not None:
             hp = hp.replace(**{field: jnp.broadcast_to(jnp.asarray(bps, jnp.float32),

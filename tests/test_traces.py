@@ -179,8 +179,6 @@ HEAD = "time_s,node,compute_s,upload_mbps\n"
     (HEAD + "# a comment\n\n0,0,0.1,5\n0,x,0.1,5\n", 5, 2, "'x' is not a number"),
     (HEAD + "0,0,0.1,5\n0,1,0.1,-5\n", 3, 4, "a bandwidth is > 0"),
     (HEAD + "0,0,0.1,5\n0.2,1,0.1,5\n0.1,1,0.2,5\n", 4, 1, "sort the rows by time_s"),
-    ("time_s,node,compute_s,download_mbps\n0,0,0.1,5\n0,1,0.1,5\n0.5,1,0.1,7\n", 4, 4,
-     "time-varying bandwidth is not modelled yet"),
     ("time_s,node,compute_s,speed\n0,0,0.1,5\n", 1, 4, "'speed' is not a column"),
     (HEAD + "0,0,0.1,5\n0,0,0.2,5\n", 3, 2, "second row"),
 ])

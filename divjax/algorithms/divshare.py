@@ -37,7 +37,7 @@ from divjax.compute_schedule import (
     window_tick,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import decode, fifo_deliveries
+from divjax.downloads import decode, fifo_deliveries, message_units, row_start_subticks
 from divjax.messages import collect, push
 from divjax.network import (
     Schedule,
@@ -125,7 +125,7 @@ def download_messages(ctx: Context, k_sim: jax.Array) -> tuple[jax.Array, ...]:
             enters &= ~is_offline(table, receivers, sched.arrival)
             s_off = next_offline_start(table, receivers, sched.arrival)
             deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
-        units = table.down_units[receivers, jnp.arange(K)[None, None, :]]
+        units = message_units(table, receivers, jnp.arange(K))   # (S, s, K[, P])
         return (jnp.where(enters, receivers, n), sched.arrival_sub, deadline, units,
                 enters, sched.arrival)
 
@@ -144,8 +144,11 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
     recv, avail, deadline, units, enters, upload_tick = download_messages(ctx, k_sim)
     n = ctx.cfg.n_nodes
     sender = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[:, None, None, None], recv.shape)
-    code = fifo_deliveries(recv.ravel(), avail.ravel(), deadline.ravel(), units.ravel(),
-                           sender.ravel(), ctx.cfg.link_resolution, n)
+    R = ctx.cfg.link_resolution
+    rows = row_start_subticks(ctx.table, R)
+    code = fifo_deliveries(recv.ravel(), avail.ravel(), deadline.ravel(),
+                           units.reshape(recv.size, -1) if rows is not None else units.ravel(),
+                           sender.ravel(), R, n, rows)
     return jnp.where(enters, code.reshape(recv.shape), upload_tick)
 
 

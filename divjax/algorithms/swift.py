@@ -63,7 +63,7 @@ from divjax.compute_schedule import (
     window_tick,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import decode, fifo_deliveries
+from divjax.downloads import decode, fifo_deliveries, message_units, row_start_subticks
 from divjax.messages import collect
 from divjax.network import (
     arrival_tick,
@@ -107,7 +107,6 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
         cfg.fanout
     nodes = jnp.arange(n, dtype=jnp.int32)
     position = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (n, s))
-    down_units = jnp.sum(table.down_units, axis=-1)        # a full model's K fragments
 
     def one_iteration(link_free, k):
         t = end_tick(table, nodes, k)
@@ -135,13 +134,14 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
             s_off = next_offline_start(table, recv, arrival)
             deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
         return link_free, (jnp.where(enters, recv, n), sched.arrival_sub[..., 0], deadline,
-                           down_units[recv], enters, arrival)
+                           message_units(table, recv, None), enters, arrival)
 
     _, (recv, avail, deadline, units, enters, upload_tick) = jax.lax.scan(
         one_iteration, jnp.zeros((n,), jnp.int32), jnp.arange(S, dtype=jnp.int32))
-    flat = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1)   # noqa: E731  (S, n, s) -> node-major
-    code = fifo_deliveries(flat(recv), flat(avail), flat(deadline), flat(units),
-                           jnp.broadcast_to(nodes[:, None, None], (n, S, s)).reshape(-1), R, n)
+    flat = lambda x: jnp.swapaxes(x, 0, 1).reshape((n * S * s,) + x.shape[3:])  # noqa: E731
+    code = fifo_deliveries(flat(recv), flat(avail), flat(deadline), flat(units),  # node-major
+                           jnp.broadcast_to(nodes[:, None, None], (n, S, s)).reshape(-1), R, n,
+                           row_start_subticks(table, R))
     return jnp.where(jnp.swapaxes(enters, 0, 1), code.reshape(n, S, s),
                      jnp.swapaxes(upload_tick, 0, 1))
 
