@@ -16,6 +16,14 @@ it counts as sent, is counted in `lost` at its receiver, and the receiver mixes 
 its place: x_r = y_r + sum over the models that arrived of W_rj (y_j - y_r) (rows stay
 stochastic; no loss gives x = W y).
 
+Download limits (`--download-mbps`, `divjax.downloads`): a round's exchange lasts at least until
+every node has received its neighbours' models. Each node sends to its neighbours in increasing
+id order, one after another on its link; each model reaches its receiver after the pair's
+latency and waits on the receiver's download link, first come first served; the round is the
+slowest compute plus the later of the upload rule above and the last model received in full
+(`queues.sync_download_ticks`, rounded up to a tick once). Nothing is lost on a download link
+(everyone waits), so download limits only lengthen rounds.
+
 Churn (`--churn-rate`, `--churn-mean-s`; `compute_schedule.offline_intervals`): rounds keep
 their one length and are never paused (unlike an asynchronous iteration): every node's round
 ends at the same ticks, online or not. A node offline at a round end (`is_offline` at that
@@ -170,7 +178,9 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
 
     def adjust_timing(cfg_, table):
         del cfg_
-        return sync_round_timing(cfg, table, graph()[1])
+        W_np, deg_np = graph()
+        return sync_round_timing(cfg, table, deg_np,
+                                 (W_np > 0) & ~np.eye(cfg.n_nodes, dtype=bool))
 
     def longest_delay(cfg_, table) -> int:
         del cfg_, table  # messages are mixed at the round end: nothing waits in the ring
