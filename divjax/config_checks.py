@@ -58,10 +58,10 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
             f"{self.n_stragglers}: give one per straggler, or one value for all")
     limited = self.download_mbps > 0 or any(m > 0 for m in self.straggler_download_mbps)
-    if limited and self.algorithm not in ("divshare", "swift", "local"):
+    if limited and self.algorithm not in ("divshare", "swift", "adpsgd", "local"):
         bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
-            f"download limits are modelled for divshare, swift (and local) only, not for "
-            f"algorithm={self.algorithm!r} yet: set --download-mbps 0 "
+            f"download limits are modelled for divshare, swift, adpsgd (and local) only, "
+            f"not for algorithm={self.algorithm!r} yet: set --download-mbps 0 "
             f"--straggler-download-mbps 0")
 
     if any(not (m > 0) for m in self.straggler_mbps):
