@@ -16,6 +16,8 @@ from conftest import (
 from test_downloads import congested_hparams, download_config
 
 from divjax import reference_baselines
+from divjax.sim import make_run
+from divjax.state import ERR_SCHEDULE
 
 
 def adpsgd_config(**changes):
@@ -68,3 +70,13 @@ def test_adpsgd_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_mod
     _, state, _ = run_checked(fast, congested_hparams(fast, download=(1e15,) * 5))
     assert_same_run(state, base)
     assert int(base.counters.lost.sum()) > 0 and int(base.counters.dropped.sum()) > 0
+
+
+def test_adpsgd_downloads__hparams_beyond_the_sized_table_raise_not_mislead():
+    """A run sized for one compute time, given HParams with iterations ten times as fast: the
+    pre-pass cannot hold every ping and pong, and the run says so (ERR_SCHEDULE)."""
+    cfg = adpsgd_config()
+    hp = congested_hparams(cfg)
+    run = make_run(cfg, hp=hp)
+    state, _ = jax.jit(run)(jax.random.key(1), hp.replace(compute_s=hp.compute_s / 10))
+    assert int(state.errors) & ERR_SCHEDULE

@@ -89,7 +89,7 @@ from divjax.config import SimConfig, download_limited
 from divjax.messages import Inbox, collect, push
 from divjax.network import latency_ticks, message_lost
 from divjax.rows import add_rows, get_rows, padded_rows
-from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
+from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, ERR_SCHEDULE, flag_error
 
 
 class ADPSGDState(NamedTuple):
@@ -108,7 +108,8 @@ class ADPSGDState(NamedTuple):
     last_arrival: jax.Array  # (n, n) int32: its arrival tick
     last_version: jax.Array  # (n, n) int32: its snapshot version
     downloads: tuple = ()    # with download limits: (codes (M,), start (n,)) int32, every
-    #                          message's delivery (`adpsgd_network.download_table`)
+    #                          message's delivery, and () bool: the table overflowed
+    #                          (`adpsgd_network.download_table`)
 
 
 # Pongs are scheduled and scattered PONG_CHUNK responders at a time (the m-th pong of each,
@@ -260,6 +261,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                                    sched.arrival[..., 0])                          # (C, p)
             sched, lost = delivery_of(ctx.cfg, a.downloads, sched, lost, node,   # download
                                       a.queue.enqueued[safe][:, None] + jnp.arange(p))  # links
+            if a.downloads:   # the pre-pass held every message (else: sized for other HParams)
+                state = flag_error(state, jnp.where(a.downloads[2], ERR_SCHEDULE, 0), t)
             dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
             arrives = sent if lost is None else sent & ~lost
             inbox, counters, replaced = state.inbox, state.counters, None

@@ -168,19 +168,22 @@ def per_link_first(mask: jax.Array, group: jax.Array, keys: tuple, n: int) -> ja
     return first[:n]
 
 
-def download_table(ctx, k_sim: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(codes (M,) int32, start (n,) int32): every ping's and pong's `downloads` code, node i's
-    q-th queued message at codes[start[i] + q] (see the module docstring)."""
-    msgs, enq = replay(ctx, k_sim)
+def download_table(ctx, k_sim: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(codes (M,) int32, start (n,) int32, full () bool): every ping's and pong's `downloads`
+    code, node i's q-th queued message at codes[start[i] + q] (see the module docstring);
+    `full`: the run queued more than M messages (HParams with shorter iterations than the
+    engine was sized for: the caller raises ERR_SCHEDULE, never a wrong result)."""
+    msgs, enq, full = replay(ctx, k_sim)
     M, n = msgs.code.shape[0], ctx.cfg.n_nodes
     start = jnp.cumsum(enq) - enq
     at = jnp.where(msgs.receiver < n, start[jnp.minimum(msgs.sender, n - 1)] + msgs.q, M)
     codes = jnp.zeros((M,), jnp.int32).at[at].set(msgs.code, mode="drop")
-    return codes, start.astype(jnp.int32)
+    return codes, start.astype(jnp.int32), full
 
 
-def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array]:
-    """(every message of the run in the order queued, (n,) int32 messages each node queued)."""
+def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array, jax.Array]:
+    """(every message of the run in the order queued, (n,) int32 messages each node queued,
+    () bool more messages than the M entries hold)."""
     cfg, table = ctx.cfg, ctx.table
     n, S, T, R, p = (cfg.n_nodes, cfg.iteration_slots, cfg.num_ticks, cfg.link_resolution,
                      cfg.fanout // 2)
@@ -274,8 +277,8 @@ def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array]:
         return msgs, ptr, link_free, down_free, enq, k
 
     z = jnp.zeros((n,), jnp.int32)
-    msgs, _, _, _, enq, _ = jax.lax.fori_loop(0, T, tick, (msgs, jnp.int32(0), z, z, z, z))
-    return msgs, enq
+    msgs, ptr, _, _, enq, _ = jax.lax.fori_loop(0, T, tick, (msgs, jnp.int32(0), z, z, z, z))
+    return msgs, enq, ptr > M
 
 
 def delivery_of(cfg: SimConfig, downloads: tuple, sched, lost: jax.Array | None,
@@ -285,7 +288,7 @@ def delivery_of(cfg: SimConfig, downloads: tuple, sched, lost: jax.Array | None,
     `lost` (C, J) with those lost on a download link added. Without them: unchanged."""
     if not downloads:
         return sched, lost
-    codes, start = downloads
+    codes, start, _ = downloads
     safe = jnp.minimum(node, cfg.n_nodes - 1)
     code = codes[jnp.minimum(start[safe][:, None] + q, codes.shape[0] - 1)]
     tick, down_lost = decode(code)
