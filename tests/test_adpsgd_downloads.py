@@ -16,12 +16,13 @@ from conftest import (
 from test_downloads import congested_hparams, download_config
 
 from divjax import reference_baselines
+from divjax.config import default_hparams
 from divjax.sim import make_run
 from divjax.state import ERR_SCHEDULE
 
 
 def adpsgd_config(**changes):
-    return download_config(algorithm="adpsgd", fanout=4, **changes)
+    return download_config(**{"algorithm": "adpsgd", "fanout": 4, **changes})
 
 
 @pytest.mark.parametrize("delivery,inbox,loss,jitter,churn", [
@@ -80,3 +81,16 @@ def test_adpsgd_downloads__hparams_beyond_the_sized_table_raise_not_mislead():
     run = make_run(cfg, hp=hp)
     state, _ = jax.jit(run)(jax.random.key(1), hp.replace(compute_s=hp.compute_s / 10))
     assert int(state.errors) & ERR_SCHEDULE
+
+
+def test_adpsgd_downloads__equal_nodes_tie_at_a_download_link_smaller_sender_first():
+    """Identical nodes (compute, upload, latency): pings of one tick reach a download link at
+    the same sub-tick, and the smaller sender is served first; equals the reference."""
+    cfg = adpsgd_config(fanout=2, download_mbps=0.05)
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
+                                       inbox_policy="latest")
+    assert_equals_reference(state, ref)
+    assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
+    assert ref.pongs > 0
