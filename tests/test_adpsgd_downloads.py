@@ -64,7 +64,7 @@ def test_adpsgd_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_mod
     pong is delivered at its upload arrival, so the run is the one without limits, bit for
     bit (with loss and churn: the same messages are lost on the way, at offline nodes, and
     dropped)."""
-    extra = dict(loss_rate=0.2, churn_rate=0.2, churn_mean_s=0.2)
+    extra = dict(loss_rate=0.2, churn_rate=0.2, churn_mean_s=0.2, duration_s=1.0)
     cfg = adpsgd_config(download_mbps=0.0, **extra)
     _, base, _ = run_checked(cfg, congested_hparams(cfg))
     fast = adpsgd_config(download_mbps=1e9, **extra)
