@@ -5,6 +5,7 @@ delivered. Every delivery comes from a replay of the network at init
 parameters and counters, and unlimited downloads give the bits of a run without the model."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
@@ -94,3 +95,18 @@ def test_adpsgd_downloads__equal_nodes_tie_at_a_download_link_smaller_sender_fir
     assert_equals_reference(state, ref)
     assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
     assert ref.pongs > 0
+
+
+def test_adpsgd_downloads__sweep_over_download_bandwidth_row_equals_single_run():
+    """The pre-pass's loops under vmap: each row of a sweep over download bandwidths is the
+    single run with those HParams, bit for bit."""
+    cfg = adpsgd_config()
+    slow = congested_hparams(cfg)
+    fast = congested_hparams(cfg, download=(4e4,) * 5)
+    run = make_run(cfg, hp=slow)
+    grid = jax.tree.map(lambda a, b: jnp.stack([a, b]), slow, fast)
+    states, _ = jax.jit(jax.vmap(run, in_axes=(None, 0)))(jax.random.key(1), grid)
+    for row, hp in enumerate((slow, fast)):
+        one, _ = jax.jit(run)(jax.random.key(1), hp)
+        assert_same_run(jax.tree.map(lambda x: x[row], states), one)
+    assert int(states.counters.delivered[0].sum()) != int(states.counters.delivered[1].sum())
