@@ -58,11 +58,11 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
             f"{self.n_stragglers}: give one per straggler, or one value for all")
     limited = self.download_mbps > 0 or any(m > 0 for m in self.straggler_download_mbps)
-    if limited and self.algorithm not in ("divshare", "swift", "dpsgd", "local"):
+    if limited and self.algorithm == "epidemic":
         bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
-            f"download limits are modelled for divshare, swift, dpsgd (and local) only, not "
-            f"for algorithm={self.algorithm!r} yet: set --download-mbps 0 "
-            f"--straggler-download-mbps 0")
+            "download limits are modelled for every algorithm but epidemic (its random fan-in "
+            "changes every round, and its rounds have one length): set --download-mbps 0 "
+            "--straggler-download-mbps 0")
 
     if any(not (m > 0) for m in self.straggler_mbps):
         bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")

@@ -37,6 +37,13 @@ going offline drops its queue (pings and pongs not fully sent; counted in `dropp
 or pong that arrives at an offline node is lost (a ping then goes unanswered). `history_depth`
 ignores offline pauses: a window spanning one may raise ERR_HISTORY (raise --inbox-history).
 
+Download limits (`--download-mbps`, `divjax.downloads`): pings and pongs queue on their
+receivers' download links as Swift's models do, and a ping is answered at the tick it is
+delivered. Pong times then depend on the download queues, which hold pongs: every message's
+delivery is computed at init by a replay of the network alone (`adpsgd_network.download_table`)
+and read when the message is queued (`delivery_of`: its scatter slot, its ping-table entry, the
+"latest" bookkeeping and the counters); one lost on a download link counts in `lost`.
+
 Ring sizing: pong times depend on the random pings, so the rings are sized for the run's horizon
 (`longest_delay`: T - 1 - min compute + max latency ticks) unless `cfg.delay_ticks` is set; a
 delay beyond the rings raises ERR_RING_TOO_SHORT, never a silent drop.
@@ -58,6 +65,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from divjax.algorithms.adpsgd_network import (  # noqa: F401  (re-exported)
+    PONG_STREAM,
+    adpsgd_routes,
+    delivery_of,
+    download_table,
+    history_depth,
+    ping_slots_needed,
+    pong_lost,
+)
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox
 from divjax.algorithms.queues import (
     QueueState,
@@ -65,16 +81,15 @@ from divjax.algorithms.queues import (
     check_link_clock,
     init_queue_state,
     lost_or_offline,
-    model_units,
     queue_stop,
     schedule_appended_queue,
 )
-from divjax.compute_schedule import longest_ticks, shortest_ticks, window_index
-from divjax.config import SimConfig
+from divjax.compute_schedule import shortest_ticks, slots_needed, window_index
+from divjax.config import SimConfig, download_limited
 from divjax.messages import Inbox, collect, push
 from divjax.network import latency_ticks, message_lost
 from divjax.rows import add_rows, get_rows, padded_rows
-from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
+from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, ERR_SCHEDULE, flag_error
 
 
 class ADPSGDState(NamedTuple):
@@ -92,33 +107,14 @@ class ADPSGDState(NamedTuple):
     #                          sent on that link (-1: none)
     last_arrival: jax.Array  # (n, n) int32: its arrival tick
     last_version: jax.Array  # (n, n) int32: its snapshot version
+    downloads: tuple = ()    # with download limits: (codes (M,), start (n,)) int32, every
+    #                          message's delivery, and () bool: the table overflowed
+    #                          (`adpsgd_network.download_table`)
 
-
-PONG_STREAM = 2**31 - 1   # fold_in constant of the pongs' loss draws (the spare key's stream)
 
 # Pongs are scheduled and scattered PONG_CHUNK responders at a time (the m-th pong of each,
 # then the next m): the work of a tick follows the pongs that arrive, not n full models per pass.
 PONG_CHUNK = 16
-
-
-def history_depth(cfg: SimConfig, table) -> int:
-    """Snapshots per node that the "latest" rule needs (host side, numpy table).
-
-    Two models of one sender in one inbox window of receiver r arrive less than c_r ticks apart;
-    on a FIFO link the models queued between them leave in that time, so at most
-    c_r R / (p U) iterations (p pings of U sub-ticks each) separate their snapshots; and their
-    enqueue times are less than c_r + the longest delay apart. Both bounds, the smaller per
-    sender, plus the snapshot being written.
-    """
-    p = max(1, cfg.fanout // 2)
-    n = cfg.n_nodes
-    c0 = np.asarray(table.compute_ticks, np.int64)   # with compute jitter: the bounds
-    c = np.asarray(shortest_ticks(cfg, c0), np.int64).reshape(-1, n)
-    U = np.asarray(model_units(table), np.int64).reshape(-1, n)
-    c_max = np.asarray(longest_ticks(cfg, c0), np.int64).reshape(-1, n).max(1, keepdims=True)
-    fifo = c_max * cfg.link_resolution // (p * U) + 2
-    timed = -(-(c_max + cfg.delay_ticks) // c) + 1
-    return int(np.clip(np.max(np.minimum(fifo, timed)) + 1, 2, 64))
 
 
 def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDState,
@@ -142,8 +138,10 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     same_r = (recv[:, :, None] == recv[:, None, :]) & sent[:, None, :]           # (C, J, J')
     later = jnp.triu(jnp.ones((J, J), bool), 1)                                  # j' > j
     earlier = later.T
-    replaced = sent & jnp.any(same_r & later & (window[:, :, None] == window[:, None, :]),
-                              axis=2)
+    # (a newer model arriving at or after the run's end replaces nothing within it)
+    in_run = (arrival < cfg.num_ticks)[:, None, :]
+    replaced = sent & jnp.any(same_r & later & in_run
+                              & (window[:, :, None] == window[:, None, :]), axis=2)
     first = sent & ~jnp.any(same_r & earlier, axis=2)
     last = sent & ~jnp.any(same_r & later, axis=2)
     s_b = jnp.broadcast_to(safe[:, None], (C, J))
@@ -185,31 +183,6 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a: ADPSGDSta
     return inbox, counters, a, replaced, lost
 
 
-def pong_lost(cfg: SimConfig, k_spare: jax.Array, responder: jax.Array, m: jax.Array,
-              target: jax.Array) -> jax.Array | None:
-    """(B,) bool: whether the m-th pong each of B `responder`s queues at a tick (to `target`
-    (B,)) is lost, from the tick's spare key (a stream apart from the pings': fold_in
-    PONG_STREAM, then m, then the responder). None without loss."""
-    return message_lost(cfg, jax.random.fold_in(jax.random.fold_in(k_spare, PONG_STREAM), m),
-                        responder, (), target)
-
-
-def adpsgd_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
-                  p: int) -> jax.Array:
-    """(p,) int32 neighbours of `node` drawn uniformly WITH replacement, in queue order."""
-    idx = jax.random.randint(jax.random.fold_in(key, node), (p,), 0, degree[node])
-    return neighbors[node][idx]
-
-
-def ping_slots_needed(cfg: SimConfig, table) -> int:
-    """Pings one node can have in flight (host side, numpy table): `fanout // 2` per iteration
-    end, and a ping arrives at most `delay_ticks` after its iteration end, so the pings of at
-    most delay_ticks // c_min + 1 iteration ends are in flight at once."""
-    p = max(1, cfg.fanout // 2)
-    c_min = int(np.min(shortest_ticks(cfg, np.asarray(table.compute_ticks))))
-    return p * (cfg.delay_ticks // c_min + 1)
-
-
 def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: jax.Array,
                  t: jax.Array, n: int):
     """Write the sent pings (C, p) of the nodes `node` (C,) at tick t into their ping tables.
@@ -245,6 +218,7 @@ def arrived_pings(a, t: jax.Array, n: int) -> jax.Array:
 def make_adpsgd(cfg: SimConfig) -> Algorithm:
     p = cfg.fanout // 2
     latest_rule = cfg.inbox == "latest"
+    downloads = download_limited(cfg) and p > 0
 
     def init(ctx: Context, params):
         n, Q = ctx.cfg.n_nodes, ctx.cfg.ping_slots
@@ -259,7 +233,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         return ADPSGDState(init_queue_state(n), params, zq - 1, zq, jnp.zeros((n,), jnp.int32),
                            history,
                            jnp.full((m, m), -1, jnp.int32), jnp.zeros((m, m), jnp.int32),
-                           jnp.zeros((m, m), jnp.int32))
+                           jnp.zeros((m, m), jnp.int32),
+                           download_table(ctx, ctx.k_sim) if downloads else ())
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         C = node.shape[0]
@@ -284,6 +259,10 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             lost = lost_or_offline(ctx.cfg, ctx.table,
                                    message_lost(ctx.cfg, keys.spare, safe, (p,), recv), recv,
                                    sched.arrival[..., 0])                          # (C, p)
+            sched, lost = delivery_of(ctx.cfg, a.downloads, sched, lost, node,   # download
+                                      a.queue.enqueued[safe][:, None] + jnp.arange(p))  # links
+            if a.downloads:   # the pre-pass held every message (else: sized for other HParams)
+                state = flag_error(state, jnp.where(a.downloads[2], ERR_SCHEDULE, 0), t)
             dropping = jnp.zeros_like(valid) if stop is None else valid & (stop < ctx.cfg.num_ticks)
             arrives = sent if lost is None else sent & ~lost
             inbox, counters, replaced = state.inbox, state.counters, None
@@ -345,6 +324,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                 lost_p = lost_or_offline(ctx.cfg, ctx.table,
                                          None if lost_p is None else lost_p[:, None],
                                          target[:, None], sched.arrival[..., 0])     # (B, 1)
+                sched, lost_p = delivery_of(ctx.cfg, a.downloads, sched, lost_p, sender,
+                                            q.enqueued[safe][:, None] + m)
                 arrives = sched.sent[..., 0]
                 if lost_p is not None:
                     arrives = arrives & ~lost_p
@@ -383,9 +364,14 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
             return cfg_resolved.delay_ticks
         c_min = int(np.min(shortest_ticks(cfg_resolved, np.asarray(table.compute_ticks))))
         lat_max = int(np.max(np.asarray(latency_ticks(table, cfg_resolved.link_resolution))))
-        return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max)
+        # with download limits a delivery at or after the run's end is taken as T
+        return max(1, cfg_resolved.num_ticks - 1 - c_min + lat_max,
+                   cfg_resolved.num_ticks - c_min if downloads else 0)
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
+        if downloads and cfg_resolved.iteration_slots == 0:   # the pre-pass's capacity
+            cfg_resolved = cfg_resolved.replace(
+                iteration_slots=slots_needed(cfg_resolved, table.compute_ticks))
         if cfg_resolved.ping_slots == 0:
             cfg_resolved = cfg_resolved.replace(
                 ping_slots=ping_slots_needed(cfg_resolved, table))
