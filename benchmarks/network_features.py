@@ -11,7 +11,7 @@ run after compilation (best of `--repeats`) and the ratio to (a). Features:
   0.3`; DivShare, Swift, AD-PSGD);
 - churn 10%: nodes offline 10% of the time, 1 s on average (`--churn-rate 0.1`; DivShare);
 - download limits (testbed): the testbed's download bandwidths, 60 Mbit/s and the stragglers'
-  10-13 (`--download-mbps 60 --straggler-download-mbps ...`; DivShare, Swift): the FIFO table at init
+  10-13 (`--download-mbps 60 --straggler-download-mbps ...`; all but Epidemic): the FIFO table at init
   and fewer, later deliveries;
 - download 1e9 Mbit/s: the download code path with links so fast that nothing queues (the
   run's bits are those of "none"): the cost of the machinery alone.

@@ -32,9 +32,16 @@ Why this is exact and computable before training. Upload timing does not depend 
 the run are drawn from the run's key (`divjax.compute_schedule`, `state.tick_keys`), never from
 the models. So every message's upload arrival, deadline and receiver are known at init, and the
 FIFO of every download link is a pure function of them (`fifo_deliveries`), computed once per
-run (`divshare.download_table`), as the compute-jitter table is. The engine then reads each
-message's delivery tick from that table when it sends the message -- also the look-ahead of the
-"latest" inbox rule, which needs the delivery of a sender's later messages.
+run (`divshare.download_table`, `swift.download_table`), as the compute-jitter table is. The
+engine then reads each message's delivery tick from that table when it sends the message --
+also the look-ahead of the "latest" inbox rule, which needs the delivery of a sender's later
+messages. AD-PSGD's pongs are queued when a ping is received, so there upload timing does
+depend on downloads; it is still a function of the key alone, so its table is a replay of the
+whole ping-pong network at init, tick by tick (`adpsgd_network.replay`). D-PSGD's synchronous
+round lasts until its last model is received (`queues.sync_download_ticks`).
+
+Which algorithms: all but Epidemic Learning (its random fan-in changes every round while its
+rounds have one length).
 
 How this differs from flows sharing a link (processor sharing, which TCP flows approximate):
 measured on the same messages by `scripts/download_rules.py` (README, "Downloads"): under

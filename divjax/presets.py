@@ -82,9 +82,9 @@ def movielens_realworld() -> SimConfig:
     around 0.15 s with sigma 0.5 per node (heterogeneous machines) and 0.2 per iteration
     (jitter); 1% of messages lost; every node offline 5% of the time, 5 s per absence on
     average (churn); download links as fast as each node's upload (the testbed's symmetric
-    shaping: 60 Mbit/s, the stragglers 10-13). Swap any with its flag. It runs DivShare, Swift and local-only as it is:
-    download limits are modelled for those (AD-PSGD, D-PSGD and Epidemic Learning refuse them;
-    the last two also refuse its compute jitter); churn and loss for every algorithm."""
+    shaping: 60 Mbit/s, the stragglers 10-13). Swap any with its flag. It runs DivShare, Swift,
+    AD-PSGD and local-only as it is (D-PSGD and Epidemic Learning refuse its compute jitter,
+    Epidemic Learning its download limits); churn and loss are modelled for every algorithm."""
     return movielens_paper().replace(latency_regions=4, inter_region_ms=40.0,
                                      compute_spread=0.5, compute_jitter=0.2, loss_rate=0.01,
                                      churn_rate=0.05, churn_mean_s=5.0, download_mbps=60.0,
@@ -94,7 +94,7 @@ def movielens_realworld() -> SimConfig:
 def movielens_testbed() -> SimConfig:
     """`movielens-paper` with the testbed's download limits too: Kollaps shaped both directions
     of every link (paper.md: 60 Mbit/s up and down, the 7 stragglers 10-13 Mbit/s both ways);
-    downloads are FIFO queues (`divjax.downloads`). DivShare and local-only only."""
+    downloads are FIFO queues (`divjax.downloads`). Every algorithm but Epidemic Learning."""
     return movielens_paper().replace(download_mbps=60.0,
                                      straggler_download_mbps=PAPER_STRAGGLER_MBPS)
 

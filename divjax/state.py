@@ -18,6 +18,7 @@ ERR_NONFINITE = 4        # a trained model holds NaN or inf
 ERR_HISTORY = 8          # inbox "latest": a replaced message's snapshot left the history
 ERR_CLOCK = 16           # HParams invalid or too large for the int32 link clock
 ERR_SCHEDULE = 32        # compute jitter: the iteration-end table is shorter than the run
+#                          (or AD-PSGD's download pre-pass outgrew its message table)
 
 
 @struct.dataclass
@@ -124,8 +125,9 @@ def check_state(state: SimState, cfg: Any) -> None:
                     f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
                     f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
     if e & ERR_SCHEDULE:
-        msgs.append("the compute-jitter table ends before the run: build the run with these "
-                    "HParams (make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
+        msgs.append("the compute-jitter table ends before the run, or AD-PSGD's download "
+                    "pre-pass outgrew its table: build the run with these HParams "
+                    "(make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
     if e & ERR_CAPACITY:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")

@@ -53,7 +53,7 @@ BASELINES = ("adpsgd", "swift")
 ML_ALGOS = ("divshare", "adpsgd", "swift", "local", "dpsgd", "epidemic")
 MAP_ALGOS = ("divshare", "adpsgd", "swift")
 LONG_ALGOS = ("divshare", "local")
-DOWNLOAD_ALGOS = ("divshare", "swift")   # the algorithms that model download limits
+DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model download limits
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
 ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads")
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
@@ -721,13 +721,14 @@ def analyse(out: Path, scale: str) -> dict:
 
 def downloads_effect(idx: dict, task: str, targets) -> dict | None:
     """The comparison with the testbed's download limits, paired by seed: DivShare with limits
-    against Swift with limits (the paper's comparison, for the algorithms that model them),
-    against its own run without limits (the limits' effect), and against the runs of the
-    baselines without limits (AD-PSGD does not model them); Swift with against without."""
+    against each baseline with limits (the paper's comparison with limits on), against its own
+    run without limits (the limits' effect) and against the baselines without them; and what
+    the limits do to each baseline itself."""
     dl = idx.get((task, "downloads", "divshare"), {})
     if not dl:
         return None
-    out: dict = {"seeds": len(dl), "gain": {}, "speedup": {}}
+    out: dict = {"seeds": len(dl), "gain": {}, "speedup": {}, "effect": {}, "identical": {},
+                 "neither": {}}
     lost = [c["curve"]["msgs_lost"][-1] / max(1.0, c["curve"]["msgs_sent"][-1])
             for c in dl.values()]
     main = idx.get((task, "main", "divshare"), {})
@@ -737,21 +738,26 @@ def downloads_effect(idx: dict, task: str, targets) -> dict | None:
         for s, c in dl.items() if s in main}
     out["lost_pct"] = mean_ci([100 * x for x in lost])
     against = {b: idx.get((task, "main", b), {}) for b in ("divshare",) + BASELINES}
-    against["swift-limits"] = idx.get((task, "downloads", "swift"), {})
+    for b in BASELINES:
+        against[f"{b}-limits"] = idx.get((task, "downloads", b), {})
     for b, base in against.items():
         if base:
             out["gain"][b] = gain(dl, base)
             for y in targets:
                 out["speedup"][(b, y)] = speedup(dl, base, y)
-    sw, sw_main = against["swift-limits"], against["swift"]
-    if main and sw_main:   # the same comparison with neither limited
-        out["neither"] = gain(main, sw_main)
-    if sw and sw_main:   # what the limits do to Swift itself
-        out["swift_effect"] = gain(sw, sw_main)
-        out["swift_identical"] = all(
-            c["curve"][k] == sw_main[s]["curve"][k] for s, c in sw.items() if s in sw_main
-            for k in sw_main[s]["curve"] if k in c["curve"] and k != "msgs_lost")
+    for b in BASELINES:
+        lim, free = against[f"{b}-limits"], against[b]
+        if lim and free:   # what the limits do to the baseline itself
+            out["effect"][b] = gain(lim, free)
+            out["identical"][b] = all(
+                c["curve"][k] == free[s]["curve"][k] for s, c in lim.items() if s in free
+                for k in free[s]["curve"] if k in c["curve"] and k != "msgs_lost")
+        if main and free:  # the same comparison with neither limited
+            out["neither"][b] = gain(main, free)
     return out
+
+
+NAMES = {"adpsgd": "AD-PSGD", "swift": "Swift"}
 
 
 def downloads_section(res: dict, cmd: str) -> list[str]:
@@ -762,15 +768,13 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
          "stragglers 10-13). Downloads are first-come-first-served queues on the link clock "
          "(`divjax/downloads.py`); senders are not slowed by a busy receiver. DivShare: a "
          "fragment not received by the sender's next iteration end (plus the latency) is "
-         "lost, as the authors' linger = 0 connections lose it. Swift drops nothing: a model "
-         "waits on the download link as long as it takes. AD-PSGD does not model download "
-         "limits yet (a pong is queued when a ping is received, so its timing and the "
-         "download links depend on each other), so its rows compare DivShare with limits "
-         "against AD-PSGD without them, which is not the paper's comparison with limits.", ""]
-    names = {"divshare": "DivShare without limits",
-             "swift-limits": "**Swift with limits** (the comparison with limits on)",
-             "swift": "Swift without limits",
-             "adpsgd": "AD-PSGD without limits (not modelled with them)"}
+         "lost, as the authors' linger = 0 connections lose it. Swift and AD-PSGD drop "
+         "nothing: a model waits on the download link as long as it takes (AD-PSGD answers a "
+         "ping when it has been received, so its pongs wait too).", ""]
+    names = {"divshare": "DivShare without limits"}
+    for b in BASELINES:
+        names[f"{b}-limits"] = f"**{NAMES[b]} with limits** (the comparison with limits on)"
+        names[b] = f"{NAMES[b]} without limits"
     for task, part, metric in (("movielens", "downloads", "RMSE"),
                                ("cifar10", "cifar-downloads", "accuracy")):
         d = res.get("downloads", {}).get(task)
@@ -781,7 +785,7 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
         L += [f"{d['seeds']} seeds; `{cmd} --parts {part}`. DivShare's fragments lost on "
               f"download links: {fmt_ci(d['lost_pct'], '%', 3)} of those sent.", ""]
         rows = []
-        for b in ("swift-limits", "divshare", "swift", "adpsgd"):
+        for b in [f"{x}-limits" for x in BASELINES] + ["divshare"] + list(BASELINES):
             r = d["gain"].get(b)
             if r is None:
                 continue
@@ -791,7 +795,7 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
         L += [table(rows, ["DivShare with limits against", f"final {metric} gain, % "
                            "(positive = DivShare with limits better)", "verdict",
                            "speedup to target (x)"]), ""]
-        g, gs, g0 = d["gain"].get("divshare"), d["gain"].get("swift-limits"), d.get("neither")
+        g = d["gain"].get("divshare")
         same = [s for s in d["identical_to_main"] if d["identical_to_main"][s]]
         if g and len(same) == len(d["identical_to_main"]):
             L += ["What the limits change for DivShare: nothing. Every seed's curve is "
@@ -810,11 +814,10 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
                    "grid does not test further" if task == "movielens" and g["mean"] > 0
                    and g["verdict"] == "holds" else "")
             L += ["What the limits change for DivShare: " + effect + why + ".", ""]
-        se = d.get("swift_effect")
-        if se:
-            L += ["What they change for Swift: " + (
+        for b, se in d["effect"].items():
+            L += [f"What they change for {NAMES[b]}: " + (
                 "nothing (every seed's curve is identical to its run without limits)."
-                if d.get("swift_identical") else
+                if d["identical"][b] else
                 f"its final {metric} is " + (
                     f"{'better' if se['verdict'] == 'holds' else 'worse'} with limits "
                     f"({fmt_ci(se, '%')}, positive = better; the 95% interval excludes zero)"
@@ -822,14 +825,19 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
                     f"changed by an amount the seeds do not establish ({fmt_ci(se, '%')})")
                 + "; a plausible cause, not tested here: its models wait on the "
                 "stragglers' download links, so those nodes average in older models."), ""]
-        if gs and g0:
-            same_side = gs["verdict"] == g0["verdict"]
-            L += [f"Does the conclusion change? Against Swift, DivShare's final {metric} gain "
-                  f"is {fmt_ci(g0, '%')} ({g0['verdict']}) with neither limited and "
-                  f"{fmt_ci(gs, '%')} ({gs['verdict']}) with both limited: "
-                  + ("the verdict is the same." if same_side else
-                     "**the verdict changes**.") + " (AD-PSGD: not established, not modelled.)",
-                  ""]
+        verdicts = []
+        for b in BASELINES:
+            gs, g0 = d["gain"].get(f"{b}-limits"), d["neither"].get(b)
+            if gs and g0:
+                verdicts.append(
+                    f"against {NAMES[b]}, DivShare's final {metric} gain is {fmt_ci(g0, '%')} "
+                    f"({g0['verdict']}) with neither limited and {fmt_ci(gs, '%')} "
+                    f"({gs['verdict']}) with both limited: "
+                    + ("the same verdict" if gs["verdict"] == g0["verdict"]
+                       else "**the verdict changes**"))
+        if verdicts:
+            text = "; ".join(verdicts)
+            L += ["Does the conclusion change? " + text[0].upper() + text[1:] + ".", ""]
     return L
 
 
