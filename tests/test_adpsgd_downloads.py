@@ -6,7 +6,6 @@ parameters and counters, and unlimited downloads give the bits of a run without 
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from conftest import (
     assert_equals_reference,
@@ -14,7 +13,11 @@ from conftest import (
     assert_same_run,
     run_checked,
 )
-from test_downloads import congested_hparams, download_config
+from test_downloads import (
+    appended_downloads_equal_reference,
+    congested_hparams,
+    download_config,
+)
 
 from divjax import reference_baselines
 from divjax.config import default_hparams
@@ -37,27 +40,10 @@ def test_adpsgd_downloads__engine_equals_reference_simulator(delivery, inbox, lo
                                                              churn):
     """Pings and pongs wait on the download links; pongs leave when the ping is delivered.
     With churn a message a going-offline receiver or sender cannot finish is lost."""
-    cfg = adpsgd_config(delivery=delivery, inbox=inbox, loss_rate=loss, compute_jitter=jitter,
-                        churn_rate=churn, churn_mean_s=0.2)
-    hp = congested_hparams(cfg)
-    run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
-                                       inbox_policy=inbox)
-    assert_equals_reference(state, ref)
-    assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
-    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
-    np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
-    assert metrics["msgs_lost"][-1] == ref.lost.sum()
+    _, _, ref = appended_downloads_equal_reference(adpsgd_config(
+        delivery=delivery, inbox=inbox, loss_rate=loss, compute_jitter=jitter,
+        churn_rate=churn, churn_mean_s=0.2))
     assert ref.pongs > 0
-    if inbox == "latest":
-        assert ref.replaced > 0
-    if churn == 0:                                # the slowest download link holds models back
-        _, free, _ = run_checked(cfg.replace(download_mbps=0.0), hp, driver=jitter > 0)
-        assert int(state.counters.delivered[4]) < int(free.counters.delivered[4])
-        if loss == 0:
-            assert int(state.counters.lost.sum()) == 0
-    else:
-        assert ref.lost.sum() > 0
 
 
 def test_adpsgd_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_model():

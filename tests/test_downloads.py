@@ -72,26 +72,36 @@ def test_swift_downloads__engine_equals_reference_simulator(delivery, inbox, los
     """Swift's models queue on the download links as DivShare's fragments do; Swift drops
     nothing, so without churn a slow link delays models (up to the run's end) and loses none;
     with churn a model a going-offline receiver or sender cannot finish is lost."""
-    cfg = download_config(algorithm="swift", delivery=delivery, inbox=inbox, loss_rate=loss,
-                          compute_jitter=jitter, churn_rate=churn, churn_mean_s=0.2)
+    appended_downloads_equal_reference(download_config(
+        algorithm="swift", delivery=delivery, inbox=inbox, loss_rate=loss,
+        compute_jitter=jitter, churn_rate=churn, churn_mean_s=0.2))
+
+
+def appended_downloads_equal_reference(cfg: SimConfig):
+    """Swift or AD-PSGD with download limits on the congested network: the engine equals the
+    reference simulator (models, sent, delivered, lost, replaced, dropped, queued); without
+    churn the slowest download link holds models back and loses none (but for loss on the
+    way), with churn some are lost there. Returns (run, state, reference result)."""
     hp = congested_hparams(cfg)
-    run, state, metrics = run_checked(cfg, hp, driver=jitter > 0)
+    driver = cfg.compute_jitter > 0
+    run, state, metrics = run_checked(cfg, hp, driver=driver)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
-                                       inbox_policy=inbox)
-    K = run.engine.layout.K
+                                       inbox_policy=cfg.inbox)
     assert_equals_reference(state, ref)
-    assert_lost_and_replaced_equal(state, ref, per=K)
+    assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
     np.testing.assert_array_equal(np.asarray(state.algo_state.queue.enqueued), ref.enqueued)
     assert metrics["msgs_lost"][-1] == ref.lost.sum()
-    if inbox == "latest":
+    if cfg.inbox == "latest":
         assert ref.replaced > 0                   # the look-ahead reads the download table
-    if churn == 0:                                # the slowest download link holds models back
-        _, free, _ = run_checked(cfg.replace(download_mbps=0.0), hp, driver=jitter > 0)
+    if cfg.churn_rate == 0:                       # the slowest download link holds models back
+        _, free, _ = run_checked(cfg.replace(download_mbps=0.0), hp, driver=driver)
         assert int(state.counters.delivered[4]) < int(free.counters.delivered[4])
-        if loss == 0:
+        if cfg.loss_rate == 0:
             assert int(state.counters.lost.sum()) == 0
     else:
         assert ref.lost.sum() > 0
+    return run, state, ref
 
 
 def test_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_model():

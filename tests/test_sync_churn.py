@@ -23,6 +23,17 @@ def sync_config(**changes) -> SimConfig:
     return base.replace(**changes)
 
 
+def run_equals_reference(cfg: SimConfig, hp, seed: int):
+    """The engine's run equals the reference simulator's (models, sent, delivered, iterations,
+    lost). Returns (run, state, metrics, reference result)."""
+    run, state, metrics = run_checked(cfg, hp, seed=seed)
+    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
+                                       jax.random.key(seed))
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    return run, state, metrics, ref
+
+
 @pytest.mark.parametrize("algorithm,topology,loss,chunk,seed", [
     ("dpsgd", "ring", 0.0, 0, 1),          # a sparse W: only neighbours mix
     ("dpsgd", "complete", 0.2, 2, 2),
@@ -32,11 +43,7 @@ def test_sync_churn__engine_equals_reference_simulator(algorithm, topology, loss
     cfg = sync_config(algorithm=algorithm, topology=topology, loss_rate=loss,
                       iteration_chunk=chunk)
     hp = default_hparams(cfg)
-    run, state, metrics = run_checked(cfg, hp, seed=seed)
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
-                                       jax.random.key(seed))
-    assert_equals_reference(state, ref)
-    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    run, state, metrics, ref = run_equals_reference(cfg, hp, seed)
     assert metrics["msgs_lost"][-1] == ref.lost.sum()
     # rounds are never paused: every node's next round end is the one of a run without churn
     _, calm, _ = run_checked(cfg.replace(churn_rate=0.0), hp, seed=seed)
@@ -83,11 +90,7 @@ def test_sync_churn__nodes_offline_at_most_round_ends(algorithm, seed):
     its initial model, while the models sent to it are lost."""
     cfg = sync_config(algorithm=algorithm, churn_rate=0.9, churn_mean_s=0.6)
     hp = default_hparams(cfg)
-    run, state, _ = run_checked(cfg, hp, seed=seed)
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp,
-                                       jax.random.key(seed))
-    assert_equals_reference(state, ref)
-    np.testing.assert_array_equal(np.asarray(state.counters.lost), ref.lost)
+    run, state, _, ref = run_equals_reference(cfg, hp, seed)
     never = np.flatnonzero(ref.iterations == 0)
     assert never.size > 0 and 0 < ref.iterations.sum() <= 4 and int(state.next_end[0]) == 110
     initial = jax.jit(run.engine.init)(jax.random.key(seed), hp).params
