@@ -14,8 +14,9 @@ Parts (run in this order by default; CPU time is the constraint):
   map    MovieLens regime map: compute time per iteration 0.1x ... 10x that send time (5
          log-spaced values) x stragglers (0, 7, 30 of 60); DivShare, AD-PSGD, Swift; 3 seeds.
   cifar  CIFAR-10 at 60 nodes, shortened (see `cifar_config`); 3 seeds.
-  downloads  the main setting with the testbed's download limits (DivShare; issue 18).
-  cifar-downloads  the CIFAR-10 setting with them (DivShare).
+  downloads  the main setting with the testbed's download limits (DivShare, AD-PSGD, Swift;
+         issue 18).
+  cifar-downloads  the CIFAR-10 setting with them (the same three).
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
 (`data_seed` 0) in every cell. Statistics (one place: `stats` and `verdict` below): mean and
@@ -288,8 +289,7 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                              ({},), seeds, 0) for a in LONG_ALGOS]
         elif part == "downloads":
             # the main comparison with the testbed's download limits too (Kollaps shaped both
-            # directions: every node's download = its upload); DivShare and Swift, as AD-PSGD
-            # does not model download limits yet
+            # directions: every node's download = its upload); DivShare, AD-PSGD and Swift
             cfg = main_config(scale, data_dir)
             cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
                               straggler_download_mbps=cfg.straggler_mbps)
@@ -815,16 +815,18 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
                    and g["verdict"] == "holds" else "")
             L += ["What the limits change for DivShare: " + effect + why + ".", ""]
         for b, se in d["effect"].items():
+            shown = se["verdict"] in ("holds", "opposite")
             L += [f"What they change for {NAMES[b]}: " + (
                 "nothing (every seed's curve is identical to its run without limits)."
                 if d["identical"][b] else
                 f"its final {metric} is " + (
                     f"{'better' if se['verdict'] == 'holds' else 'worse'} with limits "
                     f"({fmt_ci(se, '%')}, positive = better; the 95% interval excludes zero)"
-                    if se["verdict"] in ("holds", "opposite") else
-                    f"changed by an amount the seeds do not establish ({fmt_ci(se, '%')})")
-                + "; a plausible cause, not tested here: its models wait on the "
-                "stragglers' download links, so those nodes average in older models."), ""]
+                    "; a plausible cause, not tested here: its models wait on the "
+                    "stragglers' download links, so those nodes average in older models."
+                    if shown else
+                    f"changed by an amount the seeds do not establish ({fmt_ci(se, '%')}), "
+                    "though its curves differ from the runs without limits.")), ""]
         verdicts = []
         for b in BASELINES:
             gs, g0 = d["gain"].get(f"{b}-limits"), d["neither"].get(b)
