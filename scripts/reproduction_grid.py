@@ -941,8 +941,11 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
             "parts that say so; after each change the default run's metrics "
             "were compared bit for bit and the reference-simulator tests passed, and the "
             "AD-PSGD map cell r1-s7 seed 0 was rerun after the speed change with an "
-            "identical curve. \"engine edited\": the cell ran with uncommitted engine edits "
-            "of that kind."),
+            "identical curve. One fix touched a counter: AD-PSGD no longer counts as replaced "
+            "a model whose newer copy arrives after the run's end (models never depended on "
+            "it); the AD-PSGD main cell seed 0, rerun after it (and after download limits "
+            "came to the baselines), has an identical curve. \"engine edited\": the cell ran "
+            "with uncommitted engine edits of that kind."),
          "",
          "```bash",
          f"{cmd}                  # run / resume the whole grid ({', '.join(ALL_PARTS)})",
