@@ -33,7 +33,7 @@ from divjax.algorithms.divshare import divshare_routes
 from divjax.compute_schedule import host_end_ticks, host_offline
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.reference_downloads import DownloadLinks, download_units_of
+from divjax.reference_links import DownloadLinks, download_units_of, upload_units_of
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -200,24 +200,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     def at(tick, phase, kind, *data):
         heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
 
-    upload_rows = None   # a trace whose upload varies: per node, its (tick, bytes/s) rows
-    if table.seg_units is not None:
-        from divjax.traces import read_trace
-
-        tr = read_trace(cfg.trace_file)
-        upload_rows = [[] for _ in range(n)]
-        for node_r, time_s, mbps in zip(tr.col("node"), tr.col("time_s"),
-                                        tr.col("upload_mbps"), strict=True):
-            upload_rows[int(node_r)].append((round(time_s / cfg.tick_s), mbps * 1e6 / 8))
-
-    def queue_units(i, t):
-        """(K,) sub-ticks of node i's fragments for a queue formed at tick t: the upload of
-        its last trace row at or before t, or its constant upload."""
-        if upload_rows is None:
-            return units[i]
-        bps = [b for tick, b in upload_rows[i] if tick <= t][-1]
-        return np.asarray(network.fragment_units(layout.fragment_bytes,
-                                                 jax.numpy.float32(bps), cfg))
+    queue_units = upload_units_of(cfg, layout.fragment_bytes, units)   # (i, t) -> (K,)
 
     def start_next(i, start_subtick):
         link = links[i]

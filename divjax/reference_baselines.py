@@ -32,7 +32,7 @@ from divjax.algorithms.swift import swift_routes
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
 from divjax.reference import initial_models, iteration_schedule
-from divjax.reference_downloads import DownloadLinks, download_units_of
+from divjax.reference_links import DownloadLinks, download_units_of, upload_units_of
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
 from divjax.tasks import Task
@@ -76,7 +76,8 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
 
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
         return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
-    model_units = table.msg_units.sum(1)          # a full model is its K fragments back to back
+    # a full model is its K fragments back to back, at the upload in force when it is queued
+    upload_units = upload_units_of(cfg, layout.fragment_bytes, table.msg_units)
     downloads = None if table.down_units is None else DownloadLinks(n, R)
     down_units_of = None if downloads is None else download_units_of(
         cfg, layout.fragment_bytes, table.down_units)
@@ -121,7 +122,7 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         """Append one full model to node i's link at tick t; it leaves after the ones before
         (and is lost on the way if `lost`)."""
         start = max(int(free_at[i]), t * R)
-        free_at[i] = start + int(model_units[i])
+        free_at[i] = start + int(upload_units(i, t).sum())
         enqueued[i] += 1
         m = next(msg_id)
         on_link[i].add(m)

@@ -26,10 +26,11 @@ node's next row; a node's last row holds for ever. Rows are sorted by time_s (ti
 order), a node has at most one row per time, and every node of the run has a row at time 0.
 A node's first row's bandwidths become the node's (`trace_hparams`: HParams.upload_bps and
 download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`). Its upload may change
-(DivShare and local): a queue is sent at the upload in force when it is formed, at the
-sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`), as a DivShare queue
-lives one iteration; other algorithms refuse an upload that changes (naming the line and
-column). Its download may change (DivShare, Swift and local, with download limits on): a
+(DivShare, Swift and local): a queue is sent at the upload in force when it is formed, at the
+sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`): a DivShare queue
+lives one iteration; a Swift model appended then keeps that upload however long it waits on
+the link (`queues.queued_model_units`); other algorithms refuse an upload that changes
+(naming the line and column). Its download may change (DivShare, Swift and local, with download limits on): a
 message is received at the download bandwidth in force when its reception starts, on the
 link's sub-tick clock (`NodeTrace.download_seg_bps`, `downloads.fifo_deliveries`); other
 algorithms refuse a download that changes.
@@ -203,9 +204,9 @@ def node_trace(cfg) -> NodeTrace:
 def _varying_refused(cfg) -> tuple[str, str]:
     """Why this config cannot take an upload, a download that changes over time ("" if it
     can)."""
-    up = "" if cfg.algorithm in ("divshare", "local") else (
-        f"a time-varying upload is modelled for divshare (and local) only, not for "
-        f"algorithm={cfg.algorithm!r} yet: give the node one upload_mbps")
+    up = "" if cfg.algorithm in ("divshare", "swift", "local") else (
+        f"a time-varying upload is modelled for divshare and swift (and local) only, not "
+        f"for algorithm={cfg.algorithm!r} yet: give the node one upload_mbps")
     down = "" if cfg.algorithm in ("divshare", "swift", "local") or not _download_limited(
         cfg) else (
         f"a time-varying download is modelled for divshare and swift (and local) only, not "

@@ -10,7 +10,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_equals_reference, assert_same_run, reference_of, run_checked
+from conftest import (
+    assert_equals_reference,
+    assert_lost_and_replaced_equal,
+    assert_same_run,
+    reference_of,
+    run_checked,
+)
 
 from divjax import traces
 from divjax.config import ConfigError, SimConfig, default_hparams
@@ -271,22 +277,29 @@ def varying_upload_trace(tmp_path, vary: bool = True) -> str:
     return write(tmp_path, "\n".join(lines) + "\n", "vary.csv" if vary else "flat.csv")
 
 
-@pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])
-def test_traces__time_varying_upload_equals_the_reference_simulator(tmp_path, delivery):
-    """A DivShare queue is sent at the upload in force when it is formed (the sender's
-    iteration end): engine == reference, and the changes change what is sent."""
-    cfg = trace_config(delivery=delivery, trace_file=varying_upload_trace(tmp_path))
+@pytest.mark.parametrize("algorithm,delivery,download", [
+    ("divshare", "receiver_iteration", 0.0), ("divshare", "arrival_tick", 0.0),
+    ("swift", "receiver_iteration", 0.0), ("swift", "arrival_tick", 0.3)])
+def test_traces__time_varying_upload_equals_the_reference_simulator(tmp_path, algorithm,
+                                                                   delivery, download):
+    """A queue is sent at the upload in force when it is formed (the sender's iteration end;
+    a Swift model keeps it however long it waits on the link, with download limits too):
+    engine == reference, and the changes change what is sent."""
+    cfg = trace_config(algorithm=algorithm, delivery=delivery, download_mbps=download,
+                       trace_file=varying_upload_trace(tmp_path))
     hp = default_hparams(cfg)
     run, state, _ = run_checked(cfg, hp)
     ref = reference_of(run, hp)
     assert_equals_reference(state, ref)
     np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
-    flat = trace_config(delivery=delivery, trace_file=varying_upload_trace(tmp_path, False))
+    if algorithm == "swift":
+        assert_lost_and_replaced_equal(state, ref, per=run.engine.layout.K)
+    flat = cfg.replace(trace_file=varying_upload_trace(tmp_path, False))
     _, steady, _ = run_checked(flat, default_hparams(flat))
     assert not np.array_equal(np.asarray(steady.counters.sent), np.asarray(state.counters.sent))
 
 
 def test_traces__time_varying_upload_is_refused_where_not_modelled(tmp_path):
     with pytest.raises(ConfigError, match="time-varying upload is modelled for divshare"):
-        traces.node_trace(trace_config(algorithm="swift",
+        traces.node_trace(trace_config(algorithm="adpsgd",
                                        trace_file=varying_upload_trace(tmp_path)))

@@ -39,6 +39,7 @@ from divjax.network import (
     arrival_tick,
     latency_bounds_units,
     pair_latency_units,
+    units_at,
 )
 from divjax.state import ERR_RING_TOO_SHORT, flag_error
 
@@ -80,6 +81,21 @@ def model_units(table: LinkTable) -> jax.Array:
     return jnp.sum(table.msg_units, axis=-1)
 
 
+def queued_model_units(table: LinkTable, sender: jax.Array, t: jax.Array) -> jax.Array:
+    """(C,) link sub-ticks of a full model the C `sender`s queue at tick t (() or (C,)): at the
+    upload in force then (a trace's row, `network.units_at`; `model_units` when constant)."""
+    return jnp.sum(units_at(table, sender, t), axis=-1)
+
+
+def slowest_model_units(table: LinkTable) -> np.ndarray:
+    """(..., n) host: the most sub-ticks a full model can take on every node's link (its
+    slowest trace row when a trace changes its upload): bounds for the queue sizing."""
+    U = np.asarray(model_units(table), np.int64)
+    if table.seg_units is not None:
+        U = np.maximum(U, np.asarray(table.seg_units, np.int64).sum(-1).max(-1))
+    return U
+
+
 def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
                             sender: jax.Array, active: jax.Array, position: jax.Array,
                             t: jax.Array, K: int, receiver: jax.Array,
@@ -100,7 +116,7 @@ def schedule_appended_queue(cfg: SimConfig, table: LinkTable, link_free: jax.Arr
     """
     R, T = cfg.link_resolution, cfg.num_ticks
     safe = jnp.minimum(sender, table.compute_ticks.shape[0] - 1)
-    units = model_units(table)[safe][:, None]                               # (C, 1)
+    units = queued_model_units(table, safe, t)[:, None]                     # (C, 1)
     start = jnp.maximum(link_free[safe], t * R)[:, None]
     leave_sub = start + (position + 1) * units                              # (C, J)
     leave_tick = (leave_sub + R - 1) // R
@@ -126,13 +142,13 @@ def appended_link_free(cfg: SimConfig, table: LinkTable, link_free: jax.Array,
     safe = jnp.minimum(sender, n - 1)
     start = jnp.maximum(link_free[safe], t * R)
     end = T if stop is None else jnp.minimum(stop, T)
-    new = jnp.minimum(start + count * model_units(table)[safe], end * R)
+    new = jnp.minimum(start + count * queued_model_units(table, safe, t), end * R)
     return link_free.at[jnp.where(valid, sender, n)].set(new.astype(jnp.int32), mode="drop")
 
 
 def check_link_clock(cfg: SimConfig, table: LinkTable, per_enqueue: int) -> None:
     """Host check: the absolute int32 link clock of an appended queue cannot overflow."""
-    U = int(np.max(np.asarray(model_units(table))))
+    U = int(np.max(slowest_model_units(table)))
     if (cfg.num_ticks + 1) * cfg.link_resolution + max(1, per_enqueue) * U >= 2**31 - 1:
         raise ConfigError(
             f"num_ticks * link_resolution = {cfg.num_ticks} * {cfg.link_resolution} is too "
@@ -157,7 +173,7 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
     n = c_all.shape[-1]
     c_all = c_all.reshape(-1, n)
     lat_all = np.asarray(latency_bounds_units(table)[1], np.int64).reshape(-1, n)
-    U_all = np.asarray(model_units(table), np.int64).reshape(-1, n)
+    U_all = slowest_model_units(table).reshape(-1, n)   # (a slower upload: later leaves)
     worst = 1
     if per_iteration == 0:
         return worst

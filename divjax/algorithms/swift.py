@@ -46,8 +46,8 @@ from divjax.algorithms.queues import (
     appended_link_free,
     appended_queue_longest_delay,
     init_queue_state,
-    model_units,
     queue_stop,
+    queued_model_units,
     schedule_appended_queue,
     send_full_models,
 )
@@ -166,7 +166,6 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     cfg, table = ctx.cfg, ctx.table
     n, T, R, s = cfg.n_nodes, cfg.num_ticks, cfg.link_resolution, cfg.fanout
     safe = jnp.minimum(node, n - 1)
-    U = model_units(table)[safe]
     lat_low = latency_bounds_units(table)[0][safe]                                  # (C,)
     window = window_index(table, recv, arrival)                                  # (C, s)
     last_agg = jnp.max(jnp.where(sent, window_tick(table, recv, window), 0), axis=1)
@@ -175,12 +174,14 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
 
     def pending(i, free):
         t_i = end_tick(table, safe, k + i)
+        U = queued_model_units(table, safe, t_i)       # at the upload in force at t_i
         first = arrival_tick(jnp.maximum(free, t_i * R) + U, lat_low, R)       # earliest arrival
         return (t_i < horizon) & (first <= horizon)
 
     def body(carry):
         i, free, replaced = carry
         t_i = end_tick(table, safe, k + i)
+        U = queued_model_units(table, safe, t_i)
         alive = pending(i, free)
         keys_i = jax.vmap(lambda tt: tick_keys(k_sim, tt))(t_i)
         recv_i = jax.vmap(lambda k, j: swift_routes(k, j, ctx.neighbors, ctx.degree, s))(

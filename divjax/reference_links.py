@@ -1,6 +1,6 @@
-"""The reference simulators' download links (`divjax.downloads`, the oracle's side): one
-message at a time, first come first served, event by event, read against the module docstring
-of `divjax.downloads` rather than the engine's table."""
+"""The reference simulators' links, read from the raw inputs rather than the engine's tables:
+the upload a trace sets at a tick, and the download links (`divjax.downloads`), served one
+message at a time, first come first served, event by event."""
 
 from __future__ import annotations
 
@@ -76,5 +76,30 @@ def download_units_of(cfg: SimConfig, fragment_bytes: np.ndarray, down_units: np
             return pick(np.asarray(network.download_units(fragment_bytes,
                                                           jax.numpy.float32(bps), cfg)))
         return at
+
+    return units
+
+
+def upload_units_of(cfg: SimConfig, fragment_bytes: np.ndarray, msg_units: np.ndarray):
+    """units(i, t) -> (K,) sub-ticks of node i's fragments for a queue formed at tick t: the
+    upload of its last trace row at or before t (the file's raw rows), or its constant upload
+    (`msg_units[i]`) when no trace changes it."""
+    rows = None
+    if cfg.trace_file:
+        from divjax.traces import read_trace
+
+        tr = read_trace(cfg.trace_file)
+        up, node = tr.col("upload_mbps"), tr.col("node")
+        if up is not None and any(np.unique(up[node == i]).size > 1
+                                  for i in range(cfg.n_nodes)):
+            rows = [[(round(t / cfg.tick_s), b * 1e6 / 8)
+                     for t, nd, b in zip(tr.col("time_s"), node, up, strict=True) if nd == i]
+                    for i in range(cfg.n_nodes)]
+
+    def units(i: int, t: int) -> np.ndarray:
+        if rows is None:
+            return np.asarray(msg_units[i])
+        bps = [b for tick, b in rows[i] if tick <= t][-1]
+        return np.asarray(network.fragment_units(fragment_bytes, jax.numpy.float32(bps), cfg))
 
     return units
