@@ -370,7 +370,7 @@ def trace_hparams(cfg, hp):
 
         warnings.warn(f"{cfg.trace_file}: the trace's download_mbps column is not used: download "
                       f"limits are off (--download-mbps X, any X > 0, turns them on for "
-                      f"divshare, swift and local; the trace's values replace X)", stacklevel=2)
+                      f"every algorithm but epidemic; the trace's values replace X)", stacklevel=2)
     for field, bps in (("upload_bps", nt.upload_bps), ("download_bps", nt.download_bps)):
         if bps is not None:
             hp = hp.replace(**{field: jnp.broadcast_to(jnp.asarray(bps, jnp.float32),
