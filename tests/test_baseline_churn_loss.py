@@ -89,9 +89,9 @@ def test_swift_churn__a_rate_that_takes_no_node_offline_changes_no_bit():
     assert int(tiny.counters.dropped.sum()) == 0
 
 
-@pytest.mark.parametrize("delivery,inbox,jitter", [("arrival_tick", "latest", 0.0),
-                                                   ("receiver_iteration", "latest", 0.3),
-                                                   ("arrival_tick", "sum", 0.0)])
+# (loss with jitter, with the "sum" rule and with receiver_iteration delivery: the churn cases
+# below, which draw losses too)
+@pytest.mark.parametrize("delivery,inbox,jitter", [("arrival_tick", "latest", 0.0)])
 def test_adpsgd_loss__engine_equals_reference_simulator(delivery, inbox, jitter):
     cfg = base_config(algorithm="adpsgd", fanout=4, delivery=delivery, inbox=inbox,
                       compute_jitter=jitter, loss_rate=0.3)
@@ -122,8 +122,8 @@ def test_adpsgd_loss__a_rate_that_loses_nothing_changes_no_bit():
     assert int(tiny.counters.lost.sum()) == 0
 
 
-@pytest.mark.parametrize("algorithm,chunk", [("dpsgd", 0), ("dpsgd", 2), ("epidemic", 0),
-                                             ("epidemic", 2)])
+# (D-PSGD in chunks and Epidemic in one call, with loss: tests/test_sync_churn.py)
+@pytest.mark.parametrize("algorithm,chunk", [("dpsgd", 0), ("epidemic", 2)])
 def test_sync_loss__engine_equals_reference_simulator(algorithm, chunk):
     """Synchronous rounds with loss, in one call or in chunks of 2 nodes (the round's loss is
     drawn once, by the chunk that closes it)."""

@@ -36,8 +36,7 @@ def varying_download_trace(tmp_path, change_at=(0.5, 1.0), name="down.csv") -> s
 
 
 @pytest.mark.parametrize("algorithm,delivery", [("divshare", "receiver_iteration"),
-                                                ("divshare", "arrival_tick"),
-                                                ("swift", "receiver_iteration")])
+                                                ("swift", "arrival_tick")])
 def test_trace_downloads__changing_download_equals_the_reference_simulator(tmp_path, algorithm,
                                                                           delivery):
     cfg = trace_config(algorithm=algorithm, delivery=delivery, download_mbps=1.0,

@@ -278,8 +278,8 @@ def varying_upload_trace(tmp_path, vary: bool = True) -> str:
 
 
 @pytest.mark.parametrize("algorithm,delivery,download", [
-    ("divshare", "receiver_iteration", 0.0), ("divshare", "arrival_tick", 0.0),
-    ("swift", "receiver_iteration", 0.0), ("swift", "arrival_tick", 0.3)])
+    ("divshare", "arrival_tick", 0.0), ("swift", "receiver_iteration", 0.0),
+    ("swift", "arrival_tick", 0.3)])
 def test_traces__time_varying_upload_equals_the_reference_simulator(tmp_path, algorithm,
                                                                    delivery, download):
     """A queue is sent at the upload in force when it is formed (the sender's iteration end;
