@@ -59,6 +59,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from divjax.compute_schedule import has_offline, is_offline, next_offline_start
+from divjax.network import pair_latency_units
+
 
 def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
                     units: jax.Array, sender: jax.Array, resolution: int, n: int,
@@ -99,16 +102,49 @@ def fifo_deliveries(receiver: jax.Array, avail: jax.Array, deadline: jax.Array,
         else:   # the row in force at `start` on every link (lane j of the round = link j)
             row = jnp.maximum(jnp.sum(row_start <= start[:, None], axis=1) - 1, 0)
             u = units[idx, row]
-        done = start + u
-        ok = done <= dl
-        busy_until = jnp.where(ok, done, jnp.where(start < dl, dl, free))
-        code = jnp.where(ok, (done + R - 1) // R, -((dl + R - 1) // R) - 1)
+        busy_until, code = take_one(start, u, dl, free, R)
         out = out.at[jnp.where(active, idx, N)].set(code.astype(jnp.int32), mode="drop")
         return jnp.where(active, busy_until, free), out
 
     _, out = jax.lax.fori_loop(0, jnp.max(counts, initial=0), serve,
                                (jnp.zeros((n,), jnp.int32), jnp.zeros((N,), jnp.int32)))
     return out
+
+
+def take_one(start: jax.Array, units: jax.Array, deadline: jax.Array, free: jax.Array,
+             resolution: int) -> tuple[jax.Array, jax.Array]:
+    """One message taken by a download link (any shapes): reception from sub-tick `start`
+    for `units` sub-ticks, by `deadline`. Returns (the sub-tick the link is free again, the
+    message's code: its delivery tick, or -(tick lost) - 1 when it cannot be received in full
+    by its deadline; the link was then busy until the deadline if it had started, else never,
+    and stays at `free`)."""
+    R = resolution
+    done = start + units
+    ok = done <= deadline
+    busy_until = jnp.where(ok, done, jnp.where(start < deadline, deadline, free))
+    code = jnp.where(ok, (done + R - 1) // R, -((deadline + R - 1) // R) - 1)
+    return busy_until, code
+
+
+def reach_download_link(cfg, table, sender: jax.Array, recv: jax.Array, sched,
+                        lost: jax.Array | None, stop: jax.Array | None):
+    """For full-model messages (C, J) of an appended queue (`sched`: (C, J, 1) fields; Swift,
+    AD-PSGD): (entered, reach, deadline, upload arrival tick), each (C, J): whether it
+    reaches its receiver's download link (sent, not lost on the way, receiver online then),
+    the sub-tick it does, and the sub-tick by which it must be received in full (its sender
+    going offline at `stop` (C,), or the run's end, plus the latency; a receiver going offline
+    at tick s must have it by (s - 1) R)."""
+    T, R = cfg.num_ticks, cfg.link_resolution
+    sent, arrival = sched.sent[..., 0], sched.arrival[..., 0]
+    entered = sent if lost is None else sent & ~lost
+    lat = pair_latency_units(table, sender[:, None], recv)
+    end = jnp.full(sender.shape, T, jnp.int32) if stop is None else jnp.minimum(stop, T)
+    deadline = end[:, None] * R + lat
+    if has_offline(cfg):
+        entered = entered & ~is_offline(table, recv, arrival)
+        s_off = next_offline_start(table, recv, arrival)
+        deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
+    return entered, sched.arrival_sub[..., 0], deadline, arrival
 
 
 def row_start_subticks(table, resolution: int) -> jax.Array | None:

@@ -46,15 +46,12 @@ from divjax.algorithms.queues import (
 )
 from divjax.compute_schedule import (
     end_tick,
-    has_offline,
-    is_offline,
     longest_ticks,
-    next_offline_start,
     shortest_ticks,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import decode
-from divjax.network import message_lost, pair_latency_units
+from divjax.downloads import decode, reach_download_link, take_one
+from divjax.network import message_lost
 from divjax.state import tick_keys
 
 PONG_STREAM = 2**31 - 1   # fold_in constant of the pongs' loss draws (the spare key's stream)
@@ -122,24 +119,6 @@ class Messages(NamedTuple):
     pending: jax.Array    # bool: entered, not yet served
 
 
-def reach_link(cfg: SimConfig, table, sender: jax.Array, recv: jax.Array, sched,
-               lost: jax.Array | None, stop: jax.Array | None):
-    """For messages (C, J) of `sched` ((C, J, 1) fields): (entered, reach, deadline, upload
-    arrival tick), each (C, J): whether it reaches its receiver's download link (sent, not lost,
-    receiver online then), when, and by when it must be received in full."""
-    T, R = cfg.num_ticks, cfg.link_resolution
-    sent, arrival = sched.sent[..., 0], sched.arrival[..., 0]
-    entered = sent if lost is None else sent & ~lost
-    lat = pair_latency_units(table, sender[:, None], recv)
-    end = jnp.full(sender.shape, T, jnp.int32) if stop is None else jnp.minimum(stop, T)
-    deadline = end[:, None] * R + lat
-    if has_offline(cfg):
-        entered = entered & ~is_offline(table, recv, arrival)
-        s_off = next_offline_start(table, recv, arrival)
-        deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
-    return entered, sched.arrival_sub[..., 0], deadline, arrival
-
-
 def append(msgs: Messages, ptr: jax.Array, has: jax.Array, sender, recv, q, ping: bool,
            entered, reach, deadline, arrival, T: int) -> tuple[Messages, jax.Array]:
     """Append the messages (C, J) of the rows `has` (C,) at `ptr`, row after row."""
@@ -204,11 +183,7 @@ def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array, jax.Array]:
             has = first < M
             j = jnp.minimum(first, M - 1)
             start = jnp.maximum(msgs.reach[j], down_free)
-            done = start + down
-            dl = msgs.deadline[j]
-            ok = done <= dl
-            busy = jnp.where(ok, done, jnp.where(start < dl, dl, down_free))
-            code = jnp.where(ok, (done + R - 1) // R, -((dl + R - 1) // R) - 1)
+            busy, code = take_one(start, down, msgs.deadline[j], down_free, R)
             at = jnp.where(has, first, M)
             msgs = msgs._replace(code=msgs.code.at[at].set(code, mode="drop"),
                                  pending=msgs.pending.at[at].set(False, mode="drop"))
@@ -234,7 +209,7 @@ def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array, jax.Array]:
                                             jnp.full((n, 1), m, jnp.int32), t, 1,
                                             target[:, None], stop)
             lost = pong_lost(cfg, keys.spare, nodes, m, target)
-            entered, reach, deadline, arrival = reach_link(
+            entered, reach, deadline, arrival = reach_download_link(
                 cfg, table, nodes, target[:, None], sched,
                 None if lost is None else lost[:, None], stop)
             msgs, ptr = append(msgs, ptr, has, nodes, target[:, None], (enq + m)[:, None],
@@ -260,8 +235,8 @@ def replay(ctx, k_sim: jax.Array) -> tuple[Messages, jax.Array, jax.Array]:
                                         jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (n, p)),
                                         t, 1, recv, stop)
         lost = message_lost(cfg, keys.spare, nodes, (p,), recv)
-        entered, reach, deadline, arrival = reach_link(cfg, table, nodes, recv, sched, lost,
-                                                       stop)
+        entered, reach, deadline, arrival = reach_download_link(cfg, table, nodes, recv, sched,
+                                                                lost, stop)
         msgs, ptr = append(msgs, ptr, done, nodes, recv, enq[:, None] + jnp.arange(p), True,
                            entered, reach, deadline, arrival, T)
         link_free = appended_link_free(cfg, table, link_free, nodes, done,

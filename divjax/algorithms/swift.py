@@ -55,7 +55,6 @@ from divjax.compute_schedule import (
     end_tick,
     has_offline,
     is_offline,
-    next_offline_start,
     shortest_ticks,
     slots_needed,
     stop_tick,
@@ -63,7 +62,13 @@ from divjax.compute_schedule import (
     window_tick,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import decode, fifo_deliveries, message_units, row_start_subticks
+from divjax.downloads import (
+    decode,
+    fifo_deliveries,
+    message_units,
+    reach_download_link,
+    row_start_subticks,
+)
 from divjax.messages import collect
 from divjax.network import (
     arrival_tick,
@@ -121,19 +126,13 @@ def download_table(ctx: Context, k_sim: jax.Array) -> jax.Array:
                                         1, recv, stop)
         link_free = appended_link_free(cfg, table, link_free, nodes, valid,
                                        jnp.full((n,), s, jnp.int32), t, stop)
-        enters, arrival = sched.sent[..., 0], sched.arrival[..., 0]
-        if loss_modelled(cfg):
-            enters &= ~jax.vmap(lambda kk, i, r: message_lost(cfg, kk, i[None], (s,),
-                                                              r[None])[0])(
-                keys.spare, nodes, recv)
-        lat = pair_latency_units(table, nodes[:, None], recv)
-        deadline = (jnp.full((n,), T, jnp.int32) if stop is None
-                    else jnp.minimum(stop, T))[:, None] * R + lat
-        if has_offline(cfg):   # as for DivShare (divjax.downloads)
-            enters &= ~is_offline(table, recv, arrival)
-            s_off = next_offline_start(table, recv, arrival)
-            deadline = jnp.where(s_off <= T, jnp.minimum(deadline, (s_off - 1) * R), deadline)
-        return link_free, (jnp.where(enters, recv, n), sched.arrival_sub[..., 0], deadline,
+        lost = None
+        if loss_modelled(cfg):   # each node's own tick's key
+            lost = jax.vmap(lambda kk, i, r: message_lost(cfg, kk, i[None], (s,),
+                                                          r[None])[0])(keys.spare, nodes, recv)
+        enters, reach, deadline, arrival = reach_download_link(cfg, table, nodes, recv, sched,
+                                                               lost, stop)
+        return link_free, (jnp.where(enters, recv, n), reach, deadline,
                            message_units(table, recv, None), enters, arrival)
 
     _, (recv, avail, deadline, units, enters, upload_tick) = jax.lax.scan(
