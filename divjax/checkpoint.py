@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, check_hparams
+from divjax.flat import LAYOUT_VERSION
 from divjax.sim import Engine, check_state
 from divjax.sizing import compile_checked
 from divjax.state import SimState
@@ -103,7 +104,8 @@ def fingerprint(cfg: SimConfig, hp: HParams, key: jax.Array | None = None) -> di
     digests = {f.name: hashlib.sha256(np.ascontiguousarray(
         np.asarray(getattr(hp, f.name), np.float32)).tobytes()).hexdigest()[:16]
         for f in dataclasses.fields(HParams)}
-    fp = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "hparams": digests}
+    fp = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "hparams": digests,
+          "layout": LAYOUT_VERSION}
     if key is not None:
         fp["key"] = np.asarray(jax.random.key_data(key)).ravel().tolist()
     return fp
@@ -121,6 +123,11 @@ def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
         diffs.append(f"HParams differ in {', '.join(hp)}")
     if "key" in saved and "key" in current and saved["key"] != current["key"]:
         diffs.append("the seed (key) differs")
+    saved_layout = saved.get("layout", "fragments-permuted-1")   # before layouts were recorded
+    if saved_layout != current.get("layout", LAYOUT_VERSION):
+        diffs.append(f"the models' fragment layout is {saved_layout!r} there, "
+                     f"{LAYOUT_VERSION!r} here (written by another divjax version; rerun "
+                     "from the start)")
     return "; ".join(diffs) or None
 
 

@@ -3,8 +3,12 @@
 The partition follows the DivShare authors' code (paper.md): every parameter tensor is permuted
 on its own (one permutation stream from a seed that every node shares), cut into K parts of
 floor(size / K) coordinates (the last part takes the remainder), and fragment k is part k of every
-tensor, concatenated. Fragments are padded to the largest one (F); padding coordinates are zero
-forever, never trained and never counted in message sizes.
+tensor, concatenated. Inside a fragment the coordinates sit in their raveled order (which
+coordinates a fragment holds is the authors' rule; their order inside it is ours): the
+coordinates of one model row that share a fragment are then neighbours, so a sparse step
+(matrix factorisation) touches a few cache lines per row, not one per coordinate
+(`benchmarks/engine_paths.py`). Fragments are padded to the largest one (F); padding
+coordinates are zero forever, never trained and never counted in message sizes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from jax.flatten_util import ravel_pytree
 from divjax.config import ConfigError
 
 BYTES_PER_PARAM = 4  # float32 on the wire
+# Which (K, F) array layout `make_layout` builds; checkpoints record it, and a checkpoint of
+# another layout is refused (its (K, F) arrays would put coordinates in the wrong places).
+LAYOUT_VERSION = "fragments-sorted-2"
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +83,7 @@ def make_layout(template: Any, n_fragments: int, seed: int) -> FragmentLayout:
             stop = (k + 1) * base if k < K - 1 else size
             parts[k].append(perm[k * base:stop])
         offset += size
-    fragments = [np.concatenate(p) if p else np.zeros(0, np.int64) for p in parts]
+    fragments = [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
     sizes = np.array([f.size for f in fragments], np.int64)
     F = int(sizes.max())
     position = np.empty(D, np.int64)
