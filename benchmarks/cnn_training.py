@@ -59,6 +59,7 @@ from divjax.local import loop_over_nodes
 from divjax.presets import get_preset
 from divjax.registry import make_task
 from divjax.sim import make_engine
+from divjax.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR = os.environ.get("DIVJAX_DATA_DIR",
@@ -206,9 +207,9 @@ def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str
         task = plain_task(task)
     hp = default_hparams(cfg)
     engine = make_engine(cfg, task, hp=hp)
-    state = jax.jit(engine.init)(jax.random.key(0), hp)
+    state = divjax_jit(engine.init)(jax.random.key(0), hp)
     t0 = time.perf_counter()
-    run = jax.jit(engine.run_ticks).lower(state, hp).compile()
+    run = divjax_jit(engine.run_ticks).lower(state, hp).compile()
     compile_s = time.perf_counter() - t0
     state = jax.block_until_ready(run(state, hp))            # warm-up: first interval
     best, done = math.inf, 0

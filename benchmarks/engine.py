@@ -62,6 +62,7 @@ from divjax.sim import make_engine
 from divjax.state import tick_keys
 from divjax.tasks import make_synthetic_task
 from divjax.topology import adjacency, neighbor_table
+from divjax.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # CIFAR-10 copy (see divjax.data); --data-dir or DIVJAX_DATA_DIR override it
@@ -114,14 +115,14 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
     n, K, F, C, E = cfg.n_nodes, layout.K, layout.F, cfg.train_capacity, cfg.eval_every
     c_ticks = int(round(cfg.compute_s / cfg.tick_s))
     finishes = E // c_ticks                      # finishing ticks per interval (uniform compute)
-    state = jax.jit(engine.init)(jax.random.key(0), hp)
+    state = divjax_jit(engine.init)(jax.random.key(0), hp)
     row = {"task": label or cfg.task, "n": n, "K": K, "F": F, "D": layout.D,
            "ticks": E, "finish_ticks": finishes, "train_capacity": C,
            "ring_slots": cfg.ring_ticks, "batch": cfg.batch_size,
            "local_steps": cfg.local_steps}
 
     # full: the E ticks of one eval interval (no evaluation), donated like sim.simulate
-    advance = jax.jit(engine.run_ticks, donate_argnums=0)
+    advance = divjax_jit(engine.run_ticks, donate_argnums=0)
     t0 = time.perf_counter()
     adv_c = advance.lower(state, hp).compile()
     row["compile_s"] = time.perf_counter() - t0
@@ -136,7 +137,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
     state = st
     full = statistics.median(times)
     # informative only (no ratio uses it): one run of the AOT-compiled evaluation, no warm-up
-    eval_c = jax.jit(engine.evaluate).lower(state).compile()
+    eval_c = divjax_jit(engine.evaluate).lower(state).compile()
     t0 = time.perf_counter()
     jax.block_until_ready(eval_c(state))
     eval_s = time.perf_counter() - t0

@@ -34,6 +34,7 @@ import numpy as np
 from bench_common import git_commit
 
 from divjax.models import mf_sgd_steps
+from divjax.xla_options import jit as divjax_jit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def single_point(iterations: int, data_dir: str) -> list[dict]:
         keys = jax.random.key(0)[None]
         times, outs = {}, {}
         for name, seeds in (("unbatched", 1), ("vmap of 1", None)):
-            fn = jax.jit(make_batched(run, axes, 1, seeds))
+            fn = divjax_jit(make_batched(run, axes, 1, seeds))
             t0 = time.perf_counter()
             fn.lower(keys, hp).compile()
             compile_s = time.perf_counter() - t0

@@ -11,6 +11,8 @@ Measured here, in the same process:
 - its floor: the bytes the delivered fragments and the aggregations must move per simulated
   second (each delivered fragment written once and read once, each finishing node's model read
   and written once), from the run's own counters, at the measured copy bandwidth;
+- both again compiled with XLA's default CPU options instead of divjax's
+  (`divjax.compiler_options()`: no YNNPACK library fusions), each right after its twin;
 - D-PSGD on decentralizepy's own MovieLens config (16 nodes, 3-regular, 10 local steps of batch
   16): wall time per round in steady state, against its floor (each node reads its own and its
   3 neighbours' models and writes one).
@@ -35,6 +37,7 @@ from bench_common import git_commit
 from divjax import presets
 from divjax.config import default_hparams
 from divjax.sim import make_engine
+from divjax.xla_options import compiler_options
 
 
 def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
@@ -50,12 +53,14 @@ def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
     return 2 * x.nbytes / best
 
 
-def steady_state(cfg, intervals: int) -> dict:
-    """Wall seconds per simulated second over `intervals` eval intervals after the first."""
+def steady_state(cfg, intervals: int, options: dict | None = None) -> dict:
+    """Wall seconds per simulated second over `intervals` eval intervals after the first,
+    compiled with XLA `options` (default: divjax's, `divjax.compiler_options()`)."""
     engine = make_engine(cfg)
     hp = default_hparams(engine.cfg)
-    advance = jax.jit(engine.advance, donate_argnums=0)
-    state = jax.jit(engine.init)(jax.random.key(0), hp)
+    options = compiler_options() if options is None else options
+    advance = jax.jit(engine.advance, donate_argnums=0, compiler_options=options or None)
+    state = jax.jit(engine.init, compiler_options=options or None)(jax.random.key(0), hp)
     t0 = time.perf_counter()
     state, m = advance(state, hp)
     jax.block_until_ready(m)
@@ -93,9 +98,14 @@ def main(argv=None) -> dict:
     paper = presets.get_preset("movielens-paper").replace(data_dir="", eval_every_s=1.0,
                                                           duration_s=1.0 + args.sim_s)
     intervals = int(round(args.sim_s))
-    for name, cfg in (("movielens-paper divshare", paper),
-                      ("movielens-paper local (no exchange)", paper.replace(algorithm="local"))):
-        r = steady_state(cfg, intervals)
+    local = paper.replace(algorithm="local")
+    for name, cfg, options in (
+            ("movielens-paper divshare", paper, None),      # each beside its XLA-defaults twin
+            ("movielens-paper divshare, XLA's default CPU options", paper, {}),
+            ("movielens-paper local (no exchange)", local, None),
+            ("movielens-paper local, XLA's default CPU options", local, {})):
+        r = steady_state(cfg, intervals, options)
+        r["compiler_options"] = compiler_options() if options is None else options
         r["floor_wall_per_sim_s"] = r["floor_bytes_per_sim_s"] / bw
         r["ratio_to_floor"] = r["wall_per_sim_s"] / r["floor_wall_per_sim_s"]
         rows[name] = r

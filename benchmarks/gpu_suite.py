@@ -31,13 +31,14 @@ from bench_common import git_commit
 from divjax import presets
 from divjax.config import default_hparams
 from divjax.sim import check_state, make_engine, make_run
+from divjax.xla_options import jit as divjax_jit
 
 
 def timed_run(cfg) -> dict:
     """Compile, run once, report wall times, counters and the final primary metric."""
     engine = make_engine(cfg)
     hp = default_hparams(engine.cfg)
-    run = jax.jit(make_run(engine.cfg, task=engine.task, hp=hp))
+    run = divjax_jit(make_run(engine.cfg, task=engine.task, hp=hp))
     t0 = time.perf_counter()
     compiled = run.lower(jax.random.key(0), hp).compile()
     compile_s = time.perf_counter() - t0
@@ -124,8 +125,8 @@ def seed_sweep(cfg, seeds: int) -> dict:
     engine = make_engine(cfg)
     hp = default_hparams(engine.cfg)
     run = make_run(engine.cfg, task=engine.task, hp=hp)
-    one = jax.jit(run)
-    many = jax.jit(jax.vmap(run, (0, None)))
+    one = divjax_jit(run)
+    many = divjax_jit(jax.vmap(run, (0, None)))
     keys = jax.random.split(jax.random.key(0), seeds)
     times = {}
     for name, fn, arg in (("one_seed", one, keys[0]), ("sweep", many, keys)):

@@ -47,6 +47,7 @@ from bench_common import git_commit
 from divjax.config import PAPER_STRAGGLER_MBPS, ConfigError, default_hparams
 from divjax.presets import get_preset
 from divjax.sim import make_run
+from divjax.xla_options import jit as divjax_jit
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -67,7 +68,7 @@ def run_seconds(cfg, repeats: int) -> tuple[float, float]:
     """(compile + first run, best run) wall seconds of the jitted run."""
     run = make_run(cfg)
     hp = default_hparams(run.engine.cfg)
-    fn = jax.jit(run)
+    fn = divjax_jit(run)
     first = _timed(lambda: jax.block_until_ready(fn(jax.random.key(0), hp)))
     best = min(_timed(lambda: jax.block_until_ready(fn(jax.random.key(0), hp)))
                for _ in range(repeats))

@@ -45,6 +45,7 @@ from divjax.algorithms import ALGORITHMS
 from divjax.registry import make_task
 from divjax.sim import make_engine, make_run, simulate
 from divjax.sweep import auto_chunk, hparams_for, resolve_grid, run_points, stack_hparams
+from divjax.xla_options import jit as divjax_jit
 
 
 def git_commit() -> str:
@@ -116,7 +117,7 @@ def main(argv=None) -> dict:
 
     # --- loop (one compiled program, 16 calls) and sweeps (one compiled program over the
     # 4 x 4 grid: all at once, then one seed per chunk), alternated `repeats` times; best of
-    single = jax.jit(run)
+    single = divjax_jit(run)
     t0 = time.perf_counter()
     compiled = single.lower(keys[0], hps[0]).compile()
     loop_compile = time.perf_counter() - t0

@@ -6,11 +6,12 @@ from divjax.registry import TASKS, make_task
 from divjax.sim import SimulationError, check_state, make_engine, make_run
 from divjax.sizing import resolve
 from divjax.tasks import Task
+from divjax.xla_options import compiler_options, jit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "ConfigError", "HParams", "SimConfig", "SimulationError", "TASKS",
-    "Task", "check_state", "default_hparams", "make_engine", "make_run", "make_task", "product",
-    "resolve",
+    "Task", "check_state", "compiler_options", "default_hparams", "jit", "make_engine", "make_run",
+    "make_task", "product", "resolve",
 ]

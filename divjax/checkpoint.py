@@ -11,13 +11,12 @@ Layout of a run directory that checkpoints:
 
     RUN_DIR/run.json          the resolved SimConfig, the HParams and the seed (enough to rebuild)
     RUN_DIR/checkpoints/<t>/  orbax steps: items "state", "history" and "spec" (the fingerprint:
-                              resolved config, HParams digests, key data; checked on restore and
-                              save, so a run never mixes with another run's checkpoints)
+                              resolved config, HParams digests, key data, fragment layout;
+                              checked on restore and save: runs never mix their checkpoints)
 
 `drive(...)` is the host loop (the same jitted `engine.advance` with donation as
-`divjax.sim.simulate`, hence bit-identical to it and to `make_run`) that saves every
-`every_s` simulated seconds and on Ctrl-C (KeyboardInterrupt), then re-raises.
-Host-side only; nothing here is traced.
+`divjax.sim.simulate`, hence bit-identical to it and to `make_run` under `divjax.jit`) that
+saves every `every_s` simulated seconds and on Ctrl-C, then re-raises. Host-side only.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from divjax.flat import LAYOUT_VERSION
 from divjax.sim import Engine, check_state
 from divjax.sizing import compile_checked
 from divjax.state import SimState
+from divjax.xla_options import jit
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_SPEC = "run.json"
@@ -338,8 +338,8 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     if run_dir is not None:
         check_checkpoints_belong(run_dir, fp)
     if state is None:
-        state = jax.jit(engine.init)(key, hp)
-    advance = compile_checked(jax.jit(engine.advance, donate_argnums=0), state, hp, cfg=cfg)
+        state = jit(engine.init)(key, hp)
+    advance = compile_checked(jit(engine.advance, donate_argnums=0), state, hp, cfg=cfg)
     history = list(history or [])
     c = int(state.t) // cfg.eval_every
     if c != len(history):

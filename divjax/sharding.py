@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from divjax.config import HParams, SimConfig, default_hparams
 from divjax.sim import make_run
+from divjax.xla_options import jit
 
 AXIS = "nodes"
 
@@ -185,5 +186,4 @@ def make_sharded_advance(engine, hp: HParams, mesh: Mesh | None = None) -> Calla
     mesh = node_mesh() if mesh is None else mesh
     sh = state_shardings(engine, hp, mesh)
     rep = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(engine.advance, in_shardings=(sh, rep), out_shardings=(sh, rep),
-                   donate_argnums=0)
+    return jit(engine.advance, in_shardings=(sh, rep), out_shardings=(sh, rep), donate_argnums=0)

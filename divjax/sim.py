@@ -70,6 +70,7 @@ from divjax.state import (  # SimulationError, check_state: re-exported
 )
 from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table
+from divjax.xla_options import jit
 
 
 class EngineSpec(NamedTuple):
@@ -341,7 +342,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
     Example:
         >>> cfg = SimConfig(n_nodes=8, duration_s=10)
-        >>> run = jax.jit(make_run(cfg))
+        >>> run = divjax.jit(make_run(cfg))   # jax.jit with divjax's compiler options
         >>> state, metrics = run(jax.random.key(0), default_hparams(cfg))
         >>> check_state(state, run.engine.cfg)   # raises SimulationError on NaN, overflow, ...
 
@@ -370,8 +371,8 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     `state` if given (a resumed checkpoint). Returns (state, metrics stacked over chunks).
     """
     if state is None:
-        state = jax.jit(engine.init)(key, hp)
-    advance = compile_checked(jax.jit(engine.advance, donate_argnums=0), state, hp,
+        state = jit(engine.init)(key, hp)
+    advance = compile_checked(jit(engine.advance, donate_argnums=0), state, hp,
                               cfg=engine.cfg)
     done_chunks = int(state.t) // engine.cfg.eval_every
     last = engine.cfg.num_chunks if stop_chunk is None else stop_chunk

@@ -48,6 +48,7 @@ from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.sizing import compile_checked
 from divjax.state import ERR_NONFINITE
 from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa: F401 (ci95: API)
+from divjax.xla_options import jit
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
@@ -249,7 +250,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
             h = jax.tree.map(lambda x: jax.device_put(x, whole), h)
         return k, h
 
-    fn = jax.jit(make_batched(run, hp_axes, Hb, Sb))
+    fn = jit(make_batched(run, hp_axes, Hb, Sb))
     t0 = time.perf_counter()
     compiled = compile_checked(fn, *take(h_idx[0], s_idx[0]), cfg=cfg,
                                what=f"a sweep chunk of {Hb * Sb} point(s)",

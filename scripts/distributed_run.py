@@ -70,6 +70,7 @@ def main(argv=None) -> int:
 
     from divjax.config import SimConfig, default_hparams
     from divjax.sharding import fetch, initialize_distributed, make_sharded_run, node_mesh
+    from divjax.xla_options import jit
 
     t0 = time.perf_counter()
     if args.num_processes > 1:
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     hp = default_hparams(cfg)
     mesh = node_mesh(jax.devices())
     run = make_sharded_run(cfg, hp=hp, mesh=mesh, exact_metrics=not args.approx_metrics)
-    state, metrics = jax.jit(run)(jax.random.key(args.seed), hp)
+    state, metrics = jit(run)(jax.random.key(args.seed), hp)
     metrics = fetch(metrics)            # every process takes part in the gathers
     params = fetch(state.params)
     seconds = time.perf_counter() - t0

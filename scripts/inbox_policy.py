@@ -33,6 +33,7 @@ import numpy as np
 from divjax.config import SimConfig, default_hparams
 from divjax.sim import make_run
 from divjax.sweep import ci95
+from divjax.xla_options import jit
 
 
 def networks() -> dict:
@@ -65,7 +66,7 @@ def run_rule(cfg: SimConfig, hp_fn, rule: str, seeds: int) -> dict:
     probe = make_run(cfg).engine
     hp = hp_fn(cfg, float(probe.layout.fragment_bytes.sum()))
     run = make_run(cfg, hp=hp)
-    batched = jax.jit(jax.vmap(run, (0, None)))
+    batched = jit(jax.vmap(run, (0, None)))
     t0 = time.perf_counter()
     state, m = batched(jax.random.split(jax.random.key(0), seeds), hp)
     jax.block_until_ready(m)

@@ -98,12 +98,13 @@ def run_checked(cfg: SimConfig, hp, seed: int = 1, driver: bool = False):
     """(run, final state, metrics) of `make_run(cfg, hp)` with key `seed`, jitted or (driver)
     through the Python driver; a run with any error flag fails the test."""
     from divjax.sim import check_state, make_run, simulate
+    from divjax.xla_options import jit
 
     run = make_run(cfg, hp=hp)
     if driver:
         state, metrics = simulate(run.engine, jax.random.key(seed), hp)
     else:
-        state, metrics = jax.jit(run)(jax.random.key(seed), hp)
+        state, metrics = jit(run)(jax.random.key(seed), hp)
     check_state(state, run.engine.cfg)
     return run, state, metrics
 

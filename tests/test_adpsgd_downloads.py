@@ -19,6 +19,7 @@ from test_downloads import (
     download_config,
 )
 
+import divjax
 from divjax import reference_baselines
 from divjax.config import default_hparams
 from divjax.sim import make_run
@@ -63,7 +64,7 @@ def test_adpsgd_downloads__hparams_beyond_the_sized_table_raise_not_mislead():
     cfg = adpsgd_config()
     hp = congested_hparams(cfg)
     run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(1), hp.replace(compute_s=hp.compute_s / 10))
+    state, _ = divjax.jit(run)(jax.random.key(1), hp.replace(compute_s=hp.compute_s / 10))
     assert int(state.errors) & ERR_SCHEDULE
 
 
@@ -88,8 +89,8 @@ def test_adpsgd_downloads__sweep_over_download_bandwidth_row_equals_single_run()
     fast = congested_hparams(cfg, download=(4e4,) * 5)
     run = make_run(cfg, hp=slow)
     grid = jax.tree.map(lambda a, b: jnp.stack([a, b]), slow, fast)
-    states, _ = jax.jit(jax.vmap(run, in_axes=(None, 0)))(jax.random.key(1), grid)
+    states, _ = divjax.jit(jax.vmap(run, in_axes=(None, 0)))(jax.random.key(1), grid)
     for row, hp in enumerate((slow, fast)):
-        one, _ = jax.jit(run)(jax.random.key(1), hp)
+        one, _ = divjax.jit(run)(jax.random.key(1), hp)
         assert_same_run(jax.tree.map(lambda x: x[row], states), one)
     assert int(states.counters.delivered[0].sum()) != int(states.counters.delivered[1].sum())

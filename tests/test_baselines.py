@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import assert_equals_reference, straggler_hparams, tiny_config
 
+import divjax
 from divjax import reference_baselines
 from divjax.algorithms import adpsgd
 from divjax.algorithms.swift import queue_length
@@ -54,7 +55,7 @@ def compiled(algorithm):
         return jax.lax.scan(lambda st, _: engine.advance(st, hp), state, None,
                             length=engine.cfg.num_chunks)
 
-    return engine, jax.jit(engine.init), jax.jit(run_from)
+    return engine, divjax.jit(engine.init), divjax.jit(run_from)
 
 
 def identical(state):
@@ -123,7 +124,7 @@ def test_async_baselines__both_inbox_rules_equal_reference_with_uneven_compute(
                       duration_s=2.0, same_init=False, inbox=inbox)
     hp = uneven_hparams(cfg)
     run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(2), hp)
+    state, _ = divjax.jit(run)(jax.random.key(2), hp)
     assert int(state.errors) == 0
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(2),
                                        inbox_policy=inbox)
@@ -151,7 +152,7 @@ def test_adpsgd__ping_and_pong_from_one_sender_count_once():
         compute_s=jnp.array([0.3, 0.05, 0.05], jnp.float32),
         upload_bps=jnp.full(3, 1e7, jnp.float32), latency_s=jnp.zeros(3, jnp.float32))
     run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(0), hp)
+    state, _ = divjax.jit(run)(jax.random.key(0), hp)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
                                        inbox_policy="latest")
     assert ref.replaced > 0
@@ -229,7 +230,7 @@ def test_adpsgd__sweep_row_equals_single_run():
     hp = hparams_for(engine.cfg)
     grid = product(hp, lr=[0.01, 0.05])
     states = jax.vmap(init)(jax.random.split(jax.random.key(0), 2), grid)
-    _, m = jax.jit(jax.vmap(run_from))(states, grid)
+    _, m = divjax.jit(jax.vmap(run_from))(states, grid)
     one = jax.random.split(jax.random.key(0), 2)[1]
     _, m1 = run_from(init(one, hp.replace(lr=jnp.float32(0.05))), hp.replace(lr=jnp.float32(0.05)))
     chex.assert_trees_all_close(m["loss_mean"][1], m1["loss_mean"], rtol=1e-5)
@@ -287,7 +288,7 @@ def test_adpsgd__pongs_answered_in_chunks_equal_reference(monkeypatch):
     hp = default_hparams(cfg).replace(upload_bps=jnp.full(5, 1e5, jnp.float32),
                                       latency_s=jnp.full(5, 0.02, jnp.float32))
     run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(3), hp)
+    state, _ = divjax.jit(run)(jax.random.key(3), hp)
     assert int(state.errors) == 0
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(3),
                                        inbox_policy="latest")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+import divjax
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, default_hparams
 from divjax.sim import check_state, make_engine
@@ -31,7 +32,7 @@ def final_state(cfg, hp):
     """The state after the whole run (one eval interval; no evaluation compiled)."""
     engine = make_engine(cfg, hp=hp)
     assert engine.cfg.num_chunks == 1
-    state = jax.jit(engine.run_ticks)(engine.init(jax.random.key(3), hp), hp)
+    state = divjax.jit(engine.run_ticks)(engine.init(jax.random.key(3), hp), hp)
     check_state(state, engine.cfg)
     return engine, state
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import assert_equals_reference
 
+import divjax
 from divjax import reference
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
@@ -36,7 +37,7 @@ def test_compute_spread__engine_equals_reference_simulator():
     hp = default_hparams(cfg)
     assert len(set(np.round(np.asarray(hp.compute_s), 3))) > 2       # really uneven
     run = make_run(cfg, hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(0), hp)
+    state, _ = divjax.jit(run)(jax.random.key(0), hp)
     ref = reference.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(0),
                              inbox_policy="latest")
     assert_equals_reference(state, ref)

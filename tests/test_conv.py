@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+import divjax
 from divjax import conv, models
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -254,6 +255,6 @@ def test_make_train_one__cpu_conv_models_vmap_as_a_loop_with_the_same_result():
     assert_close(got[0], want[0], rtol=1e-6)
     assert ("custom_vmap" in jaxpr) == (jax.default_backend() == "cpu")
     # nested: 2 sweeps x 3 nodes, the first argument shared by the sweep (unbatched there)
-    nested = jax.jit(jax.vmap(jax.vmap(train_one), (None, None, 0, None)))(
+    nested = divjax.jit(jax.vmap(jax.vmap(train_one), (None, None, 0, None)))(
         p, o, jnp.stack([keys, keys]), node)
     assert_close(nested[0][1], want[0], rtol=1e-6)

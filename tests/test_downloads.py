@@ -16,6 +16,7 @@ from conftest import (
     run_checked,
 )
 
+import divjax
 from divjax import reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.downloads import decode, fifo_deliveries
@@ -190,8 +191,8 @@ def test_downloads__sharded_over_four_devices_equals_one_device():
     cfg = download_config(n_nodes=8)
     hp = default_hparams(cfg).replace(download_bps=jnp.array(
         [4e4, 1e4, 3e3, 6e4, 1.5e3, 2e4, 8e3, 5e3], jnp.float32))
-    one, m1 = jax.jit(make_run(cfg, hp=hp))(jax.random.key(2), hp)
-    sharded, m2 = jax.jit(make_sharded_run(cfg, hp=hp))(jax.random.key(2), hp)
+    one, m1 = divjax.jit(make_run(cfg, hp=hp))(jax.random.key(2), hp)
+    sharded, m2 = divjax.jit(make_sharded_run(cfg, hp=hp))(jax.random.key(2), hp)
     assert int(one.counters.lost.sum()) > 0
     chex.assert_trees_all_equal(jax.device_get(one.params), jax.device_get(sharded.params))
     chex.assert_trees_all_equal(jax.device_get(one.counters), jax.device_get(sharded.counters))
@@ -280,7 +281,7 @@ def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
         cfg_r = cfg.replace(download_mbps=mbps, **{k: g["resolved"][k] for k in (
             "ring_ticks", "delay_ticks", "train_capacity")})
         hp = default_hparams(cfg.replace(download_mbps=mbps))
-        _, m = jax.jit(make_run(cfg_r, hp=hp))(jax.random.split(jax.random.key(0), 2)[1], hp)
+        _, m = divjax.jit(make_run(cfg_r, hp=hp))(jax.random.split(jax.random.key(0), 2)[1], hp)
         cid = next(c["config"] for c in res.configs if c["download_mbps"] == mbps)
         rows = [r for r in res.rows if r["config"] == cid and r["seed"] == 1]
         for name in ("msgs_delivered", "msgs_lost", "msgs_sent"):

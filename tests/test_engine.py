@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import straggler_hparams, tiny_config
 
+import divjax
 from divjax import reference
 from divjax.config import default_hparams, product
 from divjax.sim import make_run, simulate
@@ -17,7 +18,7 @@ from divjax.tasks import Task
 
 def run_engine(cfg, hp, seed=0):
     run = make_run(cfg, hp=hp)
-    state, metrics = jax.jit(run)(jax.random.key(seed), hp)
+    state, metrics = divjax.jit(run)(jax.random.key(seed), hp)
     return run, state, metrics
 
 
@@ -72,7 +73,7 @@ def test_engine__identical_models_are_a_fixed_point():
     cfg = tiny_config(lr=0.0)
     hp = straggler_hparams(cfg)
     run, state, metrics = run_engine(cfg, hp)
-    init = jax.jit(run.engine.init)(jax.random.key(0), hp).params
+    init = divjax.jit(run.engine.init)(jax.random.key(0), hp).params
     assert int(state.counters.delivered.sum()) > 0
     np.testing.assert_allclose(np.asarray(state.params), np.asarray(init), rtol=1e-6, atol=1e-7)
     assert float(np.max(metrics["consensus"])) < 1e-10
@@ -127,7 +128,7 @@ def test_divshare__sends_post_training_pre_aggregation_values():
                       compute_s=0.1, duration_s=0.1 * iters + 0.05, eval_every_s=0.05)
     hp = default_hparams(cfg).replace(upload_bps=jnp.full(2, 1e15), latency_s=jnp.zeros(2))
     run = make_run(cfg, task=quadratic_task(targets), hp=hp)
-    state, _ = jax.jit(run)(jax.random.key(0), hp)
+    state, _ = divjax.jit(run)(jax.random.key(0), hp)
     x, y_prev = np.zeros(2), None
     for _ in range(iters):
         y = x - lr * (x - np.array(targets))
@@ -147,7 +148,7 @@ def test_divshare__sends_post_training_pre_aggregation_values():
 def test_run__same_key_same_bits_and_other_key_differs():
     cfg = tiny_config()
     hp = straggler_hparams(cfg)
-    run = jax.jit(make_run(cfg, hp=hp))
+    run = divjax.jit(make_run(cfg, hp=hp))
     a = run(jax.random.key(7), hp)
     b = run(jax.random.key(7), hp)
     chex.assert_trees_all_equal(a[1], b[1])
@@ -160,12 +161,12 @@ def test_run__chunked_driver_and_eval_interval_do_not_change_bits():
     cfg = tiny_config()
     hp = straggler_hparams(cfg)
     run = make_run(cfg, hp=hp)
-    s1, m1 = jax.jit(run)(jax.random.key(3), hp)
+    s1, m1 = divjax.jit(run)(jax.random.key(3), hp)
     s2, m2 = simulate(run.engine, jax.random.key(3), hp)
     chex.assert_trees_all_equal(np.asarray(s1.params), np.asarray(s2.params))
     chex.assert_trees_all_equal(np.asarray(m1["consensus"]), m2["consensus"])
     run_fine = make_run(cfg.replace(eval_every_s=0.25), hp=hp)
-    s3, _ = jax.jit(run_fine)(jax.random.key(3), hp)
+    s3, _ = divjax.jit(run_fine)(jax.random.key(3), hp)
     chex.assert_trees_all_equal(np.asarray(s1.params), np.asarray(s3.params))
 
 
@@ -175,10 +176,10 @@ def test_sweep__row_equals_single_run():
     run = make_run(cfg, hp=hp)
     keys = jax.random.split(jax.random.key(0), 2)
     grid = product(hp, lr=[0.01, 0.1])
-    _, m = jax.jit(jax.vmap(jax.vmap(run, (0, None)), (None, 0)))(keys, grid)
+    _, m = divjax.jit(jax.vmap(jax.vmap(run, (0, None)), (None, 0)))(keys, grid)
     dims = chex.Dimensions(H=2, S=2, C=cfg.num_chunks)
     chex.assert_shape(m["loss_mean"], dims["HSC"])
-    _, m1 = jax.jit(run)(keys[1], hp.replace(lr=jnp.float32(0.1)))
+    _, m1 = divjax.jit(run)(keys[1], hp.replace(lr=jnp.float32(0.1)))
     chex.assert_trees_all_close(m["loss_mean"][1, 1], m1["loss_mean"], rtol=1e-5)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+import divjax
 from divjax.config import ConfigError, default_hparams
 from divjax.sim import SimulationError, check_state, make_run
 from divjax.state import ERR_CLOCK, ERR_NONFINITE
@@ -15,7 +16,7 @@ from divjax.state import ERR_CLOCK, ERR_NONFINITE
 @pytest.fixture(scope="module")
 def run():
     cfg = tiny_config(duration_s=1.0)
-    return jax.jit(make_run(cfg, hp=default_hparams(cfg))), make_run(cfg).engine.cfg
+    return divjax.jit(make_run(cfg, hp=default_hparams(cfg))), make_run(cfg).engine.cfg
 
 
 def test_make_run__divergence_shows_in_metrics_and_check_state(run):

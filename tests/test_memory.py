@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+import divjax
 from divjax import memory
 from divjax.config import default_hparams
 from divjax.sim import make_engine
@@ -71,7 +72,7 @@ def test_drivers__refuse_a_compiled_step_that_does_not_fit(monkeypatch):
     engine = make_engine(cfg)
     hp = default_hparams(cfg)
     state, _ = simulate(engine, jax.random.key(0), hp)        # fits: runs
-    compiled = sizing.compile_checked(jax.jit(engine.advance), state, hp, cfg=engine.cfg)
+    compiled = sizing.compile_checked(divjax.jit(engine.advance), state, hp, cfg=engine.cfg)
     if not memory.compiled_memory(compiled):
         pytest.skip("this backend reports no buffer sizes")
     # a device with less memory than the compiled step's buffers

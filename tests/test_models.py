@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import divjax
 from divjax import data, models
 from divjax.config import SimConfig, default_hparams
 from divjax.local import make_optimizer, make_train_one
@@ -134,7 +135,7 @@ def test_movielens_engine__test_loss_falls(small_dir):
     cfg = SimConfig(task="movielens", data_dir=small_dir, n_nodes=4, n_fragments=2, fanout=2, local_steps=16,
                     batch_size=8, lr=0.3, compute_s=0.1, tick_s=0.1, duration_s=2.0,
                     eval_every_s=1.0, fast_mbps=60.0)
-    run = jax.jit(make_run(cfg))
+    run = divjax.jit(make_run(cfg))
     state, m = run(jax.random.key(0), default_hparams(cfg))
     assert int(state.errors) == 0
     rmse = np.asarray(m["rmse_mean"])

@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_config
 from jax.sharding import PartitionSpec
 
+import divjax
 from divjax.config import default_hparams
 from divjax.sharding import make_sharded_advance, make_sharded_run, node_mesh
 from divjax.sim import make_run
@@ -28,14 +29,14 @@ def setup():
     cfg = tiny_config(n_nodes=8, n_fragments=3, fanout=2)
     hp = straggler_hparams8(cfg)
     run = make_run(cfg, hp=hp)
-    return cfg, hp, run, jax.jit(run)  # one compiled one-device run, shared by the tests
+    return cfg, hp, run, divjax.jit(run)  # one compiled one-device run, shared by the tests
 
 
 def test_sharding__same_key_same_state_and_metrics(setup):
     cfg, hp, _, single = setup
     s1, m1 = single(jax.random.key(5), hp)
     run = make_sharded_run(cfg, hp=hp)
-    s2, m2 = jax.jit(run)(jax.random.key(5), hp)
+    s2, m2 = divjax.jit(run)(jax.random.key(5), hp)
     assert s2.params.sharding.spec == PartitionSpec("nodes")
     assert len(s2.params.sharding.device_set) == 4
     assert s2.inbox.total.sharding.spec == PartitionSpec(None, "nodes")
@@ -49,7 +50,7 @@ def test_sharding__seed_sweep_row_equals_single_sharded_run(setup):
     cfg, hp, _, single = setup
     run = make_sharded_run(cfg, hp=hp)
     keys = jax.random.split(jax.random.key(0), 2)
-    _, m = jax.jit(jax.vmap(run, (0, None)))(keys, hp)
+    _, m = divjax.jit(jax.vmap(run, (0, None)))(keys, hp)
     _, m1 = single(keys[1], hp)
     chex.assert_trees_all_close(jax.device_get(m["loss_mean"][1]), jax.device_get(m1["loss_mean"]),
                                 rtol=1e-6)
@@ -59,7 +60,7 @@ def test_sharding__chunked_driver_with_donated_sharded_state(setup):
     cfg, hp, run, single = setup
     s1, _ = single(jax.random.key(2), hp)  # == simulate(...), tests/test_engine.py
     advance = make_sharded_advance(run.engine, hp)
-    state = jax.jit(run.engine.init)(jax.random.key(2), hp)
+    state = divjax.jit(run.engine.init)(jax.random.key(2), hp)
     for _ in range(cfg.num_chunks):
         state, _ = advance(state, hp)
     assert state.params.sharding.spec == PartitionSpec("nodes")
@@ -70,7 +71,7 @@ def test_sharding__node_count_not_divisible_is_replicated_and_correct():
     cfg = tiny_config()  # n = 5 on 4 devices
     hp = default_hparams(cfg)
     run = make_sharded_run(cfg, hp=hp, mesh=node_mesh())
-    s2, m2 = jax.jit(run)(jax.random.key(1), hp)
-    s1, m1 = jax.jit(make_run(cfg, hp=hp))(jax.random.key(1), hp)
+    s2, m2 = divjax.jit(run)(jax.random.key(1), hp)
+    s1, m1 = divjax.jit(make_run(cfg, hp=hp))(jax.random.key(1), hp)
     np.testing.assert_array_equal(jax.device_get(s1.params), jax.device_get(s2.params))
     assert s2.params.sharding.spec == PartitionSpec()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+import divjax
 from divjax import cli
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_run
@@ -52,7 +53,7 @@ def test_sweep__rows_equal_single_runs_and_outputs_are_written(tmp_path):
                                       for k in ("ring_ticks", "delay_ticks", "train_capacity")})
     hp = default_hparams(cfg.replace(n_nodes=5, lr=0.1, latency_ms=30.0))
     key = jax.random.split(jax.random.key(0), 2)[1]
-    _, m = jax.jit(make_run(cfg_r, hp=hp))(key, hp)
+    _, m = divjax.jit(make_run(cfg_r, hp=hp))(key, hp)
     cid = next(c["config"] for c in res.configs
                if c["n_nodes"] == 5 and c["lr"] == 0.1 and c["latency_ms"] == 30.0)
     row = [r for r in res.rows if r["config"] == cid and r["seed"] == 1]
@@ -117,7 +118,7 @@ def test_sweep__movielens_rows_equal_single_runs(tmp_path):
     keys = jax.random.split(jax.random.key(0), 2)
     for lr, seed in ((0.3, 1), (0.1, 0)):
         hp = default_hparams(cfg.replace(lr=lr))
-        _, m = jax.jit(make_run(cfg_r, hp=hp))(keys[seed], hp)
+        _, m = divjax.jit(make_run(cfg_r, hp=hp))(keys[seed], hp)
         cid = next(c["config"] for c in res.configs if c["lr"] == lr)
         row = [r for r in res.rows if r["config"] == cid and r["seed"] == seed]
         np.testing.assert_array_equal(np.array([r["msgs_delivered"] for r in row], np.float32),
@@ -141,7 +142,7 @@ def test_sweep__one_point_per_call_runs_unbatched_and_equals_the_single_run():
     run = make_run(cfg_r, hp=default_hparams(cfg))
     hp = default_hparams(cfg.replace(lr=0.1))
     key = jax.random.split(jax.random.key(0), 2)[1]
-    _, m = jax.jit(run)(key, hp)
+    _, m = divjax.jit(run)(key, hp)
     row = [r for r in res.rows if r["seed"] == 1]
     for name in ("loss_mean", "consensus", "msgs_delivered"):
         np.testing.assert_array_equal(np.array([r[name] for r in row], np.float32),

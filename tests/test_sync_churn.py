@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_equals_reference, assert_same_run, run_checked
 
+import divjax
 from divjax import reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 
@@ -93,6 +94,6 @@ def test_sync_churn__nodes_offline_at_most_round_ends(algorithm, seed):
     run, state, _, ref = run_equals_reference(cfg, hp, seed)
     never = np.flatnonzero(ref.iterations == 0)
     assert never.size > 0 and 0 < ref.iterations.sum() <= 4 and int(state.next_end[0]) == 110
-    initial = jax.jit(run.engine.init)(jax.random.key(seed), hp).params
+    initial = divjax.jit(run.engine.init)(jax.random.key(seed), hp).params
     np.testing.assert_array_equal(np.asarray(state.params)[never], np.asarray(initial)[never])
     assert np.all(ref.sent[never] == 0) and np.all(ref.lost[never] > 0)

@@ -1,0 +1,73 @@
+"""The XLA options divjax compiles its programs with, and `jit`: `jax.jit` with them.
+
+On CPU, XLA 0.10 hands small elementwise and reduction fusions to YNNPACK by default. For the
+engine's ops (a 20-float dot product per rating, a tick's bookkeeping) each such call costs tens
+of microseconds of library overhead: the matrix-factorisation step's one reduction took 79 us
+per call inside the loop, and `movielens-paper` ran 1.3x slower than with XLA's own emitters
+(`benchmarks/exchange_floor.py` measures both in one process). divjax turns those library
+fusions off for its CPU programs. Other backends get no option.
+
+The option changes float rounding, never the simulation: compile your own `jax.jit` of a
+`make_run` program with `divjax.jit` (or `compiler_options=divjax.compiler_options()`) to get
+the bits of `divjax run`. `DIVJAX_XLA_DEFAULTS=1` turns the options off (XLA's defaults).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}   # no YNNPACK library fusions
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib knows the options (an older XLA refuses an unknown one)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(1.0).compile()
+    except Exception:   # noqa: BLE001 - any refusal means: compile with XLA's defaults
+        return False
+    return True
+
+
+def compiler_options(backend: str | None = None) -> dict:
+    """The options divjax compiles with on `backend` (default: JAX's default backend)."""
+    if os.environ.get("DIVJAX_XLA_DEFAULTS") == "1":
+        return {}
+    if (backend or jax.default_backend()) != "cpu" or not _cpu_options_supported():
+        return {}
+    return dict(CPU_OPTIONS)
+
+
+class _Jitted:
+    """`jax.jit(fn)` with `compiler_options()` when called (or lowered) at the top level; inside
+    another trace (an outer jit, vmap, scan) the plain `jax.jit(fn)`, since XLA takes options
+    only for a whole program: the outer program's options apply there."""
+
+    def __init__(self, fn: Callable, kwargs: dict):
+        self._top = jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+        self._nested = jax.jit(fn, **kwargs)
+        self.__name__ = getattr(fn, "__name__", "jitted")   # no __wrapped__: vmap would
+        self.__doc__ = getattr(fn, "__doc__", None)           # trace through to fn itself
+
+    def __call__(self, *args, **kwargs):
+        leaves = jax.tree.leaves((args, kwargs))
+        if not any(isinstance(x, jax.core.Tracer) for x in leaves):
+            try:
+                return self._top(*args, **kwargs)
+            except ValueError as e:      # traced with only constant arguments
+                if "compiler_options" not in str(e):
+                    raise
+        return self._nested(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._top.lower(*args, **kwargs)
+
+
+def jit(fn: Callable, **kwargs) -> Callable:
+    """`jax.jit(fn, **kwargs)` compiled with `compiler_options()` (`.lower` too); called
+    inside another trace it is the plain `jax.jit(fn, **kwargs)`."""
+    return _Jitted(fn, kwargs)

@@ -1,0 +1,55 @@
+"""divjax.jit: jax.jit with divjax's XLA options at the top level, plain jax.jit when nested."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import divjax
+from divjax import xla_options
+
+
+def mf_rows(u, i):
+    return jnp.sum(u * i, -1)          # the reduction XLA CPU hands to YNNPACK by default
+
+
+def test_jit__turns_the_library_fusions_off_on_cpu_and_computes_the_same():
+    u = jax.random.normal(jax.random.key(0), (60, 8, 20))
+    i = jax.random.normal(jax.random.key(1), (60, 8, 20))
+    opts = divjax.compiler_options()
+    if jax.default_backend() == "cpu" and xla_options._cpu_options_supported():
+        assert opts == xla_options.CPU_OPTIONS
+        ours = divjax.jit(mf_rows).lower(u, i).compile().as_text()
+        plain = jax.jit(mf_rows).lower(u, i).compile().as_text()
+        assert "ynn" not in ours.lower()
+        assert "ynn" in plain.lower() or "ynn" not in jax.jit(mf_rows).lower(u, i).as_text()
+    np.testing.assert_allclose(divjax.jit(mf_rows)(u, i), jax.jit(mf_rows)(u, i), rtol=1e-5,
+                               atol=1e-5)   # another summation order
+
+
+def test_jit__nested_in_jit_vmap_and_scan_it_is_the_plain_jit():
+    inner = divjax.jit(mf_rows)
+    u = jnp.ones((3, 4, 5))
+    want = jnp.full((3, 4), 5.0)
+    np.testing.assert_array_equal(divjax.jit(lambda a: inner(a, a))(u), want)
+    np.testing.assert_array_equal(jax.jit(lambda a: inner(a, a))(u), want)
+    np.testing.assert_array_equal(jax.vmap(inner)(u, u), want)
+    np.testing.assert_array_equal(jax.jit(lambda: inner(u, u))(), want)   # constants only
+    _, ys = jax.lax.scan(lambda c, a: (c, inner(a, a)), 0, u)
+    np.testing.assert_array_equal(ys, want)
+    keyed = divjax.jit(lambda k, x: jax.random.fold_in(k, 1) is not None and x * 2)  # one key
+    keys = jax.random.split(jax.random.key(0), 3)
+    np.testing.assert_array_equal(divjax.jit(jax.vmap(keyed))(keys, jnp.ones(3)), [2, 2, 2])
+
+
+def test_compiler_options__off_with_the_environment_switch(monkeypatch):
+    monkeypatch.setenv("DIVJAX_XLA_DEFAULTS", "1")
+    assert divjax.compiler_options() == {}
+    monkeypatch.delenv("DIVJAX_XLA_DEFAULTS")
+    assert divjax.compiler_options("gpu") == {}
+
+
+@pytest.mark.parametrize("donate", [False, True])
+def test_jit__passes_jit_arguments_through(donate):
+    f = divjax.jit(lambda x: x * 2, **({"donate_argnums": 0} if donate else {}))
+    np.testing.assert_array_equal(f(jnp.arange(3.0)), [0.0, 2.0, 4.0])
