@@ -158,8 +158,13 @@ def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
     tx = make_optimizer(cfg, hp)
     train_one = make_train_one(cfg, spec.task, spec.layout, tx)
     valid, safe, drop = padded_rows(node, n)
-    p = get_rows(state.params, (safe,))
-    o = jax.tree.map(lambda x: get_rows(x, (safe,)), state.opt_state)
+    in_place = node.shape[0] == n     # row i is node i (end_finishing_nodes): no gather/scatter
+    if in_place:
+        safe = jnp.arange(n, dtype=node.dtype)
+        p, o = state.params, state.opt_state
+    else:
+        p = get_rows(state.params, (safe,))
+        o = jax.tree.map(lambda x: get_rows(x, (safe,)), state.opt_state)
     bkeys = jax.vmap(node_batch_key, (None, 0))(keys.batch, safe)
     if cfg.train_chunk and cfg.train_chunk < node.shape[0]:
         # bounded memory / per-node kernels: chunks of train_chunk nodes in sequence
@@ -171,10 +176,14 @@ def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
     if cfg.reset_optimizer:
         o = jax.vmap(tx.init)(after)
     bad = ~(rows_finite(after, valid) & rows_finite(trained, valid))              # (C,)
-    state = state.replace(
-        params=set_rows(state.params, (drop,), after),
-        opt_state=jax.tree.map(lambda full, part: set_rows(full, (drop,), part),
-                               state.opt_state, o))
+    if in_place:
+        def put(full, part):
+            return jnp.where(valid.reshape((-1,) + (1,) * (full.ndim - 1)), part, full)
+    else:
+        def put(full, part):
+            return set_rows(full, (drop,), part)
+    state = state.replace(params=put(state.params, after),
+                          opt_state=jax.tree.map(put, state.opt_state, o))
     return flag_nonfinite(state, node, bad, t)
 
 
@@ -186,7 +195,10 @@ def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimS
     another chunk of the same tick sends (a synchronous algorithm completes its round in the
     last chunk: `Algorithm.synchronous`)."""
     n, C, Ch = spec.cfg.n_nodes, spec.cfg.train_capacity, spec.cfg.iteration_chunk
-    node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)        # (C,)
+    if C == n and not (Ch and Ch < C):   # every node may finish at once: row i is node i
+        node = jnp.where(done, jnp.arange(n, dtype=jnp.int32), n)
+    else:                                # the finishing nodes in order, padded with n
+        node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)    # (C,)
     end = partial(end_iterations, spec, ctx, hp)
     if Ch and Ch < C:
         chunks = -(-C // Ch)
