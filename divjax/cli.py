@@ -22,6 +22,7 @@ import numpy as np
 from divjax import presets
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.flags import add_config_flags, config_from_args, prepare_out
+from divjax.xla_options import compiler_options
 
 
 @contextlib.contextmanager
@@ -210,6 +211,7 @@ def cmd_run(args) -> int:
     print(report.format_table(metrics, cols))
     extra = {"seed": args.seed, "wall_s": wall, "jax": jax.__version__,
              "device": jax.devices()[0].device_kind,
+             "xla_compiler_options": compiler_options(),   # they decide float rounding
              "task_primary": primary}
     if args.resume is not None:
         extra["resumed"] = True

@@ -48,7 +48,7 @@ from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.sizing import compile_checked
 from divjax.state import ERR_NONFINITE
 from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa: F401 (ci95: API)
-from divjax.xla_options import jit
+from divjax.xla_options import compiler_options, jit
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
@@ -331,7 +331,8 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     total_s = time.perf_counter() - t_start
     summary = summarize(rows, configs, primary, higher, seeds)
     summary.update(base_seed=base_seed, seeds=seeds, groups=groups, wall_s=total_s,
-                   device=jax.devices()[0].device_kind, jax=jax.__version__, complete=True)
+                   device=jax.devices()[0].device_kind, jax=jax.__version__, complete=True,
+                   xla_compiler_options=compiler_options())
     out_path = None
     if out is not None:
         out_path = Path(out)

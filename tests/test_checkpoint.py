@@ -52,6 +52,9 @@ def test_checkpoint__kill_and_resume_is_bit_identical(setup, tmp_path, monkeypat
     monkeypatch.setattr(checkpoint, "drive", real_drive)
     assert cli.main(["run", "--resume", str(tmp_path), "--quiet"]) == 0
     saved = json.loads((tmp_path / "metrics.json").read_text())
+    from divjax import compiler_options
+    assert json.loads((tmp_path / "config.json").read_text())["xla_compiler_options"] == \
+        compiler_options()                        # the options that decide the float rounding
     for k, v in full_metrics.items():
         if k != "node":
             np.testing.assert_array_equal(np.asarray(saved[k], np.float32), v)
