@@ -8,7 +8,7 @@ ones apart. Op times nest (a while loop's time includes its body's), so they do 
 the wall time; the wall time per simulated second is printed beside them.
 
     python benchmarks/profile_ops.py [--preset movielens-paper] [--algorithm divshare]
-        [--intervals 2] [--top 30] [--out benchmarks/results]
+        [--intervals 2] [--interval-s 1] [--data-dir DIR] [--top 30] [--out benchmarks/results]
     DIVJAX_XLA_DEFAULTS=1 python benchmarks/profile_ops.py     # with XLA's default options
 """
 
@@ -54,14 +54,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="movielens-paper")
     ap.add_argument("--algorithm", default="divshare")
-    ap.add_argument("--intervals", type=int, default=2, help="1-s intervals profiled")
+    ap.add_argument("--intervals", type=int, default=2, help="eval intervals profiled")
+    ap.add_argument("--interval-s", type=float, default=1.0, help="simulated s per interval")
+    ap.add_argument("--data-dir", default="", help="folder with the data (CIFAR-10: needed)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
 
     cfg = presets.get_preset(args.preset).replace(
-        data_dir="", algorithm=args.algorithm, eval_every_s=1.0,
-        duration_s=float(args.intervals + 2))
+        data_dir=args.data_dir, algorithm=args.algorithm, eval_every_s=args.interval_s,
+        duration_s=args.interval_s * (args.intervals + 2))
     engine = make_engine(cfg)
     hp = default_hparams(engine.cfg)
     advance = divjax_jit(engine.advance, donate_argnums=0)
@@ -75,11 +77,11 @@ def main(argv=None) -> dict:
         for _ in range(args.intervals):
             state, m = advance(state, hp)
         jax.block_until_ready(m)
-        wall = (time.perf_counter() - t0) / args.intervals
+        wall = (time.perf_counter() - t0) / (args.intervals * args.interval_s)
         jax.profiler.stop_trace()
         total, calls = op_times(Path(tmp))
-    ops = [{"op": name, "ms_per_sim_s": us / 1e3 / args.intervals,
-            "calls_per_sim_s": calls[name] / args.intervals}
+    sim_s = args.intervals * args.interval_s
+    ops = [{"op": name, "ms_per_sim_s": us / 1e3 / sim_s, "calls_per_sim_s": calls[name] / sim_s}
            for name, us in total.most_common(args.top)]
     out = {"date": str(date.today()), "device": jax.devices()[0].device_kind,
            "platform": platform.platform(), "jax": jax.__version__, "commit": git_commit(),
