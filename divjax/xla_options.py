@@ -3,8 +3,9 @@
 On CPU, XLA 0.10 hands small elementwise and reduction fusions to YNNPACK by default. For the
 engine's ops (a 20-float dot product per rating, a tick's bookkeeping) each such call costs tens
 of microseconds of library overhead: the matrix-factorisation step's one reduction took 87 us
-per call inside the loop (`benchmarks/profile_ops.py`), and `movielens-paper` ran 1.39x slower
-than with XLA's own emitters (`benchmarks/exchange_floor.py` measures both in one process). divjax turns those library
+per call inside the loop (`benchmarks/profile_ops.py`), and `movielens-paper` ran 1.2-1.4x
+slower than with XLA's own emitters (`benchmarks/exchange_floor.py` measures both in one
+process). divjax turns those library
 fusions off for its CPU programs. Other backends get no option.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
