@@ -234,7 +234,9 @@ def _mf_sgd_steps_impl(q, s, a, decay, pu, pi, rating):
 
     q (N, D, W) flat models (model w of group g is q[g, :, w]); s, a, decay (N, W) (scale,
     -lr, 1 - lr wd); pu, pi (N, T, B, f) positions of the touched coordinates; rating (N, T, B).
-    Returns (q, s). A row access moves W contiguous floats, so W models cost about one.
+    Returns (q, s). A row access moves W contiguous floats, so W models cost about one. With
+    W = 1 the loop carries (D,) models: a (D, 1) carry made XLA copy every model into the loop
+    for a layout change (benchmarks/profile_ops.py).
     """
 
     if q.shape[-1] == 1:   # one model per group: no W axis in the loop's carry
