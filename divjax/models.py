@@ -239,33 +239,23 @@ def _mf_sgd_steps_impl(q, s, a, decay, pu, pi, rating):
     for a layout change (benchmarks/profile_ops.py).
     """
 
-    if q.shape[-1] == 1:   # one model per group: no W axis in the loop's carry
-        def one_model(q, s, a, decay, pu, pi, rating):
-            def step(carry, batch):
-                q, s = carry                                               # (D,), ()
-                pu_t, pi_t, r_t = batch
-                gu, gi = _grad_rows(q[pu_t] * s, q[pi_t] * s, r_t)         # (B, f)
-                s = s * decay
-                q = q.at[pu_t].add(a * gu / s).at[pi_t].add(a * gi / s)
-                return (q, s), None
-
-            return jax.lax.scan(step, (q, s), (pu, pi, rating))[0]
-
-        q1, s1 = jax.vmap(one_model)(q[..., 0], s[:, 0], a[:, 0], decay[:, 0], pu, pi, rating)
-        return q1[..., None], s1[:, None]
+    one = q.shape[-1] == 1       # one model per group: no W axis in the loop's carry
+    grad = _grad_rows if one else _grad_rows_w
 
     def one_group(q, s, a, decay, pu, pi, rating):
         def step(carry, batch):
-            q, s = carry                                                   # (D, W), (W,)
+            q, s = carry                                        # (D, W), (W,); W = 1: (D,), ()
             pu_t, pi_t, r_t = batch
-            gu, gi = _grad_rows_w(q[pu_t] * s, q[pi_t] * s, r_t)           # (B, f, W)
+            gu, gi = grad(q[pu_t] * s, q[pi_t] * s, r_t)        # (B, f, W); W = 1: (B, f)
             s = s * decay
             q = q.at[pu_t].add(a * gu / s).at[pi_t].add(a * gi / s)
             return (q, s), None
 
-        (q, s), _ = jax.lax.scan(step, (q, s), (pu, pi, rating))
-        return q, s
+        return jax.lax.scan(step, (q, s), (pu, pi, rating))[0]
 
+    if one:
+        q1, s1 = jax.vmap(one_group)(q[..., 0], s[:, 0], a[:, 0], decay[:, 0], pu, pi, rating)
+        return q1[..., None], s1[:, None]
     return jax.vmap(one_group)(q, s, a, decay, pu, pi, rating)
 
 

@@ -152,13 +152,13 @@ def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
 
 
 def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
-                   node: jax.Array, keys, t: jax.Array) -> SimState:
-    """Train, send and average the nodes `node` (C,) (entries == n are padding)."""
+                   node: jax.Array, keys, t: jax.Array, in_place: bool = False) -> SimState:
+    """Train, send and average the nodes `node` (C,) (entries == n are padding); in_place: row
+    i is node i or padding (C = n), so no model is gathered or scattered back."""
     cfg, n = spec.cfg, spec.cfg.n_nodes
     tx = make_optimizer(cfg, hp)
     train_one = make_train_one(cfg, spec.task, spec.layout, tx)
     valid, safe, drop = padded_rows(node, n)
-    in_place = node.shape[0] == n     # row i is node i (end_finishing_nodes): no gather/scatter
     if in_place:
         safe = jnp.arange(n, dtype=node.dtype)
         p, o = state.params, state.opt_state
@@ -176,12 +176,10 @@ def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
     if cfg.reset_optimizer:
         o = jax.vmap(tx.init)(after)
     bad = ~(rows_finite(after, valid) & rows_finite(trained, valid))              # (C,)
-    if in_place:
-        def put(full, part):
+    def put(full, part):   # the new rows into the state: a select in place, else a scatter
+        if in_place:
             return jnp.where(valid.reshape((-1,) + (1,) * (full.ndim - 1)), part, full)
-    else:
-        def put(full, part):
-            return set_rows(full, (drop,), part)
+        return set_rows(full, (drop,), part)
     state = state.replace(params=put(state.params, after),
                           opt_state=jax.tree.map(put, state.opt_state, o))
     return flag_nonfinite(state, node, bad, t)
@@ -195,11 +193,12 @@ def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimS
     another chunk of the same tick sends (a synchronous algorithm completes its round in the
     last chunk: `Algorithm.synchronous`)."""
     n, C, Ch = spec.cfg.n_nodes, spec.cfg.train_capacity, spec.cfg.iteration_chunk
-    if C == n and not (Ch and Ch < C):   # every node may finish at once: row i is node i
+    in_place = C == n and not (Ch and Ch < C)   # every node may finish at once: row i = node i
+    if in_place:
         node = jnp.where(done, jnp.arange(n, dtype=jnp.int32), n)
     else:                                # the finishing nodes in order, padded with n
         node = jnp.nonzero(done, size=C, fill_value=n)[0].astype(jnp.int32)    # (C,)
-    end = partial(end_iterations, spec, ctx, hp)
+    end = partial(end_iterations, spec, ctx, hp, in_place=in_place)
     if Ch and Ch < C:
         chunks = -(-C // Ch)
         node = jnp.pad(node, (0, chunks * Ch - C), constant_values=n)

@@ -4,10 +4,10 @@ import os
 
 # 4 CPU devices (sharding tests); LLVM optimisation level 0: the suite's programs are tiny and
 # compiled once each, so compile time dominates (36% less wall on three test files; results
-# are compared within one setting, and against the reference simulators to float tolerance)
-# XLA CPU's legacy elemental emitters instead of its fusion emitters: about 35% less compile time
-# for the engine's programs (an engine with download limits: 3.5 s -> 2.3 s). Only on the
-# jaxlib it was measured with: an XLA that does not know a flag aborts.
+# are compared within one setting, and against the reference simulators to float tolerance);
+# and XLA CPU's legacy elemental emitters instead of its fusion emitters: about 35% less
+# compile time for the engine's programs (an engine with download limits: 3.5 s -> 2.3 s),
+# only on the jaxlib it was measured with: an XLA that does not know a flag aborts.
 _FAST_COMPILE = ("--xla_cpu_use_fusion_emitters=false"
                  if __import__("importlib.metadata").metadata.version("jaxlib").startswith("0.10.")
                  else "")

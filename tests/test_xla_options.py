@@ -22,7 +22,8 @@ def test_jit__turns_the_library_fusions_off_on_cpu_and_computes_the_same():
         ours = divjax.jit(mf_rows).lower(u, i).compile().as_text()
         plain = jax.jit(mf_rows).lower(u, i).compile().as_text()
         assert "ynn" not in ours.lower()
-        assert "ynn" in plain.lower() or "ynn" not in jax.jit(mf_rows).lower(u, i).as_text()
+        if jax.__version__.startswith("0.10."):   # its XLA hands this reduction to YNNPACK
+            assert "ynn" in plain.lower()
     np.testing.assert_allclose(divjax.jit(mf_rows)(u, i), jax.jit(mf_rows)(u, i), rtol=1e-5,
                                atol=1e-5)   # another summation order
 
