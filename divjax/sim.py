@@ -173,16 +173,17 @@ def end_iterations(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
     else:
         trained, o = jax.vmap(train_one)(p, o, bkeys, safe)
     state, after = spec.algo.iteration_end(ctx, state, node, valid, trained, keys, t)
-    if cfg.reset_optimizer:
-        o = jax.vmap(tx.init)(after)
-    bad = ~(rows_finite(after, valid) & rows_finite(trained, valid))              # (C,)
+    o = jax.vmap(tx.init)(after) if cfg.reset_optimizer else o
     def put(full, part):   # the new rows into the state: a select in place, else a scatter
         if in_place:
             return jnp.where(valid.reshape((-1,) + (1,) * (full.ndim - 1)), part, full)
         return set_rows(full, (drop,), part)
-    state = state.replace(params=put(state.params, after),
-                          opt_state=jax.tree.map(put, state.opt_state, o))
-    return flag_nonfinite(state, node, bad, t)
+    params = put(state.params, after)
+    # checks the state's new rows, so the averaging fuses into the write-back (profile_ops)
+    ok = rows_finite(params if in_place else after, valid)
+    ok = ok if spec.algo.keeps_nonfinite else ok & rows_finite(trained, valid)
+    state = state.replace(params=params, opt_state=jax.tree.map(put, state.opt_state, o))
+    return flag_nonfinite(state, node, ~ok, t)
 
 
 def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState,
@@ -193,7 +194,7 @@ def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimS
     another chunk of the same tick sends (a synchronous algorithm completes its round in the
     last chunk: `Algorithm.synchronous`)."""
     n, C, Ch = spec.cfg.n_nodes, spec.cfg.train_capacity, spec.cfg.iteration_chunk
-    in_place = C == n and not (Ch and Ch < C)   # every node may finish at once: row i = node i
+    in_place = n == C and not (Ch and Ch < C)   # every node may finish at once: row i = node i
     if in_place:
         node = jnp.where(done, jnp.arange(n, dtype=jnp.int32), n)
     else:                                # the finishing nodes in order, padded with n

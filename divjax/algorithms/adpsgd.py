@@ -381,4 +381,5 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
         return cfg_resolved
 
     return Algorithm("adpsgd", init, iteration_end, on_tick=on_tick,
-                     longest_delay=longest_delay, resolve_sizes=resolve_sizes)
+                     longest_delay=longest_delay, resolve_sizes=resolve_sizes,
+                     keeps_nonfinite=True)

@@ -64,6 +64,10 @@ class Algorithm(NamedTuple):
     # Optional: resolve_sizes(cfg, table) -> cfg, host side: fill the algorithm's own sizing
     # fields left at 0 (e.g. AD-PSGD's snapshot history), from the numpy timing table.
     resolve_sizes: Callable | None = None
+    # True when params_after is `trained` itself or `average_with_inbox(trained, ...)`: a NaN or
+    # inf in a trained coordinate then stays non-finite after the average, so the engine's
+    # finiteness check reads params_after alone (one pass over the models less per tick).
+    keeps_nonfinite: bool = False
 
 
 def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,
@@ -97,5 +101,7 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
 def average_with_inbox(own: jax.Array, got_total: jax.Array, got_count: jax.Array) -> jax.Array:
     """Average every coordinate with what arrived: (own + sum received) / (1 + count received).
 
-    own, got_total (..., K, F); got_count (..., K) the copies of each fragment averaged in."""
+    own, got_total (..., K, F); got_count (..., K) the copies of each fragment averaged in.
+    A non-finite own coordinate gives a non-finite average, whatever arrived (what
+    `Algorithm.keeps_nonfinite` relies on): (inf + x) is inf or NaN, and 1 + count >= 1."""
     return (own + got_total) / (1.0 + got_count)[..., None]

@@ -257,4 +257,5 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
         averaged = average_with_inbox(trained, got_total, got_count)
         return state.replace(inbox=inbox, counters=counters), averaged
 
-    return Algorithm("divshare", init, iteration_end, resolve_sizes=resolve_sizes)
+    return Algorithm("divshare", init, iteration_end, resolve_sizes=resolve_sizes,
+                     keeps_nonfinite=True)

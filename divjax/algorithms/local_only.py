@@ -21,4 +21,5 @@ def make_local_only(cfg: SimConfig) -> Algorithm:
         del cfg, table  # no message is ever in flight
         return 1
 
-    return Algorithm("local", init, iteration_end, longest_delay=longest_delay)
+    return Algorithm("local", init, iteration_end, longest_delay=longest_delay,
+                     keeps_nonfinite=True)

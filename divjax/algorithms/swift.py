@@ -274,4 +274,4 @@ def make_swift(cfg: SimConfig) -> Algorithm:
                                                                  table.compute_ticks))
 
     return Algorithm("swift", init, iteration_end, longest_delay=longest_delay,
-                     resolve_sizes=resolve_sizes)
+                     resolve_sizes=resolve_sizes, keeps_nonfinite=True)
