@@ -211,7 +211,8 @@ def cmd_run(args) -> int:
     print(report.format_table(metrics, cols))
     extra = {"seed": args.seed, "wall_s": wall, "jax": jax.__version__,
              "device": jax.devices()[0].device_kind,
-             "xla_compiler_options": compiler_options(),   # they decide float rounding
+             # they decide float rounding
+             "xla_compiler_options": compiler_options(convolutions=engine.advance.convolutions),
              "task_primary": primary}
     if args.resume is not None:
         extra["resumed"] = True

@@ -57,17 +57,17 @@ def make_train_one(cfg: SimConfig, task: Task, layout: FragmentLayout,
     return train_one
 
 
-def loop_over_nodes(layout: FragmentLayout, backend: str | None = None) -> bool:
-    """True when vmapped local training should run node by node: a CPU and a conv model.
-
-    A model "has convolutions" when one of its parameters is 4-D (an HWIO kernel).
-    """
-    backend = backend if backend is not None else jax.default_backend()
-    if backend != "cpu":
-        return False
+def has_convolutions(layout: FragmentLayout) -> bool:
+    """A model "has convolutions" when one of its parameters is 4-D (an HWIO kernel)."""
     shapes = jax.eval_shape(layout.unflatten,
                             jax.ShapeDtypeStruct((layout.K, layout.F), jnp.float32))
     return any(len(s.shape) == 4 for s in jax.tree.leaves(shapes))
+
+
+def loop_over_nodes(layout: FragmentLayout, backend: str | None = None) -> bool:
+    """True when vmapped local training should run node by node: a CPU and a conv model."""
+    backend = backend if backend is not None else jax.default_backend()
+    return backend == "cpu" and has_convolutions(layout)
 
 
 def per_node_loop(fn: Callable) -> Callable:

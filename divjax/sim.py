@@ -46,6 +46,7 @@ from divjax.compute_schedule import (
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.flat import FragmentLayout
 from divjax.local import (
+    has_convolutions,
     loop_over_nodes,
     make_optimizer,
     make_train_one,
@@ -70,7 +71,7 @@ from divjax.state import (  # SimulationError, check_state: re-exported
 )
 from divjax.tasks import Task
 from divjax.topology import adjacency, neighbor_table
-from divjax.xla_options import jit
+from divjax.xla_options import jit, tag_convolutions
 
 
 class EngineSpec(NamedTuple):
@@ -207,8 +208,7 @@ def end_finishing_nodes(spec: EngineSpec, ctx: Context, hp: HParams, state: SimS
         def chunk(i, carry):
             state, clear_slot, clear_node = carry
             state = end(state, jax.lax.dynamic_slice(node, (i * Ch,), (Ch,)), keys, t)
-            at = (i * Ch,)
-            inbox = state.inbox
+            at, inbox = (i * Ch,), state.inbox
             return (state,
                     jax.lax.dynamic_update_slice(clear_slot, inbox.clear_slot[:Ch], at),
                     jax.lax.dynamic_update_slice(clear_node, inbox.clear_node[:Ch], at))
@@ -234,8 +234,7 @@ def tick(spec: EngineSpec, ctx: Context, hp: HParams, state: SimState) -> SimSta
     if spec.algo.on_tick is not None:
         state = spec.algo.on_tick(ctx, state, keys, t)
     nodes = jnp.arange(cfg.n_nodes)
-    done = state.next_end == t                                                  # (n,)
-    train = done
+    done = train = state.next_end == t                                          # (n,)
     if spec.algo.synchronous:   # fixed rounds: an offline node skips one, the next is c later
         following = t + ctx.table.compute_ticks
         if has_offline(cfg):
@@ -342,8 +341,9 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
             f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
     spec = EngineSpec(cfg, task, layout, algo, nb, deg)
-    return Engine(cfg, task, layout, partial(init_state, spec), partial(advance, spec),
-                  partial(evaluate, spec), partial(run_ticks, spec))
+    conv = has_convolutions(layout)          # picks the XLA options (`divjax.xla_options`)
+    return Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
+                                       for f in (init_state, advance, evaluate, run_ticks)))
 
 
 def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
@@ -368,7 +368,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
         return jax.lax.scan(lambda s, _: engine.advance(s, hp), state, None,
                             length=engine.cfg.num_chunks)
 
-    run.engine = engine
+    run.engine, run.convolutions = engine, engine.advance.convolutions
     return run
 
 

@@ -48,7 +48,7 @@ from divjax.config import ConfigError, HParams, SimConfig, default_hparams
 from divjax.sizing import compile_checked
 from divjax.state import ERR_NONFINITE
 from divjax.sweep_outputs import ci95, label, summarize, write_sweep_dir  # noqa: F401 (ci95: API)
-from divjax.xla_options import compiler_options, jit
+from divjax.xla_options import jit
 
 # SimConfig fields that only build HParams values (no shape, no code path): vmapped.
 HP_FIELDS = ("lr", "momentum", "weight_decay", "fast_mbps", "straggler_mbps", "n_stragglers",
@@ -220,8 +220,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     Returns (metrics leaves (H, S, C), timings). A point whose training diverged (NaN/inf) raises
     SimulationError, unless `status` (a dict) is given: then the run goes on and `status` gets
     "errors" (H, S) int32 (state.ERR_* flags), "first_error_tick" and "first_error_node"
-    (H, S) int32 (-1 if none);
-    the diverged points' metrics are NaN from that time. Other error flags always raise.
+    (H, S) int32 (-1 if none); the diverged points' metrics are NaN from that time. Other
+    error flags always raise.
     """
     from divjax.sim import check_state
 
@@ -250,7 +250,7 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
             h = jax.tree.map(lambda x: jax.device_put(x, whole), h)
         return k, h
 
-    fn = jit(make_batched(run, hp_axes, Hb, Sb))
+    fn = jit(make_batched(run, hp_axes, Hb, Sb), convolutions=getattr(run, "convolutions", False))
     t0 = time.perf_counter()
     compiled = compile_checked(fn, *take(h_idx[0], s_idx[0]), cfg=cfg,
                                what=f"a sweep chunk of {Hb * Sb} point(s)",
@@ -282,7 +282,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
                                            for row in err_blocks])[:H]
     return metrics, {"compile_s": compile_s, "run_s": run_s, "chunk_size": Hb * Sb,
                      "chunk_configs": Hb, "chunk_seeds": Sb, "chunks": h_blocks * s_blocks,
-                     "devices": len(devices) if sharded else 1}
+                     "devices": len(devices) if sharded else 1,
+                     "xla_compiler_options": fn.compiler_options}   # per group: the rounding
 
 
 class _Errs(NamedTuple):
@@ -331,8 +332,7 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     total_s = time.perf_counter() - t_start
     summary = summarize(rows, configs, primary, higher, seeds)
     summary.update(base_seed=base_seed, seeds=seeds, groups=groups, wall_s=total_s,
-                   device=jax.devices()[0].device_kind, jax=jax.__version__, complete=True,
-                   xla_compiler_options=compiler_options())
+                   device=jax.devices()[0].device_kind, jax=jax.__version__, complete=True)
     out_path = None
     if out is not None:
         out_path = Path(out)

@@ -6,7 +6,15 @@ of microseconds of library overhead: the matrix-factorisation step's one reducti
 per call inside the loop (`benchmarks/profile_ops.py`), and `movielens-paper` ran 1.2-1.4x
 slower than with XLA's own emitters (`benchmarks/exchange_floor.py` measures both in one
 process). divjax turns those library
-fusions off for its CPU programs. Other backends get no option.
+fusions off for its CPU programs, but for one kind: a model with convolutions (GN-LeNet) keeps
+YNNPACK's reductions (`LIBRARY_FUSION_TYPE_REDUCE`). Its backward passes sum large activations
+(bias and GroupNorm gradients), which XLA's own emitters do 2-4x slower: the engine trained
+GN-LeNet 8-9% faster with them (1,556 and 1,579 against 1,429 and 1,463 samples/s, alternating
+processes, `bench_engine` of benchmarks/cnn_training.py), while movielens-paper ran 6-30% slower
+(its tiny per-step and per-evaluation reductions). Which programs have convolutions: a
+function tagged `convolutions=True` (`make_engine`'s functions, `make_run`'s run, from
+`divjax.local.has_convolutions` of the model), or `jit(fn, convolutions=...)`. Other backends
+get no option.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
 `make_run` program with `divjax.jit` (or `compiler_options=divjax.compiler_options()`) to get
@@ -22,25 +30,35 @@ from collections.abc import Callable
 import jax
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}   # no YNNPACK library fusions
+# models with convolutions: YNNPACK's reductions only
+CPU_CONV_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache
-def _cpu_options_supported() -> bool:
+def _cpu_options_supported(convolutions: bool = False) -> bool:
     """Whether this jaxlib knows the options (an older XLA refuses an unknown one)."""
+    options = CPU_CONV_OPTIONS if convolutions else CPU_OPTIONS
     try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(1.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(1.0).compile()
     except Exception:   # noqa: BLE001 - any refusal means: compile with XLA's defaults
         return False
     return True
 
 
-def compiler_options(backend: str | None = None) -> dict:
-    """The options divjax compiles with on `backend` (default: JAX's default backend)."""
+def compiler_options(backend: str | None = None, convolutions: bool = False) -> dict:
+    """The options divjax compiles with on `backend` (default: JAX's default backend), for a
+    program whose model has convolutions or not."""
     if os.environ.get("DIVJAX_XLA_DEFAULTS") == "1":
         return {}
-    if (backend or jax.default_backend()) != "cpu" or not _cpu_options_supported():
+    if (backend or jax.default_backend()) != "cpu" or not _cpu_options_supported(convolutions):
         return {}
-    return dict(CPU_OPTIONS)
+    return dict(CPU_CONV_OPTIONS if convolutions else CPU_OPTIONS)
+
+
+def tag_convolutions(fn: Callable, convolutions: bool) -> Callable:
+    """Mark `fn` as a program whose model has convolutions (or not), for `jit`."""
+    fn.convolutions = bool(convolutions)
+    return fn
 
 
 class _Jitted:
@@ -48,8 +66,9 @@ class _Jitted:
     another trace (an outer jit, vmap, scan) the plain `jax.jit(fn)`, since XLA takes options
     only for a whole program: the outer program's options apply there."""
 
-    def __init__(self, fn: Callable, kwargs: dict):
-        self._top = jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+    def __init__(self, fn: Callable, kwargs: dict, convolutions: bool):
+        self.compiler_options = compiler_options(convolutions=convolutions)   # at the top
+        self._top = jax.jit(fn, compiler_options=self.compiler_options or None, **kwargs)
         self._nested = jax.jit(fn, **kwargs)
         self.__name__ = getattr(fn, "__name__", "jitted")   # no __wrapped__: vmap would
         self.__doc__ = getattr(fn, "__doc__", None)           # trace through to fn itself
@@ -68,7 +87,10 @@ class _Jitted:
         return self._top.lower(*args, **kwargs)
 
 
-def jit(fn: Callable, **kwargs) -> Callable:
-    """`jax.jit(fn, **kwargs)` compiled with `compiler_options()` (`.lower` too); called
-    inside another trace it is the plain `jax.jit(fn, **kwargs)`."""
-    return _Jitted(fn, kwargs)
+def jit(fn: Callable, convolutions: bool | None = None, **kwargs) -> Callable:
+    """`jax.jit(fn, **kwargs)` compiled with `compiler_options(convolutions=...)` (`.lower`
+    too; default: `fn.convolutions` if tagged, else False); called inside another trace it is
+    the plain `jax.jit(fn, **kwargs)`."""
+    if convolutions is None:
+        convolutions = getattr(fn, "convolutions", False)
+    return _Jitted(fn, kwargs, convolutions)

@@ -400,7 +400,7 @@ def run_group(g: Group, out: Path, log) -> int:
                 "wall_s_shared": wall, "cells_in_call": len(pts) * len(seeds),
                 "compile_s": timing["compile_s"],
                 "git": commit, "jax": jax.__version__,
-                "xla_compiler_options": compiler_options(),
+                "xla_compiler_options": compiler_options(convolutions=run.convolutions),
                 "device": jax.devices()[0].device_kind,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             }

@@ -54,3 +54,35 @@ def test_compiler_options__off_with_the_environment_switch(monkeypatch):
 def test_jit__passes_jit_arguments_through(donate):
     f = divjax.jit(lambda x: x * 2, **({"donate_argnums": 0} if donate else {}))
     np.testing.assert_array_equal(f(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+
+
+def test_jit__a_program_with_convolutions_keeps_the_library_reductions():
+    """GN-LeNet's backward sums large activations: YNNPACK's reductions, nothing else."""
+    u = jax.random.normal(jax.random.key(0), (60, 8, 20))
+    conv = divjax.jit(mf_rows, convolutions=True)
+    tagged = divjax.jit(xla_options.tag_convolutions(lambda a, b: mf_rows(a, b), True))
+    if jax.default_backend() == "cpu" and xla_options._cpu_options_supported(True):
+        assert conv.compiler_options == tagged.compiler_options == xla_options.CPU_CONV_OPTIONS
+        assert divjax.jit(mf_rows).compiler_options == xla_options.CPU_OPTIONS
+        if jax.__version__.startswith("0.10."):   # its XLA hands this reduction to YNNPACK
+            assert "ynn" in conv.lower(u, u).compile().as_text().lower()
+    np.testing.assert_allclose(conv(u, u), jax.jit(mf_rows)(u, u), rtol=1e-5, atol=1e-5)
+
+
+def test_make_engine__tags_its_functions_by_whether_the_model_has_convolutions():
+    from conftest import tiny_config
+
+    from divjax.sim import make_engine, make_run
+    from divjax.tasks import make_synthetic_task
+
+    cfg = tiny_config()
+    plain = make_synthetic_task(cfg)
+    # the synthetic task with an unused 4-D (HWIO) parameter: a model "with convolutions"
+    conv = plain._replace(init=lambda k: {**plain.init(k), "kernel": jnp.zeros((2, 2, 1, 3))})
+    for task, want in ((plain, False), (conv, True)):
+        engine = make_engine(cfg, task)
+        assert all(f.convolutions is want for f in (engine.init, engine.advance,
+                                                    engine.evaluate, engine.run_ticks))
+        assert make_run(cfg, task).convolutions is want
+        assert divjax.jit(engine.advance).compiler_options == divjax.compiler_options(
+            convolutions=want)
