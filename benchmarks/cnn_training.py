@@ -13,7 +13,9 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
                   (the input gradient of the first layer is counted though not needed).
                   matmul-allowed samples/s = matmul rate / FLOPs per sample
   (c) single      one jitted SGD step of one model at batch 8, called alone: `plain` (Flax convs
-                  and max-pool, XLA's gradients) and `custom` (divjax.conv's custom VJPs)
+                  and max-pool, XLA's gradients) and `custom` (divjax.conv's custom VJPs), with
+                  XLA's default options, and `custom` again with the options divjax compiles a
+                  model with convolutions with (divjax.compiler_options(convolutions=True))
   (d) loop        the engine's local training without the engine: per-node weights, N nodes,
                   `steps` SGD steps of batch 8 in a lax.scan, under jax.vmap and under lax.map
                   over nodes; plain and custom (the plain rows use --plain-nodes/--plain-steps:
@@ -21,6 +23,8 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
   (e) engine      a real engine run (`make_engine(...).run_ticks`, DivShare on CIFAR-10 with the
                   paper's network, no evaluation): every node finishes one iteration of `steps`
                   steps per eval interval; samples/s = node iterations done x steps x 8 / wall s.
+                  Each `custom` interval follows a single step of (c) with divjax's options
+                  (round by round, under the same load: "rounds" in the JSON).
                   `custom` runs the engine as shipped (on CPU its vmap over nodes is a loop,
                   divjax.local.per_node_loop); `plain` swaps in the Flax model, train_chunk=1
   (f) paper run   cifar10-paper (60 nodes, 128 local steps of batch 8, 800 simulated s at
@@ -29,7 +33,7 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
   (g) ops         (full run only) per-layer forward / input-gradient / weight-gradient times
                   inside a lax.scan, plain vs custom, and max-pool / GroupNorm gradients
 
-Ratios printed: engine / single step (plain and custom; target >= 1) and engine /
+Ratios printed: engine / single step (plain, and the faster custom one; target >= 1) and engine /
 matmul-allowed (target >= 0.5). Timing: AOT compile (recorded apart), one warm-up call, then
 the best of `repeats` calls with block_until_ready (best, not median: the machine is shared).
 """
@@ -59,6 +63,7 @@ from divjax.local import loop_over_nodes
 from divjax.presets import get_preset
 from divjax.registry import make_task
 from divjax.sim import make_engine
+from divjax.xla_options import compiler_options
 from divjax.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,10 +76,10 @@ LAYERS = [(32, 3, 32), (16, 32, 32), (8, 32, 64)]        # (H = W, Cin, Cout) of
 # ----------------------------------------------------------------------------- timing
 
 
-def timed(fn, *args, repeats=3, warmup=True):
-    """(compile_s, best run s) of jit(fn)(*args), compiled ahead of time."""
+def timed(fn, *args, repeats=3, warmup=True, options=None):
+    """(compile_s, best run s) of jit(fn)(*args) (XLA `options`), compiled ahead of time."""
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn, compiler_options=options or None).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     if warmup:
         jax.block_until_ready(compiled(*args))
@@ -131,12 +136,15 @@ def data(nodes, steps, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def bench_single(fast: bool, repeats: int) -> dict:
+def bench_single(fast: bool, repeats: int, options=None) -> dict:
+    """One SGD step called alone: XLA's default options, or `options` (divjax's)."""
     init, step = model_fns(fast)
     p = jax.jit(init)(jax.random.key(0))
     x, y = data(1, 1)
-    c, s = timed(lambda p, x, y: step(p, (x, y))[0], p, x[0, 0], y[0, 0], repeats=repeats)
-    return {"section": "c", "what": "single step", "model": "custom" if fast else "plain",
+    c, s = timed(lambda p, x, y: step(p, (x, y))[0], p, x[0, 0], y[0, 0], repeats=repeats,
+                 options=options)
+    what = "single step" + (", divjax's XLA options" if options else "")
+    return {"section": "c", "what": what, "model": "custom" if fast else "plain",
             "nodes": 1, "steps": 1, "compile_s": c, "wall_s": s, "samples_per_s": B / s}
 
 
@@ -200,7 +208,10 @@ def plain_task(task):
 
 
 def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str,
-                 **kw) -> dict:
+                 single_between: bool = False, **kw) -> dict:
+    """The engine's training rate, best of `repeats` intervals; with `single_between`, each
+    interval follows a single-step measurement (divjax's options, best of 30 calls), so the
+    two are compared round by round under the same load ("rounds": (single, engine))."""
     cfg = engine_cfg(nodes, steps, data_dir, **kw)
     task = make_task(cfg)
     if not fast:
@@ -212,14 +223,18 @@ def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str
     run = divjax_jit(engine.run_ticks).lower(state, hp).compile()
     compile_s = time.perf_counter() - t0
     state = jax.block_until_ready(run(state, hp))            # warm-up: first interval
-    best, done = math.inf, 0
+    best, done, rounds = math.inf, 0, []
     for _ in range(repeats):
+        single = (bench_single(True, 30, options=compiler_options(convolutions=True))
+                  ["samples_per_s"] if single_between else None)
         before = int(jnp.sum(state.iterations))
         t0 = time.perf_counter()
         state = jax.block_until_ready(run(state, hp))
         wall = time.perf_counter() - t0
         done = int(jnp.sum(state.iterations)) - before
         best = min(best, wall / max(done, 1))
+        if single_between:
+            rounds.append((single, steps * B * done / wall))
     if int(state.errors.max()) != 0:
         raise RuntimeError(f"engine error flags {np.asarray(state.errors)}")
     per_iter = steps * B
@@ -227,7 +242,8 @@ def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str
     return {"section": "e", "what": f"engine run_ticks, train_chunk={cfg.train_chunk} ({how})",
             "model": "custom" if fast else "plain", "nodes": nodes, "steps": steps,
             "node_iterations_per_call": done, "compile_s": compile_s,
-            "wall_s": best * done, "samples_per_s": per_iter / best}
+            "wall_s": best * done, "samples_per_s": per_iter / best,
+            **({"rounds": rounds} if single_between else {})}
 
 
 # ----------------------------------------------------------------------------- (g) ops
@@ -347,13 +363,16 @@ def main(argv=None):
 
     add(bench_single(False, repeats=10 * reps))
     add(bench_single(True, repeats=10 * reps))
+    if compiler_options(convolutions=True):   # the options the engine compiles GN-LeNet with
+        add(bench_single(True, repeats=10 * reps, options=compiler_options(convolutions=True)))
     add(bench_loop(True, "map", nodes, args.steps, reps))
     add(bench_loop(True, "vmap", nodes, args.steps, reps))
     add(bench_loop(False, "map", plain_nodes, args.plain_steps, 1))
     add(bench_loop(False, "vmap", plain_nodes, args.plain_steps, 1))
     data_dir, source = cifar_dir(quick)
     out["engine_data"] = source
-    add(bench_engine(True, nodes, args.steps, reps, data_dir))
+    add(bench_engine(True, nodes, args.steps, max(reps, 6 if not quick else 1), data_dir,
+                     single_between=bool(compiler_options(convolutions=True))))
     add(bench_engine(False, plain_nodes, args.plain_steps, 1, data_dir, train_chunk=1))
 
     def rate(section, model, what=""):
@@ -361,8 +380,13 @@ def main(argv=None):
                     if r["section"] == section and r["model"] == model and what in r["what"])
 
     engine = rate("e", "custom")
+    best_single = max(r["samples_per_s"] for r in rows   # the faster of XLA's and divjax's
+                      if r["section"] == "c" and r["model"] == "custom")
     ratios = {"engine_over_single_plain": engine / rate("c", "plain"),
-              "engine_over_single_custom": engine / rate("c", "custom"),
+              "engine_over_single_custom": engine / best_single,
+              # round by round: the engine's interval right after a single-step measurement
+              "engine_over_single_rounds": [e / s for s, e in next(
+                  r for r in rows if r["section"] == "e").get("rounds", [])],
               "engine_over_matmul_allowed": engine / allowed,
               "loop_map_over_matmul_allowed": rate("d", "custom", "map") / allowed,
               "engine_custom_over_engine_plain": engine / rate("e", "plain")}
@@ -390,7 +414,8 @@ def main(argv=None):
              f"per sample (fwd {flops['forward'] / 1e6:.1f}) -> {allowed:.0f} samples/s allowed",
              "", fmt_rows(rows), "",
              f"engine / single step: {ratios['engine_over_single_plain']:.2f} (plain step), "
-             f"{ratios['engine_over_single_custom']:.2f} (custom step)   [target >= 1.0]",
+             f"{ratios['engine_over_single_custom']:.2f} (faster custom step)   [target >= 1.0]; "
+             f"round by round {[round(x, 2) for x in ratios['engine_over_single_rounds']]}",
              f"engine / matmul-allowed: {ratios['engine_over_matmul_allowed']:.2f}   "
              f"[target >= 0.5]; loop (d, lax.map) / matmul-allowed "
              f"{ratios['loop_map_over_matmul_allowed']:.2f}",
