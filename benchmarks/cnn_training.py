@@ -380,13 +380,18 @@ def main(argv=None):
                     if r["section"] == section and r["model"] == model and what in r["what"])
 
     engine = rate("e", "custom")
-    best_single = max(r["samples_per_s"] for r in rows   # the faster of XLA's and divjax's
-                      if r["section"] == "c" and r["model"] == "custom")
+    e_rounds = next(r for r in rows if r["section"] == "e").get("rounds", [])
+    # the best single step seen in this process: (c) with XLA's and divjax's options, and the
+    # single steps measured between the engine's intervals
+    best_single = max([r["samples_per_s"] for r in rows
+                       if r["section"] == "c" and r["model"] == "custom"]
+                      + [single for single, _ in e_rounds])
     ratios = {"engine_over_single_plain": engine / rate("c", "plain"),
               "engine_over_single_custom": engine / best_single,
               # round by round: the engine's interval right after a single-step measurement
-              "engine_over_single_rounds": [e / s for s, e in next(
-                  r for r in rows if r["section"] == "e").get("rounds", [])],
+              "engine_over_single_rounds": [e / s for s, e in e_rounds],
+              "engine_over_single_rounds_median": (float(np.median([e / s for s, e in e_rounds]))
+                                                   if e_rounds else None),
               "engine_over_matmul_allowed": engine / allowed,
               "loop_map_over_matmul_allowed": rate("d", "custom", "map") / allowed,
               "engine_custom_over_engine_plain": engine / rate("e", "plain")}
@@ -414,8 +419,9 @@ def main(argv=None):
              f"per sample (fwd {flops['forward'] / 1e6:.1f}) -> {allowed:.0f} samples/s allowed",
              "", fmt_rows(rows), "",
              f"engine / single step: {ratios['engine_over_single_plain']:.2f} (plain step), "
-             f"{ratios['engine_over_single_custom']:.2f} (faster custom step)   [target >= 1.0]; "
+             f"{ratios['engine_over_single_custom']:.2f} (best custom step seen)   [target >= 1.0]; "
              f"round by round {[round(x, 2) for x in ratios['engine_over_single_rounds']]}",
+             "  (the engine's interval right after a single step, same options and load)",
              f"engine / matmul-allowed: {ratios['engine_over_matmul_allowed']:.2f}   "
              f"[target >= 0.5]; loop (d, lax.map) / matmul-allowed "
              f"{ratios['loop_map_over_matmul_allowed']:.2f}",

@@ -131,7 +131,7 @@ def make_sharded_run(cfg: SimConfig, task=None, algo=None, hp: HParams | None = 
 
         return jax.lax.scan(body, state, None, length=engine.cfg.num_chunks)
 
-    run.engine = engine
+    run.engine, run.convolutions = engine, base.convolutions   # (the XLA options: divjax.jit)
     run.mesh = mesh
     run.shardings = shardings
     return run
