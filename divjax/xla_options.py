@@ -5,20 +5,21 @@ engine's ops (a 20-float dot product per rating, a tick's bookkeeping) each such
 of microseconds of library overhead: the matrix-factorisation step's one reduction took 87 us
 per call inside the loop (`benchmarks/profile_ops.py`), and `movielens-paper` ran 1.2-1.4x
 slower than with XLA's own emitters (`benchmarks/exchange_floor.py` measures both in one
-process). divjax turns those library
-fusions off for its CPU programs, but for one kind: a model with convolutions (GN-LeNet) keeps
-YNNPACK's reductions (`LIBRARY_FUSION_TYPE_REDUCE`). Its backward passes sum large activations
-(bias and GroupNorm gradients), which XLA's own emitters do 2-4x slower: the engine trained
-GN-LeNet 8-9% faster with them (1,556 and 1,579 against 1,429 and 1,463 samples/s, alternating
-processes, `bench_engine` of benchmarks/cnn_training.py), while movielens-paper ran 6-30% slower
-(its tiny per-step and per-evaluation reductions). Which programs have convolutions: a
-function tagged `convolutions=True` (`make_engine`'s functions, `make_run`'s run, from
-`divjax.local.has_convolutions` of the model), or `jit(fn, convolutions=...)`. Other backends
-get no option.
+process). divjax turns those library fusions off for its CPU programs, but for one kind: a model
+with convolutions (GN-LeNet) keeps YNNPACK's reductions (`LIBRARY_FUSION_TYPE_REDUCE`). Its
+backward passes sum large activations (bias and GroupNorm gradients), which XLA's own emitters
+do 2-4x slower: the engine trained GN-LeNet 8-9% faster with them (1,556 and 1,579 against 1,429
+and 1,463 samples/s, throwaway A/B in alternating processes, `bench_engine` of
+benchmarks/cnn_training.py; the whole cifar10-small run 1.30 and 1.38 against 1.43 and 1.72 wall
+s per simulated s), while movielens-paper ran 6-30% slower (its tiny per-step and per-evaluation
+reductions). Which programs have convolutions: a function tagged `convolutions=True`
+(`make_engine`'s functions, `make_run`'s run, from `divjax.local.has_convolutions` of the
+model), or `jit(fn, convolutions=...)`. Other backends get no option.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
-`make_run` program with `divjax.jit` (or `compiler_options=divjax.compiler_options()`) to get
-the bits of `divjax run`. `DIVJAX_XLA_DEFAULTS=1` turns the options off (XLA's defaults).
+`make_run` program with `divjax.jit` (or with `compiler_options=divjax.compiler_options(
+convolutions=run.convolutions)`) to get the bits of `divjax run`. `DIVJAX_XLA_DEFAULTS=1` turns
+the options off (XLA's defaults).
 """
 
 from __future__ import annotations
