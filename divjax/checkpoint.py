@@ -11,8 +11,9 @@ Layout of a run directory that checkpoints:
 
     RUN_DIR/run.json          the resolved SimConfig, the HParams and the seed (enough to rebuild)
     RUN_DIR/checkpoints/<t>/  orbax steps: items "state", "history" and "spec" (the fingerprint:
-                              resolved config, HParams digests, key data, fragment layout;
-                              checked on restore and save: runs never mix their checkpoints)
+                              resolved config, HParams digests, key data, fragment layout,
+                              XLA options; `divjax.fingerprint`; checked on restore and save:
+                              runs never mix their checkpoints nor resume other bits)
 
 `drive(...)` is the host loop (the same jitted `engine.advance` with donation as
 `divjax.sim.simulate`, hence bit-identical to it and to `make_run` under `divjax.jit`) that
@@ -22,7 +23,6 @@ saves every `every_s` simulated seconds and on Ctrl-C, then re-raises. Host-side
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import ConfigError, HParams, SimConfig, check_hparams
-from divjax.flat import LAYOUT_VERSION
+from divjax.fingerprint import fingerprint, fingerprint_mismatch  # noqa: F401 (API)
 from divjax.sim import Engine, check_state
 from divjax.sizing import compile_checked
 from divjax.state import SimState
-from divjax.xla_options import jit
+from divjax.xla_options import compiler_options, jit
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_SPEC = "run.json"
@@ -92,43 +92,6 @@ def load_run_spec(run_dir: Path) -> tuple[SimConfig, HParams, int, dict]:
     cfg = SimConfig(**values)
     check_hparams(cfg, hp, where=f"{path}: hparams")
     return cfg, hp, seed, spec
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-
-def fingerprint(cfg: SimConfig, hp: HParams, key: jax.Array | None = None) -> dict:
-    """What a checkpoint belongs to: the resolved config, a digest of every HParams leaf and,
-    when given, the run's key data. Stored in every checkpoint and checked on restore and save,
-    so a run never continues from (or overwrites) another run's checkpoints."""
-    digests = {f.name: hashlib.sha256(np.ascontiguousarray(
-        np.asarray(getattr(hp, f.name), np.float32)).tobytes()).hexdigest()[:16]
-        for f in dataclasses.fields(HParams)}
-    fp = {"config": json.loads(json.dumps(dataclasses.asdict(cfg))), "hparams": digests,
-          "layout": LAYOUT_VERSION}
-    if key is not None:
-        fp["key"] = np.asarray(jax.random.key_data(key)).ravel().tolist()
-    return fp
-
-
-def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
-    """None if `saved` (a checkpoint's) and `current` agree, else what differs in words."""
-    diffs = []
-    a, b = saved.get("config", {}), current["config"]
-    for k in b:
-        if k in a and a[k] != b[k]:
-            diffs.append(f"{k}={a[k]!r} there, {b[k]!r} here")
-    hp = [k for k, v in current["hparams"].items() if saved.get("hparams", {}).get(k, v) != v]
-    if hp:
-        diffs.append(f"HParams differ in {', '.join(hp)}")
-    if "key" in saved and "key" in current and saved["key"] != current["key"]:
-        diffs.append("the seed (key) differs")
-    saved_layout = saved.get("layout", "fragments-permuted-1")   # before layouts were recorded
-    if saved_layout != current.get("layout", LAYOUT_VERSION):
-        diffs.append(f"the models' fragment layout is {saved_layout!r} there, "
-                     f"{LAYOUT_VERSION!r} here (written by another divjax version; rerun "
-                     "from the start)")
-    return "; ".join(diffs) or None
 
 
 # ----------------------------------------------------------------------------- state <-> storage
@@ -257,7 +220,7 @@ def restore(run_dir: Path, engine: Engine, hp: HParams, step: int | None = None,
     import orbax.checkpoint as ocp
 
     check_hparams(engine.cfg, hp)
-    fp = fingerprint(engine.cfg, hp, key)
+    fp = fingerprint(engine.cfg, hp, key, _options(engine))
     key = jax.random.key(0) if key is None else key
     impl = jax.random.key_impl(key)
     template = jax.eval_shape(engine.init, key, hp)
@@ -334,7 +297,7 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     """
     cfg = engine.cfg
     check_hparams(cfg, hp)
-    fp = fingerprint(cfg, hp, key)
+    fp = fingerprint(cfg, hp, key, _options(engine))
     if run_dir is not None:
         check_checkpoints_belong(run_dir, fp)
     if state is None:
@@ -345,9 +308,7 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     if c != len(history):
         raise ValueError(f"state is at eval interval {c} but {len(history)} are recorded")
     last = cfg.num_chunks if stop_chunk is None else stop_chunk
-    every_chunks = None
-    if every_s:
-        every_chunks = max(1, int(round(every_s / cfg.eval_every_s)))
+    every_chunks = max(1, int(round(every_s / cfg.eval_every_s))) if every_s else None
     pending = None
 
     def do_save():
@@ -378,6 +339,10 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     if run_dir is not None and every_s:
         do_save()
     return state, _stack(history)
+
+
+def _options(engine: Engine) -> dict:   # what `jit(engine.advance)` compiles with
+    return compiler_options(convolutions=getattr(engine.advance, "convolutions", False))
 
 
 def _alive(state: SimState) -> bool:

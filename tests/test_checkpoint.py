@@ -87,3 +87,20 @@ def test_checkpoint__periodic_save_restores_the_state_at_that_tick(setup, tmp_pa
     np.testing.assert_array_equal(np.asarray(state.params), np.asarray(full_state.params))
     chex.assert_trees_all_equal(state.opt_state, full_state.opt_state)
     _assert_same(metrics, full_metrics)
+
+
+def test_checkpoint__other_xla_options_refuse_to_resume(setup, tmp_path, monkeypatch):
+    """The options decide the float rounding: a run resumed under others would not continue
+    bit-identically, so restore names them (DIVJAX_XLA_DEFAULTS flipped between the two)."""
+    engine, hp, _, _ = setup
+    key = jax.random.key(3)
+    checkpoint.drive(engine, key, hp, run_dir=tmp_path, every_s=0.5, stop_chunk=2)
+    from divjax import compiler_options
+    if not compiler_options():
+        pytest.skip("divjax passes no XLA option here (not a CPU, or an older jaxlib)")
+    monkeypatch.setenv("DIVJAX_XLA_DEFAULTS", "1")
+    with pytest.raises(checkpoint.ConfigError, match="XLA options.*DIVJAX_XLA_DEFAULTS"):
+        checkpoint.restore(tmp_path, engine, hp, key=key)
+    monkeypatch.delenv("DIVJAX_XLA_DEFAULTS")
+    state, history = checkpoint.restore(tmp_path, engine, hp, key=key)
+    assert len(history) == 2
