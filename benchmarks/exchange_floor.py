@@ -170,8 +170,8 @@ def main(argv=None) -> dict:
                   f"{r['delivered_per_sim_s']:.0f} | {r['aggregations_per_sim_s']:.0f} |")
     rr = rows["movielens-paper divshare, round by round"]
     print("movielens-paper divshare, each interval after its own bandwidth measurement: ratios "
-          f"{[round(x['ratio_to_floor'], 2) for x in rr['rounds']]} (copy GB/s "
-          f"{[round(x['copy_GBps'], 2) for x in rr['rounds']]}); median "
+          f"{[round(float(x['ratio_to_floor']), 2) for x in rr['rounds']]} (copy GB/s "
+          f"{[round(float(x['copy_GBps']), 2) for x in rr['rounds']]}); median "
           f"{rr['ratio_to_floor_rounds_median']:.2f}")
     d = rows["decentralizepy d-psgd (16 nodes, 3-regular)"]
     print(f"D-PSGD, decentralizepy config: {d['wall_per_round_s'] * 1e3:.1f} ms per round, floor "
