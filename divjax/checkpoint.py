@@ -38,7 +38,7 @@ from divjax.fingerprint import fingerprint, fingerprint_mismatch  # noqa: F401 (
 from divjax.sim import Engine, check_state
 from divjax.sizing import compile_checked
 from divjax.state import SimState
-from divjax.xla_options import compiler_options, jit
+from divjax.xla_options import jit, program_options
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_SPEC = "run.json"
@@ -220,7 +220,7 @@ def restore(run_dir: Path, engine: Engine, hp: HParams, step: int | None = None,
     import orbax.checkpoint as ocp
 
     check_hparams(engine.cfg, hp)
-    fp = fingerprint(engine.cfg, hp, key, _options(engine))
+    fp = fingerprint(engine.cfg, hp, key, program_options(engine.advance))
     key = jax.random.key(0) if key is None else key
     impl = jax.random.key_impl(key)
     template = jax.eval_shape(engine.init, key, hp)
@@ -297,7 +297,7 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     """
     cfg = engine.cfg
     check_hparams(cfg, hp)
-    fp = fingerprint(cfg, hp, key, _options(engine))
+    fp = fingerprint(cfg, hp, key, program_options(engine.advance))
     if run_dir is not None:
         check_checkpoints_belong(run_dir, fp)
     if state is None:
@@ -339,10 +339,6 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
     if run_dir is not None and every_s:
         do_save()
     return state, _stack(history)
-
-
-def _options(engine: Engine) -> dict:   # what `jit(engine.advance)` compiles with
-    return compiler_options(convolutions=getattr(engine.advance, "convolutions", False))
 
 
 def _alive(state: SimState) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 from divjax import presets
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.flags import add_config_flags, config_from_args, prepare_out
-from divjax.xla_options import compiler_options
+from divjax.xla_options import program_options
 
 
 @contextlib.contextmanager
@@ -212,7 +212,7 @@ def cmd_run(args) -> int:
     extra = {"seed": args.seed, "wall_s": wall, "jax": jax.__version__,
              "device": jax.devices()[0].device_kind,
              # they decide float rounding
-             "xla_compiler_options": compiler_options(convolutions=engine.advance.convolutions),
+             "xla_compiler_options": program_options(engine.advance),
              "task_primary": primary}
     if args.resume is not None:
         extra["resumed"] = True

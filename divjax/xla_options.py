@@ -62,13 +62,20 @@ def tag_convolutions(fn: Callable, convolutions: bool) -> Callable:
     return fn
 
 
+def program_options(fn: Callable) -> dict:
+    """The options `jit(fn)` compiles with at the top level (from `fn`'s tag; untagged: none
+    has convolutions)."""
+    return compiler_options(convolutions=getattr(fn, "convolutions", False))
+
+
 class _Jitted:
     """`jax.jit(fn)` with `compiler_options()` when called (or lowered) at the top level; inside
     another trace (an outer jit, vmap, scan) the plain `jax.jit(fn)`, since XLA takes options
     only for a whole program: the outer program's options apply there."""
 
-    def __init__(self, fn: Callable, kwargs: dict, convolutions: bool):
-        self.compiler_options = compiler_options(convolutions=convolutions)   # at the top
+    def __init__(self, fn: Callable, kwargs: dict, convolutions: bool | None):
+        self.compiler_options = (program_options(fn) if convolutions is None   # at the top
+                                 else compiler_options(convolutions=convolutions))
         self._top = jax.jit(fn, compiler_options=self.compiler_options or None, **kwargs)
         self._nested = jax.jit(fn, **kwargs)
         self.__name__ = getattr(fn, "__name__", "jitted")   # no __wrapped__: vmap would
@@ -92,6 +99,4 @@ def jit(fn: Callable, convolutions: bool | None = None, **kwargs) -> Callable:
     """`jax.jit(fn, **kwargs)` compiled with `compiler_options(convolutions=...)` (`.lower`
     too; default: `fn.convolutions` if tagged, else False); called inside another trace it is
     the plain `jax.jit(fn, **kwargs)`."""
-    if convolutions is None:
-        convolutions = getattr(fn, "convolutions", False)
     return _Jitted(fn, kwargs, convolutions)

@@ -350,7 +350,7 @@ def run_group(g: Group, out: Path, log) -> int:
         stack_hparams,
     )
     from divjax.registry import make_task
-    from divjax.xla_options import compiler_options
+    from divjax.xla_options import program_options
 
     missing = [(i, s) for i, r in enumerate(g.regimes) for s in g.seeds
                if not cell_path(out, g.task, r, g.algo, s).exists()]
@@ -400,7 +400,7 @@ def run_group(g: Group, out: Path, log) -> int:
                 "wall_s_shared": wall, "cells_in_call": len(pts) * len(seeds),
                 "compile_s": timing["compile_s"],
                 "git": commit, "jax": jax.__version__,
-                "xla_compiler_options": compiler_options(convolutions=run.convolutions),
+                "xla_compiler_options": program_options(run),
                 "device": jax.devices()[0].device_kind,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             }
