@@ -32,10 +32,11 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
                   engine rates of (e), beside what the matmul rate allows
   (g) ops         (full run only) per-layer forward / input-gradient / weight-gradient times
                   inside a lax.scan, plain vs custom, and max-pool / GroupNorm gradients
-  (h) options     the engine's whole interval (training, exchange, evaluation) compiled with
-                  YNNPACK's reductions (divjax's options for a convolution model) and with no
-                  library fusions (its options for other models), alternating, one interval
-                  each per round: samples/s per round and their ratio
+  (h) options     the engine compiled with YNNPACK's reductions (divjax's options for a
+                  convolution model) and with no library fusions (its options for other
+                  models), alternating, one interval each per round: the training ticks alone
+                  and the whole interval (training, exchange, evaluation); samples/s per round
+                  and their ratio
 
 Ratios printed: engine / single step (plain, and the faster custom one; target >= 1) and engine /
 matmul-allowed (target >= 0.5). Timing: AOT compile (recorded apart), one warm-up call, then
@@ -251,34 +252,38 @@ def bench_engine(fast: bool, nodes: int, steps: int, repeats: int, data_dir: str
 
 
 def bench_options_ab(nodes: int, steps: int, rounds: int, data_dir: str) -> dict:
-    """(h) The engine's whole interval (`engine.advance`: training, exchange and evaluation)
-    compiled with the options divjax gives a convolution model (YNNPACK's reductions) and with
-    those it gives every other model (no library fusions), timed in alternation, one interval
-    each per round, in this process."""
+    """(h) The engine compiled with the options divjax gives a convolution model (YNNPACK's
+    reductions) and with those it gives every other model (no library fusions), timed in
+    alternation in this process, one interval each per round: the training ticks alone
+    (`run_ticks`) and the whole interval (`advance`: training, exchange and evaluation)."""
     cfg = engine_cfg(nodes, steps, data_dir)
     hp = default_hparams(cfg)
     engine = make_engine(cfg, make_task(cfg), hp=hp)
     variants = {"YNNPACK reductions": compiler_options(convolutions=True),
                 "no library fusions": compiler_options(convolutions=False)}
-    runs, states = {}, {}
-    for name, opts in variants.items():
-        state = jax.jit(engine.init, compiler_options=opts or None)(jax.random.key(0), hp)
-        runs[name] = jax.jit(engine.advance, compiler_options=opts or None).lower(
-            state, hp).compile()
-        states[name] = jax.block_until_ready(runs[name](state, hp))[0]       # warm-up
-    rates: dict = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name in variants:
-            before = int(jnp.sum(states[name].iterations))
-            t0 = time.perf_counter()
-            states[name] = jax.block_until_ready(runs[name](states[name], hp))[0]
-            wall = time.perf_counter() - t0
-            rates[name].append((int(jnp.sum(states[name].iterations)) - before) * steps * B
-                               / wall)
-    first, second = variants
-    return {"section": "h", "nodes": nodes, "steps": steps, "options": variants,
-            "samples_per_s": rates,
-            "ratio_rounds": [a / b for a, b in zip(rates[first], rates[second])]}
+    out = {"section": "h", "nodes": nodes, "steps": steps, "options": variants}
+    for what in ("run_ticks", "advance"):
+        fn = getattr(engine, what)
+        runs, states = {}, {}
+        for name, opts in variants.items():
+            state = jax.jit(engine.init, compiler_options=opts or None)(jax.random.key(0), hp)
+            runs[name] = jax.jit(fn, compiler_options=opts or None).lower(state, hp).compile()
+            states[name] = state
+        rates: dict = {name: [] for name in variants}
+        for r in range(rounds + 1):                                # round 0: warm-up
+            for name in variants:
+                before = int(jnp.sum(states[name].iterations))
+                t0 = time.perf_counter()
+                got = jax.block_until_ready(runs[name](states[name], hp))
+                wall = time.perf_counter() - t0
+                states[name] = got[0] if what == "advance" else got
+                if r:
+                    rates[name].append((int(jnp.sum(states[name].iterations)) - before)
+                                       * steps * B / wall)
+        first, second = variants
+        out[what] = {"samples_per_s": rates,
+                     "ratio_rounds": [a / b for a, b in zip(rates[first], rates[second])]}
+    return out
 
 
 # ----------------------------------------------------------------------------- (g) ops
@@ -444,7 +449,7 @@ def main(argv=None):
     out.update(rows=rows, ratios=ratios, paper_extrapolation=extrap)
     if compiler_options(convolutions=True):
         say("(h) the engine with and without YNNPACK's reductions, alternating ...")
-        out["options_ab"] = bench_options_ab(nodes, args.steps, 3 if quick else 4, data_dir)
+        out["options_ab"] = bench_options_ab(nodes, args.steps, 2 if quick else 5, data_dir)
     if not quick and not args.no_ops:
         say("(g) per-op profile inside a scan ...")
         out["ops"] = bench_ops(repeats=reps)
@@ -477,9 +482,9 @@ def main(argv=None):
                          f"{r['weight_grad_ms']:.2f} |" if "weight_grad_ms" in r else
                          f"| {r['op']} | {r['impl']} | {r['forward_ms']:.2f} | "
                          f"{r['input_grad_ms']:.2f} | - |")
-    if "options_ab" in out:
-        ab = out["options_ab"]
-        lines += ["", "(h) engine.advance (evaluation included), samples/s per round, alternating:"]
+    for what in ("run_ticks", "advance") if "options_ab" in out else ():
+        ab = out["options_ab"][what]
+        lines += ["", f"(h) engine.{what}, samples/s per round, alternating:"]
         lines += [f"  {k}: {[round(v) for v in r]}" for k, r in ab["samples_per_s"].items()]
         lines.append(f"  ratio per round {[round(x, 2) for x in ab['ratio_rounds']]}")
     lines.append(f"\nload average {out['meta']['load_avg_start']} -> "
