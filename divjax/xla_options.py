@@ -8,13 +8,13 @@ slower than with XLA's own emitters (`benchmarks/exchange_floor.py` measures bot
 process). divjax turns those library fusions off for its CPU programs, but for one kind: a model
 with convolutions (GN-LeNet) keeps YNNPACK's reductions (`LIBRARY_FUSION_TYPE_REDUCE`). Its
 backward passes sum large activations (bias and GroupNorm gradients), which XLA's own emitters
-do 2-4x slower: the engine trained GN-LeNet 8-9% faster with them (1,556 and 1,579 against 1,429
-and 1,463 samples/s, throwaway A/B in alternating processes, `bench_engine` of
-benchmarks/cnn_training.py; the whole cifar10-small run 1.30 and 1.38 against 1.43 and 1.72 wall
-s per simulated s), while movielens-paper ran 6-30% slower (its tiny per-step and per-evaluation
-reductions). Which programs have convolutions: a function tagged `convolutions=True`
-(`make_engine`'s functions, `make_run`'s run, from `divjax.local.has_convolutions` of the
-model), or `jit(fn, convolutions=...)`. Other backends get no option.
+do 2-4x slower (throwaway micro-benchmark): the engine's training ticks ran 1.04-1.36x faster
+with them, and its whole interval with evaluation 1.06-1.11x in one run but 0.83-1.08x in
+another (alternating A/B in one process, section (h) of benchmarks/cnn_training.py), while
+movielens-paper ran 6-30% slower (its tiny per-step and per-evaluation reductions; throwaway
+A/B). Which programs have convolutions: a function tagged `convolutions=True` (`make_engine`'s
+functions, `make_run`'s run, from `divjax.local.has_convolutions` of the model), or `jit(fn,
+convolutions=...)`. Other backends get no option.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
 `make_run` program with `divjax.jit` (or with `compiler_options=divjax.compiler_options(
