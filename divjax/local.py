@@ -36,12 +36,13 @@ def make_train_one(cfg: SimConfig, task: Task, layout: FragmentLayout,
     if task.make_local_train is not None:
         return task.make_local_train(cfg, layout, tx)
 
-    def loss_flat(p, batch):
-        return task.loss(layout.unflatten(p), batch)
-
-    grad = jax.grad(loss_flat)
+    grad = jax.grad(task.loss)
 
     def train_one(params, opt_state, key, node):
+        # The steps run on the model's own pytree: (K, F) -> pytree once before them and back
+        # once after, not a gather and a scatter of the whole model in every step (3-4% of a
+        # GN-LeNet step: benchmarks/cnn_step_profile.py). Same values: the optimiser is
+        # elementwise and padding coordinates stay zero.
         def step(carry, k):
             p, o = carry
             g = grad(p, task.sample_batch(k, node))
@@ -49,12 +50,30 @@ def make_train_one(cfg: SimConfig, task: Task, layout: FragmentLayout,
             return (optax.apply_updates(p, u), o), None
 
         keys = jax.random.split(key, cfg.local_steps)
-        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), keys)
-        return params, opt_state
+        carry = (layout.unflatten(params), opt_state_to_tree(layout, opt_state, params))
+        (tree, o_tree), _ = jax.lax.scan(step, carry, keys)
+        return layout.flatten(tree), opt_state_to_flat(layout, o_tree, tree)
 
     if loop_over_nodes(layout):
         return per_node_loop(train_one)
     return train_one
+
+
+def opt_state_to_tree(layout: FragmentLayout, opt_state, params_kf):
+    """The optimiser state of a (K, F) model as that of its pytree: each leaf shaped like the
+    model (a momentum buffer) unflattened, the others (step counts) as they are."""
+    return jax.tree.map(
+        lambda x: layout.unflatten(x) if x.shape == params_kf.shape else x, opt_state)
+
+
+def opt_state_to_flat(layout: FragmentLayout, opt_state_tree, tree):
+    """Inverse of `opt_state_to_tree`: each subtree shaped like the model `tree` flattened."""
+    shapes = jax.tree.map(jnp.shape, tree)
+    def like_model(x):
+        return (jax.tree.structure(x) == jax.tree.structure(tree)
+                and jax.tree.map(jnp.shape, x) == shapes)
+    return jax.tree.map(lambda x: layout.flatten(x) if like_model(x) else x, opt_state_tree,
+                        is_leaf=like_model)
 
 
 def has_convolutions(layout: FragmentLayout) -> bool:
