@@ -12,10 +12,14 @@ each compiled program's HLO text. Per local step, the table gives each matched o
 programs, the engine's own per-step ops (no match in the single step: batch sampling, the flat
 parameter vector, the optimiser), its per-iteration ops (fewer calls than steps: exchange,
 averaging, the tick loop) and the wall time, so the difference between the two walls is spelt
-out op by op. Op times nest (a while loop's time includes its body's): loops are listed apart
-and left out of the sums.
+out op by op. Each op's time is its best of `--rounds` rounds (single and engine alternating,
+so both see the same load on a shared machine), and so is each wall. Op times nest (a while
+loop's time includes its body's): loops are listed apart and left out of the sums.
 
-    python benchmarks/cnn_step_profile.py --data-dir ../shared/data [--nodes 60] [--steps 32]
+    python benchmarks/cnn_step_profile.py --data-dir ../shared/data [--nodes 16] [--steps 16]
+
+(More than about 1,000 local steps in one interval overflow the profiler's event buffer; the
+script then stops with an error rather than report a partial trace.)
 """
 
 from __future__ import annotations
@@ -83,12 +87,24 @@ def by_kind(total, calls, kinds, steps: int) -> dict[str, dict]:
     return dict(out)
 
 
+def fastest(rounds: list[dict]) -> dict[str, dict]:
+    """Per op kind, its round with the least time per step (best of, like the other timings:
+    the machine is shared); ops missing from a round count from the rounds that have them."""
+    out = {}
+    for r in rounds:
+        for k, v in r.items():
+            if k not in out or v["us_per_step"] < out[k]["us_per_step"]:
+                out[k] = v
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="../shared/data", help="folder with cifar10.npz")
-    ap.add_argument("--nodes", type=int, default=60)
-    ap.add_argument("--steps", type=int, default=32, help="local steps per iteration")
+    ap.add_argument("--nodes", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=16, help="local steps per iteration")
     ap.add_argument("--calls", type=int, default=300, help="profiled single-step calls")
+    ap.add_argument("--rounds", type=int, default=3, help="profiled rounds (single, engine)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -109,19 +125,32 @@ def main(argv=None) -> dict:
     state = divjax_jit(engine.init)(jax.random.key(0), hp)
     run = divjax_jit(engine.run_ticks).lower(state, hp).compile()
     state = jax.block_until_ready(run(state, hp))              # warm-up interval
-    before = int(np.sum(state.iterations))
-
     holder = {"state": state}
 
     def engine_call():
         holder["state"] = run(holder["state"], hp)
         return holder["state"]
 
-    s_wall, s_total, s_calls = profile(lambda: single(p, x, y), args.calls)
-    e_wall, e_total, e_calls = profile(engine_call, 1)
-    e_steps = (int(np.sum(holder["state"].iterations)) - before) * args.steps
-    s_kinds = by_kind(s_total, s_calls, hlo_kinds(single.as_text()), args.calls)
-    e_kinds = by_kind(e_total, e_calls, hlo_kinds(run.as_text()), e_steps)
+    s_hlo, e_hlo = hlo_kinds(single.as_text()), hlo_kinds(run.as_text())
+    s_rounds, e_rounds, s_walls, e_walls = [], [], [], []
+    for _ in range(args.rounds):          # alternating, so both see the same load
+        wall, total, calls = profile(lambda: single(p, x, y), args.calls)
+        s_walls.append(wall / args.calls * 1e6)
+        s_rounds.append(by_kind(total, calls, s_hlo, args.calls))
+        before = int(np.sum(holder["state"].iterations))
+        wall, total, calls = profile(engine_call, 1)
+        e_steps = (int(np.sum(holder["state"].iterations)) - before) * args.steps
+        e_walls.append(wall / e_steps * 1e6)
+        e_rounds.append(by_kind(total, calls, e_hlo, e_steps))
+    s_kinds, e_kinds = fastest(s_rounds), fastest(e_rounds)
+
+    # The profiler keeps a bounded number of events: past it, later ops go missing and each
+    # op seems to run less than once per step. Every convolution runs exactly once per step.
+    conv = [k for k in set(s_kinds) & set(e_kinds) if k.startswith("conv_general_dilated")]
+    coverage = min(e_kinds[k]["calls_per_step"] / s_kinds[k]["calls_per_step"] for k in conv)
+    if not 0.99 < coverage < 1.01:
+        raise SystemExit(f"the engine's trace holds {coverage:.2f} convolutions per local step, "
+                         "not 1 (the profiler dropped events): profile fewer nodes or steps")
 
     def summed(rows, keys):
         return sum(rows[k]["us_per_step"] for k in keys if not k.startswith(CONTAINERS))
@@ -136,8 +165,8 @@ def main(argv=None) -> dict:
     s_only = [k for k in s_kinds if k not in e_kinds and not k.startswith(CONTAINERS)]
     loops = {k: v for k, v in e_kinds.items() if k.startswith(CONTAINERS)}
     summary = {
-        "single_wall_us_per_step": s_wall / args.calls * 1e6,
-        "engine_wall_us_per_step": e_wall / e_steps * 1e6,
+        "single_wall_us_per_step": min(s_walls), "engine_wall_us_per_step": min(e_walls),
+        "single_wall_us_per_step_rounds": s_walls, "engine_wall_us_per_step_rounds": e_walls,
         "single_ops_us_per_step": summed(s_kinds, s_kinds),
         "engine_ops_us_per_step": summed(e_kinds, e_kinds),
         "matched_single_us": summed(s_kinds, matched),
@@ -150,6 +179,7 @@ def main(argv=None) -> dict:
                     "commit": git_commit(), "device": jax.devices()[0].device_kind,
                     "compiler_options": options, "nodes": args.nodes, "steps": args.steps,
                     "engine_local_steps_profiled": e_steps, "single_calls": args.calls,
+                    "rounds": args.rounds,
                     "command": "python benchmarks/cnn_step_profile.py " +
                                " ".join(argv if argv is not None else [])},
            "summary": summary,
