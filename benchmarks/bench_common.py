@@ -14,3 +14,14 @@ def git_commit() -> str:
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:  # noqa: BLE001
         return "unknown"
+
+
+def write_result(path: Path, out: dict) -> Path:
+    """Write a benchmark's JSON (folders made as needed) and say where."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {path}")
+    return path

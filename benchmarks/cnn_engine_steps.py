@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 from pathlib import Path
 
 import jax
 import numpy as np
-from bench_common import git_commit
+from bench_common import git_commit, write_result
 from cnn_training import RESULTS, bench_engine, gnlenet_flops, matmul_gflops
 
 
@@ -56,9 +55,7 @@ def main(argv=None) -> dict:
           f"{out['engine_over_matmul_allowed']:.2f}")
     path = Path(args.out) / (f"cnn_engine_steps-{jax.default_backend()}-"
                              f"{out['meta']['date']}-steps{args.steps}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=float))
-    print(f"wrote {path}")
+    write_result(path, out)
     return out
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import re
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from bench_common import git_commit
+from bench_common import git_commit, write_result
 from cnn_training import RESULTS, data, engine_cfg, model_fns
 from profile_ops import op_times
 
@@ -209,9 +208,7 @@ def main(argv=None) -> dict:
             print(f"| {k} | {rows[k]['us_per_step']:.1f} | {rows[k]['calls_per_step']:.2f} |")
     path = Path(args.out) / (f"cnn_step_profile-{jax.default_backend()}-{out['meta']['date']}"
                              f"-steps{args.steps}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_result(path, out)
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_common import git_commit
+from bench_common import git_commit, write_result
 
 from divjax.models import mf_sgd_steps
 from divjax.xla_options import jit as divjax_jit
@@ -208,9 +207,7 @@ def main(argv=None) -> dict:
                   f"{r.get('metrics_bit_identical', '')} |")
     path = args.out or (ROOT / "benchmarks" / "results" /
                         f"engine_paths-{jax.default_backend()}-{out['date']}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_result(path, out)
     return out
 
 
