@@ -25,3 +25,17 @@ def write_result(path: Path, out: dict) -> Path:
     path.write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {path}")
     return path
+
+
+def run_meta(script: str, argv, **extra) -> dict:
+    """A benchmark JSON's "meta": date, JAX version, commit, device, platform, the command."""
+    import datetime
+    import platform
+
+    import jax
+
+    args = " ".join(argv if argv is not None else [])
+    return {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
+            "commit": git_commit(), "device": jax.devices()[0].device_kind,
+            "platform": platform.platform(), **extra,
+            "command": f"python benchmarks/{script} {args}".strip()}

@@ -19,14 +19,12 @@ rate:
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from bench_common import git_commit, write_result
+from bench_common import run_meta, write_result
 from cnn_training import RESULTS, gnlenet_flops, matmul_gflops
 
 from divjax.config import default_hparams
@@ -81,11 +79,7 @@ def main(argv=None) -> dict:
     train_samples = float(np.mean(samples))
     allowed_s = (train_samples * flops["total"] + eval_images * flops["forward"]) \
         / (mm["gflops"] * 1e9)
-    out = {"meta": {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
-                    "commit": git_commit(), "device": jax.devices()[0].device_kind,
-                    "platform": platform.platform(),
-                    "command": "python benchmarks/cifar10_paper_slice.py " +
-                               " ".join(argv if argv is not None else [])},
+    out = {"meta": run_meta("cifar10_paper_slice.py", argv),
            "preset": "cifar10-paper", "n_nodes": cfg.n_nodes, "local_steps": cfg.local_steps,
            "batch_size": cfg.batch_size, "eval_every_s": cfg.eval_every_s,
            "eval_images_per_interval": eval_images, "compile_s": compile_s,

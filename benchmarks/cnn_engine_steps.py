@@ -13,12 +13,11 @@ the same options (round by round, under the same load).
 from __future__ import annotations
 
 import argparse
-import datetime
 from pathlib import Path
 
 import jax
 import numpy as np
-from bench_common import git_commit, write_result
+from bench_common import run_meta, write_result
 from cnn_training import RESULTS, bench_engine, gnlenet_flops, matmul_gflops
 
 
@@ -36,10 +35,7 @@ def main(argv=None) -> dict:
                      single_between=True)
     ratios = [eng / single for single, eng in e["rounds"]]
     best_single = max(single for single, _ in e["rounds"])
-    out = {"meta": {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
-                    "commit": git_commit(), "device": jax.devices()[0].device_kind,
-                    "command": "python benchmarks/cnn_engine_steps.py " +
-                               " ".join(argv if argv is not None else [])},
+    out = {"meta": run_meta("cnn_engine_steps.py", argv),
            "matmul_gflops": mm["gflops"], "matmul_allowed_samples_per_s": allowed,
            "engine": e, "engine_over_best_single": e["samples_per_s"] / best_single,
            "engine_over_single_rounds": ratios,

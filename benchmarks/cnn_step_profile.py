@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import re
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from bench_common import git_commit, write_result
+from bench_common import run_meta, write_result
 from cnn_training import RESULTS, data, engine_cfg, model_fns
 from profile_ops import op_times
 
@@ -174,13 +173,10 @@ def main(argv=None) -> dict:
         "engine_per_step_only_us": summed(e_kinds, per_step),
         "engine_per_iteration_us": summed(e_kinds, per_iter),
     }
-    out = {"meta": {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
-                    "commit": git_commit(), "device": jax.devices()[0].device_kind,
-                    "compiler_options": options, "nodes": args.nodes, "steps": args.steps,
-                    "engine_local_steps_profiled": e_steps, "single_calls": args.calls,
-                    "rounds": args.rounds,
-                    "command": "python benchmarks/cnn_step_profile.py " +
-                               " ".join(argv if argv is not None else [])},
+    out = {"meta": run_meta("cnn_step_profile.py", argv, compiler_options=options,
+                            nodes=args.nodes, steps=args.steps,
+                            engine_local_steps_profiled=e_steps, single_calls=args.calls,
+                            rounds=args.rounds),
            "summary": summary,
            "matched": {k: {"single": s_kinds[k], "engine": e_kinds[k]} for k in matched},
            "engine_per_step_only": {k: e_kinds[k] for k in per_step},
