@@ -8,9 +8,10 @@ slower than with XLA's own emitters (`benchmarks/exchange_floor.py` measures bot
 process). divjax turns those library fusions off for its CPU programs, but for one kind: a model
 with convolutions (GN-LeNet) keeps YNNPACK's reductions (`LIBRARY_FUSION_TYPE_REDUCE`). Its
 backward passes sum large activations (bias and GroupNorm gradients), which XLA's own emitters
-do 2-4x slower (throwaway micro-benchmark): the engine's training ticks ran 1.04-1.36x faster
-with them, and its whole interval with evaluation 1.06-1.11x in one run but 0.83-1.08x in
-another (alternating A/B in one process, section (h) of benchmarks/cnn_training.py), while
+do 2-4x slower (throwaway micro-benchmark): the engine's training ticks ran faster with them in
+9 of 10 alternating rounds over two runs (0.90-1.36x), and its whole interval with evaluation
+1.06-1.26x in two runs but 0.83-1.08x in a third (alternating A/B in one process, section (h)
+of benchmarks/cnn_training.py), while
 movielens-paper ran 6-30% slower (its tiny per-step and per-evaluation reductions; throwaway
 A/B). Which programs have convolutions: a function tagged `convolutions=True` (`make_engine`'s
 functions, `make_run`'s run, from `divjax.local.has_convolutions` of the model), or `jit(fn,
