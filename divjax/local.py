@@ -40,8 +40,8 @@ def make_train_one(cfg: SimConfig, task: Task, layout: FragmentLayout,
 
     def train_one(params, opt_state, key, node):
         # The steps run on the model's own pytree: (K, F) -> pytree once before them and back
-        # once after, not a gather and a scatter of the whole model in every step (3-4% of a
-        # GN-LeNet step: benchmarks/cnn_step_profile.py). Same values: the optimiser is
+        # once after, not a gather and a scatter of the whole model in every step (about 2.5% of
+        # a GN-LeNet step: benchmarks/cnn_step_profile.py). Same values: the optimiser is
         # elementwise and padding coordinates stay zero.
         def step(carry, k):
             p, o = carry
@@ -52,7 +52,7 @@ def make_train_one(cfg: SimConfig, task: Task, layout: FragmentLayout,
         keys = jax.random.split(key, cfg.local_steps)
         carry = (layout.unflatten(params), opt_state_to_tree(layout, opt_state, params))
         (tree, o_tree), _ = jax.lax.scan(step, carry, keys)
-        return layout.flatten(tree), opt_state_to_flat(layout, o_tree, tree)
+        return layout.flatten(tree), opt_state_to_flat(layout, o_tree, opt_state, params)
 
     if loop_over_nodes(layout):
         return per_node_loop(train_one)
@@ -66,14 +66,12 @@ def opt_state_to_tree(layout: FragmentLayout, opt_state, params_kf):
         lambda x: layout.unflatten(x) if x.shape == params_kf.shape else x, opt_state)
 
 
-def opt_state_to_flat(layout: FragmentLayout, opt_state_tree, tree):
-    """Inverse of `opt_state_to_tree`: each subtree shaped like the model `tree` flattened."""
-    shapes = jax.tree.map(jnp.shape, tree)
-    def like_model(x):
-        return (jax.tree.structure(x) == jax.tree.structure(tree)
-                and jax.tree.map(jnp.shape, x) == shapes)
-    return jax.tree.map(lambda x: layout.flatten(x) if like_model(x) else x, opt_state_tree,
-                        is_leaf=like_model)
+def opt_state_to_flat(layout: FragmentLayout, opt_state_tree, opt_state, params_kf):
+    """Inverse of `opt_state_to_tree(layout, opt_state, params_kf)`: the (K, F) state
+    `opt_state` (its leaves) says which subtrees of `opt_state_tree` are models."""
+    return jax.tree.map(
+        lambda x, t: layout.flatten(t) if x.shape == params_kf.shape else t, opt_state,
+        opt_state_tree)
 
 
 def has_convolutions(layout: FragmentLayout) -> bool:

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from divjax.config import HParams, SimConfig, default_hparams
 from divjax.sim import make_run
-from divjax.xla_options import jit
+from divjax.xla_options import jit, tag_convolutions
 
 AXIS = "nodes"
 
@@ -131,7 +131,8 @@ def make_sharded_run(cfg: SimConfig, task=None, algo=None, hp: HParams | None = 
 
         return jax.lax.scan(body, state, None, length=engine.cfg.num_chunks)
 
-    run.engine, run.convolutions = engine, base.convolutions   # (the XLA options: divjax.jit)
+    run.engine = engine
+    tag_convolutions(run, base.convolutions)   # its XLA options (divjax.jit)
     run.mesh = mesh
     run.shardings = shardings
     return run

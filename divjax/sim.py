@@ -368,8 +368,8 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
         return jax.lax.scan(lambda s, _: engine.advance(s, hp), state, None,
                             length=engine.cfg.num_chunks)
 
-    run.engine, run.convolutions = engine, engine.advance.convolutions
-    return run
+    run.engine = engine
+    return tag_convolutions(run, engine.advance.convolutions)   # its XLA options
 
 
 # ----------------------------------------------------------------------------- host side

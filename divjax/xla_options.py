@@ -11,11 +11,11 @@ backward passes sum large activations (bias and GroupNorm gradients), which XLA'
 do 2-4x slower (throwaway micro-benchmark): the engine's training ticks ran faster with them in
 9 of 10 alternating rounds over two runs (0.90-1.36x), and its whole interval with evaluation
 1.06-1.26x in two runs but 0.83-1.08x in a third (alternating A/B in one process, section (h)
-of benchmarks/cnn_training.py), while
-movielens-paper ran 6-30% slower (its tiny per-step and per-evaluation reductions; throwaway
-A/B). Which programs have convolutions: a function tagged `convolutions=True` (`make_engine`'s
-functions, `make_run`'s run, from `divjax.local.has_convolutions` of the model), or `jit(fn,
-convolutions=...)`. Other backends get no option.
+of benchmarks/cnn_training.py), while movielens-paper ran 6-30% slower with them (its tiny
+per-step and per-evaluation reductions; throwaway A/B). Which programs have convolutions: a
+function tagged `convolutions=True` (`make_engine`'s functions, `make_run`'s run, from
+`divjax.local.has_convolutions` of the model), or `jit(fn, convolutions=...)`. Other backends
+get no option.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
 `make_run` program with `divjax.jit` (or with `compiler_options=divjax.compiler_options(

@@ -951,10 +951,9 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          + " Every cell so far was compiled with XLA's default CPU options; divjax's drivers "
          "now compile CPU programs without YNNPACK library fusions (`divjax/xla_options.py`, "
          "1.2-1.4x faster on MovieLens) but for YNNPACK's reductions in models with "
-         "convolutions (GN-LeNet's training ticks ran 0.90-1.36x as fast with them, faster in 9 of "
-         "10 alternating rounds), which changes float rounding "
-         "only: a cell rerun now is "
-         "the same simulation but not bit-identical to its JSON (the default run's final RMSE "
+         "convolutions (GN-LeNet's training ticks ran 0.90-1.36x as fast with them, faster "
+         "in 9 of 10 alternating rounds), which changes float rounding only: a cell rerun now "
+         "is the same simulation but not bit-identical to its JSON (the default run's final RMSE "
          "moved by at most 2.4e-7 over its curve, final 1.798349 both ways; no cell was rerun).",
          "",
          "```bash",
