@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.config import SimConfig, default_hparams
 
 F32 = 4
 DEFAULT_RING_SLOTS = 3      # receiver_iteration with latency < compute time: ceil((c+l)/c)+1
@@ -128,10 +128,10 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
 
     Args:
       layout: a FragmentLayout, or anything with K and F (and optionally D, fragment_bytes).
-      algo: an Algorithm; default `ALGORITHMS[cfg.algorithm](cfg)`.
+      algo: an Algorithm; default `make_algorithm(cfg)`.
     """
     from divjax import network
-    from divjax.algorithms import ALGORITHMS, Context
+    from divjax.algorithms import Context, make_algorithm
     from divjax.local import make_optimizer
     from divjax.state import initial_state
 
@@ -139,10 +139,7 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
     cfg = cfg.replace(ring_ticks=int(ring_slots), train_capacity=min(int(train_capacity), n),
                       delay_ticks=max(0, int(counter_ticks) - 1))
     if algo is None:
-        if cfg.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm={cfg.algorithm!r} is unknown: choose one of "
-                              f"{sorted(ALGORITHMS)}")
-        algo = ALGORITHMS[cfg.algorithm](cfg)
+        algo = make_algorithm(cfg)
     fragment_bytes = np.asarray(getattr(layout, "fragment_bytes", np.full(K, F * F32)))
     hp = jax.eval_shape(lambda: default_hparams(cfg))  # shapes only (values never matter)
 
@@ -209,7 +206,7 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
         (activations); multiplied by C.
       counter_ticks: Lc; default cfg.delay_ticks + 1, else ring_slots + 1.
       available: device bytes; default `available_memory_bytes()`.
-      algo: the Algorithm the engine runs; default `ALGORITHMS[cfg.algorithm](cfg)`.
+      algo: the Algorithm the engine runs; default `make_algorithm(cfg)`.
     The state parts (STATE_PARTS) are the bytes of `abstract_state`: the engine's own initial
     state under jax.eval_shape, algorithm state included.
     Returns:

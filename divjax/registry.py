@@ -33,7 +33,13 @@ TASKS: dict[str, Callable[[SimConfig], Task]] = {
 
 
 def make_task(cfg: SimConfig) -> Task:
-    """Build the task named by `cfg.task`."""
+    """Build the task named by `cfg.task`: a built-in name (`TASKS`) or a plug-in's import path
+    `MODULE:ATTR` / `PATH.py:ATTR` (`divjax.plugins`)."""
+    from divjax import plugins
+
+    if plugins.is_plugin(cfg.task):
+        return plugins.built(cfg.task, "task", plugins.load(cfg.task, "task"), cfg, Task)
     if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is unknown: choose one of {sorted(TASKS)}")
+        raise ConfigError(f"task={cfg.task!r} is unknown: choose one of {sorted(TASKS)}, or "
+                          f"name your own builder as MODULE:ATTR (divjax.plugins)")
     return TASKS[cfg.task](cfg)

@@ -11,7 +11,7 @@ from divjax.algorithms.dpsgd import make_dpsgd
 from divjax.algorithms.epidemic import make_epidemic
 from divjax.algorithms.local_only import make_local_only
 from divjax.algorithms.swift import make_swift
-from divjax.config import SimConfig
+from divjax.config import ConfigError, SimConfig
 
 ALGORITHMS: dict[str, Callable[[SimConfig], Algorithm]] = {
     "divshare": make_divshare,
@@ -22,5 +22,22 @@ ALGORITHMS: dict[str, Callable[[SimConfig], Algorithm]] = {
     "local": make_local_only,
 }
 
+
+
+def make_algorithm(cfg: SimConfig) -> Algorithm:
+    """The Algorithm `cfg.algorithm` names: a built-in name (`ALGORITHMS`) or a plug-in's
+    import path `MODULE:ATTR` / `PATH.py:ATTR` (`divjax.plugins`)."""
+    from divjax import plugins
+
+    name = cfg.algorithm
+    if plugins.is_plugin(name):
+        return plugins.built(name, "algorithm", plugins.load(name, "algorithm"), cfg, Algorithm)
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algorithm={name!r} is unknown: choose one of {sorted(ALGORITHMS)}, "
+                          f"or name your own factory as MODULE:ATTR (divjax.plugins)")
+    return ALGORITHMS[name](cfg)
+
+
 __all__ = ["ALGORITHMS", "Algorithm", "Context", "divshare_routes", "make_adpsgd",
-           "make_divshare", "make_dpsgd", "make_epidemic", "make_local_only", "make_swift"]
+           "make_algorithm", "make_divshare", "make_dpsgd", "make_epidemic", "make_local_only",
+           "make_swift"]
