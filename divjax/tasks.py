@@ -113,3 +113,66 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
               "samples_per_node": samples_per_node, "heterogeneity": heterogeneity,
               "noise": noise, "optimal_loss": float(opt_loss)},
     )
+
+
+def classification_task(name: str, module: Any, x_train: np.ndarray, y_train: np.ndarray,
+                        x_test: np.ndarray, y_test: np.ndarray, cfg: SimConfig,
+                        seed: int = 0) -> Task:
+    """A classification task from a user's Flax module and numpy arrays (an IID partition).
+
+    module: a flax.linen Module mapping a batch of inputs (B, ...) to logits (B, classes);
+    x_train (N, ...), y_train (N,) int labels in [0, classes); x_test, y_test the same for
+    testing. The training examples are shuffled once with `seed` and dealt to the n nodes in
+    equal contiguous shards (the first N mod n nodes get one more). Loss: softmax cross-
+    entropy; metrics: "acc" (primary) and "loss" on the whole test set, for every node model
+    and the average model. Example: examples/own_model_task.py.
+    """
+    import optax
+
+    x_train, y_train = np.asarray(x_train, np.float32), np.asarray(y_train)
+    x_test, y_test = np.asarray(x_test, np.float32), np.asarray(y_test)
+    n, N = cfg.n_nodes, len(x_train)
+    if len(y_train) != N or len(x_test) != len(y_test) or len(x_test) == 0:
+        raise ValueError(f"task {name!r}: x_train/y_train have {N}/{len(y_train)} rows and "
+                         f"x_test/y_test {len(x_test)}/{len(y_test)}: they must match, and the "
+                         f"test set must not be empty")
+    if N < n:
+        raise ValueError(f"task {name!r}: {N} training examples cannot give each of "
+                         f"n_nodes={n} nodes one; use fewer nodes or more data")
+    if np.issubdtype(y_train.dtype, np.floating) or y_train.min() < 0:
+        raise ValueError(f"task {name!r}: y_train must hold integer class labels >= 0")
+    order = np.random.default_rng(seed).permutation(N)
+    shards = np.array_split(order, n)
+    size = np.array([len(s) for s in shards], np.int32)
+    table = np.zeros((n, size.max()), np.int32)
+    for i, s in enumerate(shards):      # host side, once
+        table[i, :len(s)] = s
+    xs, ys = jnp.asarray(x_train), jnp.asarray(y_train, jnp.int32)
+    xt, yt = jnp.asarray(x_test), jnp.asarray(y_test, jnp.int32)
+    node_idx, node_size = jnp.asarray(table), jnp.asarray(size)
+    B = cfg.batch_size
+
+    def init(key):
+        return module.init(key, xs[:1])
+
+    def xent(params, x, y):
+        logits = module.apply(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    def loss(params, batch):
+        return xent(params, batch["x"], batch["y"])[0]
+
+    def sample_batch(key, node):
+        j = jax.random.randint(key, (B,), 0, node_size[node])
+        idx = node_idx[node, j]
+        return {"x": xs[idx], "y": ys[idx]}
+
+    def evaluate(params, node):
+        del node    # one test set for every node and for the average model
+        value, logits = xent(params, xt, yt)
+        return {"acc": jnp.mean(jnp.argmax(logits, -1) == yt), "loss": value}
+
+    return Task(name=name, init=init, loss=loss, sample_batch=sample_batch, evaluate=evaluate,
+                metric_names=("acc", "loss"), primary="acc", higher_is_better=True,
+                info={"kind": "classification (user arrays)", "n_train": int(N),
+                      "n_test": int(len(x_test)), "samples_per_node": size.tolist()})
