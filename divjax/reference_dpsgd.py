@@ -16,8 +16,9 @@ D-PSGD docstring and ../shared/paper.md describe it:
   regions, and waits on the receiver's download link, served one at a time in the order the
   models reach it (ties: the smaller sender first);
 - the round lasts the slowest compute plus the later of (a) the upload rule: the slowest link's
-  time to send its model to all its neighbours plus the largest latency from any node to any
-  node, and (b) the moment the last model is received in full; rounded up to a tick once.
+  time to send its model to all its neighbours plus the largest latency from a node to another
+  (neighbours or not, as the D-PSGD docstring's "largest latency"), and (b) the moment the
+  last model is received in full; rounded up to a tick once.
 
 Every round has that length; at each round end every online node trains (the engine's per-node
 training function and batch keys: what a run's arithmetic and random draws are, shared as
@@ -89,9 +90,12 @@ def link_quantities(cfg: SimConfig, hp: HParams, fragment_bytes) -> dict:
 
 def upload_rule_subticks(sends: list[int], q: dict) -> int:
     """Sub-ticks of the upload rule: the slowest link sending its node's `sends[i]` models one
-    after another, plus the largest latency from any node to any node (0 if nothing is sent)."""
+    after another, plus the largest latency from a node to another (0 if nothing is sent; a
+    node sends nothing to itself, so a latency file's diagonal plays no part, issue 30)."""
     busy = max(m * u for m, u in zip(sends, q["up"], strict=True))
-    return busy + max(max(row) for row in q["pair"]) if busy > 0 else 0
+    n = len(sends)
+    largest = max(q["pair"][i][r] for i in range(n) for r in range(n) if r != i)
+    return busy + largest if busy > 0 else 0
 
 
 def exchange_subticks(adj: np.ndarray, q: dict) -> tuple[int, int]:
