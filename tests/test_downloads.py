@@ -225,8 +225,10 @@ def test_download_rules_script__processor_sharing_by_hand():
 
 
 def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
-    """The download table is built inside the vmapped init (Swift: its appended queues and the
-    FIFO, per grid point): a sweep's counters equal the single runs'."""
+    """`download_mbps` is a SimConfig field, not an HParams one (HParams holds `download_bps`):
+    `sweep` runs each value as its own group, compiled on its own, vmapped over seeds only.
+    Each group's rows equal the single runs' (the vmap over HParams.download_bps itself:
+    test_downloads__vmap_over_download_bps_equals_single_runs)."""
     from divjax.sweep import sweep
 
     cfg = download_config(algorithm="swift")
@@ -245,3 +247,25 @@ def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
                                           np.asarray(m[name]))
         delivered.append(float(m["msgs_delivered"][-1]))
     assert delivered[0] < delivered[1]     # the slower links deliver less within the run
+
+
+def test_downloads__vmap_over_download_bps_equals_single_runs():
+    """One compiled Swift run, vmapped over HParams.download_bps (the download table, Swift's
+    appended queues through the FIFO, built per row inside the vmapped init): each row is the
+    single run built for and called with those HParams, models and every counter bit for bit."""
+    from test_chunking import assert_counters_identical
+
+    cfg = download_config(algorithm="swift", duration_s=1.0)
+    slow = congested_hparams(cfg)
+    fast = congested_hparams(cfg, download=(4e4,) * 5)
+    run = make_run(cfg, hp=slow)
+    grid = jax.tree.map(lambda a, b: jnp.stack([a, b]), slow, fast)
+    states, _ = divjax.jit(jax.vmap(run, in_axes=(None, 0)))(jax.random.key(1), grid)
+    assert int(jnp.max(states.errors)) == 0
+    for row, hp in enumerate((slow, fast)):
+        _, one, _ = run_checked(cfg, hp)     # built for these HParams (its own sizing)
+        got = jax.tree.map(lambda x, r=row: x[r], states)
+        np.testing.assert_array_equal(np.asarray(got.params), np.asarray(one.params))
+        assert_counters_identical(got, one)
+    # the rows differ: the slow links hold models back
+    assert int(states.counters.delivered[0].sum()) < int(states.counters.delivered[1].sum())
