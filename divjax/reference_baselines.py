@@ -3,10 +3,11 @@ local-only): the oracle the tests compare the vectorized engine against.
 
 Like divjax.reference (DivShare), it runs one node and one message at a time from a heap of
 events and shares with the engine only what defines a run's random draws and arithmetic: the
-integer link timing (`network.link_table`, and the algorithm's `adjust_timing` for synchronous
-rounds), the fragment layout, the per-node local training function, the receivers of each
-iteration end (`swift_routes`, `adpsgd_routes`, `epidemic_routes`, drawn from the same keys) and
-the Metropolis-Hastings weights. Gathering, ring buffers, masked scatters, per-tick ping rings and
+integer link timing (`network.link_table`; the length of a synchronous round is derived
+independently, by `reference_dpsgd.sync_round_ticks`, not by the algorithm's `adjust_timing`),
+the fragment layout, the per-node local training function, the receivers of each iteration end
+(`swift_routes`, `adpsgd_routes`, `epidemic_routes`, drawn from the same keys) and the
+Metropolis-Hastings weights. Gathering, ring buffers, masked scatters, per-tick ping rings and
 the counters' tick ring are done here the plain way: each node's link is a FIFO of messages with
 an explicit "free at" sub-tick; a message appended at tick t starts at max(free at, t * R).
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from divjax import network
+from divjax import network, reference_dpsgd
 from divjax.algorithms import ALGORITHMS
 from divjax.algorithms.adpsgd import adpsgd_routes, pong_lost
 from divjax.algorithms.epidemic import epidemic_routes
@@ -68,10 +69,10 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     n, s, R, T = cfg.n_nodes, cfg.fanout, cfg.link_resolution, cfg.num_ticks
     layout = model_layout(cfg, task)
     K = layout.K
-    table = network.link_table(cfg, hp, layout.fragment_bytes)
-    if algo.adjust_timing is not None:
-        table = algo.adjust_timing(cfg, table)
-    table = jax.tree.map(np.asarray, table)
+    table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
+    if algo.synchronous:   # rounds of one length, derived independently of the engine's timing
+        table = table._replace(compute_ticks=np.full(
+            n, reference_dpsgd.sync_round_ticks(cfg, hp, layout.fragment_bytes), np.int32))
     c, lat = table.compute_ticks, table.latency_units
 
     def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'

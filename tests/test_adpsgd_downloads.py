@@ -32,6 +32,9 @@ def adpsgd_config(**changes):
 
 @pytest.mark.parametrize("delivery,inbox,loss,jitter,churn", [
     ("receiver_iteration", "latest", 0.0, 0.0, 0.0),
+    ("arrival_tick", "latest", 0.0, 0.0, 0.0),    # the "latest" look-ahead by arrival tick
+    ("receiver_iteration", "sum", 0.0, 0.0, 0.0),
+    ("arrival_tick", "latest", 0.2, 0.0, 0.0),
     ("arrival_tick", "sum", 0.2, 0.3, 0.0),
     ("receiver_iteration", "latest", 0.0, 0.0, 0.2)])
 def test_adpsgd_downloads__engine_equals_reference_simulator(delivery, inbox, loss, jitter,

@@ -1,5 +1,8 @@
 """`SimConfig.iteration_chunk` never changes a result: for every registered algorithm, finishing
-nodes handled in chunks of 2 give the models and counters of handling them all at once.
+nodes handled in chunks of 2 give the models and every counter (`assert_counters_identical`:
+sent, dropped, delivered, replaced, lost and their tick rings) of handling them all at once.
+With message loss, so that `lost` is counted; under the "latest" inbox rule, so that `replaced`
+is where an algorithm replaces.
 
 The synchronous algorithms (D-PSGD, Epidemic Learning) end every node's round at the same tick,
 so their mixing spans every chunk: each chunk must still mix with the post-training models of
@@ -40,7 +43,8 @@ def final_state(cfg, hp):
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_iteration_chunk__equals_every_finishing_node_at_once(algorithm):
     cfg = tiny_config(algorithm=algorithm, n_nodes=N, n_fragments=3, fanout=2, duration_s=1.0,
-                      eval_every_s=1.0, same_init=False, local_steps=1)
+                      eval_every_s=1.0, same_init=False, local_steps=1,
+                      loss_rate=0.0 if algorithm == "local" else 0.2)
     hp = hparams(cfg)
     try:
         engine, chunked = final_state(cfg.replace(iteration_chunk=2), hp)
@@ -51,11 +55,21 @@ def test_iteration_chunk__equals_every_finishing_node_at_once(algorithm):
     assert engine.cfg.train_capacity > 2  # the finishers of a tick span several chunks
     np.testing.assert_allclose(np.asarray(chunked.params), np.asarray(whole.params),
                                rtol=1e-5, atol=1e-5)
-    for field in ("sent", "dropped", "delivered"):
-        np.testing.assert_array_equal(np.asarray(getattr(chunked.counters, field)),
-                                      np.asarray(getattr(whole.counters, field)), err_msg=field)
+    assert_counters_identical(chunked, whole)
     np.testing.assert_array_equal(np.asarray(chunked.iterations), np.asarray(whole.iterations))
     assert int(chunked.errors) == int(whole.errors) == 0
     assert int(np.min(whole.iterations)) >= 2  # every node ended several iterations (rounds)
-    if algorithm != "local":
+    if algorithm != "local":   # the counters compared are not all zeros
         assert int(np.sum(whole.counters.delivered)) > 0
+        assert int(np.sum(whole.counters.lost)) > 0
+    if algorithm in ("divshare", "swift", "adpsgd"):   # appended/replaced queues, "latest"
+        assert int(np.sum(whole.counters.replaced)) > 0
+
+
+def assert_counters_identical(state, base) -> None:
+    """Every field of `state.counters` (totals and tick rings) equals `base`'s exactly."""
+    fields = state.counters._fields
+    assert {"sent", "dropped", "delivered", "replaced", "lost"} <= set(fields)
+    for name in fields:
+        np.testing.assert_array_equal(np.asarray(getattr(state.counters, name)),
+                                      np.asarray(getattr(base.counters, name)), err_msg=name)

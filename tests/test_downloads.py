@@ -220,57 +220,15 @@ def test_download_rules_script__processor_sharing_by_hand():
     assert lost.tolist() == [False, True] and fin[0] == pytest.approx(16)
 
 
-def test_dpsgd_downloads__a_round_lasts_until_the_last_model_is_received():
-    """D-PSGD's round with download limits, computed by hand from the link table: every node
-    sends to its neighbours in increasing id order; each receiver takes what reaches it first
-    come first served; the round is the slowest compute plus the later of the upload rule and
-    the last model received, rounded up to a tick once."""
-    from divjax.algorithms.dpsgd import make_dpsgd
-    from divjax.network import link_table
-    from divjax.topology import adjacency
-
-    cfg = download_config(algorithm="dpsgd", topology="ring")
-    hp = congested_hparams(cfg)
-    layout = make_run(cfg, hp=hp).engine.layout
-    table = jax.tree.map(np.asarray, link_table(cfg, hp, layout.fragment_bytes))
-    adj, R, n = adjacency(cfg), cfg.link_resolution, cfg.n_nodes
-    U, down = table.msg_units.sum(1), table.down_units.sum(1)
-    lat = lambda i, r: int(table.latency_units[i]) + int(  # noqa: E731
-        table.region_units[table.region[i], table.region[r]])
-    reach = {r: [] for r in range(n)}
-    for i in range(n):
-        for m, r in enumerate(np.flatnonzero(adj[i])):
-            reach[int(r)].append(((m + 1) * int(U[i]) + lat(i, r), i))
-    last = 0
-    for r, msgs in reach.items():
-        free = 0
-        for a, _ in sorted(msgs):
-            free = max(a, free) + int(down[r])
-            last = max(last, free)
-    upload = max(int(adj[i].sum()) * int(U[i]) for i in range(n)) + max(
-        lat(i, r) for i in range(n) for r in range(n))
-    want = int(table.compute_ticks.max()) + -(-max(upload, last) // R)
-    got = np.asarray(make_dpsgd(cfg).adjust_timing(cfg, table).compute_ticks)
-    np.testing.assert_array_equal(got, np.full(n, want))
-    assert last > upload    # the download links set this round
-
-
-def test_dpsgd_downloads__engine_equals_reference_and_unlimited_gives_the_bits():
-    cfg = download_config(algorithm="dpsgd", topology="ring")
-    hp = congested_hparams(cfg)
-    run, state, _ = run_checked(cfg, hp)
-    ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1))
-    assert_equals_reference(state, ref)
-    _, free, _ = run_checked(cfg.replace(download_mbps=0.0), hp)
-    assert int(state.iterations[0]) < int(free.iterations[0])   # longer rounds
-    fast = cfg.replace(download_mbps=1e9)
-    _, fast_state, _ = run_checked(fast, congested_hparams(fast, download=(1e15,) * 5))
-    assert_same_run(fast_state, free)
+# (D-PSGD's rounds with download limits: tests/test_dpsgd_downloads.py, against an independent
+# reference)
 
 
 def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
-    """The download table is built inside the vmapped init (Swift: its appended queues and the
-    FIFO, per grid point): a sweep's counters equal the single runs'."""
+    """`download_mbps` is a SimConfig field, not an HParams one (HParams holds `download_bps`):
+    `sweep` runs each value as its own group, compiled on its own, vmapped over seeds only.
+    Each group's rows equal the single runs' (the vmap over HParams.download_bps itself:
+    test_downloads__vmap_over_download_bps_equals_single_runs)."""
     from divjax.sweep import sweep
 
     cfg = download_config(algorithm="swift")
@@ -289,3 +247,25 @@ def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
                                           np.asarray(m[name]))
         delivered.append(float(m["msgs_delivered"][-1]))
     assert delivered[0] < delivered[1]     # the slower links deliver less within the run
+
+
+def test_downloads__vmap_over_download_bps_equals_single_runs():
+    """One compiled Swift run, vmapped over HParams.download_bps (the download table, Swift's
+    appended queues through the FIFO, built per row inside the vmapped init): each row is the
+    single run built for and called with those HParams, models and every counter bit for bit."""
+    from test_chunking import assert_counters_identical
+
+    cfg = download_config(algorithm="swift", duration_s=1.0)
+    slow = congested_hparams(cfg)
+    fast = congested_hparams(cfg, download=(4e4,) * 5)
+    run = make_run(cfg, hp=slow)
+    grid = jax.tree.map(lambda a, b: jnp.stack([a, b]), slow, fast)
+    states, _ = divjax.jit(jax.vmap(run, in_axes=(None, 0)))(jax.random.key(1), grid)
+    assert int(jnp.max(states.errors)) == 0
+    for row, hp in enumerate((slow, fast)):
+        _, one, _ = run_checked(cfg, hp)     # built for these HParams (its own sizing)
+        got = jax.tree.map(lambda x, r=row: x[r], states)
+        np.testing.assert_array_equal(np.asarray(got.params), np.asarray(one.params))
+        assert_counters_identical(got, one)
+    # the rows differ: the slow links hold models back
+    assert int(states.counters.delivered[0].sum()) < int(states.counters.delivered[1].sum())
