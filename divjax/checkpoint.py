@@ -319,7 +319,7 @@ def drive(engine: Engine, key: jax.Array, hp: HParams, run_dir: Path | None = No
         while c < last:
             state, pending = advance(state, hp)
             m = jax.device_get(pending)
-            check_state(state, cfg)
+            check_state(state, cfg, hp)
             history.append(m)
             pending = None
             c += 1
