@@ -2,6 +2,8 @@
 one-line error naming the flag and the fix (or a correct result). Nothing here compiles a
 simulation."""
 
+import errno
+from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -158,3 +160,88 @@ def test_help__feature_algorithm_lists_match_the_registry_and_the_checks():
                     base.replace(**on[field])
     for field in ("loss_rate", "loss_file", "churn_rate"):   # the stale lists of issue 30
         assert "(DivShare" not in docs[field] and "DivShare and local" not in docs[field]
+
+
+# ----------------------------------------------------------------------------- make_trace.py
+
+
+def _make_trace_module():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "make_trace.py"
+    spec = importlib.util.spec_from_file_location("make_trace", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("argv,says", [(["--step", "0"], "--step 0: give a positive"),
+                                       (["--step", "0.005"], "multiple of 0.01"),
+                                       (["--n", "0"], "--n 0"),
+                                       (["--stragglers", "9"], "--stragglers 9"),
+                                       (["--change", "1.5"], "--change 1.5")])
+def test_make_trace__bad_flags_are_one_line_errors(tmp_path, capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        _make_trace_module().main(["--out", str(tmp_path / "t.csv"), *argv])
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_make_trace__creates_a_missing_folder_and_refuses_a_directory(tmp_path, capsys):
+    mod = _make_trace_module()
+    mod.main(["--out", str(tmp_path / "new" / "sub" / "t.csv")])
+    assert (tmp_path / "new" / "sub" / "t.csv").read_text() == mod.make_trace()
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path)])
+    assert "is a directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- tfds offline
+
+
+@pytest.fixture
+def unprepared_tfds(monkeypatch):
+    """tfds without the data set prepared; a download attempt fails the test."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def data_source(name, split=None, data_dir=None, download=True):
+        calls.append(download)
+        if download:
+            raise AssertionError("a download started: it retries offline for minutes")
+        raise NotImplementedError("not prepared")
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    return calls
+
+
+def test_tfds__unprepared_without_tensorflow_fails_at_once(monkeypatch, unprepared_tfds):
+    import importlib.util
+
+    from divjax import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "tensorflow" else real(n, *a))
+    with pytest.raises(ConfigError, match=r"no prepared 'cifar10'.*needs TensorFlow.*--data-dir"):
+        data.load_cifar10("tfds:/nowhere")
+    assert unprepared_tfds == [False]
+
+
+def test_tfds__unprepared_offline_fails_at_once(monkeypatch, unprepared_tfds):
+    import importlib.util
+    import socket
+
+    from divjax import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "tensorflow" else real(n, *a))
+
+    def offline(*a, **k):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(ConfigError, match=r"files\.grouplens\.org is unreachable"):
+        data.load_movielens("tfds")
+    assert unprepared_tfds == [False]
