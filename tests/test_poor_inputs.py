@@ -245,3 +245,67 @@ def test_tfds__unprepared_offline_fails_at_once(monkeypatch, unprepared_tfds):
     with pytest.raises(ConfigError, match=r"files\.grouplens\.org is unreachable"):
         data.load_movielens("tfds")
     assert unprepared_tfds == [False]
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+class _Mgr:
+    def wait_until_finished(self):
+        raise ValueError("RESOURCE_EXHAUSTED: again [os_error_code='28']")
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def own_hooks(monkeypatch):
+    """A write failure quiets orbax's repeats for the rest of the process: undo it after."""
+    import logging
+    import sys
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    absl = logging.getLogger("absl")
+    before = list(absl.filters)
+    yield
+    absl.filters[:] = before
+
+
+def test_checkpoint__storage_errors_become_one_line(tmp_path, own_hooks):
+    from divjax.checkpoint import CheckpointWriteError, _write_errors_as_one
+
+    tmp = tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "half").write_text("x")
+    with (pytest.raises(CheckpointWriteError, match=r"step 40 could not be written to .*"
+                                                     r"\(No space left on device\)$"),
+          _write_errors_as_one(tmp_path, 40, _Mgr())):
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": Failed to write '
+                         "2069 bytes to file 8: No space left on device [os_error_code='28']"
+                         "\nmore lines")
+    assert not tmp.exists()   # the half-written step is gone: its space is free again
+    with pytest.raises(ValueError, match="unrelated"), _write_errors_as_one(tmp_path, 41, _Mgr()):
+        raise ValueError("unrelated")
+
+
+def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_path,
+                                                                  monkeypatch, own_hooks):
+    """orbax failing with ENOSPC: one line on stderr, the run goes on and writes metrics."""
+    import orbax.checkpoint as ocp
+
+    def full(self, step, *a, **k):
+        if step > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, *a, **k)
+
+    real = ocp.CheckpointManager.save
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    out = tmp_path / "r"
+    assert cli.main(["run", *SMALL, "--algorithm", "local", "--checkpoint-every", "0.25",
+                     "--quiet", "--out",
+                     str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "could not be written" in err[0], err
+    assert "No space left on device" in err[0] and "checkpointing stops" in err[0]
+    assert (out / "metrics.json").is_file() and (out / "summary.md").is_file()
