@@ -217,6 +217,25 @@ def cmd_run(args) -> int:
     if args.resume is not None:
         extra["resumed"] = True
     info = dict(task.info, primary=primary)
+    try:
+        _write_results(out, cfg, hp, metrics, info, extra, primary, layout, task, wall, args,
+                       report.format_table(metrics, cols))
+    except OSError as e:   # a full disk: one line, not a traceback (the table is printed above)
+        what = f"{Path(e.filename).name}: " if e.filename else ""
+        print(f"divjax: error: the results could not all be written to {out} "
+              f"({what}{e.strerror or e}): free space or choose another --out; the metrics "
+              f"table is printed above", file=sys.stderr)
+        return 1
+    print(f"divjax: {wall:.1f} s wall; wrote {out}/ (config.json, metrics.json, metrics.csv, "
+          f"plot.png, summary.md)")
+    return 0
+
+
+def _write_results(out, cfg, hp, metrics, info, extra, primary, layout, task, wall, args,
+                   table) -> None:
+    """OUT/config.json, metrics.*, plot.png (`report.write_run_dir`) and summary.md."""
+    from divjax import report
+
     report.write_run_dir(out, cfg, hp, metrics, info, extra)
     final = float(np.asarray(metrics[f"{primary}_mean"])[-1])
     (out / "summary.md").write_text(
@@ -226,10 +245,7 @@ def cmd_run(args) -> int:
         f"- final {primary} (mean over nodes): {final:.4f}\n"
         f"- wall time: {wall:.1f} s on {jax.devices()[0].device_kind}"
         f"{' (this session, resumed from a checkpoint)' if args.resume is not None else ''}\n\n"
-        f"```\n{report.format_table(metrics, cols)}\n```\n")
-    print(f"divjax: {wall:.1f} s wall; wrote {out}/ (config.json, metrics.json, metrics.csv, "
-          f"plot.png, summary.md)")
-    return 0
+        f"```\n{table}\n```\n")
 
 
 def _write_pending_config(out: Path, cfg: SimConfig, seed: int) -> None:

@@ -18,7 +18,13 @@ import numpy as np
 from flax import struct
 
 from divjax.compute_schedule import compute_spread_factors
-from divjax.config_checks import FANOUT_NEEDED, ConfigError, check_config  # noqa: F401
+from divjax.config_checks import (  # noqa: F401
+    FANOUT_NEEDED,
+    MODELLED_BY,
+    ConfigError,
+    check_config,
+    modelled_by,
+)
 
 # The DivShare authors' Kollaps topology (paper.md): 7 communication stragglers among 60 nodes.
 PAPER_STRAGGLER_MBPS = (12.0, 12.0, 12.0, 13.0, 10.0, 13.0, 11.0)
@@ -94,9 +100,9 @@ class SimConfig:
     latency_file: str = ""           # CSV, n rows of n values: one-way latency added from node
     #                                  i (row) to node j (column), ms; replaces the regions
     loss_rate: float = 0.0           # probability that a sent message is lost on its way
-    #                                  (each independently; DivShare, Swift); 0 = none
+    #                                  (each independently); 0 = none
     loss_file: str = ""              # CSV, n rows of n loss probabilities in [0, 1) (row i: from
-    #                                  node i to each node j): per-link loss instead (DivShare)
+    #                                  node i to each node j): per-link loss instead
     compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     compute_spread: float = 0.0      # heterogeneous compute: node i takes compute_s *
@@ -105,11 +111,9 @@ class SimConfig:
     compute_seed: int = 0            # seed of those draws (numpy; the run's key is separate)
     compute_jitter: float = 0.0      # per-iteration jitter: iteration k of node i takes its
     #                                  compute time * exp(s z - s^2 / 2), z ~ N(0, 1) clipped to
-    #                                  [-3, 3], drawn from the run's key (not D-PSGD,
-    #                                  Epidemic); 0 = fixed times
+    #                                  [-3, 3], drawn from the run's key; 0 = fixed times
     churn_rate: float = 0.0          # churn: mean fraction of the time a node is offline
-    #                                  (exponential on/off times from the run's key; DivShare
-    #                                  and local); 0 = none
+    #                                  (exponential on/off times from the run's key); 0 = none
     churn_mean_s: float = 1.0        # churn: mean length of an offline interval, seconds
     iteration_slots: int = 0         # jitter, churn: iteration ends tabled per node; 0 = auto
     trace_file: str = ""             # CSV of every node's compute time, availability and
@@ -149,8 +153,9 @@ class SimConfig:
 
 def field_help() -> dict[str, str]:
     """{field name: its documentation}: the trailing `# ...` comment of every SimConfig field
-    (and its indented continuation lines), read from this module's source. The one source of
-    the CLI's flag help (`divjax run --help`)."""
+    (and its indented continuation lines), read from this module's source, and for a feature
+    the algorithms that model it (`config_checks.MODELLED_BY`, which the checks enforce). The
+    one source of the CLI's flag help (`divjax run --help`)."""
     return dict(_field_help())
 
 
@@ -177,6 +182,8 @@ def _field_help() -> dict[str, str]:
             out[current] += " " + m.group(1).strip()
             continue
         current = None
+    for name in MODELLED_BY:
+        out[name] = (out.get(name, "") + f" [modelled by: {modelled_by(name)}]").strip()
     return out
 
 

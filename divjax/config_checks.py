@@ -24,6 +24,30 @@ FANOUT_NEEDED = {
 }
 
 
+# Every algorithm name (`divjax.algorithms.ALGORITHMS`; a test checks they agree) and, for
+# each feature field, the algorithms that model it. The one source of the refusals below and
+# of the features' --help (`config.field_help`); the README's "which algorithm models what".
+ALGORITHM_NAMES = ("divshare", "swift", "adpsgd", "dpsgd", "epidemic", "local")
+SENDS_NOTHING = ("local",)   # a message feature is accepted and does nothing there
+_SENDERS = ("divshare", "swift", "adpsgd", "dpsgd", "epidemic")
+_ASYNC = ("divshare", "swift", "adpsgd", "local")   # dpsgd, epidemic: rounds of one length
+MODELLED_BY = {
+    "loss_rate": _SENDERS,
+    "loss_file": _SENDERS,
+    "churn_rate": ALGORITHM_NAMES,
+    "churn_mean_s": ALGORITHM_NAMES,
+    "compute_jitter": _ASYNC,
+    "trace_file": _ASYNC,
+    "download_mbps": ("divshare", "swift", "adpsgd", "dpsgd"),
+    "straggler_download_mbps": ("divshare", "swift", "adpsgd", "dpsgd"),
+}
+
+
+def modelled_by(field: str) -> str:
+    """'divshare, swift, ...': the algorithms that model the feature `field` (MODELLED_BY)."""
+    return ", ".join(MODELLED_BY[field])
+
+
 def check_config(self) -> None:   # self: a SimConfig (divjax.config)
     """Raise ConfigError for the first field whose type or value is invalid."""
     def bad(field, value, fix):
@@ -58,11 +82,12 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
             f"{self.n_stragglers}: give one per straggler, or one value for all")
     limited = self.download_mbps > 0 or any(m > 0 for m in self.straggler_download_mbps)
-    if limited and self.algorithm == "epidemic":
+    if limited and self.algorithm not in MODELLED_BY["download_mbps"] + SENDS_NOTHING:
         bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
-            "download limits are modelled for every algorithm but epidemic (its random fan-in "
-            "changes every round, and its rounds have one length): set --download-mbps 0 "
-            "--straggler-download-mbps 0")
+            f"download limits are modelled for every algorithm but epidemic (modelled by: "
+            f"{modelled_by('download_mbps')}; epidemic's random fan-in changes every round, "
+            f"and its rounds have one length): set --download-mbps 0 "
+            f"--straggler-download-mbps 0")
 
     if any(not (m > 0) for m in self.straggler_mbps):
         bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
@@ -84,10 +109,10 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
         bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
     if not (math.isfinite(self.churn_mean_s) and self.churn_mean_s > 0):
         bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
-    if self.compute_jitter and self.algorithm in ("dpsgd", "epidemic"):
+    if self.compute_jitter and self.algorithm not in MODELLED_BY["compute_jitter"]:
         bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
             "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
-            "algorithm (divshare, swift, adpsgd, local)")
+            f"algorithm ({modelled_by('compute_jitter')})")
     if self.trace_file:
         check_trace_fields(self, bad)
     if self.latency_ms < 0:
@@ -153,10 +178,10 @@ def check_trace_fields(self, bad) -> None:
     if not os.path.isfile(self.trace_file):
         bad("trace_file", self.trace_file, "no such file: give a CSV trace (format: "
             "divjax/traces.py; scripts/make_trace.py writes one)")
-    if self.algorithm in ("dpsgd", "epidemic"):
+    if self.algorithm not in MODELLED_BY["trace_file"]:
         bad("trace_file", self.trace_file, f"algorithm={self.algorithm!r} runs synchronous "
-            "rounds of one length: use an asynchronous algorithm (divshare, swift, adpsgd, "
-            "local) with a trace")
+            f"rounds of one length: use an asynchronous algorithm ({modelled_by('trace_file')}) "
+            "with a trace")
     for name, flag in (("compute_jitter", "--compute-jitter 0"), ("churn_rate",
                        "--churn-rate 0"), ("compute_spread", "--compute-spread 0")):
         if getattr(self, name):
@@ -201,3 +226,38 @@ def check_types(self) -> None:
                               f"{type(v).__name__}")
         if fixed is not v:
             object.__setattr__(self, f.name, fixed)
+
+
+def check_link_clock(cfg, hp, fragment_bytes) -> None:
+    """ConfigError, before anything compiles, when a bandwidth is so low that one message's
+    transfer overflows the int32 link clock (the bound `network.clock_fits` checks inside
+    the run): names the flags and the smallest bandwidth that fits. cfg a SimConfig, hp its
+    HParams (leaves may carry sweep axes), fragment_bytes (K,) the bytes of each fragment."""
+    limit = 2.0**30
+    R, tick = cfg.link_resolution, cfg.tick_s
+    M = max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
+    biggest = float(np.max(fragment_bytes))
+    room = limit - (cfg.num_ticks + 1.0) * R   # uploads share the clock with the run's ticks
+    links = [("upload_bps", room, "--fast-mbps / --straggler-mbps")]
+    if cfg.download_mbps > 0 or any(m > 0 for m in cfg.straggler_download_mbps):
+        links.append(("download_bps", limit, "--download-mbps / --straggler-download-mbps"))
+    for name, space, flags in links:
+        bps = np.asarray(getattr(hp, name), np.float64)
+        need = biggest * R * M / (tick * space) if space > 0 else math.inf   # bytes/s
+        slow = float(np.min(bps))
+        if slow > 0 and math.isfinite(slow) and slow <= need:
+            where = f"a trace ({cfg.trace_file}) gives" if cfg.trace_file else "the run has"
+            raise ConfigError(
+                f"{flags}: {where} a link of {slow * 8 / 1e6:.3g} Mbit/s, too slow for the "
+                f"int32 link clock (a {biggest:.0f}-byte message would take "
+                f"{biggest / slow:.3g} s): every bandwidth must be above "
+                f"{_round_up(need * 8 / 1e6)} Mbit/s here (or raise --tick-s / lower "
+                f"--link-resolution)")
+
+
+def _round_up(x: float) -> str:
+    """x rounded up to 3 significant digits, as text."""
+    if not (x > 0 and math.isfinite(x)):
+        return f"{x:g}"
+    e = math.floor(math.log10(x)) - 2
+    return f"{math.ceil(x / 10**e * (1 + 1e-9)) * 10**e:.3g}"

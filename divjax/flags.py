@@ -118,7 +118,58 @@ def prepare_out(out: Path | None, default_name: str, overwrite: bool = False) ->
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The preset's config with the flags given; flags that the result would silently ignore
+    are refused (`check_flag_combinations`)."""
     base = presets.get_preset(args.preset)
     fields = {f.name for f in dataclasses.fields(SimConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields}
-    return dataclasses.replace(base, **overrides)
+    cfg = dataclasses.replace(base, **overrides)
+    swept = {g.split("=", 1)[0].strip().replace("-", "_") for g in getattr(args, "grid", [])}
+    check_flag_combinations(cfg, set(overrides), swept)
+    return cfg
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()) -> None:
+    """ConfigError for a flag in `given` (SimConfig field names set on the command line) whose
+    value the run would drop without a word: straggler values beyond the stragglers, region
+    latencies without regions, regions next to a latency file. Fields in `swept` (a sweep's
+    --grid) vary per point and are not judged here."""
+    if not swept & {"n_stragglers", "straggler_share"}:
+        _check_straggler_counts(cfg, given)
+    if "latency_regions" in swept or "latency_file" in swept:
+        return
+    if cfg.latency_file and cfg.latency_regions > 1:
+        raise ConfigError(
+            f"--latency-file {cfg.latency_file} gives every pair's latency and replaces the "
+            f"regions, but --latency-regions is {cfg.latency_regions}"
+            f"{'' if 'latency_regions' in given else ' (from the preset)'}: add "
+            f"--latency-regions 1 --inter-region-ms 0, or drop --latency-file")
+    if ("inter_region_ms" in given and cfg.inter_region_ms > 0 and cfg.latency_regions == 1
+            and "inter_region_ms" not in swept):
+        fix = ("--latency-file replaces it: drop --inter-region-ms" if cfg.latency_file else
+               "add --latency-regions G (G >= 2 regions), or drop --inter-region-ms")
+        raise ConfigError(f"--inter-region-ms {cfg.inter_region_ms:g} is the latency between "
+                          f"regions, but --latency-regions is 1 (no regions): {fix}")
+
+
+def _check_straggler_counts(cfg: SimConfig, given: set) -> None:
+    """Straggler flags given with more values than stragglers, or with no stragglers at all."""
+    k = cfg.n_stragglers
+    for name in ("straggler_mbps", "straggler_download_mbps"):
+        values = getattr(cfg, name)
+        if name not in given or (name == "straggler_download_mbps" and not any(values)):
+            continue
+        if k == 0:
+            raise ConfigError(f"{_flag(name)} {_show(values)} is unused: --n-stragglers is 0 "
+                              f"(no stragglers): add --n-stragglers N, or drop {_flag(name)}")
+        if len(values) > 1 and len(values) != k:
+            raise ConfigError(
+                f"{_flag(name)} has {len(values)} values but --n-stragglers is {k}: give one "
+                f"value per straggler ({k}), or a single value that every straggler gets")
+    if "straggler_compute_factor" in given and cfg.straggler_compute_factor != 1 and k == 0:
+        raise ConfigError(f"--straggler-compute-factor {cfg.straggler_compute_factor:g} is "
+                          f"unused: --n-stragglers is 0 (no stragglers): add --n-stragglers N")

@@ -391,7 +391,7 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     history = []
     for c in range(done_chunks, last):
         state, metrics = advance(state, hp)
-        check_state(state, engine.cfg)
+        check_state(state, engine.cfg, hp)
         metrics = jax.device_get(metrics)
         history.append(metrics)
         if progress is not None:

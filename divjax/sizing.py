@@ -18,6 +18,7 @@ from divjax import network
 from divjax.algorithms import Algorithm
 from divjax.compute_schedule import has_table, longest_ticks, slots_needed
 from divjax.config import ConfigError, HParams, SimConfig
+from divjax.config_checks import check_link_clock
 from divjax.flat import FragmentLayout, make_layout
 from divjax.memory import available_memory_bytes, compiled_memory, memory_model
 from divjax.tasks import Task
@@ -66,6 +67,7 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     smallest values that fit; explicit values are checked). Raises ConfigError with the fix.
     """
     network.check_network(cfg, hp)
+    check_link_clock(cfg, hp, layout.fragment_bytes)   # names the flags, before compiling
     table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
     if algo is not None and algo.adjust_timing is not None:
         table = algo.adjust_timing(cfg, table)

@@ -98,9 +98,13 @@ class SimulationError(RuntimeError):
     """Something went wrong inside a run (NaN, ring or capacity overflow): what, and the fix."""
 
 
-def check_state(state: SimState, cfg: Any) -> None:
-    """Raise a clear error if the run raised any error flag (host side)."""
-    errors = np.asarray(jax.device_get(state.errors)).reshape(-1)
+def check_state(state: SimState, cfg: Any, hp: Any = None) -> None:
+    """Raise a clear error if the run raised any error flag (host side).
+
+    `hp` (the HParams the run was called with; optional) lets a divergence name the learning
+    rate that ran (it may differ from `cfg.lr`: a sweep point, `hp.replace(lr=...)`)."""
+    shaped = np.asarray(jax.device_get(state.errors))   # (), or sweep axes (..., H)
+    errors = shaped.reshape(-1)
     first = np.asarray(jax.device_get(state.first_error_tick)).reshape(-1)
     if not errors.any():
         return
@@ -110,7 +114,8 @@ def check_state(state: SimState, cfg: Any) -> None:
     if e & ERR_NONFINITE:
         node = int(np.asarray(jax.device_get(state.first_error_node)).reshape(-1)[i])
         msgs.append(f"node {node}'s model became NaN/inf at simulated time {when:.3f}s: "
-                    f"training diverged; lower --lr (now {cfg.lr}) or check the data")
+                    f"training diverged; lower --lr ({_lr_that_ran(hp, shaped.shape, i)}) "
+                    f"or check the data")
     if e & ERR_RING_TOO_SHORT:
         msgs.append("the delay ring is shorter than the longest message delay of these HParams: "
                     "build the run with these HParams (make_run(cfg, hp=hp)), or set "
@@ -132,3 +137,17 @@ def check_state(state: SimState, cfg: Any) -> None:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")
     raise SimulationError("; ".join(msgs))
+
+
+def _lr_that_ran(hp: Any, shape: tuple, i: int) -> str:
+    """The learning rate of the point that diverged (flat index i of error flags of `shape`):
+    hp.lr, picked by broadcasting it against the flags when it carries sweep axes."""
+    if hp is None:
+        return "the HParams.lr the run was called with; --lr only sets the default"
+    lr = np.asarray(jax.device_get(hp.lr), np.float64)
+    if lr.size == 1:
+        return f"the run's lr={float(lr.reshape(-1)[0]):g}"
+    try:   # a sweep: error flags (..., H) against lr (H,)
+        return f"that point's lr={float(np.broadcast_to(lr, shape).reshape(-1)[i]):g}"
+    except ValueError:
+        return f"the run's lr ranged over {lr.min():g}..{lr.max():g}"

@@ -261,10 +261,11 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
     t0, done = time.perf_counter(), 0
     for i, hi in enumerate(h_idx):
         for j, si in enumerate(s_idx):
-            errors, first, node, metrics = jax.block_until_ready(compiled(*take(hi, si)))
+            k, h = take(hi, si)
+            errors, first, node, metrics = jax.block_until_ready(compiled(k, h))
             errors, first, node = np.asarray(errors), np.asarray(first), np.asarray(node)
-            if status is None:
-                check_state(_Errs(errors, first, node), cfg)
+            if status is None:   # (Sb, Hb) flags; h.lr (Hb,) names the diverged point's lr
+                check_state(_Errs(errors, first, node), cfg, h)
             else:   # divergence is marked per point; ring or capacity overflows still raise
                 check_state(_Errs(errors & ~ERR_NONFINITE, first, node), cfg)
             err_blocks[i][j] = (errors.T, first.T, node.T)

@@ -58,7 +58,9 @@ def _tfds_dir(data_dir: str) -> str | None:
 
 
 def _tfds_source(name: str, split: str, data_dir: str | None):
-    """tfds.data_source(name), imported lazily; prepares the set if it is not there yet."""
+    """tfds.data_source(name), imported lazily; prepares the set if it is not there yet and
+    this machine can (TensorFlow installed, the download host reachable); else a ConfigError
+    at once."""
     try:
         import tensorflow_datasets as tfds
         if name.startswith("movielens"):
@@ -66,6 +68,18 @@ def _tfds_source(name: str, split: str, data_dir: str | None):
     except ImportError as e:
         raise ConfigError(f"--data-dir tfds needs tensorflow-datasets: pip install 'divjax[data]' "
                           f"(or give --data-dir a local copy) ({e})") from e
+    try:   # a prepared set (or tfds.testing.mock_data): no download, no network
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception:  # noqa: BLE001  (not prepared here: see whether it can be)
+        pass
+    why = _cannot_prepare(name)
+    if why:   # fail now: tfds would retry the download offline for minutes, deaf to SIGTERM
+        raise ConfigError(
+            f"tensorflow-datasets has no prepared {name!r} (data_dir={data_dir or 'default'}) "
+            f"and cannot prepare it here: {why}. Prepare it once where TensorFlow and the "
+            f"network are available (python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.data_source('{name}', split='{split}', download=True)\"), then point "
+            f"--data-dir tfds:<its data dir> at it; or give --data-dir a local copy")
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
     except Exception as e:  # noqa: BLE001  (download/prepare failures: say what and how)
@@ -74,6 +88,29 @@ def _tfds_source(name: str, split: str, data_dir: str | None):
             f"{data_dir or 'default'}): {type(e).__name__}: {e}. Preparing a TFDS data set needs "
             f"TensorFlow and the network; reading a prepared one does not. Prepare it once "
             f"elsewhere, or give --data-dir a local copy") from e
+
+
+# Where tfds downloads each set from (its builders' URLs): probed before a download starts.
+TFDS_HOSTS = {"cifar10": "www.cs.toronto.edu", "movielens/latest-small-ratings":
+              "files.grouplens.org", "movielens/100k-ratings": "files.grouplens.org"}
+
+
+def _cannot_prepare(name: str, timeout_s: float = 3.0) -> str | None:
+    """Why tfds cannot prepare `name` on this machine (no TensorFlow, or its download host
+    is unreachable within `timeout_s`), or None when it can try."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return "preparing a TFDS data set needs TensorFlow, which is not installed"
+    host = TFDS_HOSTS.get(name)
+    if host is None:
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as e:
+        return f"its download host {host} is unreachable ({e.strerror or e})"
+    return None
 
 
 def _records(source) -> list:

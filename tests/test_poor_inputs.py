@@ -1,0 +1,311 @@
+"""Issue 30, "poor cases": inputs that ran silently wrong, slowly, or with a traceback are a
+one-line error naming the flag and the fix (or a correct result). Nothing here compiles a
+simulation."""
+
+import errno
+from pathlib import Path
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from divjax import cli, config
+from divjax.config import ConfigError, SimConfig, default_hparams
+from divjax.state import ERR_NONFINITE, SimulationError, check_state
+
+SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
+         "2", "--duration-s", "1", "--eval-every-s", "0.25"]
+
+
+def error_line(capsys, argv, code=2) -> str:
+    """Run the CLI in-process; assert it exits with `code` and one `divjax: error:` line."""
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("divjax: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """Fail the test if anything builds an engine (loads data or compiles)."""
+    import divjax.sim
+
+    def boom(*a, **k):
+        raise AssertionError("make_engine was called: the error came too late")
+
+    monkeypatch.setattr(divjax.sim, "make_engine", boom)
+
+
+# ----------------------------------------------------------------------------- check_state
+
+
+class _Flags(NamedTuple):
+    errors: np.ndarray
+    first_error_tick: np.ndarray
+    first_error_node: np.ndarray
+
+
+def test_check_state__divergence_names_the_lr_that_ran_not_cfg_lr():
+    cfg = SimConfig(lr=0.05)
+    hp = default_hparams(cfg).replace(lr=jnp.float32(123.0))
+    one = _Flags(np.int32(ERR_NONFINITE), np.int32(7), np.int32(2))
+    with pytest.raises(SimulationError, match=r"lower --lr \(the run's lr=123\)") as e:
+        check_state(one, cfg, hp)
+    assert "0.05" not in str(e.value)
+    with pytest.raises(SimulationError, match="HParams.lr the run was called with") as e:
+        check_state(one, cfg)                       # no hp: never claims cfg.lr ran
+    assert "0.05" not in str(e.value)
+    # a sweep block: flags (S=2, H=3), lr (H,): the diverged point's own lr
+    errors = np.zeros((2, 3), np.int32)
+    errors[1, 2] = ERR_NONFINITE
+    grid = hp.replace(lr=jnp.asarray([0.1, 0.2, 0.3], jnp.float32))
+    with pytest.raises(SimulationError, match=r"that point's lr=0\.3\b"):
+        check_state(_Flags(errors, np.full((2, 3), 5), np.full((2, 3), 1)), cfg, grid)
+
+
+# ----------------------------------------------------------------------------- flags dropped
+
+
+@pytest.mark.parametrize("flag", ["--straggler-mbps", "--straggler-download-mbps"])
+def test_cli__more_straggler_values_than_stragglers(capsys, tmp_path, no_engine, flag):
+    line = error_line(capsys, ["run", *SMALL, "--n-stragglers", "2", flag, "1,2,3",
+                               "--out", str(tmp_path / "r")])
+    assert f"{flag} has 3 values but --n-stragglers is 2" in line
+    line = error_line(capsys, ["run", *SMALL, "--n-stragglers", "0", flag, "5",
+                               "--out", str(tmp_path / "r")])
+    assert f"{flag} 5 is unused" in line and "--n-stragglers N" in line
+    # a sweep over the straggler count judges no single count
+    args = cli.build_parser().parse_args(["sweep", *SMALL, "--n-stragglers", "2", flag,
+                                          "1,2,3", "--grid", "n_stragglers=3,4"])
+    from divjax.flags import config_from_args
+
+    assert config_from_args(args).n_stragglers == 2
+
+
+def test_cli__inter_region_ms_without_regions(capsys, tmp_path, no_engine):
+    line = error_line(capsys, ["run", *SMALL, "--inter-region-ms", "40",
+                               "--out", str(tmp_path / "r")])
+    assert "--inter-region-ms 40" in line and "--latency-regions" in line
+    from divjax.flags import config_from_args
+
+    args = cli.build_parser().parse_args(["run", *SMALL, "--inter-region-ms", "40",
+                                          "--latency-regions", "2"])
+    assert config_from_args(args).inter_region_ms == 40
+
+
+def test_cli__latency_file_with_regions(capsys, tmp_path, no_engine):
+    path = tmp_path / "lat.csv"
+    path.write_text("\n".join(",".join("0" for _ in range(4)) for _ in range(4)) + "\n")
+    line = error_line(capsys, ["run", *SMALL, "--latency-file", str(path),
+                               "--latency-regions", "2", "--out", str(tmp_path / "r")])
+    assert "--latency-file" in line and "--latency-regions is 2" in line
+    line = error_line(capsys, ["run", *SMALL, "--latency-file", str(path),
+                               "--inter-region-ms", "9", "--out", str(tmp_path / "r")])
+    assert "--inter-region-ms 9" in line and "--latency-file replaces it" in line
+    # the preset movielens-realworld has 4 regions: a file is refused there too, by name
+    line = error_line(capsys, ["run", "--preset", "movielens-realworld", "--latency-file",
+                               str(path), "--out", str(tmp_path / "r")])
+    assert "--latency-regions is 4 (from the preset)" in line
+
+
+# ----------------------------------------------------------------------------- link clock
+
+
+def test_download_too_slow_for_the_clock_is_refused_before_compiling(capsys, tmp_path):
+    from divjax.sim import make_run
+
+    cfg = SimConfig(n_nodes=4, n_fragments=2, fanout=2, local_steps=1, batch_size=4,
+                    duration_s=1.0, eval_every_s=0.5, compute_s=0.1, download_mbps=1e-9)
+    with pytest.raises(ConfigError, match=r"--download-mbps / --straggler-download-mbps.*"
+                                          r"above ([0-9.e+-]+) Mbit/s") as e:
+        make_run(cfg)   # builds (sizes) the run; never compiles
+    smallest = float(str(e.value).split("above ")[1].split(" ")[0])
+    make_run(cfg.replace(download_mbps=smallest))
+    with pytest.raises(ConfigError, match="--download-mbps"):
+        make_run(cfg.replace(download_mbps=smallest * 0.98))
+    with pytest.raises(ConfigError, match=r"--fast-mbps / --straggler-mbps"):
+        make_run(cfg.replace(download_mbps=0.0, fast_mbps=1e-9))
+    line = error_line(capsys, ["run", *SMALL, "--download-mbps", "1e-9", "--out",
+                               str(tmp_path / "r")])
+    assert "--download-mbps" in line and "Mbit/s here" in line
+
+
+# ----------------------------------------------------------------------------- help texts
+
+
+def test_help__feature_algorithm_lists_match_the_registry_and_the_checks():
+    """Every feature flag's help names exactly the algorithms that model it; every other
+    algorithm is refused (or sends nothing), so the help cannot go stale again."""
+    from divjax.algorithms import ALGORITHMS
+    from divjax.config_checks import ALGORITHM_NAMES, MODELLED_BY, SENDS_NOTHING
+
+    assert set(ALGORITHM_NAMES) == set(ALGORITHMS)
+    docs = config.field_help()
+    on = {"loss_rate": {"loss_rate": 0.1}, "churn_rate": {"churn_rate": 0.1},
+          "churn_mean_s": {"churn_rate": 0.1, "churn_mean_s": 2.0},
+          "compute_jitter": {"compute_jitter": 0.2}, "download_mbps": {"download_mbps": 5.0},
+          "straggler_download_mbps": {"straggler_download_mbps": (5.0,), "n_stragglers": 1}}
+    for field, algos in MODELLED_BY.items():
+        listed = docs[field].split("[modelled by: ")[1].rstrip("]").split(", ")
+        assert listed == list(algos), field
+        for name in ALGORITHMS:
+            if field not in on:
+                continue   # files: checked by test_traces / test_loss with real files
+            base = SimConfig(algorithm=name, n_nodes=4, fanout=2)
+            if name in algos or name in SENDS_NOTHING:
+                base.replace(**on[field])
+            else:
+                with pytest.raises(ConfigError):
+                    base.replace(**on[field])
+    for field in ("loss_rate", "loss_file", "churn_rate"):   # the stale lists of issue 30
+        assert "(DivShare" not in docs[field] and "DivShare and local" not in docs[field]
+
+
+# ----------------------------------------------------------------------------- make_trace.py
+
+
+def _make_trace_module():
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / "make_trace.py"
+    spec = importlib.util.spec_from_file_location("make_trace", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("argv,says", [(["--step", "0"], "--step 0: give a positive"),
+                                       (["--step", "0.005"], "multiple of 0.01"),
+                                       (["--n", "0"], "--n 0"),
+                                       (["--stragglers", "9"], "--stragglers 9"),
+                                       (["--change", "1.5"], "--change 1.5")])
+def test_make_trace__bad_flags_are_one_line_errors(tmp_path, capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        _make_trace_module().main(["--out", str(tmp_path / "t.csv"), *argv])
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_make_trace__creates_a_missing_folder_and_refuses_a_directory(tmp_path, capsys):
+    mod = _make_trace_module()
+    mod.main(["--out", str(tmp_path / "new" / "sub" / "t.csv")])
+    assert (tmp_path / "new" / "sub" / "t.csv").read_text() == mod.make_trace()
+    with pytest.raises(SystemExit):
+        mod.main(["--out", str(tmp_path)])
+    assert "is a directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- tfds offline
+
+
+@pytest.fixture
+def unprepared_tfds(monkeypatch):
+    """tfds without the data set prepared; a download attempt fails the test."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def data_source(name, split=None, data_dir=None, download=True):
+        calls.append(download)
+        if download:
+            raise AssertionError("a download started: it retries offline for minutes")
+        raise NotImplementedError("not prepared")
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    return calls
+
+
+def test_tfds__unprepared_without_tensorflow_fails_at_once(monkeypatch, unprepared_tfds):
+    import importlib.util
+
+    from divjax import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "tensorflow" else real(n, *a))
+    with pytest.raises(ConfigError, match=r"no prepared 'cifar10'.*needs TensorFlow.*--data-dir"):
+        data.load_cifar10("tfds:/nowhere")
+    assert unprepared_tfds == [False]
+
+
+def test_tfds__unprepared_offline_fails_at_once(monkeypatch, unprepared_tfds):
+    import importlib.util
+    import socket
+
+    from divjax import data
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "tensorflow" else real(n, *a))
+
+    def offline(*a, **k):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(ConfigError, match=r"files\.grouplens\.org is unreachable"):
+        data.load_movielens("tfds")
+    assert unprepared_tfds == [False]
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+class _Mgr:
+    def wait_until_finished(self):
+        raise ValueError("RESOURCE_EXHAUSTED: again [os_error_code='28']")
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def own_hooks(monkeypatch):
+    """A write failure quiets orbax's repeats for the rest of the process: undo it after."""
+    import logging
+    import sys
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    absl = logging.getLogger("absl")
+    before = list(absl.filters)
+    yield
+    absl.filters[:] = before
+
+
+def test_checkpoint__storage_errors_become_one_line(tmp_path, own_hooks):
+    from divjax.checkpoint import CheckpointWriteError, _write_errors_as_one
+
+    tmp = tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp"
+    tmp.mkdir(parents=True)
+    (tmp / "half").write_text("x")
+    with (pytest.raises(CheckpointWriteError, match=r"step 40 could not be written to .*"
+                                                     r"\(No space left on device\)$"),
+          _write_errors_as_one(tmp_path, 40, _Mgr())):
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": Failed to write '
+                         "2069 bytes to file 8: No space left on device [os_error_code='28']"
+                         "\nmore lines")
+    assert not tmp.exists()   # the half-written step is gone: its space is free again
+    with pytest.raises(ValueError, match="unrelated"), _write_errors_as_one(tmp_path, 41, _Mgr()):
+        raise ValueError("unrelated")
+
+
+def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_path,
+                                                                  monkeypatch, own_hooks):
+    """orbax failing with ENOSPC: one line on stderr, the run goes on and writes metrics."""
+    import orbax.checkpoint as ocp
+
+    def full(self, step, *a, **k):
+        if step > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, *a, **k)
+
+    real = ocp.CheckpointManager.save
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    out = tmp_path / "r"
+    assert cli.main(["run", *SMALL, "--algorithm", "local", "--checkpoint-every", "0.25",
+                     "--quiet", "--out",
+                     str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "could not be written" in err[0], err
+    assert "No space left on device" in err[0] and "checkpointing stops" in err[0]
+    assert (out / "metrics.json").is_file() and (out / "summary.md").is_file()
