@@ -1,8 +1,10 @@
 """Output folders that never lose anything: a claim, a manifest and atomic writes.
 
-    OUT/.divjax-lock            the claim of the folder by one running command: created with
-                                O_CREAT | O_EXCL (pid, host, start), removed when the command ends;
-                                a second run into OUT is refused while the first is alive
+    OUT/.divjax-lock            the claim of the folder by one running command (pid, host,
+                                start): an exclusive flock, taken atomically and dropped by the
+                                kernel when the process ends; the file is removed when the
+                                command ends; a second run into OUT is refused while the first
+                                is alive
     OUT/.divjax-manifest.json   every name divjax wrote into OUT (written atomically, and before
                                 the file it names): `--overwrite` removes those names and nothing
                                 else, and a file divjax would write that the manifest does not list
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -40,9 +43,8 @@ SWEEP_OUTPUTS = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", 
 COMPARE_OUTPUTS = ("compare.md", "compare.json", "compare.png")
 KNOWN = frozenset(RUN_OUTPUTS + SWEEP_OUTPUTS + COMPARE_OUTPUTS)
 
-_HELD: set[Path] = set()        # folders this process has claimed (and not released)
+_HELD: dict[Path, int] = {}     # folders this process has claimed -> their lock's descriptor
 _HELD_LOCK = threading.Lock()
-_CLAIM_LOCK = threading.Lock()  # one claim at a time per process (threads of one process)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -109,37 +111,36 @@ def write_output(out: Path, name: str, text: str) -> None:
 # ----------------------------------------------------------------------------- the claim
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _take_lock(out: Path) -> int:
+    """Lock OUT/.divjax-lock (flock, exclusive, non-blocking) and return its descriptor; a
+    ConfigError naming the holder if a live process holds it.
 
-
-def _take_lock(out: Path) -> None:
-    """Create OUT/.divjax-lock with O_EXCL; a lock of a dead process on this host is taken
-    over; a live one is a ConfigError."""
+    The kernel drops the lock when its process ends, however it ends, so a lock file left by a
+    killed run is simply taken over (no pid guessing); descriptors of one process conflict too,
+    so two threads cannot both claim a folder. After locking, the file must still be the one at
+    the path (a holder that released it in between unlinked it): otherwise try again."""
     path = out / LOCK
     body = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode()
-    for _ in range(3):
+    for _ in range(5):
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _stale(out, path):
-                break
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        return
-    raise ConfigError(f"--out {out} is in use by another divjax run ({_holder(path)}): wait for "
-                      f"it to finish or choose another --out (if no run uses it, delete "
-                      f"{path})")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"--out {out} is in use by another divjax run ({_holder(path)}): "
+                              f"wait for it to finish or choose another --out") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, body)
+            return fd
+        os.close(fd)
+    raise ConfigError(f"--out {out}: could not lock {path} (it keeps being replaced): choose "
+                      f"another --out")
 
 
 def _holder(path: Path) -> str:
@@ -150,42 +151,22 @@ def _holder(path: Path) -> str:
         return "its lock file is being written"
 
 
-def _stale(out: Path, path: Path) -> bool:
-    """True if the lock belongs to a process on this host that no longer runs (or to this
-    process, from a command that ended without releasing it)."""
-    try:
-        d = json.loads(path.read_text())
-        pid, host = int(d["pid"]), str(d["host"])
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError, KeyError, TypeError):
-        return False            # being written right now, or foreign: never taken over
-    if host != socket.gethostname():
-        return False
-    if pid == os.getpid():
-        with _HELD_LOCK:
-            return out.resolve() not in _HELD
-    return not _alive(pid)
-
-
 def release(out: Path) -> None:
-    """Remove this process's claim on `out` (no-op if it holds none)."""
+    """Remove this process's claim on `out` (no-op if it holds none): unlink the lock file
+    while still holding it, then unlock."""
     out = Path(out)
     with _HELD_LOCK:
-        key = out.resolve()
-        if key not in _HELD:
-            return
-        _HELD.discard(key)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        if int(json.loads((out / LOCK).read_text())["pid"]) == os.getpid():
-            (out / LOCK).unlink()
+        fd = _HELD.pop(out.resolve(), None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        (out / LOCK).unlink()
+    os.close(fd)
 
 
 def release_all() -> None:
     """Release every claim of this process (the end of a command; also at exit)."""
-    with _HELD_LOCK:
-        held = list(_HELD)
-    for p in held:
+    for p in claims():
         release(p)
 
 
@@ -233,10 +214,9 @@ def claim(out: Path, writes: Iterable[str] = tuple(sorted(KNOWN)), overwrite: bo
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    with _CLAIM_LOCK:
-        _take_lock(out)
-        with _HELD_LOCK:
-            _HELD.add(out.resolve())
+    fd = _take_lock(out)
+    with _HELD_LOCK:
+        _HELD[out.resolve()] = fd
     try:
         _check_and_clear(out, tuple(writes), overwrite, resume)
     except BaseException:

@@ -108,23 +108,30 @@ def test_claim__two_runs_into_one_out_at_once_one_is_refused(tmp_path):
     outdir.release(out)
 
 
-def test_claim__a_live_process_holds_it_a_dead_ones_lock_is_taken_over(tmp_path):
-    import socket
-
+def test_claim__a_live_process_holds_it_and_its_lock_file_is_taken_over_after_it_ends(
+        tmp_path):
+    """Another process holds OUT/.divjax-lock (as a running divjax does): refused, naming it;
+    once that process has ended (killed: its lock file is still there), the folder is free."""
     lock = tmp_path / outdir.LOCK
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    for pid, free in ((os.getppid(), False), (int(dead), True)):
-        lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(),
-                                    "started": "2026-01-01T00:00:00"}))
-        if free:
-            assert flags.prepare_out(tmp_path, "x") == tmp_path
-            assert json.loads(lock.read_text())["pid"] == os.getpid()
-            outdir.release(tmp_path)
-        else:
-            with pytest.raises(ConfigError, match=f"in use by another divjax run \\(pid {pid}"):
-                flags.prepare_out(tmp_path, "x")
-            assert json.loads(lock.read_text())["pid"] == pid     # left alone
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, json, os, sys; "
+         f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, json.dumps({'pid': os.getpid(), "
+         "'host': 'h', 'started': 's'}).encode()); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"in use by another divjax run \\(pid "
+                                              f"{holder.pid} on h"):
+            flags.prepare_out(tmp_path, "x")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.exists()
+    assert flags.prepare_out(tmp_path, "x") == tmp_path
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    outdir.release(tmp_path)
+    assert not lock.exists()
 
 
 def test_claim__the_cli_releases_it_when_the_command_ends(tmp_path, capsys,
