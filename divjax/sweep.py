@@ -103,6 +103,8 @@ def sweep_plan(grid: dict, seeds: int) -> dict:
     """The size of a sweep before anything runs: groups (one compilation each), configs per
     group, points, a rough compile time, and `large` (over LARGE_GROUPS groups or
     LARGE_COMPILE_S of compiling: `divjax sweep` then asks for --yes)."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} is invalid: use at least one seed")
     static, dynamic = split_grid(grid)
     groups = math.prod(len(v) for v in static.values())
     configs = math.prod(len(v) for v in dynamic.values())
