@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from divjax import presets
+from divjax import outdir, presets
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.flags import add_config_flags, config_from_args, prepare_out
 from divjax.xla_options import program_options
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     from divjax.sim import SimulationError
 
     args = build_parser().parse_args(argv)
+    claimed = outdir.claims()
     try:
         with sigterm_as_interrupt():
             if args.command == "presets":
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:
         print(f"\ndivjax: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
+    finally:   # the command's claim on its --out ends with it
+        outdir.release_since(claimed)
 
 
 def cmd_run(args) -> int:
@@ -116,14 +119,16 @@ def cmd_run(args) -> int:
         args.seed = seed
         if args.checkpoint_every is None:
             args.checkpoint_every = spec.get("checkpoint_every_s")
-        out = args.resume
+        out = prepare_out(args.resume, "", writes=outdir.RUN_OUTPUTS, resume=True,
+                          adopt=True)
     else:
         cfg = config_from_args(args)
         hp = default_hparams(cfg)
         out = None
         if not args.dry_run:   # found before any data is loaded or anything compiled
             out = prepare_out(args.out, time.strftime(
-                f"%Y%m%d-%H%M%S-{cfg.algorithm}-{cfg.task}"), args.overwrite)
+                f"%Y%m%d-%H%M%S-{cfg.algorithm}-{cfg.task}"), args.overwrite,
+                writes=outdir.RUN_OUTPUTS)
             _write_pending_config(out, cfg, args.seed)
     t0 = time.perf_counter()
     engine = make_engine(cfg, hp=hp)
@@ -156,9 +161,13 @@ def cmd_run(args) -> int:
         print(f"divjax: resuming {out} at simulated t={int(state.t) * cfg.tick_s:g}s "
               f"({len(history)}/{cfg.num_chunks} eval intervals done)")
     checkpointing = args.checkpoint_every is not None or args.resume is not None
+    if checkpointing:   # recorded before orbax and save_run_spec write them
+        outdir.record(out, checkpoint.RUN_SPEC, checkpoint.CHECKPOINT_DIR)
     if checkpointing and args.resume is None:
         checkpoint.save_run_spec(out, cfg, hp, args.seed,
                                  extra={"checkpoint_every_s": args.checkpoint_every})
+    if args.tensorboard:
+        outdir.record(out, "tensorboard")
     tb = _tensorboard_writer(out / "tensorboard") if args.tensorboard else None
 
     tty = sys.stdout.isatty()
@@ -238,7 +247,8 @@ def _write_results(out, cfg, hp, metrics, info, extra, primary, layout, task, wa
 
     report.write_run_dir(out, cfg, hp, metrics, info, extra)
     final = float(np.asarray(metrics[f"{primary}_mean"])[-1])
-    (out / "summary.md").write_text(
+    outdir.write_output(
+        out, "summary.md",
         f"# {cfg.algorithm} on {task.name}\n\n"
         f"- n={cfg.n_nodes}, Omega={layout.K}, s={cfg.fanout}, {cfg.n_stragglers} stragglers, "
         f"{cfg.duration_s:g} simulated seconds, seed {args.seed}\n"
@@ -253,7 +263,7 @@ def _write_pending_config(out: Path, cfg: SimConfig, seed: int) -> None:
     run rewrites it in full): proves OUT writable before data is loaded or code compiled."""
     import json
 
-    (out / "config.json").write_text(json.dumps(
+    outdir.write_output(out, "config.json", json.dumps(
         {"config": dataclasses.asdict(cfg), "seed": seed, "status": "running"}, indent=1,
         default=str))
 

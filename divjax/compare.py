@@ -106,7 +106,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Not jittable: host driver, file output."""
-    from divjax import report
+    from divjax import outdir, report
     from divjax.algorithms import ALGORITHMS
     from divjax.config import ConfigError, default_hparams
     from divjax.flags import config_from_args, prepare_out
@@ -121,7 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name in names:   # every algorithm's config is valid before anything runs
         base.replace(algorithm=name)
     out = prepare_out(args.out, time.strftime("%Y%m%d-%H%M%S-compare-" + base.task),
-                      args.overwrite)
+                      args.overwrite, writes=outdir.COMPARE_OUTPUTS)
     hp = default_hparams(base)  # the same network for every algorithm
     runs, task = {}, None
     for name in names:
@@ -147,12 +147,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{base.duration_s:g} simulated s, seed {args.seed}; target {primary} "
             f"{'>=' if task.higher_is_better else '<='} {target:.4g}\n\n")
     table = markdown_table(rows)
-    (out / "compare.md").write_text(head + table + "\n")
-    (out / "compare.json").write_text(json.dumps({
+    outdir.write_output(out, "compare.md", head + table + "\n")
+    outdir.write_output(out, "compare.json", json.dumps({
         "config": dataclasses.asdict(base), "seed": args.seed, "primary": primary,
         "target": target, "table": rows, "device": jax.devices()[0].device_kind,
         "metrics": {a: {k: np.asarray(v).tolist() for k, v in r["metrics"].items()
                         if k != "node"} for a, r in runs.items()}}, indent=1, default=str))
+    outdir.record(out, "compare.png")
     report.plot_runs([(a, r["metrics"]) for a, r in runs.items()], primary,
                      out / "compare.png")
     print(head + table)

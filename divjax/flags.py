@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import shutil
 from pathlib import Path
 
-from divjax import presets
+from divjax import outdir, presets
 from divjax.config import ConfigError, SimConfig, field_help
+from divjax.outdir import KNOWN
 
 
 def _parse_tuple(text: str) -> tuple:
@@ -67,19 +67,23 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                metavar="TEXT" if isinstance(default, str) else None, help=text)
 
 
-# Files and folders that mark a directory as holding results of divjax run, sweep or compare.
-RESULT_FILES = ("metrics.json", "metrics.csv", "metrics.jsonl", "summary.md", "summary.json",
-                "plot.png", "compare.md", "compare.json", "compare.png", "run.json",
-                "checkpoints", "tensorboard")
+# Files and folders divjax may write into a run, sweep or compare directory (outdir.KNOWN).
+RESULT_FILES = tuple(sorted(KNOWN))
 
 
-def prepare_out(out: Path | None, default_name: str, overwrite: bool = False) -> Path:
-    """Create (and return) the output directory of a command before anything is computed.
+def prepare_out(out: Path | None, default_name: str, overwrite: bool = False,
+                writes: tuple = RESULT_FILES, resume: bool = False,
+                adopt: bool = False) -> Path:
+    """Create and claim (return) the output directory of a command before anything is computed.
 
     Without `out`: runs/<default_name>, or -2, -3, ... when that exists (each name claimed with
     an atomic mkdir, so two runs started in the same second never share a directory). With
-    `out`: refused if it already holds results (RESULT_FILES) unless `overwrite`, which removes
-    those results first (never other files). A path that cannot be created is a ConfigError."""
+    `out`: `outdir.claim` (a lock file made with O_EXCL, so a second run into it is refused
+    while the first runs; results divjax recorded there refused unless `overwrite`, which
+    removes exactly those; files of `writes` that divjax did not write never replaced). The
+    claim ends with the command (`outdir.release_all`). A path that cannot be created is a
+    ConfigError. `resume` (`--resume DIR`): DIR is claimed without refusing its results;
+    `adopt` records the `writes` an older divjax left there without a manifest."""
     try:
         if out is None:
             base = Path("runs") / default_name
@@ -88,29 +92,12 @@ def prepare_out(out: Path | None, default_name: str, overwrite: bool = False) ->
                 cand = base if i == 1 else base.with_name(f"{base.name}-{i}")
                 try:
                     cand.mkdir()
-                    return cand
                 except FileExistsError:
                     continue
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--out {out} is a file, not a directory: choose another --out")
-        held = [name for name in RESULT_FILES if (out / name).exists()]
-        if held and not overwrite:
-            resume = (f", or `divjax run --resume {out}` to continue it"
-                      if "run.json" in held else "")
-            raise ConfigError(f"--out {out} already holds results ({', '.join(held)}): choose a "
-                              f"new --out, or add --overwrite to replace them{resume}")
-        for name in held:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".divjax-write-test"
-        probe.write_text("")
-        probe.unlink()
-        return out
+                return outdir.claim(cand, writes)
+        if adopt:
+            outdir.adopt(Path(out), writes)
+        return outdir.claim(Path(out), writes, overwrite=overwrite, resume=resume)
     except OSError as e:
         raise ConfigError(f"--out {out if out is not None else Path('runs') / default_name}: "
                           f"cannot write there ({e.strerror or e}): choose a writable "

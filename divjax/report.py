@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+
+from divjax import outdir
 
 SCALAR_SKIP = ("node",)
 
@@ -42,22 +45,31 @@ def format_table(metrics: dict, columns: list[str], max_rows: int = 25) -> str:
 
 
 def write_run_dir(out: Path, cfg, hp, metrics: dict, task_info: dict, extra: dict) -> None:
-    """Write config.json, metrics.json, metrics.csv, plot.png and summary.md into `out`."""
+    """Write config.json, metrics.json, metrics.csv and plot.png into `out`, each recorded in
+    its manifest and written atomically (`divjax.outdir`)."""
     out.mkdir(parents=True, exist_ok=True)
     config = {"config": dataclasses.asdict(cfg),
               "hparams": {f.name: np.asarray(getattr(hp, f.name)).tolist()
                           for f in dataclasses.fields(hp)},
               "task": task_info, **extra}
-    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    outdir.write_output(out, "config.json", json.dumps(config, indent=1, default=str))
     jm = {k: np.asarray(v).tolist() for k, v in metrics.items() if k != "node"}
     jm["node"] = {k: np.asarray(v).tolist() for k, v in metrics.get("node", {}).items()}
-    (out / "metrics.json").write_text(json.dumps(jm))
+    outdir.write_output(out, "metrics.json", json.dumps(jm))
     rows = metrics_rows(metrics)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    outdir.write_output(out, "metrics.csv", csv_text(rows, list(rows[0])))
+    outdir.record(out, "plot.png")
     plot_runs([(cfg.algorithm, metrics)], task_info.get("primary", "loss"), out / "plot.png")
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """`rows` as CSV text with a header (lists as JSON)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+    return buf.getvalue()
 
 
 def plot_runs(runs: list[tuple[str, dict]], primary: str, path: Path,
@@ -89,5 +101,11 @@ def plot_runs(runs: list[tuple[str, dict]], primary: str, path: Path,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save `fig` at `path` atomically (a temporary file, then os.replace)."""
+    with outdir.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")

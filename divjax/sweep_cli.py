@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from divjax import sweep_store
 from divjax.config import ConfigError, SimConfig
-from divjax.sweep import ALIASES, split_grid, sweep
+from divjax.sweep import ALIASES, LARGE_COMPILE_S, LARGE_GROUPS, sweep, sweep_plan
 
 # ----------------------------------------------------------------------------- CLI plugin
 
@@ -87,6 +88,19 @@ def _parse_bool(v) -> bool:
     raise ValueError(v)
 
 
+def grid_from_items(items: list[str]) -> dict:
+    """--grid items -> {field: values}; a field given twice is a ConfigError (never one of
+    the two kept silently)."""
+    grid, given = {}, {}
+    for item in items:
+        name, values = parse_grid_item(item)
+        if name in grid:
+            raise ConfigError(f"--grid {name} is given twice ({given[name]!r} and {item!r}): "
+                              f"give all its values in one --grid {name}=V1,V2,...")
+        grid[name], given[name] = values, item
+    return grid
+
+
 def add_parser(subparsers) -> None:
     from divjax import presets
     from divjax.flags import add_config_flags
@@ -95,32 +109,90 @@ def add_parser(subparsers) -> None:
         "sweep", help="run a grid of hyperparameters x seeds as one vmapped program",
         description="Shape-preserving fields (lr, momentum, weight_decay, straggler_mbps, "
                     "latency_ms, n_stragglers, straggler_share, ...) are vmapped with the seeds; "
-                    "other fields (n_nodes, n_fragments, fanout, task, ...) loop in Python.")
-    p.add_argument("--preset", default=presets.DEFAULT_PRESET)
+                    "other fields (n_nodes, n_fragments, fanout, task, ...) loop in Python, one "
+                    "compilation per combination (a group). Finished chunks of points are "
+                    "written to OUT/points/ as they finish; --resume OUT continues a stopped "
+                    "sweep.")
+    p.add_argument("--preset", default=None,
+                   help=f"named configuration (default: {presets.DEFAULT_PRESET})")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
-                   help="a swept field (repeatable); also log:LO:HI:K and lin:LO:HI:K")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per config")
-    p.add_argument("--base-seed", type=int, default=0)
-    p.add_argument("--chunk-size", type=int, default=0,
-                   help="points (config x seed) per compiled call; 0 = as many as fit (on a "
-                        "CPU: about 256 MB of state, at least one seed's configs)")
+                   help="a swept field (repeatable, once per field); also log:LO:HI:K and "
+                        "lin:LO:HI:K")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per config (default: 4)")
+    p.add_argument("--base-seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="points (config x seed) per compiled call; 0 (default) = as many as "
+                        "fit (on a CPU: about 256 MB of state, at least one seed's configs)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: a new runs/<date>-<time>-sweep-...[-N]); "
                         "refused if it already holds results, see --overwrite")
     p.add_argument("--overwrite", action="store_true",
-                   help="let --out replace the results already there")
+                   help="let --out replace the results divjax wrote there (only files listed "
+                        "in its .divjax-manifest.json)")
+    p.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
+                   help="finish the sweep stopped in SWEEP_DIR: its recorded grid, config and "
+                        "seeds (flags given must match them); finished points are not rerun")
+    p.add_argument("--yes", action="store_true",
+                   help=f"start a large sweep (over {LARGE_GROUPS} groups, i.e. compilations, "
+                        f"or roughly {LARGE_COMPILE_S // 60} min of compiling) without asking")
     add_config_flags(p)
     p.set_defaults(handler=cmd_sweep)
 
 
+def _resumed(args) -> tuple[SimConfig, dict, int, int, int | None]:
+    """(cfg, grid, seeds, base_seed, chunk_size) recorded in --resume DIR; flags given on the
+    command line must agree with them (ConfigError naming each difference)."""
+    from divjax.flags import config_from_args
+
+    if args.out is not None or args.overwrite:
+        raise ConfigError("--resume SWEEP_DIR writes into SWEEP_DIR and keeps its results: drop "
+                          "--out and --overwrite")
+    saved = sweep_store.read_record(args.resume)
+    cfg = sweep_store.config_of(saved)
+    fields = {f.name for f in dataclasses.fields(SimConfig)}
+    if args.preset is not None:
+        cfg_now = config_from_args(args)
+    else:
+        cfg_now = cfg.replace(**{k: v for k, v in vars(args).items() if k in fields})
+    grid = grid_from_items(args.grid) if args.grid else saved["grid"]
+    seeds = saved["seeds"] if args.seeds is None else args.seeds
+    base = saved["base_seed"] if args.base_seed is None else args.base_seed
+    chunk = saved["chunk_size"] if args.chunk_size is None else (args.chunk_size or None)
+    diff = sweep_store.record_difference(
+        saved, sweep_store.sweep_record(cfg_now, grid, seeds, base, chunk))
+    if diff:
+        raise ConfigError(f"--resume {args.resume}: the flags differ from the sweep recorded "
+                          f"there ({'; '.join(diff)}): give no flags but --resume, or start a "
+                          f"new sweep with another --out")
+    return cfg, saved["grid"], seeds, base, chunk
+
+
 def cmd_sweep(args) -> int:
+    from divjax import outdir, presets
     from divjax.flags import config_from_args, prepare_out
 
-    cfg = config_from_args(args)
-    grid = dict(parse_grid_item(g) for g in args.grid)
-    split_grid(grid)
-    out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
-                                              f"{cfg.task}"), args.overwrite)
+    if args.resume is not None:
+        cfg, grid, seeds, base_seed, chunk = _resumed(args)
+    else:
+        args.preset = args.preset or presets.DEFAULT_PRESET
+        cfg = config_from_args(args)
+        grid = grid_from_items(args.grid)
+        seeds = 4 if args.seeds is None else args.seeds
+        base_seed = 0 if args.base_seed is None else args.base_seed
+        chunk = args.chunk_size or None
+    plan = sweep_plan(grid, seeds)
+    print(f"divjax sweep: {plan['text']}", flush=True)
+    if plan["large"] and not args.yes and args.resume is None:
+        raise ConfigError(f"this sweep is large ({plan['groups']} groups, each compiled once: "
+                          f"roughly {plan['compile_s'] / 60:.0f} min of compiling before any "
+                          f"run time): add --yes to start it, or sweep fewer shape-changing "
+                          f"values (n_nodes, n_fragments, fanout, task, ...)")
+    if args.resume is not None:
+        out = prepare_out(args.resume, "", writes=outdir.SWEEP_OUTPUTS, resume=True)
+    else:
+        out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
+                                                  f"{cfg.task}"), args.overwrite,
+                          writes=outdir.SWEEP_OUTPUTS)
     tty = sys.stdout.isatty()
 
     lead = "\r" if tty else ""
@@ -128,13 +200,13 @@ def cmd_sweep(args) -> int:
     def progress(done, total):
         print(f"{lead}divjax sweep: {done}/{total} points", end="" if tty else "\n", flush=True)
 
-    res = sweep(cfg, grid, seeds=args.seeds, base_seed=args.base_seed,
-                chunk_size=args.chunk_size or None, out=out, progress=progress, verbose=True)
+    res = sweep(cfg, grid, seeds=seeds, base_seed=base_seed, chunk_size=chunk, out=out,
+                progress=progress, verbose=True, resume=args.resume is not None)
     if tty:
         print()
     print((out / "summary.md").read_text())
     print(f"divjax: wrote {res.out}/ (config.json, metrics.csv, metrics.jsonl, summary.json, "
-          f"summary.md, plot.png)")
+          f"summary.md, plot.png, points/)")
     if res.summary["diverged_configs"]:
         print(f"divjax sweep: {len(res.summary['diverged_configs'])} config(s) diverged (see "
               f"summary.md)", file=sys.stderr)

@@ -7,7 +7,6 @@ config.json, metrics.csv, metrics.jsonl, summary.json, summary.md and plot.png.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -15,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from divjax import outdir
 from divjax.config import SimConfig
+from divjax.report import csv_text, save_figure
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -74,28 +75,31 @@ def summarize(rows: list, configs: list, primary: str, higher: bool, seeds: int)
 
 
 def write_sweep_dir(out: Path, cfg: SimConfig, grid: dict, rows: list, configs: list,
-                    summary: dict, primary: str) -> None:
-    """config.json, metrics.csv, metrics.jsonl, summary.json, summary.md, plot.png."""
+                    summary: dict, primary: str, record: dict | None = None) -> None:
+    """config.json, metrics.csv, metrics.jsonl, summary.json, summary.md, plot.png: each
+    recorded in the folder's manifest and written atomically (`divjax.outdir`). `record`: the
+    sweep's recorded arguments (`divjax.sweep.sweep_record`), kept in config.json for
+    `divjax sweep --resume`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(cfg),
-         "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in grid.items()},
-         "seeds": summary["seeds"], "base_seed": summary["base_seed"],
-         "seed_keys": f"jax.random.split(jax.random.key({summary['base_seed']}), "
-                      f"{summary['seeds']})",
+    head = record or {"config": dataclasses.asdict(cfg), "grid": jsonable(grid),
+                      "seeds": summary["seeds"], "base_seed": summary["base_seed"]}
+    outdir.write_output(out, "config.json", json.dumps(
+        {**head, "seed_keys": f"jax.random.split(jax.random.key({summary['base_seed']}), "
+                              f"{summary['seeds']})",
+         "status": "complete" if summary.get("complete", True) else "incomplete",
          "configs": configs}, indent=1, default=str))
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
-    with open(out / "metrics.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "summary.md").write_text(summary_markdown(cfg, grid, summary, primary))
+    outdir.write_output(out, "metrics.csv", csv_text(rows, cols))
+    outdir.write_output(out, "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    outdir.write_output(out, "summary.json", json.dumps(summary, indent=1, default=str))
+    outdir.write_output(out, "summary.md", summary_markdown(cfg, grid, summary, primary))
+    outdir.record(out, "plot.png")
     plot_sweep(rows, configs, summary, grid, primary, out / "plot.png")
+
+
+def jsonable(value):
+    """`value` as JSON gives it back (tuples become lists): what config.json records."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def label(c: dict, grid: dict) -> str:
@@ -117,8 +121,10 @@ def summary_markdown(cfg: SimConfig, grid: dict, summary: dict, primary: str) ->
     lines = [f"# Sweep: {cfg.algorithm} on {cfg.task}", ""]
     if not summary.get("complete", True):
         lines += [f"**Incomplete:** stopped by {summary.get('stopped_by')} after "
-                  f"{summary.get('groups_done')} of {summary.get('groups_total')} group(s); the "
-                  f"tables hold the finished points only.", ""]
+                  f"{summary.get('points_done')} of {summary.get('points_total')} points "
+                  f"({summary.get('groups_done')} of {summary.get('groups_total')} group(s) "
+                  f"complete); the tables hold the finished points only; `divjax sweep "
+                  f"--resume DIR` runs the rest.", ""]
     best_line = (f"- best config ({'highest' if summary['higher_is_better'] else 'lowest'} final "
                  f"{key}): **{label(best, grid) or 'the only one'}**: {best[key]:.4g} "
                  f"± {best[key + '_ci95']:.2g} (95% CI across seeds)" if best is not None else
@@ -219,5 +225,5 @@ def plot_sweep(rows: list, configs: list, summary: dict, grid: dict, primary: st
         ax.set_ylabel(f"final {key}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

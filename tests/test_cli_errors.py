@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from divjax import checkpoint, cli, config, data, flags
+from divjax import checkpoint, cli, config, data, flags, outdir
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.topology import adjacency
 
@@ -196,6 +196,7 @@ def test_data__movielens_cut_at_a_line_boundary(tmp_path):
 
 def test_cli__explicit_out_that_holds_a_run_is_refused(capsys, tmp_path, no_engine):
     (tmp_path / "metrics.json").write_text("{}")
+    outdir.record(tmp_path, "metrics.json")   # divjax's (a user's own: tests/test_outputs.py)
     line = error_line(capsys, ["run", *SMALL, "--out", str(tmp_path)])
     assert "already holds results (metrics.json)" in line and "--overwrite" in line
     assert (tmp_path / "metrics.json").read_text() == "{}"
@@ -207,9 +208,11 @@ def test_cli__explicit_out_that_holds_a_run_is_refused(capsys, tmp_path, no_engi
 def test_cli__overwrite_removes_only_results(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "checkpoints" / "40").mkdir(parents=True)
+    outdir.record(tmp_path, "metrics.json", "checkpoints")
     (tmp_path / "notes.txt").write_text("mine")
     assert flags.prepare_out(tmp_path, "x", overwrite=True) == tmp_path
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    outdir.release(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name[0] != ".") == ["notes.txt"]
 
 
 def test_cli__unwritable_out_is_found_before_any_work(capsys, tmp_path, no_engine):
