@@ -37,7 +37,7 @@ class Algorithm(NamedTuple):
         their next iteration from (C, K, F).
 
     Example:
-        >>> algo = ALGORITHMS["divshare"](cfg)
+        >>> algo = make_algorithm(cfg)        # divjax.algorithms: a name or MODULE:ATTR
         >>> run = make_run(cfg, task, algo)
     """
 
