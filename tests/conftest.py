@@ -56,12 +56,22 @@ def uneven_hparams(cfg: SimConfig, last_upload_bps: float = 1e3):
 
 
 def assert_equals_reference(state, ref) -> None:
-    """The engine's final models, sent and delivered counts and iterations equal a reference
-    simulator's (`reference` or `reference_baselines` result)."""
+    """The engine's final models (to float tolerance), iterations and every counter the
+    reference result carries (sent, delivered; dropped, lost and replaced where it has them)
+    equal a reference simulator's (`reference`, `reference_baselines` or `reference_dpsgd`)."""
+    from divjax.reference_baselines import BaselineResult
+
     np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
     np.testing.assert_array_equal(np.asarray(state.counters.delivered), ref.delivered)
     np.testing.assert_array_equal(np.asarray(state.iterations), ref.iterations)
+    for name in ("dropped", "lost"):
+        if getattr(ref, name, None) is not None:
+            np.testing.assert_array_equal(np.asarray(getattr(state.counters, name)),
+                                          getattr(ref, name), err_msg=name)
+    if getattr(ref, "replaced", None) is not None:   # baselines: once per fragment (K)
+        per = state.params.shape[1] if isinstance(ref, BaselineResult) else 1
+        assert int(state.counters.replaced.sum()) == per * ref.replaced, "replaced"
 
 
 def assert_lost_and_replaced_equal(state, ref, per: int = 1) -> None:
