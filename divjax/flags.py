@@ -125,6 +125,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     cfg = dataclasses.replace(base, **overrides)
     swept = {g.split("=", 1)[0].strip().replace("-", "_") for g in getattr(args, "grid", [])}
+    if getattr(args, "algorithms", None):   # divjax compare: several algorithms
+        swept.add("algorithm")
     check_flag_combinations(cfg, set(overrides), swept)
     return cfg
 
@@ -140,6 +142,7 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
     --grid) vary per point and are not judged here."""
     if not swept & {"n_stragglers", "straggler_share"}:
         _check_straggler_counts(cfg, given)
+    _check_unused(cfg, given, swept)
     if "latency_regions" in swept or "latency_file" in swept:
         return
     if cfg.latency_file and cfg.latency_regions > 1:
@@ -154,6 +157,36 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
                "add --latency-regions G (G >= 2 regions), or drop --inter-region-ms")
         raise ConfigError(f"--inter-region-ms {cfg.inter_region_ms:g} is the latency between "
                           f"regions, but --latency-regions is 1 (no regions): {fix}")
+
+
+# field -> (the fields that make it matter, whether they are on, the fix): a flag given (or a
+# field swept) while they are off changes nothing.
+UNUSED_UNLESS = {
+    "momentum": (("momentum_buffer",), lambda c: c.momentum_buffer,
+                 "add --momentum-buffer (without it the optimizer is plain SGD)"),
+    "compute_seed": (("compute_spread",), lambda c: c.compute_spread > 0,
+                     "it seeds --compute-spread's draws: add --compute-spread S"),
+    "churn_mean_s": (("churn_rate",), lambda c: c.churn_rate > 0,
+                     "it is churn's mean offline time: add --churn-rate R"),
+    "inbox_history": (("algorithm",), lambda c: c.algorithm == "adpsgd",
+                      "it sizes AD-PSGD's snapshots: use --algorithm adpsgd"),
+    "ping_slots": (("algorithm",), lambda c: c.algorithm == "adpsgd",
+                   "it sizes AD-PSGD's ping table: use --algorithm adpsgd"),
+}
+
+
+def _check_unused(cfg: SimConfig, given: set, swept: set) -> None:
+    """A flag given with a non-default value, or a field swept by --grid, that this config
+    never reads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SimConfig)}
+    for name, (needs, on, fix) in UNUSED_UNLESS.items():
+        if swept & set(needs) or on(cfg):
+            continue
+        if name in swept:
+            raise ConfigError(f"--grid {name}=... would change nothing here: {fix}, or drop it")
+        if name in given and getattr(cfg, name) != defaults[name]:
+            raise ConfigError(f"{_flag(name)} {_show(getattr(cfg, name))} would change nothing "
+                              f"here: {fix}, or drop it")
 
 
 def _check_straggler_counts(cfg: SimConfig, given: set) -> None:

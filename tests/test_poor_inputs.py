@@ -309,3 +309,56 @@ def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_pat
     assert len(err) == 1 and "could not be written" in err[0], err
     assert "No space left on device" in err[0] and "checkpointing stops" in err[0]
     assert (out / "metrics.json").is_file() and (out / "summary.md").is_file()
+
+
+# ----------------------------------------------------------------------------- unused flags
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--momentum", "0.9"], "--momentum 0.9 would change nothing here: add --momentum-buffer"),
+    (["--compute-seed", "5"], "--compute-seed 5 would change nothing here: it seeds"),
+    (["--churn-mean-s", "3"], "--churn-mean-s 3 would change nothing here"),
+    (["--ping-slots", "9"], "--ping-slots 9 would change nothing here"),
+    (["--inbox-history", "9"], "--inbox-history 9 would change nothing here"),
+    (["--straggler-compute-factor", "2", "--n-stragglers", "0"],
+     "--straggler-compute-factor 2 is unused")])
+def test_cli__flags_that_would_change_nothing(capsys, tmp_path, no_engine, flags, says):
+    assert says in error_line(capsys, ["run", *SMALL, *flags, "--out", str(tmp_path / "r")])
+
+
+def test_cli__unused_flags_pass_where_they_are_read(no_engine):
+    from divjax.flags import config_from_args
+
+    parse = cli.build_parser().parse_args
+    for argv in (["run", *SMALL, "--momentum", "0.9", "--momentum-buffer"],
+                 ["run", *SMALL, "--compute-seed", "5", "--compute-spread", "0.5"],
+                 ["run", *SMALL, "--churn-mean-s", "3", "--churn-rate", "0.1"],
+                 ["run", *SMALL, "--ping-slots", "9", "--algorithm", "adpsgd"],
+                 ["run", *SMALL, "--momentum", "0"],
+                 ["compare", *SMALL, "--ping-slots", "9", "--algorithms", "adpsgd,divshare"]):
+        config_from_args(parse(argv))
+
+
+def test_cli__momentum_grid_without_the_buffer(capsys, tmp_path, no_engine):
+    line = error_line(capsys, ["sweep", *SMALL, "--grid", "momentum=0,0.9", "--out",
+                               str(tmp_path / "s")])
+    assert "--grid momentum=... would change nothing here: add --momentum-buffer" in line
+
+
+@pytest.mark.parametrize("every", ["nan", "-1", "0", "0.3"])
+def test_cli__checkpoint_every_that_is_not_whole_eval_intervals(capsys, tmp_path, no_engine,
+                                                                 every):
+    line = error_line(capsys, ["run", *SMALL, "--checkpoint-every", every, "--out",
+                               str(tmp_path / "r")])
+    assert f"--checkpoint-every {float(every):g} is invalid" in line
+    assert "--eval-every-s 0.25" in line
+
+
+def test_cli__resume_with_flags_it_would_ignore(capsys, tmp_path, no_engine):
+    from divjax import checkpoint
+
+    cfg = SimConfig(n_nodes=4, fanout=2)
+    checkpoint.save_run_spec(tmp_path, cfg, default_hparams(cfg), seed=0)
+    line = error_line(capsys, ["run", "--resume", str(tmp_path), "--duration-s", "100",
+                               "--seed", "3"])
+    assert "drop --duration-s --seed" in line and "start a new run" in line
