@@ -143,6 +143,8 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
     if not swept & {"n_stragglers", "straggler_share"}:
         _check_straggler_counts(cfg, given)
     _check_unused(cfg, given, swept)
+    if cfg.trace_file:
+        _check_trace_overrides(cfg, given - swept)
     if "latency_regions" in swept or "latency_file" in swept:
         return
     if cfg.latency_file and cfg.latency_regions > 1:
@@ -187,6 +189,33 @@ def _check_unused(cfg: SimConfig, given: set, swept: set) -> None:
         if name in given and getattr(cfg, name) != defaults[name]:
             raise ConfigError(f"{_flag(name)} {_show(getattr(cfg, name))} would change nothing "
                               f"here: {fix}, or drop it")
+
+
+def _trace_columns(path: str) -> list[str]:
+    """The column names of a trace's header line ([] if it cannot be read: the trace's own
+    checks say why, later)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    return [c.strip() for c in line.split(",")]
+    except OSError:
+        pass
+    return []
+
+
+def _check_trace_overrides(cfg: SimConfig, given: set) -> None:
+    """Flags whose values a trace replaces (divjax/traces.py): every node's compute time, and
+    the uploads when it has an upload_mbps column."""
+    replaced = ["compute_s"]
+    if "upload_mbps" in _trace_columns(cfg.trace_file):
+        replaced += ["fast_mbps", "straggler_mbps"]
+    hit = [_flag(k) for k in replaced if k in given]
+    if hit:
+        raise ConfigError(f"--trace {cfg.trace_file} gives every node's "
+                          f"{'compute time and upload' if len(replaced) > 1 else 'compute time'}"
+                          f", so {' '.join(hit)} would change nothing: drop "
+                          f"{'them' if len(hit) > 1 else 'it'}, or edit the trace")
 
 
 def _check_straggler_counts(cfg: SimConfig, given: set) -> None:

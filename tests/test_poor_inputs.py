@@ -362,3 +362,20 @@ def test_cli__resume_with_flags_it_would_ignore(capsys, tmp_path, no_engine):
     line = error_line(capsys, ["run", "--resume", str(tmp_path), "--duration-s", "100",
                                "--seed", "3"])
     assert "drop --duration-s --seed" in line and "start a new run" in line
+
+
+def test_cli__flags_a_trace_replaces(capsys, tmp_path, no_engine):
+    trace = Path(__file__).parent / "data" / "trace_tiny.csv"   # has an upload_mbps column
+    run = ["run", *SMALL, "--n-nodes", "5", "--n-stragglers", "0", "--trace", str(trace),
+           "--out", str(tmp_path / "r")]
+    line = error_line(capsys, [*run, "--compute-s", "0.5", "--fast-mbps", "9"])
+    assert "gives every node's compute time and upload" in line
+    assert "--compute-s --fast-mbps would change nothing" in line
+    no_upload = tmp_path / "t.csv"
+    no_upload.write_text("time_s,node,compute_s\n" + "".join(f"0,{i},0.1\n" for i in range(5)))
+    run[run.index(str(trace))] = str(no_upload)
+    assert "--compute-s would change nothing" in error_line(capsys, [*run, "--compute-s", "1"])
+    from divjax.flags import config_from_args
+
+    args = cli.build_parser().parse_args([*run, "--fast-mbps", "9"])
+    assert config_from_args(args).fast_mbps == 9   # no upload column: the flag is read
