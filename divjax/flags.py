@@ -145,6 +145,9 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
     _check_unused(cfg, given, swept)
     if cfg.trace_file:
         _check_trace_overrides(cfg, given - swept)
+    elif not cfg.compute_spread and not swept & {"duration_s", "compute_s", "n_stragglers",
+                                                 "straggler_compute_factor", "compute_spread"}:
+        _check_someone_finishes(cfg)
     if "latency_regions" in swept or "latency_file" in swept:
         return
     if cfg.latency_file and cfg.latency_regions > 1:
@@ -189,6 +192,18 @@ def _check_unused(cfg: SimConfig, given: set, swept: set) -> None:
         if name in given and getattr(cfg, name) != defaults[name]:
             raise ConfigError(f"{_flag(name)} {_show(getattr(cfg, name))} would change nothing "
                               f"here: {fix}, or drop it")
+
+
+def _check_someone_finishes(cfg: SimConfig) -> None:
+    """A run that ends before any node finishes an iteration sends nothing and trains nothing
+    that is ever evaluated as learning: refuse it."""
+    times = [cfg.compute_s] if cfg.n_stragglers < cfg.n_nodes else []
+    if cfg.n_stragglers:
+        times.append(cfg.compute_s * cfg.straggler_compute_factor)
+    if min(times) > cfg.duration_s:
+        raise ConfigError(f"--duration-s {cfg.duration_s:g} ends before any node finishes its "
+                          f"first iteration ({min(times):g} s: --compute-s "
+                          f"{cfg.compute_s:g}): raise --duration-s or lower --compute-s")
 
 
 def _trace_columns(path: str) -> list[str]:

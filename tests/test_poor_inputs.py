@@ -379,3 +379,8 @@ def test_cli__flags_a_trace_replaces(capsys, tmp_path, no_engine):
 
     args = cli.build_parser().parse_args([*run, "--fast-mbps", "9"])
     assert config_from_args(args).fast_mbps == 9   # no upload column: the flag is read
+
+
+def test_cli__run_that_ends_before_any_iteration(capsys, tmp_path, no_engine):
+    line = error_line(capsys, ["run", *SMALL, "--compute-s", "2", "--out", str(tmp_path / "r")])
+    assert "--duration-s 1 ends before any node finishes its first iteration" in line
