@@ -177,6 +177,20 @@ UNUSED_UNLESS = {
                       "it sizes AD-PSGD's snapshots: use --algorithm adpsgd"),
     "ping_slots": (("algorithm",), lambda c: c.algorithm == "adpsgd",
                    "it sizes AD-PSGD's ping table: use --algorithm adpsgd"),
+    "data_dir": (("task",), lambda c: c.task.startswith(("cifar10", "movielens"))
+                 and c.task != "movielens-synthetic",
+                 "this --task generates its data: use a cifar10 or movielens task"),
+}
+
+
+# The same for a --grid over these fields (given as flags, they have their own checks above).
+_STRAGGLERS = (("n_stragglers", "straggler_share"), lambda c: c.n_stragglers > 0,
+               "only the stragglers read it: add --n-stragglers N")
+GRID_UNUSED_UNLESS = {
+    "straggler_mbps": _STRAGGLERS, "straggler_download_mbps": _STRAGGLERS,
+    "straggler_compute_factor": _STRAGGLERS,
+    "inter_region_ms": (("latency_regions", "latency_file"), lambda c: c.latency_regions > 1,
+                        "it is the latency between regions: add --latency-regions G (G >= 2)"),
 }
 
 
@@ -184,12 +198,12 @@ def _check_unused(cfg: SimConfig, given: set, swept: set) -> None:
     """A flag given with a non-default value, or a field swept by --grid, that this config
     never reads."""
     defaults = {f.name: f.default for f in dataclasses.fields(SimConfig)}
-    for name, (needs, on, fix) in UNUSED_UNLESS.items():
+    for name, (needs, on, fix) in [*UNUSED_UNLESS.items(), *GRID_UNUSED_UNLESS.items()]:
         if swept & set(needs) or on(cfg):
             continue
         if name in swept:
             raise ConfigError(f"--grid {name}=... would change nothing here: {fix}, or drop it")
-        if name in given and getattr(cfg, name) != defaults[name]:
+        if name in given and name in UNUSED_UNLESS and getattr(cfg, name) != defaults[name]:
             raise ConfigError(f"{_flag(name)} {_show(getattr(cfg, name))} would change nothing "
                               f"here: {fix}, or drop it")
 

@@ -320,6 +320,8 @@ def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_pat
     (["--churn-mean-s", "3"], "--churn-mean-s 3 would change nothing here"),
     (["--ping-slots", "9"], "--ping-slots 9 would change nothing here"),
     (["--inbox-history", "9"], "--inbox-history 9 would change nothing here"),
+    (["--data-dir", "/data/cifar"], "--data-dir /data/cifar would change nothing here: this "
+                                    "--task generates"),
     (["--straggler-compute-factor", "2", "--n-stragglers", "0"],
      "--straggler-compute-factor 2 is unused")])
 def test_cli__flags_that_would_change_nothing(capsys, tmp_path, no_engine, flags, says):
@@ -384,3 +386,13 @@ def test_cli__flags_a_trace_replaces(capsys, tmp_path, no_engine):
 def test_cli__run_that_ends_before_any_iteration(capsys, tmp_path, no_engine):
     line = error_line(capsys, ["run", *SMALL, "--compute-s", "2", "--out", str(tmp_path / "r")])
     assert "--duration-s 1 ends before any node finishes its first iteration" in line
+
+
+@pytest.mark.parametrize("item,fix", [("straggler_mbps=1,5", "add --n-stragglers N"),
+                                      ("straggler_compute_factor=1,2", "add --n-stragglers N"),
+                                      ("inter_region_ms=10,40", "add --latency-regions G"),
+                                      ("churn_mean_s=1,5", "add --churn-rate R")])
+def test_cli__grid_over_a_field_nothing_reads(capsys, tmp_path, no_engine, item, fix):
+    line = error_line(capsys, ["sweep", *SMALL, "--n-stragglers", "0", "--grid", item,
+                               "--out", str(tmp_path / "s")])
+    assert f"--grid {item.split('=')[0]}=... would change nothing here" in line and fix in line
