@@ -177,6 +177,9 @@ UNUSED_UNLESS = {
                       "it sizes AD-PSGD's snapshots: use --algorithm adpsgd"),
     "ping_slots": (("algorithm",), lambda c: c.algorithm == "adpsgd",
                    "it sizes AD-PSGD's ping table: use --algorithm adpsgd"),
+    # (local accepts what only senders read, like --loss-rate: a baseline keeps the flags)
+    "fanout": (("algorithm",), lambda c: c.algorithm != "dpsgd",
+               "D-PSGD averages with all its --topology neighbours: change --topology"),
     "data_dir": (("task",), lambda c: c.task.startswith(("cifar10", "movielens"))
                  and c.task != "movielens-synthetic",
                  "this --task generates its data: use a cifar10 or movielens task"),
