@@ -397,3 +397,14 @@ def test_cli__grid_over_a_field_nothing_reads(capsys, tmp_path, no_engine, item,
     line = error_line(capsys, ["sweep", *SMALL, "--n-stragglers", "0", "--grid", item,
                                "--out", str(tmp_path / "s")])
     assert f"--grid {item.split('=')[0]}=... would change nothing here" in line and fix in line
+
+
+def test_data__a_local_folder_named_tfds_something_is_a_local_copy(tmp_path, monkeypatch):
+    from divjax import data
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"data_dir='tfds_data/cifar' does not exist"):
+        data.load_cifar10("tfds_data/cifar")     # was: TFDS with data dir "_data/cifar"
+    from divjax.data.sources import _tfds_dir
+
+    assert _tfds_dir("tfds") is None and _tfds_dir("tfds:/d") == "/d" and _tfds_dir("tfds:") is None
