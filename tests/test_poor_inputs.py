@@ -408,3 +408,14 @@ def test_data__a_local_folder_named_tfds_something_is_a_local_copy(tmp_path, mon
     from divjax.data.sources import _tfds_dir
 
     assert _tfds_dir("tfds") is None and _tfds_dir("tfds:/d") == "/d" and _tfds_dir("tfds:") is None
+
+
+@pytest.mark.parametrize("field,value,says", [("data_seed", -1, "use a seed >= 0"),
+                                              ("fragment_seed", -1, "use a seed >= 0"),
+                                              ("compute_seed", -3, "use a seed >= 0"),
+                                              ("latency_ms", float("nan"), "finite latency"),
+                                              ("straggler_mbps", (float("inf"),), "finite")])
+def test_config__values_that_crashed_or_named_no_flag(field, value, says):
+    """Negative numpy seeds were a ValueError traceback; a NaN latency named '--latency_s'."""
+    with pytest.raises(ConfigError, match=f"{field}=.*{says}"):
+        SimConfig(**{field: value})
