@@ -177,6 +177,9 @@ UNUSED_UNLESS = {
                       "it sizes AD-PSGD's snapshots: use --algorithm adpsgd"),
     "ping_slots": (("algorithm",), lambda c: c.algorithm == "adpsgd",
                    "it sizes AD-PSGD's ping table: use --algorithm adpsgd"),
+    "inbox": (("algorithm",), lambda c: c.algorithm not in ("dpsgd", "epidemic"),
+              "only DivShare, Swift and AD-PSGD keep inboxes (D-PSGD and Epidemic average what "
+              "their round received): use one of them"),
     # (local accepts what only senders read, like --loss-rate: a baseline keeps the flags)
     "fanout": (("algorithm",), lambda c: c.algorithm != "dpsgd",
                "D-PSGD averages with all its --topology neighbours: change --topology"),

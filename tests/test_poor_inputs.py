@@ -321,6 +321,7 @@ def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_pat
     (["--ping-slots", "9"], "--ping-slots 9 would change nothing here"),
     (["--inbox-history", "9"], "--inbox-history 9 would change nothing here"),
     (["--algorithm", "dpsgd", "--fanout", "1"], "--fanout 1 would change nothing here: D-PSGD"),
+    (["--algorithm", "epidemic", "--inbox", "sum"], "--inbox sum would change nothing here"),
     (["--data-dir", "/data/cifar"], "--data-dir /data/cifar would change nothing here: this "
                                     "--task generates"),
     (["--straggler-compute-factor", "2", "--n-stragglers", "0"],
