@@ -241,6 +241,10 @@ def check_link_clock(cfg, hp, fragment_bytes) -> None:
     M = max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
     biggest = float(np.max(fragment_bytes))
     room = limit - (cfg.num_ticks + 1.0) * R   # uploads share the clock with the run's ticks
+    if room <= 0:
+        raise ConfigError(f"duration_s={cfg.duration_s:g} is {cfg.num_ticks} ticks of "
+                          f"{R} link sub-ticks, too long for the int32 link clock: raise "
+                          f"--tick-s, lower --link-resolution or shorten --duration-s")
     links = [("upload_bps", room, "--fast-mbps / --straggler-mbps")]
     if cfg.download_mbps > 0 or any(m > 0 for m in cfg.straggler_download_mbps):
         links.append(("download_bps", limit, "--download-mbps / --straggler-download-mbps"))

@@ -126,6 +126,8 @@ def test_download_too_slow_for_the_clock_is_refused_before_compiling(capsys, tmp
         make_run(cfg.replace(download_mbps=smallest * 0.98))
     with pytest.raises(ConfigError, match=r"--fast-mbps / --straggler-mbps"):
         make_run(cfg.replace(download_mbps=0.0, fast_mbps=1e-9))
+    with pytest.raises(ConfigError, match=r"too long for the int32 link clock: raise --tick-s"):
+        make_run(cfg.replace(download_mbps=0.0, duration_s=20000.0, eval_every_s=1000.0))
     line = error_line(capsys, ["run", *SMALL, "--download-mbps", "1e-9", "--out",
                                str(tmp_path / "r")])
     assert "--download-mbps" in line and "Mbit/s here" in line
