@@ -136,10 +136,12 @@ def _flag(name: str) -> str:
 
 
 def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()) -> None:
-    """ConfigError for a flag in `given` (SimConfig field names set on the command line) whose
-    value the run would drop without a word: straggler values beyond the stragglers, region
-    latencies without regions, regions next to a latency file. Fields in `swept` (a sweep's
-    --grid) vary per point and are not judged here."""
+    """ConfigError for a flag in `given` (SimConfig field names set on the command line) or a
+    field in `swept` (a sweep's --grid; compare's algorithms) whose value the run would drop
+    without a word: straggler values beyond the stragglers, region latencies without regions,
+    regions next to a latency file, flags nothing reads (UNUSED_UNLESS, GRID_UNUSED_UNLESS),
+    flags a trace replaces; and a run that ends before any iteration. What a swept field
+    decides is not judged from the base config."""
     if not swept & {"n_stragglers", "straggler_share"}:
         _check_straggler_counts(cfg, given)
     _check_unused(cfg, given, swept)
