@@ -12,7 +12,7 @@ import pytest
 
 from divjax import cli, config
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.state import ERR_NONFINITE, SimulationError, check_state
+from divjax.state import ERR_CLOCK, ERR_NONFINITE, SimulationError, check_state
 
 SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
          "2", "--duration-s", "1", "--eval-every-s", "0.25"]
@@ -53,6 +53,9 @@ def test_check_state__divergence_names_the_lr_that_ran_not_cfg_lr():
     with pytest.raises(SimulationError, match=r"lower --lr \(the run's lr=123\)") as e:
         check_state(one, cfg, hp)
     assert "0.05" not in str(e.value)
+    with pytest.raises(SimulationError, match=r"int32 link clock: check them \(they come "
+                                              r"from --compute-s, --fast-mbps"):
+        check_state(_Flags(np.int32(ERR_CLOCK), np.int32(0), np.int32(-1)), cfg, hp)
     with pytest.raises(SimulationError, match="HParams.lr the run was called with") as e:
         check_state(one, cfg)                       # no hp: never claims cfg.lr ran
     assert "0.05" not in str(e.value)
