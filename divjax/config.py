@@ -274,9 +274,11 @@ def product(base: HParams, **values) -> HParams:
 
     Every leaf gets a leading axis H = number of combinations.
     """
-    for name in values:
+    for name, vals in values.items():
         if name not in {f.name for f in dataclasses.fields(HParams)}:
             raise ConfigError(f"product(): {name!r} is not an HParams field")
+        if len(vals) == 0:   # the grid would be empty: a sweep of nothing
+            raise ConfigError(f"product(): {name}=[] has no values: give at least one")
     combos = list(itertools.product(*values.values()))
     H = len(combos)
     cols = {k: jnp.asarray(np.array([c[i] for c in combos]), jnp.float32)

@@ -425,3 +425,12 @@ def test_config__values_that_crashed_or_named_no_flag(field, value, says):
     """Negative numpy seeds were a ValueError traceback; a NaN latency named '--latency_s'."""
     with pytest.raises(ConfigError, match=f"{field}=.*{says}"):
         SimConfig(**{field: value})
+
+
+def test_product__an_empty_value_list_is_refused():
+    from divjax.config import product
+
+    base = default_hparams(SimConfig(n_nodes=4, fanout=2))
+    assert product(base, lr=[0.1, 0.2]).lr.shape == (2,)
+    with pytest.raises(ConfigError, match=r"lr=\[\] has no values"):
+        product(base, lr=[], momentum=[0.0])   # was: a grid of 0 points, no error
