@@ -147,8 +147,9 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
     _check_unused(cfg, given, swept)
     if cfg.trace_file:
         _check_trace_overrides(cfg, given - swept)
-    elif not cfg.compute_spread and not swept & {"duration_s", "compute_s", "n_stragglers",
-                                                 "straggler_compute_factor", "compute_spread"}:
+    elif not (cfg.compute_spread or cfg.compute_jitter) and not swept & {   # drawn times may
+            "duration_s", "compute_s", "n_stragglers", "straggler_compute_factor",   # be shorter
+            "compute_spread", "compute_jitter", "straggler_share"}:
         _check_someone_finishes(cfg)
     if "latency_regions" in swept or "latency_file" in swept:
         return
