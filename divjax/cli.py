@@ -115,7 +115,9 @@ def cmd_run(args) -> int:
 
     history, state = [], None
     if args.resume is not None:
+        _check_resume_flags(args)
         cfg, hp, seed, spec = checkpoint.load_run_spec(args.resume)
+        _check_checkpoint_every(args.checkpoint_every, cfg)   # (not the run's own value)
         args.seed = seed
         if args.checkpoint_every is None:
             args.checkpoint_every = spec.get("checkpoint_every_s")
@@ -123,6 +125,7 @@ def cmd_run(args) -> int:
                           adopt=True)
     else:
         cfg = config_from_args(args)
+        _check_checkpoint_every(args.checkpoint_every, cfg)
         hp = default_hparams(cfg)
         out = None
         if not args.dry_run:   # found before any data is loaded or anything compiled
@@ -256,6 +259,31 @@ def _write_results(out, cfg, hp, metrics, info, extra, primary, layout, task, wa
         f"- wall time: {wall:.1f} s on {jax.devices()[0].device_kind}"
         f"{' (this session, resumed from a checkpoint)' if args.resume is not None else ''}\n\n"
         f"```\n{table}\n```\n")
+
+
+def _check_resume_flags(args) -> None:
+    """--resume continues a run exactly as it was configured: flags it would ignore are
+    refused (configuration flags, --seed, --preset, --out, --overwrite)."""
+    fields = {f.name for f in dataclasses.fields(SimConfig)}
+    ignored = ["--" + k.replace("_", "-") for k in vars(args) if k in fields]
+    ignored += [flag for flag, on in (("--seed", args.seed != 0), ("--out", args.out is not None),
+                                      ("--preset", args.preset != presets.DEFAULT_PRESET),
+                                      ("--overwrite", args.overwrite)) if on]
+    if ignored:
+        raise ConfigError(f"--resume {args.resume} continues that run with its own config and "
+                          f"seed (its run.json): drop {' '.join(ignored)}, or start a new run")
+
+
+def _check_checkpoint_every(every, cfg: SimConfig) -> None:
+    """--checkpoint-every: a positive whole number of eval intervals (checkpoints are taken
+    between them)."""
+    if every is None:
+        return
+    ratio = every / cfg.eval_every_s if np.isfinite(every) and every > 0 else -1.0
+    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+        raise ConfigError(f"--checkpoint-every {every:g} is invalid: checkpoints are taken "
+                          f"between eval intervals, so give a positive multiple of "
+                          f"--eval-every-s {cfg.eval_every_s:g}")
 
 
 def _write_pending_config(out: Path, cfg: SimConfig, seed: int) -> None:

@@ -51,7 +51,8 @@ class SimConfig:
     n_nodes: int = 16                # n: number of nodes
     n_fragments: int = 4             # Omega (K): fragments per model (1 = whole model per message)
     fanout: int = 3                  # s: distinct receivers per fragment per iteration ("degree");
-    #                                  AD-PSGD pings fanout // 2 neighbours (with replacement)
+    #                                  AD-PSGD pings fanout // 2 neighbours (with replacement);
+    #                                  D-PSGD ignores it (it averages with all its neighbours)
     topology: str = "complete"       # neighbour graph: complete, ring, torus, regular:D, file:PATH
     local_steps: int = 4             # SGD mini-batch steps per iteration
     batch_size: int = 8              # samples per mini-batch
@@ -60,7 +61,9 @@ class SimConfig:
     same_init: bool = True           # every node starts from the same model (authors' default)
     fragment_seed: int = 97          # seed of the fixed fragment partition, shared by every node
     data_seed: int = 0               # seed of the data partition and of random topologies
-    data_dir: str = ""               # local data copy for real tasks ("" = embedded/online)
+    data_dir: str = ""               # local data copy for real tasks, or "tfds" / "tfds:DIR"
+    #                                  (TensorFlow Datasets); "" = the embedded MovieLens
+    #                                  latest-small (CIFAR-10 has no embedded copy)
     # --- clock ---
     tick_s: float = 0.01             # length of one tick, simulated seconds
     duration_s: float = 20.0         # simulated time of the run, seconds
@@ -103,7 +106,8 @@ class SimConfig:
     #                                  (each independently); 0 = none
     loss_file: str = ""              # CSV, n rows of n loss probabilities in [0, 1) (row i: from
     #                                  node i to each node j): per-link loss instead
-    compute_s: float = 1.0           # simulated seconds per iteration (all local steps)
+    compute_s: float = 1.0           # simulated seconds per iteration (all local steps); a
+    #                                  trace gives its own
     straggler_compute_factor: float = 1.0  # stragglers compute this many times slower
     compute_spread: float = 0.0      # heterogeneous compute: node i takes compute_s *
     #                                  exp(s z_i - s^2 / 2), z_i ~ N(0, 1) (log-normal, mean
@@ -115,7 +119,8 @@ class SimConfig:
     churn_rate: float = 0.0          # churn: mean fraction of the time a node is offline
     #                                  (exponential on/off times from the run's key); 0 = none
     churn_mean_s: float = 1.0        # churn: mean length of an offline interval, seconds
-    iteration_slots: int = 0         # jitter, churn: iteration ends tabled per node; 0 = auto
+    iteration_slots: int = 0         # jitter, churn, traces: iteration ends tabled per node;
+    #                                  0 = auto
     trace_file: str = ""             # CSV of every node's compute time, availability and
     #                                  bandwidth over time (--trace; format: divjax/traces.py,
     #                                  scripts/make_trace.py writes one); "" = none
@@ -269,9 +274,11 @@ def product(base: HParams, **values) -> HParams:
 
     Every leaf gets a leading axis H = number of combinations.
     """
-    for name in values:
+    for name, vals in values.items():
         if name not in {f.name for f in dataclasses.fields(HParams)}:
             raise ConfigError(f"product(): {name!r} is not an HParams field")
+        if len(vals) == 0:   # the grid would be empty: a sweep of nothing
+            raise ConfigError(f"product(): {name}=[] has no values: give at least one")
     combos = list(itertools.product(*values.values()))
     H = len(combos)
     cols = {k: jnp.asarray(np.array([c[i] for c in combos]), jnp.float32)

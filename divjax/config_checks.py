@@ -89,8 +89,8 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"and its rounds have one length): set --download-mbps 0 "
             f"--straggler-download-mbps 0")
 
-    if any(not (m > 0) for m in self.straggler_mbps):
-        bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive")
+    if any(not (m > 0 and math.isfinite(m)) for m in self.straggler_mbps):
+        bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive and finite")
     if not 0 <= self.n_stragglers <= self.n_nodes:
         bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
     if not (isinstance(self.loss_rate, int | float) and 0 <= self.loss_rate < 1):
@@ -115,8 +115,11 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
             f"algorithm ({modelled_by('compute_jitter')})")
     if self.trace_file:
         check_trace_fields(self, bad)
-    if self.latency_ms < 0:
-        bad("latency_ms", self.latency_ms, "latency cannot be negative")
+    if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
+        bad("latency_ms", self.latency_ms, "use a finite latency >= 0")
+    for name in ("fragment_seed", "data_seed", "compute_seed"):   # numpy seeds
+        if getattr(self, name) < 0:
+            bad(name, getattr(self, name), "use a seed >= 0")
     if not 1 <= self.latency_regions <= self.n_nodes:
         bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
     if not (math.isfinite(self.inter_region_ms) and self.inter_region_ms >= 0):
@@ -238,6 +241,10 @@ def check_link_clock(cfg, hp, fragment_bytes) -> None:
     M = max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
     biggest = float(np.max(fragment_bytes))
     room = limit - (cfg.num_ticks + 1.0) * R   # uploads share the clock with the run's ticks
+    if room <= 0:
+        raise ConfigError(f"duration_s={cfg.duration_s:g} is {cfg.num_ticks} ticks of "
+                          f"{R} link sub-ticks, too long for the int32 link clock: raise "
+                          f"--tick-s, lower --link-resolution or shorten --duration-s")
     links = [("upload_bps", room, "--fast-mbps / --straggler-mbps")]
     if cfg.download_mbps > 0 or any(m > 0 for m in cfg.straggler_download_mbps):
         links.append(("download_bps", limit, "--download-mbps / --straggler-download-mbps"))

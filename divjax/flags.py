@@ -112,6 +112,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     cfg = dataclasses.replace(base, **overrides)
     swept = {g.split("=", 1)[0].strip().replace("-", "_") for g in getattr(args, "grid", [])}
+    if getattr(args, "algorithms", None):   # divjax compare: several algorithms
+        swept.add("algorithm")
     check_flag_combinations(cfg, set(overrides), swept)
     return cfg
 
@@ -121,12 +123,21 @@ def _flag(name: str) -> str:
 
 
 def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()) -> None:
-    """ConfigError for a flag in `given` (SimConfig field names set on the command line) whose
-    value the run would drop without a word: straggler values beyond the stragglers, region
-    latencies without regions, regions next to a latency file. Fields in `swept` (a sweep's
-    --grid) vary per point and are not judged here."""
+    """ConfigError for a flag in `given` (SimConfig field names set on the command line) or a
+    field in `swept` (a sweep's --grid; compare's algorithms) whose value the run would drop
+    without a word: straggler values beyond the stragglers, region latencies without regions,
+    regions next to a latency file, flags nothing reads (UNUSED_UNLESS, GRID_UNUSED_UNLESS),
+    flags a trace replaces; and a run that ends before any iteration. What a swept field
+    decides is not judged from the base config."""
     if not swept & {"n_stragglers", "straggler_share"}:
         _check_straggler_counts(cfg, given)
+    _check_unused(cfg, given, swept)
+    if cfg.trace_file:
+        _check_trace_overrides(cfg, given - swept)
+    elif not (cfg.compute_spread or cfg.compute_jitter) and not swept & {   # drawn times may
+            "duration_s", "compute_s", "n_stragglers", "straggler_compute_factor",   # be shorter
+            "compute_spread", "compute_jitter", "straggler_share"}:
+        _check_someone_finishes(cfg)
     if "latency_regions" in swept or "latency_file" in swept:
         return
     if cfg.latency_file and cfg.latency_regions > 1:
@@ -141,6 +152,95 @@ def check_flag_combinations(cfg: SimConfig, given: set, swept: set = frozenset()
                "add --latency-regions G (G >= 2 regions), or drop --inter-region-ms")
         raise ConfigError(f"--inter-region-ms {cfg.inter_region_ms:g} is the latency between "
                           f"regions, but --latency-regions is 1 (no regions): {fix}")
+
+
+# field -> (the fields that make it matter, whether they are on, the fix): a flag given (or a
+# field swept) while they are off changes nothing.
+UNUSED_UNLESS = {
+    "momentum": (("momentum_buffer",), lambda c: c.momentum_buffer,
+                 "add --momentum-buffer (without it the optimizer is plain SGD)"),
+    "compute_seed": (("compute_spread",), lambda c: c.compute_spread > 0,
+                     "it seeds --compute-spread's draws: add --compute-spread S"),
+    "churn_mean_s": (("churn_rate",), lambda c: c.churn_rate > 0,
+                     "it is churn's mean offline time: add --churn-rate R"),
+    "inbox_history": (("algorithm",), lambda c: c.algorithm == "adpsgd",
+                      "it sizes AD-PSGD's snapshots: use --algorithm adpsgd"),
+    "ping_slots": (("algorithm",), lambda c: c.algorithm == "adpsgd",
+                   "it sizes AD-PSGD's ping table: use --algorithm adpsgd"),
+    "inbox": (("algorithm",), lambda c: c.algorithm not in ("dpsgd", "epidemic"),
+              "only DivShare, Swift and AD-PSGD keep inboxes (D-PSGD and Epidemic average what "
+              "their round received): use one of them"),
+    # (local accepts what only senders read, like --loss-rate: a baseline keeps the flags)
+    "fanout": (("algorithm",), lambda c: c.algorithm != "dpsgd",
+               "D-PSGD averages with all its --topology neighbours: change --topology"),
+    "data_dir": (("task",), lambda c: c.task.startswith(("cifar10", "movielens"))
+                 and c.task != "movielens-synthetic",
+                 "this --task generates its data: use a cifar10 or movielens task"),
+}
+
+
+# The same for a --grid over these fields (given as flags, they have their own checks above).
+_STRAGGLERS = (("n_stragglers", "straggler_share"), lambda c: c.n_stragglers > 0,
+               "only the stragglers read it: add --n-stragglers N")
+GRID_UNUSED_UNLESS = {
+    "straggler_mbps": _STRAGGLERS, "straggler_download_mbps": _STRAGGLERS,
+    "straggler_compute_factor": _STRAGGLERS,
+    "inter_region_ms": (("latency_regions", "latency_file"), lambda c: c.latency_regions > 1,
+                        "it is the latency between regions: add --latency-regions G (G >= 2)"),
+}
+
+
+def _check_unused(cfg: SimConfig, given: set, swept: set) -> None:
+    """A flag given with a non-default value, or a field swept by --grid, that this config
+    never reads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SimConfig)}
+    for name, (needs, on, fix) in [*UNUSED_UNLESS.items(), *GRID_UNUSED_UNLESS.items()]:
+        if swept & set(needs) or on(cfg):
+            continue
+        if name in swept:
+            raise ConfigError(f"--grid {name}=... would change nothing here: {fix}, or drop it")
+        if name in given and name in UNUSED_UNLESS and getattr(cfg, name) != defaults[name]:
+            raise ConfigError(f"{_flag(name)} {_show(getattr(cfg, name))} would change nothing "
+                              f"here: {fix}, or drop it")
+
+
+def _check_someone_finishes(cfg: SimConfig) -> None:
+    """A run that ends before any node finishes an iteration sends nothing and trains nothing
+    that is ever evaluated as learning: refuse it."""
+    times = [cfg.compute_s] if cfg.n_stragglers < cfg.n_nodes else []
+    if cfg.n_stragglers:
+        times.append(cfg.compute_s * cfg.straggler_compute_factor)
+    if min(times) > cfg.duration_s:
+        raise ConfigError(f"--duration-s {cfg.duration_s:g} ends before any node finishes its "
+                          f"first iteration ({min(times):g} s: --compute-s "
+                          f"{cfg.compute_s:g}): raise --duration-s or lower --compute-s")
+
+
+def _trace_columns(path: str) -> list[str]:
+    """The column names of a trace's header line ([] if it cannot be read: the trace's own
+    checks say why, later)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    return [c.strip() for c in line.split(",")]
+    except OSError:
+        pass
+    return []
+
+
+def _check_trace_overrides(cfg: SimConfig, given: set) -> None:
+    """Flags whose values a trace replaces (divjax/traces.py): every node's compute time, and
+    the uploads when it has an upload_mbps column."""
+    replaced = ["compute_s"]
+    if "upload_mbps" in _trace_columns(cfg.trace_file):
+        replaced += ["fast_mbps", "straggler_mbps"]
+    hit = [_flag(k) for k in replaced if k in given]
+    if hit:
+        raise ConfigError(f"--trace {cfg.trace_file} gives every node's "
+                          f"{'compute time and upload' if len(replaced) > 1 else 'compute time'}"
+                          f", so {' '.join(hit)} would change nothing: drop "
+                          f"{'them' if len(hit) > 1 else 'it'}, or edit the trace")
 
 
 def _check_straggler_counts(cfg: SimConfig, given: set) -> None:

@@ -123,8 +123,10 @@ def check_state(state: SimState, cfg: Any, hp: Any = None) -> None:
                     "whose pong delays depend on random pings; or its --ping-slots)")
     if e & ERR_CLOCK:
         msgs.append("the HParams given to the run hold a non-positive, non-finite or too large "
-                    "compute time, bandwidth or latency for the int32 link clock: check them, "
-                    "or raise tick_s / lower link_resolution")
+                    "compute time, bandwidth or latency for the int32 link clock: check them "
+                    "(they come from --compute-s, --fast-mbps / --straggler-mbps, --download-mbps "
+                    "/ --straggler-download-mbps, --latency-ms or a --grid of them), or raise "
+                    "--tick-s / lower --link-resolution")
     if e & ERR_HISTORY:
         msgs.append(f"AD-PSGD's snapshot history (inbox_history={cfg.inbox_history}) is too "
                     f"short to take a replaced message out of an inbox (first at {when:.3f}s): "

@@ -12,7 +12,7 @@ import pytest
 
 from divjax import cli, config
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.state import ERR_NONFINITE, SimulationError, check_state
+from divjax.state import ERR_CLOCK, ERR_NONFINITE, SimulationError, check_state
 
 SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
          "2", "--duration-s", "1", "--eval-every-s", "0.25"]
@@ -53,6 +53,9 @@ def test_check_state__divergence_names_the_lr_that_ran_not_cfg_lr():
     with pytest.raises(SimulationError, match=r"lower --lr \(the run's lr=123\)") as e:
         check_state(one, cfg, hp)
     assert "0.05" not in str(e.value)
+    with pytest.raises(SimulationError, match=r"int32 link clock: check them \(they come "
+                                              r"from --compute-s, --fast-mbps"):
+        check_state(_Flags(np.int32(ERR_CLOCK), np.int32(0), np.int32(-1)), cfg, hp)
     with pytest.raises(SimulationError, match="HParams.lr the run was called with") as e:
         check_state(one, cfg)                       # no hp: never claims cfg.lr ran
     assert "0.05" not in str(e.value)
@@ -126,6 +129,8 @@ def test_download_too_slow_for_the_clock_is_refused_before_compiling(capsys, tmp
         make_run(cfg.replace(download_mbps=smallest * 0.98))
     with pytest.raises(ConfigError, match=r"--fast-mbps / --straggler-mbps"):
         make_run(cfg.replace(download_mbps=0.0, fast_mbps=1e-9))
+    with pytest.raises(ConfigError, match=r"too long for the int32 link clock: raise --tick-s"):
+        make_run(cfg.replace(download_mbps=0.0, duration_s=20000.0, eval_every_s=1000.0))
     line = error_line(capsys, ["run", *SMALL, "--download-mbps", "1e-9", "--out",
                                str(tmp_path / "r")])
     assert "--download-mbps" in line and "Mbit/s here" in line
@@ -309,3 +314,123 @@ def test_cli__full_disk_while_checkpointing_one_line_and_metrics(capsys, tmp_pat
     assert len(err) == 1 and "could not be written" in err[0], err
     assert "No space left on device" in err[0] and "checkpointing stops" in err[0]
     assert (out / "metrics.json").is_file() and (out / "summary.md").is_file()
+
+
+# ----------------------------------------------------------------------------- unused flags
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--momentum", "0.9"], "--momentum 0.9 would change nothing here: add --momentum-buffer"),
+    (["--compute-seed", "5"], "--compute-seed 5 would change nothing here: it seeds"),
+    (["--churn-mean-s", "3"], "--churn-mean-s 3 would change nothing here"),
+    (["--ping-slots", "9"], "--ping-slots 9 would change nothing here"),
+    (["--inbox-history", "9"], "--inbox-history 9 would change nothing here"),
+    (["--algorithm", "dpsgd", "--fanout", "1"], "--fanout 1 would change nothing here: D-PSGD"),
+    (["--algorithm", "epidemic", "--inbox", "sum"], "--inbox sum would change nothing here"),
+    (["--data-dir", "/data/cifar"], "--data-dir /data/cifar would change nothing here: this "
+                                    "--task generates"),
+    (["--straggler-compute-factor", "2", "--n-stragglers", "0"],
+     "--straggler-compute-factor 2 is unused")])
+def test_cli__flags_that_would_change_nothing(capsys, tmp_path, no_engine, flags, says):
+    assert says in error_line(capsys, ["run", *SMALL, *flags, "--out", str(tmp_path / "r")])
+
+
+def test_cli__unused_flags_pass_where_they_are_read(no_engine):
+    from divjax.flags import config_from_args
+
+    parse = cli.build_parser().parse_args
+    for argv in (["run", *SMALL, "--momentum", "0.9", "--momentum-buffer"],
+                 ["run", *SMALL, "--compute-seed", "5", "--compute-spread", "0.5"],
+                 ["run", *SMALL, "--churn-mean-s", "3", "--churn-rate", "0.1"],
+                 ["run", *SMALL, "--ping-slots", "9", "--algorithm", "adpsgd"],
+                 ["run", *SMALL, "--momentum", "0"],
+                 ["compare", *SMALL, "--ping-slots", "9", "--algorithms", "adpsgd,divshare"]):
+        config_from_args(parse(argv))
+
+
+def test_cli__momentum_grid_without_the_buffer(capsys, tmp_path, no_engine):
+    line = error_line(capsys, ["sweep", *SMALL, "--grid", "momentum=0,0.9", "--out",
+                               str(tmp_path / "s")])
+    assert "--grid momentum=... would change nothing here: add --momentum-buffer" in line
+
+
+@pytest.mark.parametrize("every", ["nan", "-1", "0", "0.3"])
+def test_cli__checkpoint_every_that_is_not_whole_eval_intervals(capsys, tmp_path, no_engine,
+                                                                 every):
+    line = error_line(capsys, ["run", *SMALL, "--checkpoint-every", every, "--out",
+                               str(tmp_path / "r")])
+    assert f"--checkpoint-every {float(every):g} is invalid" in line
+    assert "--eval-every-s 0.25" in line
+
+
+def test_cli__resume_with_flags_it_would_ignore(capsys, tmp_path, no_engine):
+    from divjax import checkpoint
+
+    cfg = SimConfig(n_nodes=4, fanout=2)
+    checkpoint.save_run_spec(tmp_path, cfg, default_hparams(cfg), seed=0)
+    line = error_line(capsys, ["run", "--resume", str(tmp_path), "--duration-s", "100",
+                               "--seed", "3"])
+    assert "drop --duration-s --seed" in line and "start a new run" in line
+
+
+def test_cli__flags_a_trace_replaces(capsys, tmp_path, no_engine):
+    trace = Path(__file__).parent / "data" / "trace_tiny.csv"   # has an upload_mbps column
+    run = ["run", *SMALL, "--n-nodes", "5", "--n-stragglers", "0", "--trace", str(trace),
+           "--out", str(tmp_path / "r")]
+    line = error_line(capsys, [*run, "--compute-s", "0.5", "--fast-mbps", "9"])
+    assert "gives every node's compute time and upload" in line
+    assert "--compute-s --fast-mbps would change nothing" in line
+    no_upload = tmp_path / "t.csv"
+    no_upload.write_text("time_s,node,compute_s\n" + "".join(f"0,{i},0.1\n" for i in range(5)))
+    run[run.index(str(trace))] = str(no_upload)
+    assert "--compute-s would change nothing" in error_line(capsys, [*run, "--compute-s", "1"])
+    from divjax.flags import config_from_args
+
+    args = cli.build_parser().parse_args([*run, "--fast-mbps", "9"])
+    assert config_from_args(args).fast_mbps == 9   # no upload column: the flag is read
+
+
+def test_cli__run_that_ends_before_any_iteration(capsys, tmp_path, no_engine):
+    line = error_line(capsys, ["run", *SMALL, "--compute-s", "2", "--out", str(tmp_path / "r")])
+    assert "--duration-s 1 ends before any node finishes its first iteration" in line
+
+
+@pytest.mark.parametrize("item,fix", [("straggler_mbps=1,5", "add --n-stragglers N"),
+                                      ("straggler_compute_factor=1,2", "add --n-stragglers N"),
+                                      ("inter_region_ms=10,40", "add --latency-regions G"),
+                                      ("churn_mean_s=1,5", "add --churn-rate R")])
+def test_cli__grid_over_a_field_nothing_reads(capsys, tmp_path, no_engine, item, fix):
+    line = error_line(capsys, ["sweep", *SMALL, "--n-stragglers", "0", "--grid", item,
+                               "--out", str(tmp_path / "s")])
+    assert f"--grid {item.split('=')[0]}=... would change nothing here" in line and fix in line
+
+
+def test_data__a_local_folder_named_tfds_something_is_a_local_copy(tmp_path, monkeypatch):
+    from divjax import data
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"data_dir='tfds_data/cifar' does not exist"):
+        data.load_cifar10("tfds_data/cifar")     # was: TFDS with data dir "_data/cifar"
+    from divjax.data.sources import _tfds_dir
+
+    assert _tfds_dir("tfds") is None and _tfds_dir("tfds:/d") == "/d" and _tfds_dir("tfds:") is None
+
+
+@pytest.mark.parametrize("field,value,says", [("data_seed", -1, "use a seed >= 0"),
+                                              ("fragment_seed", -1, "use a seed >= 0"),
+                                              ("compute_seed", -3, "use a seed >= 0"),
+                                              ("latency_ms", float("nan"), "finite latency"),
+                                              ("straggler_mbps", (float("inf"),), "finite")])
+def test_config__values_that_crashed_or_named_no_flag(field, value, says):
+    """Negative numpy seeds were a ValueError traceback; a NaN latency named '--latency_s'."""
+    with pytest.raises(ConfigError, match=f"{field}=.*{says}"):
+        SimConfig(**{field: value})
+
+
+def test_product__an_empty_value_list_is_refused():
+    from divjax.config import product
+
+    base = default_hparams(SimConfig(n_nodes=4, fanout=2))
+    assert product(base, lr=[0.1, 0.2]).lr.shape == (2,)
+    with pytest.raises(ConfigError, match=r"lr=\[\] has no values"):
+        product(base, lr=[], momentum=[0.0])   # was: a grid of 0 points, no error

@@ -32,8 +32,8 @@ def terminated(tmp_path_factory):
     calls = {"n": 0}
     real = checkpoint.check_state
 
-    def check_then_terminate(state, cfg):
-        real(state, cfg)
+    def check_then_terminate(state, cfg, *hp):
+        real(state, cfg, *hp)
         calls["n"] += 1
         if calls["n"] == 3:
             signal.raise_signal(signal.SIGTERM)

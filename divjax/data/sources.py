@@ -26,7 +26,7 @@ from divjax.data.movielens_files import (
 
 
 def load_cifar10(data_dir: str) -> tuple[CifarArrays, str]:
-    if data_dir.startswith("tfds"):
+    if is_tfds(data_dir):
         return load_cifar10_tfds(data_dir)
     if not data_dir:
         raise ConfigError("task cifar10 needs --data-dir (no copy is embedded); "
@@ -35,7 +35,7 @@ def load_cifar10(data_dir: str) -> tuple[CifarArrays, str]:
 
 
 def load_movielens(data_dir: str, variant: str = "latest-small") -> tuple[Ratings, str]:
-    if data_dir.startswith("tfds"):
+    if is_tfds(data_dir):
         return load_movielens_tfds(data_dir, variant)
     if not data_dir:
         if variant != "latest-small":
@@ -52,8 +52,14 @@ TFDS_NAMES = {"cifar10": "cifar10", "latest-small": "movielens/latest-small-rati
               "100k": "movielens/100k-ratings"}
 
 
+def is_tfds(data_dir: str) -> bool:
+    """`data_dir` names the TFDS path: "tfds" or "tfds:<dir>" (a local folder such as
+    "tfds_data/" is a local copy, not TFDS with the data dir "_data/")."""
+    return data_dir == "tfds" or data_dir.startswith("tfds:")
+
+
 def _tfds_dir(data_dir: str) -> str | None:
-    rest = data_dir[len("tfds"):].lstrip(":")
+    rest = data_dir[len("tfds:"):] if data_dir.startswith("tfds:") else ""
     return rest or None
 
 
