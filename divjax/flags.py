@@ -78,11 +78,11 @@ def prepare_out(out: Path | None, default_name: str, overwrite: bool = False,
 
     Without `out`: runs/<default_name>, or -2, -3, ... when that exists (each name claimed with
     an atomic mkdir, so two runs started in the same second never share a directory). With
-    `out`: `outdir.claim` (a lock file made with O_EXCL, so a second run into it is refused
-    while the first runs; results divjax recorded there refused unless `overwrite`, which
-    removes exactly those; files of `writes` that divjax did not write never replaced). The
-    claim ends with the command (`outdir.release_all`). A path that cannot be created is a
-    ConfigError. `resume` (`--resume DIR`): DIR is claimed without refusing its results;
+    `out`: `outdir.claim` (an exclusive lock on OUT/.divjax-lock, so a second run into it is
+    refused while the first runs; results divjax recorded there refused unless `overwrite`,
+    which removes exactly those; files of `writes` that divjax did not write never replaced).
+    The claim ends with the command (`cli.main` releases it). A path that cannot be created is
+    a ConfigError. `resume` (`--resume DIR`): DIR is claimed without refusing its results;
     `adopt` records the `writes` an older divjax left there without a manifest."""
     try:
         if out is None:
@@ -95,9 +95,7 @@ def prepare_out(out: Path | None, default_name: str, overwrite: bool = False,
                 except FileExistsError:
                     continue
                 return outdir.claim(cand, writes)
-        if adopt:
-            outdir.adopt(Path(out), writes)
-        return outdir.claim(Path(out), writes, overwrite=overwrite, resume=resume)
+        return outdir.claim(Path(out), writes, overwrite=overwrite, resume=resume, adopt=adopt)
     except OSError as e:
         raise ConfigError(f"--out {out if out is not None else Path('runs') / default_name}: "
                           f"cannot write there ({e.strerror or e}): choose a writable "

@@ -185,7 +185,7 @@ def release_since(before: set[Path]) -> None:
         release(p)
 
 
-def adopt(out: Path, names: Iterable[str]) -> None:
+def adopt_legacy(out: Path, names: Iterable[str]) -> None:
     """Record the existing `names` of a folder that an older divjax wrote without a manifest
     (only where there is no manifest at all: a run directory resumed by its run.json)."""
     out = Path(out)
@@ -203,13 +203,14 @@ def holds(out: Path) -> bool:
 
 
 def claim(out: Path, writes: Iterable[str] = tuple(sorted(KNOWN)), overwrite: bool = False,
-          resume: bool = False) -> Path:
+          resume: bool = False, adopt: bool = False) -> Path:
     """Claim the folder `out` for a command that writes the names `writes`.
 
     Refused (ConfigError) if another live run holds it, if it holds a file of `writes` that
     divjax did not record writing (never replaced, whatever the flags), or, unless
     `overwrite` or `resume`, if it holds results divjax recorded there; `overwrite` removes
-    exactly the recorded names first. Returns `out`."""
+    exactly the recorded names first. `adopt`: first record the `writes` present in a folder
+    that has no manifest at all (a run directory an older divjax wrote). Returns `out`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory: choose another --out")
@@ -218,6 +219,8 @@ def claim(out: Path, writes: Iterable[str] = tuple(sorted(KNOWN)), overwrite: bo
     with _HELD_LOCK:
         _HELD[out.resolve()] = fd
     try:
+        if adopt:
+            adopt_legacy(out, writes)
         _check_and_clear(out, tuple(writes), overwrite, resume)
     except BaseException:
         release(out)

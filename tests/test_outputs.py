@@ -152,3 +152,18 @@ def test_manifest__only_divjax_names_count_and_writes_are_atomic(tmp_path):
     outdir.write_output(tmp_path, "metrics.csv", "new")
     assert (tmp_path / "metrics.csv").read_text() == "new"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume__a_run_folder_of_an_older_divjax_is_adopted_only_without_a_manifest(tmp_path):
+    """`divjax run --resume` of a run folder written before manifests existed records its
+    files as divjax's; a folder that has a manifest keeps it (a foreign file stays refused)."""
+    for name in ("run.json", "config.json", "metrics.csv"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "checkpoints").mkdir()
+    assert flags.prepare_out(tmp_path, "", writes=outdir.RUN_OUTPUTS, resume=True,
+                             adopt=True) == tmp_path
+    outdir.release(tmp_path)
+    assert outdir.recorded(tmp_path) == {"run.json", "config.json", "metrics.csv", "checkpoints"}
+    (tmp_path / "summary.md").write_text("mine")
+    with pytest.raises(ConfigError, match="holds summary.md, which divjax did not write"):
+        flags.prepare_out(tmp_path, "", writes=outdir.RUN_OUTPUTS, resume=True, adopt=True)
