@@ -22,6 +22,7 @@ import numpy as np
 from divjax import outdir, presets
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.flags import add_config_flags, config_from_args, prepare_out
+from divjax.plugins import label
 from divjax.xla_options import program_options
 
 
@@ -130,7 +131,7 @@ def cmd_run(args) -> int:
         out = None
         if not args.dry_run:   # found before any data is loaded or anything compiled
             out = prepare_out(args.out, time.strftime(
-                f"%Y%m%d-%H%M%S-{cfg.algorithm}-{cfg.task}"), args.overwrite,
+                f"%Y%m%d-%H%M%S-{label(cfg.algorithm)}-{label(cfg.task)}"), args.overwrite,
                 writes=outdir.RUN_OUTPUTS)
             _write_pending_config(out, cfg, args.seed)
     t0 = time.perf_counter()

@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
         "compare", help="run several algorithms on the same network and seed; one table and "
                         "one overlay plot")
     p.add_argument("--algorithms", default="divshare,adpsgd,swift",
-                   help="comma-separated names from divjax.algorithms.ALGORITHMS")
+                   help="comma-separated names from divjax.algorithms.ALGORITHMS, or your "
+                        "own algorithms as MODULE:ATTR / PATH.py:ATTR (divjax.plugins)")
     p.add_argument("--preset", default=presets.DEFAULT_PRESET,
                    help="named configuration (see `divjax presets`)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed shared by every run")
@@ -106,17 +107,17 @@ def markdown_table(rows: list[dict]) -> str:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Not jittable: host driver, file output."""
-    from divjax import outdir, report
+    from divjax import outdir, plugins, report
     from divjax.algorithms import ALGORITHMS
     from divjax.config import ConfigError, default_hparams
     from divjax.flags import config_from_args, prepare_out
     from divjax.sim import make_engine, simulate
 
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ALGORITHMS]
+    unknown = [a for a in names if a not in ALGORITHMS and not plugins.is_plugin(a)]
     if unknown or not names:
         raise ConfigError(f"--algorithms {args.algorithms!r}: unknown {unknown}; choose from "
-                          f"{sorted(ALGORITHMS)}")
+                          f"{sorted(ALGORITHMS)} or name your own as MODULE:ATTR")
     base = config_from_args(args)
     for name in names:   # every algorithm's config is valid before anything runs
         base.replace(algorithm=name)

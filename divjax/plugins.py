@@ -111,6 +111,16 @@ def source_record(spec: str, what: str) -> dict:
     return {"spec": spec, "file": path, "sha256": digest}
 
 
+def label(name: str) -> str:
+    """A short, file-name-safe name: a built-in name as it is; for a spec, the module's (or
+    file's) last component and the attribute, e.g. "prioritized_divshare.make_prioritized"."""
+    if not is_plugin(name):
+        return name
+    module, _, attr = str(name).rpartition(":")
+    stem = Path(module).stem if module.endswith(".py") else module.rpartition(".")[2]
+    return f"{stem}.{attr}"
+
+
 def plugin_record(cfg) -> dict:
     """{"algorithm": source_record, "task": source_record} for the plug-ins `cfg` names."""
     return {what: source_record(getattr(cfg, what), what) for what in ("algorithm", "task")

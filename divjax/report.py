@@ -47,11 +47,13 @@ def format_table(metrics: dict, columns: list[str], max_rows: int = 25) -> str:
 def write_run_dir(out: Path, cfg, hp, metrics: dict, task_info: dict, extra: dict) -> None:
     """Write config.json, metrics.json, metrics.csv and plot.png into `out`, each recorded in
     its manifest and written atomically (`divjax.outdir`)."""
+    from divjax.plugins import label, plugin_record
+
     out.mkdir(parents=True, exist_ok=True)
     config = {"config": dataclasses.asdict(cfg),
               "hparams": {f.name: np.asarray(getattr(hp, f.name)).tolist()
                           for f in dataclasses.fields(hp)},
-              "task": task_info, **extra}
+              "task": task_info, "plugins": plugin_record(cfg), **extra}
     outdir.write_output(out, "config.json", json.dumps(config, indent=1, default=str))
     jm = {k: np.asarray(v).tolist() for k, v in metrics.items() if k != "node"}
     jm["node"] = {k: np.asarray(v).tolist() for k, v in metrics.get("node", {}).items()}
@@ -59,7 +61,7 @@ def write_run_dir(out: Path, cfg, hp, metrics: dict, task_info: dict, extra: dic
     rows = metrics_rows(metrics)
     outdir.write_output(out, "metrics.csv", csv_text(rows, list(rows[0])))
     outdir.record(out, "plot.png")
-    plot_runs([(cfg.algorithm, metrics)], task_info.get("primary", "loss"), out / "plot.png")
+    plot_runs([(label(cfg.algorithm), metrics)], task_info.get("primary", "loss"), out / "plot.png")
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax import messages, network
-from divjax.algorithms import ALGORITHMS, Algorithm, Context
+from divjax.algorithms import Algorithm, Context, make_algorithm
 from divjax.compute_schedule import (
     end_tick,
     has_offline,
@@ -323,10 +323,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     """Build the engine for a config. `hp` (concrete) sizes the ring; default_hparams if None."""
     task = task if task is not None else make_task(cfg)
     if algo is None:
-        if cfg.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm={cfg.algorithm!r} is unknown: choose one of "
-                              f"{sorted(ALGORITHMS)}")
-        algo = ALGORITHMS[cfg.algorithm](cfg)
+        algo = make_algorithm(cfg)     # a built-in name or a plug-in's MODULE:ATTR
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0

@@ -466,7 +466,7 @@ def _stored_group(out: Path, g: int, H: int, S: int):
 
 def _run_group(cfg, g, st, points, keys, chunk_size, progress, verbose, out, resume):
     """Run (or, resumed, finish) group g: (st, info, metrics (H, S, C), errs, have, record)."""
-    from divjax.algorithms import ALGORITHMS
+    from divjax.algorithms import make_algorithm
     from divjax.registry import make_task
     from divjax.sim import make_run
 
@@ -479,10 +479,7 @@ def _run_group(cfg, g, st, points, keys, chunk_size, progress, verbose, out, res
     cfg_g = cfg.replace(**st)
     hps = [hparams_for(cfg_g, p) for p in points]
     task = make_task(cfg_g)
-    if cfg_g.algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm={cfg_g.algorithm!r} is unknown: choose one of "
-                          f"{sorted(ALGORITHMS)}")
-    algo = ALGORITHMS[cfg_g.algorithm](cfg_g)
+    algo = make_algorithm(cfg_g)     # a built-in name or a plug-in's MODULE:ATTR
     cfg_r = resolve_grid(cfg_g, hps, task, algo)
     run = make_run(cfg_r, task, algo)
     hp, hp_axes = stack_hparams(hps)

@@ -12,6 +12,7 @@ import numpy as np
 
 from divjax import sweep_store
 from divjax.config import ConfigError, SimConfig
+from divjax.plugins import label
 from divjax.sweep import ALIASES, LARGE_COMPILE_S, LARGE_GROUPS, sweep, sweep_plan
 
 # ----------------------------------------------------------------------------- CLI plugin
@@ -190,8 +191,8 @@ def cmd_sweep(args) -> int:
     if args.resume is not None:
         out = prepare_out(args.resume, "", writes=outdir.SWEEP_OUTPUTS, resume=True)
     else:
-        out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{cfg.algorithm}-"
-                                                  f"{cfg.task}"), args.overwrite,
+        out = prepare_out(args.out, time.strftime(f"%Y%m%d-%H%M%S-sweep-{label(cfg.algorithm)}-"
+                                                  f"{label(cfg.task)}"), args.overwrite,
                           writes=outdir.SWEEP_OUTPUTS)
     tty = sys.stdout.isatty()
 

@@ -27,14 +27,17 @@ from divjax.config import ConfigError, SimConfig
 from divjax.sweep_outputs import jsonable
 
 POINTS = "points"
-RECORD_KEYS = ("config", "grid", "seeds", "base_seed", "chunk_size")
+RECORD_KEYS = ("config", "grid", "seeds", "base_seed", "chunk_size", "plugins")
 
 
 def sweep_record(cfg: SimConfig, grid: dict, seeds: int, base_seed: int,
                  chunk_size: int | None) -> dict:
     """What a sweep's results depend on, as config.json records it."""
+    from divjax.plugins import plugin_record
+
     return jsonable({"config": dataclasses.asdict(cfg), "grid": grid, "seeds": seeds,
-                     "base_seed": base_seed, "chunk_size": chunk_size})
+                     "base_seed": base_seed, "chunk_size": chunk_size,
+                     "plugins": plugin_record(cfg)})   # a changed plug-in cannot resume
 
 
 def record_difference(saved: dict, now: dict) -> list[str]:
