@@ -309,7 +309,10 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     t_start = time.perf_counter()
     state = {"primary": None, "higher": True}
     statics = _combos(static) if static else [{}]
+    from divjax import traces
+
     for st in statics:   # every grid point's config is valid before anything runs
+        traces.refuse_overridden(cfg.replace(**st), grid)   # fields a trace overrides
         for p in _combos(dynamic) if dynamic else [{}]:
             cfg.replace(**st).replace(**config_values(cfg.replace(**st), p))
     try:
