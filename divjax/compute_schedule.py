@@ -23,10 +23,14 @@ histories and the table itself are sized without the key; a table too short for 
 (HParams given to a run sized for others) raises ERR_SCHEDULE, never a wrong result.
 
 Churn (`churn_rate` r, `churn_mean_s` m): every node alternates online and offline intervals,
-starting online; their lengths are exponential (offline mean m, online mean m (1 - r) / r, so a
-fraction r of the time is offline), at least one tick each, drawn from fold_in(fold_in(fold_in(
-k_sim, CHURN_STREAM), i), j) for the j-th pair of node i (`offline_intervals`: ticks
-[start, end) offline). An iteration that meets an offline interval is paused for its length (the
+starting online; their lengths are geometric in whole ticks (the memoryless law on 1, 2, ...
+ticks: offline mean m, online mean m (1 - r) / r, so a fraction r of the time is offline, exactly
+in expectation; a mean below one tick is one tick, and a warning gives the share and mean then
+drawn, `effective_churn`), drawn from fold_in(fold_in(fold_in(k_sim, CHURN_STREAM), i), j) for
+the j-th pair of node i (`offline_intervals`: ticks [start, end) offline). The int32 sums of
+the offline table saturate past any run's end (`SATURATED`), so churn fits any run of fewer
+than 2^27 ticks (`check_churn_clock`, on every build), the paper's 800 s among them. An
+iteration that meets an offline interval is paused for its length (the
 compute runs on online time only), so no iteration ends while its node is offline; the ends
 table holds the paused ends. What the engine does with an offline node's messages (DivShare:
 going offline drops its send queue; an arrival at an offline node is lost) is the algorithm's.
@@ -48,11 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax import traces
+from divjax.config_checks import ConfigError
 
 JITTER_STREAM = 2**31 - 1   # fold_in constant of the jitter stream (never a tick)
 CHURN_STREAM = 2**31 - 2    # fold_in constant of the churn stream (never a tick)
 Z_CLIP = 3.0                # z is clipped to [-3, 3]: iteration lengths are bounded
 _MARGIN = 1e-5              # float32 rounding slack of the bounds
+SATURATED = 2**30 - 1       # churn's offline sums stop here (past any run; two fit int32)
 
 
 def compute_spread_factors(cfg) -> np.ndarray:
@@ -164,11 +170,56 @@ def iteration_ends(cfg, compute_ticks: jax.Array, k_sim: jax.Array,
         return ends
     start, end = offline_intervals(cfg, k_sim) if offline is None else offline
     length = end - start
+    paused_by = _saturating_cumsum(length)          # offline time up to interval j's end
     # online time at which offline interval j begins; an end at or after it waits its length
-    online_at = start - (jnp.cumsum(length, axis=1) - length)
+    # (intervals past the saturation are past any run: they stay at SATURATED, sorted)
+    online_at = jnp.where(start >= SATURATED, SATURATED, start - (paused_by - length))
     m = _count(online_at, jnp.arange(n, dtype=jnp.int32)[:, None], ends, side_right=True)
-    paused = jnp.take_along_axis(jnp.cumsum(length, axis=1), jnp.maximum(m - 1, 0), axis=1)
+    paused = jnp.take_along_axis(paused_by, jnp.maximum(m - 1, 0), axis=1)
     return ends + jnp.where(m > 0, paused, 0)
+
+
+def _saturating_cumsum(x: jax.Array) -> jax.Array:
+    """(n, J) the cumulative sum along axis 1 of non-negative int32 entries of at most
+    SATURATED each, held at SATURATED once it gets there (exact below it; never overflows)."""
+    return jax.lax.associative_scan(lambda a, b: jnp.minimum(a + b, SATURATED), x, axis=1)
+
+
+def check_churn_clock(cfg) -> None:
+    """Refuse a churn run too long for the int32 offline table (every build passes here, from
+    `offline_intervals`): an interval lasts at most T + 1 ticks and the sums saturate at
+    SATURATED, so T up to 2^27 ticks fits (372 hours at 10 ms ticks)."""
+    if cfg.churn_rate and cfg.num_ticks >= 2**27:
+        raise ConfigError(f"churn over num_ticks={cfg.num_ticks} ticks is too long for the "
+                          f"int32 offline table (at most {2**27 - 1}): raise --tick-s or "
+                          f"shorten --duration-s")
+
+
+def churn_means_ticks(cfg) -> tuple[float, float]:
+    """(offline, online) mean interval lengths in ticks that churn draws: churn_mean_s / tick_s
+    and the online mean that makes a fraction churn_rate of the time offline, each at least
+    one tick (an interval lasts whole ticks, at least one)."""
+    off = max(1.0, cfg.churn_mean_s / cfg.tick_s)
+    return off, max(1.0, off * (1 - cfg.churn_rate) / cfg.churn_rate)
+
+
+def effective_churn(cfg) -> tuple[float, float]:
+    """(offline share, mean offline interval in seconds) that churn actually draws: churn_rate
+    and churn_mean_s, unless a mean is shorter than one tick (`churn_means_ticks`)."""
+    off, on = churn_means_ticks(cfg)
+    return off / (off + on), off * cfg.tick_s
+
+
+def _warn_effective_churn(cfg) -> None:
+    share, mean_s = effective_churn(cfg)
+    if abs(share - cfg.churn_rate) > 1e-9 or abs(mean_s - cfg.churn_mean_s) > 1e-12:
+        import warnings
+
+        warnings.warn(f"churn_rate={cfg.churn_rate:g}, churn_mean_s={cfg.churn_mean_s:g}: an "
+                      f"interval lasts whole ticks of tick_s={cfg.tick_s:g}, at least one, so "
+                      f"the run draws an offline share of {share:.4g} and offline intervals of "
+                      f"{mean_s:.4g} s on average: lower --tick-s for the values asked",
+                      stacklevel=3)
 
 
 def offline_slots(cfg) -> int:
@@ -179,20 +230,33 @@ def offline_slots(cfg) -> int:
 def offline_intervals(cfg, k_sim: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(start, end), each (n, J) int32: node i is offline at ticks [start[i, j], end[i, j])
     (churn; see the module docstring). Lengths are capped at T + 1 ticks (what lies past the
-    run's end T changes nothing), so the int32 sums hold for T < 46,000 ticks. A trace's
-    intervals (`traces.NodeTrace`), constants."""
+    run's end T changes nothing) and the sums saturate at SATURATED (far past the run), so
+    they never overflow int32. A trace's intervals (`traces.NodeTrace`), constants."""
     if cfg.trace_file:
         nt = traces.node_trace(cfg)
         return jnp.asarray(nt.off_start), jnp.asarray(nt.off_end)
+    check_churn_clock(cfg)
+    _warn_effective_churn(cfg)
     n, J, T = cfg.n_nodes, offline_slots(cfg), cfg.num_ticks
-    mean_off = cfg.churn_mean_s / cfg.tick_s
-    mean_on = mean_off * (1 - cfg.churn_rate) / cfg.churn_rate
+    mean_off, mean_on = churn_means_ticks(cfg)
     e = _per_node_draws(jax.random.fold_in(k_sim, CHURN_STREAM), n, J,
                         lambda k: jax.random.exponential(k, (2,)))            # (n, J, 2)
-    ticks = lambda x, mean: jnp.clip(jnp.round(x * mean), 1, T + 1).astype(jnp.int32)  # noqa
-    on, off = ticks(e[..., 0], mean_on), ticks(e[..., 1], mean_off)
-    end = jnp.cumsum(on + off, axis=1)
-    return end - off, end
+    on, off = _geometric_ticks(e[..., 0], mean_on, T), _geometric_ticks(e[..., 1], mean_off, T)
+    end = _saturating_cumsum(on + off)
+    before = jnp.concatenate([jnp.zeros_like(end[:, :1]), end[:, :-1]], axis=1)
+    return jnp.minimum(before + on, SATURATED), end
+
+
+def _geometric_ticks(e: jax.Array, mean: float, T: int) -> jax.Array:
+    """int32 interval lengths in whole ticks from Exp(1) draws `e`: floor(e / lam) + 1 with
+    lam = -log(1 - 1 / mean), geometric on 1, 2, ... with exactly `mean` (>= 1) ticks on
+    average (the memoryless law in whole ticks; rounding an exponential instead, at least one
+    tick, lengthened short intervals: 13% offline for 10% asked at a one-tick mean), capped at
+    T + 1 (what lies past the run's end changes nothing)."""
+    if mean <= 1.0:
+        return jnp.ones(e.shape, jnp.int32)
+    lam = jnp.float32(-math.log1p(-1.0 / mean))
+    return jnp.clip(jnp.floor(e / lam) + 1, 1, T + 1).astype(jnp.int32)
 
 
 def _count(rows: jax.Array, node: jax.Array, value: jax.Array, side_right: bool = False
@@ -235,12 +299,11 @@ def next_offline_start(table, node: jax.Array, tick: jax.Array) -> jax.Array:
 
 def stop_tick(table, node: jax.Array, t: jax.Array, next_end: jax.Array) -> jax.Array:
     """When a node's link stops on what it queued at its iteration end t: its next iteration
-    end, or (churn) its next going offline if that comes first."""
+    end, or (churn, a trace) its next going offline if that comes first (none after its last
+    tabled interval: a trace's node back online for good keeps sending)."""
     if table.off_start is None:
         return next_end
-    m = _count(table.off_start, node, t, side_right=True)
-    J = table.off_start.shape[-1]
-    return jnp.minimum(next_end, table.off_start[node, jnp.minimum(m, J - 1)])
+    return jnp.minimum(next_end, next_offline_start(table, node, t))
 
 
 def end_tick(table, node: jax.Array, k: jax.Array) -> jax.Array:

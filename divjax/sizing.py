@@ -98,9 +98,8 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"{delay} ticks); set --ring-ticks {need} or 0 (auto)")
     if algo is not None and algo.resolve_sizes is not None:
         cfg = algo.resolve_sizes(cfg, table)
-    if cfg.churn_rate and (cfg.num_ticks + 2) ** 2 >= 2**31:
-        raise ConfigError(f"churn over num_ticks={cfg.num_ticks} ticks is too long for the "
-                          f"int32 offline table: raise --tick-s or shorten --duration-s")
+    from divjax.compute_schedule import check_churn_clock  # also on every build
+    check_churn_clock(cfg)
     if has_table(cfg):   # the iteration-end table reaches past the run's end
         need = slots_needed(cfg, table.compute_ticks)
         if cfg.iteration_slots == 0:

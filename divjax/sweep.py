@@ -378,7 +378,10 @@ def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
     static, dynamic = split_grid(grid)
     statics = _combos(static) if static else [{}]
     points = _combos(dynamic) if dynamic else [{}]
+    from divjax import traces
+
     for st in statics:   # every grid point's config is valid before anything runs
+        traces.refuse_overridden(cfg.replace(**st), grid)   # fields a trace overrides
         for p in points:
             cfg.replace(**st).replace(**config_values(cfg.replace(**st), p))
     if resume and out is None:

@@ -22,7 +22,10 @@ any order. Every later line is one row with a number in every column:
                               on: --download-mbps; without it: the config's)
 
 Semantics: piecewise constant. A row sets its node's state from time_s (inclusive) until that
-node's next row; a node's last row holds for ever. Rows are sorted by time_s (ties in any
+node's next row; a node's last row holds for ever. Times count in whole ticks: rows of one node
+whose times round to the same tick (e.g. 0.5 and 0.50005 s at 10 ms ticks) take effect at that
+tick, the last one in the file in force, so an offline spell shorter than a tick is no offline
+spell at all (engine and reference alike). Rows are sorted by time_s (ties in any
 order), a node has at most one row per time, and every node of the run has a row at time 0.
 A node's first row's bandwidths become the node's (`trace_hparams`: HParams.upload_bps and
 download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`). Its upload may change
@@ -30,10 +33,10 @@ download_bps; also `NodeTrace.upload_bps`, `NodeTrace.download_bps`). Its upload
 sender's iteration end (`NodeTrace.upload_seg_bps`, `network.units_at`): a DivShare queue
 lives one iteration; a Swift model appended then keeps that upload however long it waits on
 the link (`queues.queued_model_units`); other algorithms refuse an upload that changes
-(naming the line and column). Its download may change (DivShare, Swift and local, with download limits on): a
-message is received at the download bandwidth in force when its reception starts, on the
-link's sub-tick clock (`NodeTrace.download_seg_bps`, `downloads.fifo_deliveries`); other
-algorithms refuse a download that changes.
+(naming the line and column). Its download may change (DivShare, Swift and local, with
+download limits on): a message is received at the download bandwidth in force when its
+reception starts, on the link's sub-tick clock (`NodeTrace.download_seg_bps`,
+`downloads.fifo_deliveries`); other algorithms refuse a download that changes.
 
 Iteration rule (the same tables as compute jitter and churn, `divjax.compute_schedule`, built
 from the file instead of the run's key): an iteration starts at its node's previous iteration
@@ -47,6 +50,20 @@ run's end changes nothing: an offline interval still open at tick T ends at T + 
 tables. With a trace, HParams.compute_s no longer sets how long iterations last (the trace
 does, for every HParams of a sweep alike).
 
+Every row is checked against the int32 clock when a run is built, as HParams are
+(`network.check_trace_rows`): a row's compute time, and the link sub-ticks its upload (and
+download, with limits on) needs for the messages a link may hold; a bandwidth too small for
+it (an outage written as 0.001 Mbit/s on MovieLens) is refused naming its cell: write an outage
+as online=0.
+
+A trace overrides config fields (`overridden_fields`: the compute times always, the
+bandwidths where it has their columns): a sweep over one of them under a trace would run one
+network under several labels, so `divjax.sweep` refuses it (`refuse_overridden`), and a
+single run warns when such a field differs from its default (`trace_hparams`).
+
+Files are cached on their contents' sha256 (`trace_digest`): a trace rewritten at the same
+path is read again, and a checkpoint of the old one refuses to resume (`divjax.fingerprint`).
+
 Every error is a ConfigError naming path:line:column (columns count from 1).
 """
 
@@ -54,13 +71,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
 
 from divjax.config_checks import ConfigError
-from divjax.pair_files import csv_lines, number
+from divjax.pair_files import csv_lines, file_digest, number
 
 COLUMNS = ("time_s", "node", "compute_s", "online", "upload_mbps", "download_mbps")
 REQUIRED = ("time_s", "node", "compute_s")
@@ -102,17 +118,21 @@ class NodeTrace(NamedTuple):
 
 
 def read_trace(path: str) -> Trace:
-    """Parse and check a trace file (cached while the file is unchanged)."""
+    """Parse and check a trace file (cached on its contents, `pair_files.file_digest`)."""
+    return _read(path, trace_digest(path))
+
+
+def trace_digest(path: str) -> str:
+    """The sha256 of the trace file's contents (the key of every cache of it here)."""
     try:
-        st = os.stat(path)
+        return file_digest(path)
     except OSError:
         raise ConfigError(f"trace_file={path!r} does not exist: give a CSV trace (format: "
                           f"divjax/traces.py; scripts/make_trace.py writes one)") from None
-    return _read(path, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: str, _mtime: int, _size: int) -> Trace:
+def _read(path: str, _digest: str) -> Trace:
     header, rows, lines = None, [], []
     for line_no, cells in csv_lines(path):
         if header is None:
@@ -195,10 +215,10 @@ def node_trace(cfg) -> NodeTrace:
     """The trace of `cfg.trace_file` in the ticks of `cfg` (cached): checks node ids against
     n_nodes, whole ticks, every node's row at time 0, and offline rows against the
     algorithm."""
-    read_trace(cfg.trace_file)   # checks the file (and that it exists) first
-    st = os.stat(cfg.trace_file)
-    return _node_trace(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
-                       cfg.num_ticks, _offline_refused(cfg), _varying_refused(cfg))
+    digest = trace_digest(cfg.trace_file)
+    _read(cfg.trace_file, digest)   # checks the file first
+    return _node_trace(cfg.trace_file, digest, cfg.n_nodes, cfg.tick_s, cfg.num_ticks,
+                       _offline_refused(cfg), _varying_refused(cfg))
 
 
 def _varying_refused(cfg) -> tuple[str, str]:
@@ -223,9 +243,9 @@ def _offline_refused(cfg) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
+def _node_trace(path: str, digest: str, n: int, tick_s: float, T: int,
                 offline_refused: str, varying_refused: tuple = ("", "")) -> NodeTrace:
-    trace = _read(path, mtime, size)
+    trace = _read(path, digest)
     node = trace.col("node").astype(np.int64)
     _first(trace, node >= n, "node", f"this run has n_nodes={n} (ids 0..{n - 1})")
     t = trace.col("time_s") / tick_s
@@ -263,7 +283,7 @@ def _node_trace(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
                 continue
             back = [q for q in rows[p + 1:] if online[q]]
             s, e = int(ticks[r]), int(ticks[back[0]]) if back else T + 1
-            if s < T:
+            if s < min(e, T):   # an offline spell within one tick is none (docstring)
                 intervals[i].append((s, min(e, T + 1)))
     shortest, longest = seg_compute.min(1), seg_compute.max(1)
     J = max(len(x) for x in intervals)
@@ -303,15 +323,14 @@ def end_table(cfg, S: int) -> np.ndarray:
     """(n, S) int32: the tick at which iteration k of node i ends under the trace (the rule of
     the module docstring), walked on the host for all nodes at once (cached)."""
     node_trace(cfg)   # checks the trace against the config first
-    st = os.stat(cfg.trace_file)
-    return _end_table(cfg.trace_file, st.st_mtime_ns, st.st_size, cfg.n_nodes, cfg.tick_s,
+    return _end_table(cfg.trace_file, trace_digest(cfg.trace_file), cfg.n_nodes, cfg.tick_s,
                       cfg.num_ticks, _offline_refused(cfg), S)
 
 
 @functools.lru_cache(maxsize=8)
-def _end_table(path: str, mtime: int, size: int, n: int, tick_s: float, T: int,
+def _end_table(path: str, digest: str, n: int, tick_s: float, T: int,
                offline_refused: str, S: int) -> np.ndarray:
-    nt = _node_trace(path, mtime, size, n, tick_s, T, offline_refused)
+    nt = _node_trace(path, digest, n, tick_s, T, offline_refused)
     rows = np.arange(n)
     has_off = nt.off_start is not None
     J = nt.off_start.shape[1] if has_off else 0
@@ -371,8 +390,72 @@ def trace_hparams(cfg, hp):
         warnings.warn(f"{cfg.trace_file}: the trace's download_mbps column is not used: download "
                       f"limits are off (--download-mbps X, any X > 0, turns them on for "
                       f"every algorithm but epidemic; the trace's values replace X)", stacklevel=2)
+    unused = unused_fields(cfg)
+    if unused:
+        import warnings
+
+        warnings.warn(f"{cfg.trace_file}: the trace sets every node's "
+                      f"{', '.join(sorted(set(unused.values())))}, so the config's "
+                      f"{', '.join(f'{k}={getattr(cfg, k)!r}' for k in unused)} "
+                      f"{'is' if len(unused) == 1 else 'are'} not used", stacklevel=2)
     for field, bps in (("upload_bps", nt.upload_bps), ("download_bps", nt.download_bps)):
         if bps is not None:
             hp = hp.replace(**{field: jnp.broadcast_to(jnp.asarray(bps, jnp.float32),
                                                        np.shape(getattr(hp, field)))})
     return hp
+
+
+def overridden_fields(cfg) -> dict[str, str]:
+    """{field: the trace column that replaces it} for the fields whose value `cfg.trace_file`
+    overrides ({} without a trace): SimConfig fields (and the sweep alias straggler_share) and
+    the HParams leaves they build. A trace sets every node's compute time (compute_s,
+    straggler_compute_factor, compute_spread, compute_seed; HParams.compute_s), its
+    upload_mbps column every upload (fast_mbps, straggler_mbps; HParams.upload_bps), its
+    download_mbps column, with download limits on, every download (straggler_download_mbps;
+    HParams.download_bps), and n_stragglers (straggler_share) once nothing it picks is left.
+    Sweeping one of them runs the same network under several labels: `refuse_overridden`."""
+    if not cfg.trace_file:
+        return {}
+    columns = read_trace(cfg.trace_file).columns
+    out = dict.fromkeys(("compute_s", "straggler_compute_factor", "compute_spread",
+                         "compute_seed"), "compute_s")
+    up = "upload_mbps" in columns
+    down = "download_mbps" in columns and _download_limited(cfg)
+    if up:
+        out.update(dict.fromkeys(("fast_mbps", "straggler_mbps", "upload_bps"), "upload_mbps"))
+    if down:
+        out.update(dict.fromkeys(("straggler_download_mbps", "download_bps"), "download_mbps"))
+    if up and (down or not _download_limited(cfg)):
+        out.update(dict.fromkeys(("n_stragglers", "straggler_share"), "upload_mbps"))
+    return out
+
+
+def refuse_overridden(cfg, names, what: str = "grid field") -> None:
+    """Raise a ConfigError naming the first of `names` (a sweep's grid fields, or flags given
+    explicitly) that `cfg.trace_file` overrides (`overridden_fields`). download_mbps: refused
+    when the trace gives download_mbps and `names` maps it to two or more values > 0 (each
+    only turns the limits on; the trace sets the bandwidths)."""
+    over = overridden_fields(cfg)
+    for name in names:
+        col = over.get(name)
+        if name == "download_mbps" and isinstance(names, dict) and cfg.trace_file and (
+                "download_mbps" in read_trace(cfg.trace_file).columns
+                and sum(float(v) > 0 for v in names[name]) > 1):
+            col = "download_mbps"
+        if col:
+            raise ConfigError(
+                f"{what} {name!r} is overridden by trace_file={cfg.trace_file!r}: its {col} "
+                f"column sets every node's {col.split('_')[0]}, so every value of {name} would "
+                f"run the same network under another label; drop {name}, or sweep "
+                f"trace_file over several traces")
+
+
+def unused_fields(cfg) -> dict[str, str]:
+    """{SimConfig field: column} of the `overridden_fields` that the config sets to another
+    value than SimConfig's default (a flag given, a preset's value): what a single run with
+    this trace silently ignored before (`trace_hparams` warns)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(type(cfg))}
+    return {k: col for k, col in overridden_fields(cfg).items()
+            if k in defaults and getattr(cfg, k) != defaults[k]}

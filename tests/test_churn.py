@@ -89,3 +89,56 @@ def test_churn__bad_values_are_refused():
     for value in (0.0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match="churn_mean_s"):
             churn_config(churn_mean_s=value)
+
+
+def offline_share(cfg, key) -> tuple[float, float]:
+    """(share of the run's node-ticks offline, mean offline interval length in ticks)."""
+    start, end = (np.asarray(x) for x in jax.jit(
+        lambda k: compute_schedule.offline_intervals(cfg, k))(key))
+    T = cfg.num_ticks
+    assert np.all(np.diff(start, axis=1) > 0) and np.all(end > start) and start.min() >= 1
+    offline = np.clip(np.minimum(end, T) - np.minimum(start, T), 0, None).sum(1)
+    return offline.mean() / T, (end - start)[start < T].mean()
+
+
+def test_churn__short_offline_means_keep_the_offline_share():
+    """A one-tick mean offline interval: rounding an exponential to at least one tick drew 13%
+    offline for 10% asked (old code); the geometric draw keeps 10%, in one-tick intervals."""
+    cfg = SimConfig(n_nodes=400, tick_s=0.01, duration_s=4.0, eval_every_s=1.0,
+                    churn_rate=0.1, churn_mean_s=0.01)
+    share, mean_len = offline_share(cfg, jax.random.key(0))
+    assert abs(share - 0.1) < 0.006 and mean_len == 1.0
+    share, mean_len = offline_share(cfg.replace(churn_mean_s=0.05), jax.random.key(1))
+    assert abs(share - 0.1) < 0.01 and abs(mean_len - 5) < 0.25
+    assert compute_schedule.effective_churn(cfg) == (0.1, 0.01)
+
+
+def test_churn__a_mean_below_one_tick_warns_with_the_share_drawn():
+    cfg = SimConfig(n_nodes=400, tick_s=0.01, duration_s=4.0, eval_every_s=1.0,
+                    churn_rate=0.6, churn_mean_s=0.003)
+    share, mean_s = compute_schedule.effective_churn(cfg)
+    assert (share, mean_s) == (0.5, 0.01)
+    with pytest.warns(UserWarning, match="offline share of 0.5 and offline intervals of 0.01 s"):
+        got, _ = offline_share(cfg, jax.random.key(0))
+    assert abs(got - 0.5) < 0.01
+
+
+def test_churn__the_papers_800_s_run_fits_the_offline_table():
+    """800 s at 10 ms ticks: the old guard ((T + 2)^2 >= 2^31, in sizing only) refused churn
+    beyond 463 s, and the unguarded sums overflowed into negative ticks. The sums now
+    saturate past the run: the table is sorted, the share right, the ends reach the run's end."""
+    from divjax.sim import make_run
+
+    cfg = churn_config(n_nodes=3, duration_s=800.0, eval_every_s=100.0, churn_rate=0.2,
+                       churn_mean_s=0.5)
+    run = make_run(cfg)                                     # sized (refused before)
+    share, mean_len = offline_share(cfg.replace(n_nodes=40), jax.random.key(3))
+    assert abs(share - 0.2) < 0.01 and abs(mean_len - 50) < 2
+    S = run.engine.cfg.iteration_slots
+    ends = np.asarray(jax.jit(lambda k: compute_schedule.iteration_ends(
+        run.engine.cfg, jnp.full((3,), 10, jnp.int32), k))(jax.random.key(3)))
+    assert ends.shape == (3, S) and np.all(np.diff(ends, axis=1) > 0)
+    assert np.all(ends[:, -1] >= cfg.num_ticks) and ends.min() > 0
+    with pytest.raises(ConfigError, match="too long for the int32 offline table"):
+        compute_schedule.offline_intervals(cfg.replace(duration_s=2e6, eval_every_s=1e5,
+                                                       tick_s=0.01), jax.random.key(0))

@@ -7,6 +7,7 @@ trace cannot express is refused."""
 import importlib.util
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -303,3 +304,98 @@ def test_traces__time_varying_upload_is_refused_where_not_modelled(tmp_path):
     with pytest.raises(ConfigError, match="time-varying upload is modelled for divshare"):
         traces.node_trace(trace_config(algorithm="adpsgd",
                                        trace_file=varying_upload_trace(tmp_path)))
+
+
+def outage_trace(tmp_path, column: str, mbps: float) -> str:
+    """Five nodes at 0.1 s per iteration and 0.8 Mbit/s; node 1's `column` drops to `mbps` from
+    0.5 s to 1.0 s (an outage written as a near-zero bandwidth)."""
+    rows = [f"0,{i},0.1,0.8" for i in range(5)] + [f"0.5,1,0.1,{mbps:g}", "1,1,0.1,0.8"]
+    return write(tmp_path, f"time_s,node,compute_s,{column}\n" + "\n".join(rows) + "\n",
+                 f"outage-{column}-{mbps:g}.csv")
+
+
+@pytest.mark.parametrize("algorithm,column", [("divshare", "upload_mbps"),
+                                              ("swift", "upload_mbps"),
+                                              ("swift", "download_mbps")])
+def test_traces__a_later_row_that_overflows_the_clock_is_refused_naming_its_cell(
+        tmp_path, algorithm, column):
+    """Sizing and clock_fits see the first rows only (HParams): a later row at 1e-7 Mbit/s ran
+    a wrong network on the old code (DivShare: node 1 sent [23 20 25] fragments where the
+    reference sends [18 18 18]; Swift's download: 54 deliveries to node 1 instead of 24)."""
+    from divjax.sim import make_run
+
+    path = outage_trace(tmp_path, column, 1e-7)
+    cfg = trace_config(algorithm=algorithm, trace_file=path,
+                       download_mbps=1.0 if column == "download_mbps" else 0.0)
+    with pytest.raises(ConfigError, match=f"{path}:7:4: {column}=1e-07 does not fit the int32 "
+                                          f"link clock.*online=0"):
+        make_run(cfg)
+    # a fully sized config (no sizing pass) is refused too, when its run is built
+    sized = cfg.replace(ring_ticks=50, delay_ticks=50, train_capacity=5, iteration_chunk=0,
+                        iteration_slots=60, inbox_history=4, ping_slots=4)
+    run = make_run(sized, hp=default_hparams(sized))
+    with pytest.raises(ConfigError, match=f"{path}:7:4"):
+        run.engine.init(jax.random.key(0), default_hparams(sized))
+
+
+def test_traces__a_slow_row_within_the_clock_equals_the_reference_simulator(tmp_path):
+    """Just inside the bound (5e-7 Mbit/s: 1.5 s per fragment, 10,700 s of link clock) the
+    engine equals the reference: the bound refuses only what the clock cannot hold."""
+    cfg = trace_config(duration_s=1.0, trace_file=outage_trace(tmp_path, "upload_mbps", 5e-7))
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    assert np.asarray(state.counters.sent)[1].sum() < np.asarray(state.counters.sent)[0].sum()
+
+
+@pytest.mark.parametrize("algorithm,back", [("divshare", 0.65), ("swift", 0.65),
+                                            ("divshare", 0.55005)])
+def test_traces__offline_spell_then_back_for_good_equals_the_reference_simulator(
+        tmp_path, algorithm, back):
+    """Node 2 offline from 0.55 s to `back`, then online for good, the only offline spell: on
+    the old code its link stopped at every later iteration (DivShare: 9 of 25 queues sent, 45
+    dropped where the reference drops 3). back=0.55005 s rounds to the tick it left: an
+    offline spell within one tick is none (the last row at a tick is in force), as in the
+    reference; the old code kept it as an empty interval (51 fragments dropped, none in the
+    reference)."""
+    rows = [f"0,{i},0.1,1,0.05" for i in range(5)] + ["0.55,2,0.1,0,0.05",
+                                                        f"{back:g},2,0.1,1,0.05"]
+    path = write(tmp_path, "time_s,node,compute_s,online,upload_mbps\n" + "\n".join(rows)
+                 + "\n")
+    cfg = trace_config(algorithm=algorithm, trace_file=path)
+    hp = default_hparams(cfg)
+    run, state, _ = run_checked(cfg, hp)
+    ref = reference_of(run, hp)
+    assert_equals_reference(state, ref)
+    np.testing.assert_array_equal(np.asarray(state.counters.dropped), ref.dropped)
+    assert (traces.node_trace(cfg).off_start is None) == (back < 0.56)
+
+
+@pytest.mark.parametrize("grid,field", [
+    ({"fast_mbps": [10, 60]}, "fast_mbps"), ({"compute_s": [0.1, 0.2]}, "compute_s"),
+    ({"lr": [0.1], "straggler_share": [0.2, 0.4]}, "straggler_share"),
+    ({"download_mbps": [0.5, 1.0]}, "download_mbps")])
+def test_traces__a_sweep_over_a_field_the_trace_overrides_is_refused(tmp_path, grid, field):
+    """The trace replaces compute times and bandwidths (its first rows): on the old code such a
+    grid ran one network under two labels (or failed in the summary)."""
+    from divjax.sweep import sweep
+
+    cfg = trace_config()
+    with pytest.raises(ConfigError, match=f"grid field {field!r} is overridden by trace_file"):
+        sweep(cfg, grid, seeds=1)
+    over = traces.overridden_fields(cfg)
+    assert {"compute_s", "fast_mbps", "straggler_mbps", "upload_bps"} <= set(over)
+    assert not {"lr", "latency_ms", "download_mbps"} & set(over)
+    traces.refuse_overridden(cfg, {"lr": [0.1, 0.2], "download_mbps": [0.0, 1.0]})
+    no_up = trace_config(n_nodes=2, fanout=1, trace_file=write(
+        tmp_path, "time_s,node,compute_s\n0,0,0.1\n0,1,0.1\n"))   # the config's uploads
+    assert set(traces.overridden_fields(no_up)) == {"compute_s", "straggler_compute_factor",
+                                                    "compute_spread", "compute_seed"}
+
+
+def test_traces__a_single_run_warns_of_the_fields_the_trace_overrides():
+    with pytest.warns(UserWarning, match=r"so the config's compute_s=0\.1, fast_mbps=10\.0 are "
+                                         r"not used"):
+        default_hparams(trace_config(fast_mbps=10.0))
+    assert traces.unused_fields(trace_config(compute_s=1.0)) == {}
