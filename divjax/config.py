@@ -264,7 +264,7 @@ def default_hparams(cfg: SimConfig) -> HParams:
         download_bps=f32(np.where(down > 0, down * 1e6 / 8.0, np.inf)),
     )
     if cfg.trace_file:   # the trace's constant bandwidths (divjax/traces.py)
-        from divjax.traces import trace_hparams
+        from divjax.trace_checks import trace_hparams
         hp = trace_hparams(cfg, hp)
     return hp
 

@@ -25,7 +25,6 @@ messages into the ring).
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -35,6 +34,7 @@ import numpy as np
 from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks
 from divjax.config import ConfigError, HParams, SimConfig, download_limited
 from divjax.pair_files import loss_matrix, read_latency_file
+from divjax.trace_checks import check_trace_rows, clock_messages  # noqa: F401 (API)
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
 
@@ -240,60 +240,6 @@ def not_whole_subticks(seconds: np.ndarray, sub_s: float) -> np.ndarray:
     whole number of sub-ticks, or too many sub-ticks for the int32 clock (host side)."""
     units = np.round(seconds / sub_s)
     return (np.abs(units * sub_s - seconds) > 0.01 * seconds) | (units >= 2**30)
-
-
-def clock_messages(cfg: SimConfig) -> int:
-    """The most messages one link may hold at once in the int32 clock bound of `clock_fits`
-    (and of a trace's rows, `check_trace_rows`)."""
-    return max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
-
-
-def check_trace_rows(cfg: SimConfig, fragment_bytes: tuple) -> None:
-    """Host check of every row of `cfg.trace_file` against the int32 clock, with the bounds
-    `clock_fits` puts on HParams (which hold a trace's first rows only): a row's compute time,
-    and the sub-ticks its upload (and, with download limits, its download) needs for the
-    largest fragment, times `clock_messages`. A later row with a near-zero bandwidth (an outage
-    written as 0.001 Mbit/s) would otherwise overflow the link clock or saturate the
-    float-to-int32 cast and run a wrong network; it is refused naming its line and column.
-    Cached on the file's contents."""
-    from divjax.traces import trace_digest
-
-    _check_trace_rows(cfg, fragment_bytes, trace_digest(cfg.trace_file))
-
-
-@functools.lru_cache(maxsize=32)
-def _check_trace_rows(cfg: SimConfig, fragment_bytes: tuple, digest: str) -> None:
-    from divjax.traces import _read
-
-    trace = _read(cfg.trace_file, digest)
-    R, tick, limit = cfg.link_resolution, cfg.tick_s, 2.0**30
-    largest, M = float(max(fragment_bytes)), clock_messages(cfg)
-    fix = ("write an outage as online=0 (algorithms " + ", ".join(_offline_algorithms())
-           + "), or raise --tick-s or lower --link-resolution")
-    checks = [("compute_s", lambda v: v / tick * R, 0.0, "an iteration")]
-    slack = (cfg.num_ticks + 1.0) * R
-    checks.append(("upload_mbps", lambda v: largest / (v * 1e6 / 8) / tick * R * M, slack,
-                   f"{M} queued messages of {int(largest)} bytes"))
-    if download_limited(cfg):
-        checks.append(("download_mbps", lambda v: largest / (v * 1e6 / 8) / tick * R * M, 0.0,
-                       f"{M} received messages of {int(largest)} bytes"))
-    for name, units, extra, what in checks:
-        v = trace.col(name)
-        if v is None:
-            continue
-        bad = units(v) + extra >= limit
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise ConfigError(
-                f"{trace.where(r, name)}: {name}={v[r]:g} does not fit the int32 link clock of "
-                f"{R} sub-ticks per tick of {tick:g} s: {what} take {units(v[r]) / R * tick:.3g}"
-                f" s (at most {(limit - extra) / R * tick:.3g} s fit): {fix}")
-
-
-def _offline_algorithms() -> tuple:
-    from divjax.traces import OFFLINE_ALGORITHMS
-
-    return OFFLINE_ALGORITHMS
 
 
 def clock_fits(cfg: SimConfig, hp: HParams, fragment_bytes: np.ndarray) -> jax.Array:

@@ -21,7 +21,7 @@ from conftest import (
     uneven_hparams,
 )
 
-from divjax import reference_baselines, traces
+from divjax import reference_baselines, trace_checks
 from divjax.algorithms.swift import queue_length
 from divjax.config import SimConfig, default_hparams
 
@@ -179,7 +179,7 @@ def test_trace_offline__swift_and_adpsgd_equal_reference_simulator(algorithm):
     path = Path(__file__).parent / "data" / "trace_tiny.csv"
     cfg = base_config(algorithm=algorithm, fanout=4 if algorithm == "adpsgd" else 2,
                       trace_file=str(path))
-    hp = traces.trace_hparams(cfg, default_hparams(cfg))
+    hp = trace_checks.trace_hparams(cfg, default_hparams(cfg))
     run, state, metrics = run_checked(cfg, hp)
     ref = reference_baselines.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(1),
                                        inbox_policy="latest")

@@ -278,19 +278,19 @@ def own_hooks(monkeypatch):
 
 
 def test_checkpoint__storage_errors_become_one_line(tmp_path, own_hooks):
-    from divjax.checkpoint import CheckpointWriteError, _write_errors_as_one
+    from divjax.checkpoint_errors import CheckpointWriteError, write_errors_as_one
 
     tmp = tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp"
     tmp.mkdir(parents=True)
     (tmp / "half").write_text("x")
     with (pytest.raises(CheckpointWriteError, match=r"step 40 could not be written to .*"
                                                      r"\(No space left on device\)$"),
-          _write_errors_as_one(tmp_path, 40, _Mgr())):
+          write_errors_as_one(tmp_path, 40, _Mgr())):
         raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": Failed to write '
                          "2069 bytes to file 8: No space left on device [os_error_code='28']"
                          "\nmore lines")
     assert not tmp.exists()   # the half-written step is gone: its space is free again
-    with pytest.raises(ValueError, match="unrelated"), _write_errors_as_one(tmp_path, 41, _Mgr()):
+    with pytest.raises(ValueError, match="unrelated"), write_errors_as_one(tmp_path, 41, _Mgr()):
         raise ValueError("unrelated")
 
 

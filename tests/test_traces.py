@@ -19,7 +19,7 @@ from conftest import (
     run_checked,
 )
 
-from divjax import traces
+from divjax import trace_checks, traces
 from divjax.config import ConfigError, SimConfig, default_hparams
 
 DATA = Path(__file__).parent / "data"
@@ -69,7 +69,7 @@ def test_traces__shipped_trace_is_the_scripts_output():
 def test_traces__engine_equals_reference_simulator(tmp_path, algorithm, delivery, offline):
     path = str(TINY_TRACE) if offline else always_online(tmp_path)
     cfg = trace_config(algorithm=algorithm, delivery=delivery, trace_file=path)
-    hp = traces.trace_hparams(cfg, default_hparams(cfg))
+    hp = trace_checks.trace_hparams(cfg, default_hparams(cfg))
     np.testing.assert_allclose(np.asarray(hp.upload_bps), [1e5, 1e5, 1e5, 3750, 3750])
     run, state, metrics = run_checked(cfg, hp)
     ref = reference_of(run, hp)
@@ -91,7 +91,7 @@ def test_traces__download_limits_with_a_trace_equal_the_reference_simulator(tmp_
     """Download links (on with --download-mbps) at the trace's download_mbps, compute times
     from the trace: engine == reference, losses at the slow download links included."""
     cfg = trace_config(download_mbps=1.0, trace_file=always_online(tmp_path))
-    hp = traces.trace_hparams(cfg, default_hparams(cfg))
+    hp = trace_checks.trace_hparams(cfg, default_hparams(cfg))
     np.testing.assert_allclose(np.asarray(hp.download_bps), [1e5, 1e5, 1e5, 3750, 3750])
     run, state, _ = run_checked(cfg, hp)
     ref = reference_of(run, hp)
@@ -251,7 +251,7 @@ def test_traces__bandwidth_is_exposed_per_node(tmp_path):
     cfg = trace_config(n_nodes=2, fanout=1, trace_file=path)
     assert traces.node_trace(cfg).upload_bps is None and traces.node_trace(cfg).download_bps is None
     hp = default_hparams(cfg)
-    assert traces.trace_hparams(cfg, hp) is hp
+    assert trace_checks.trace_hparams(cfg, hp) is hp
     with pytest.warns(UserWarning, match="download_mbps column is not used"):
         default_hparams(trace_config())   # download limits off: the column is not used
 
@@ -384,13 +384,13 @@ def test_traces__a_sweep_over_a_field_the_trace_overrides_is_refused(tmp_path, g
     cfg = trace_config()
     with pytest.raises(ConfigError, match=f"grid field {field!r} is overridden by trace_file"):
         sweep(cfg, grid, seeds=1)
-    over = traces.overridden_fields(cfg)
+    over = trace_checks.overridden_fields(cfg)
     assert {"compute_s", "fast_mbps", "straggler_mbps", "upload_bps"} <= set(over)
     assert not {"lr", "latency_ms", "download_mbps"} & set(over)
-    traces.refuse_overridden(cfg, {"lr": [0.1, 0.2], "download_mbps": [0.0, 1.0]})
+    trace_checks.refuse_overridden(cfg, {"lr": [0.1, 0.2], "download_mbps": [0.0, 1.0]})
     no_up = trace_config(n_nodes=2, fanout=1, trace_file=write(
         tmp_path, "time_s,node,compute_s\n0,0,0.1\n0,1,0.1\n"))   # the config's uploads
-    assert set(traces.overridden_fields(no_up)) == {"compute_s", "straggler_compute_factor",
+    assert set(trace_checks.overridden_fields(no_up)) == {"compute_s", "straggler_compute_factor",
                                                     "compute_spread", "compute_seed"}
 
 
@@ -398,4 +398,4 @@ def test_traces__a_single_run_warns_of_the_fields_the_trace_overrides():
     with pytest.warns(UserWarning, match=r"so the config's compute_s=0\.1, fast_mbps=10\.0 are "
                                          r"not used"):
         default_hparams(trace_config(fast_mbps=10.0))
-    assert traces.unused_fields(trace_config(compute_s=1.0)) == {}
+    assert trace_checks.unused_fields(trace_config(compute_s=1.0)) == {}
