@@ -24,11 +24,17 @@ INPUT_FIELDS = ("trace_file", "latency_file", "loss_file")   # SimConfig fields 
 
 
 def input_files(cfg: SimConfig) -> dict:
-    """{name: path} of every input file the config names: its file fields, and the edge list
-    of topology "file:PATH" (as "topology"). A data directory (data_dir) is not hashed."""
+    """{name: path} of every input file the config names: its file fields, the edge list of
+    topology "file:PATH" (as "topology"), and the source file of a plug-in algorithm or task
+    (`divjax.plugins`: a changed plug-in is another run). A data directory is not hashed."""
+    from divjax.plugins import plugin_record
+
     files = {name: getattr(cfg, name) for name in INPUT_FIELDS if getattr(cfg, name)}
     if cfg.topology.startswith("file:"):
         files["topology"] = cfg.topology[len("file:"):]
+    for what, rec in plugin_record(cfg).items():
+        if rec["file"]:
+            files[f"{what} plug-in"] = rec["file"]
     return files
 
 

@@ -68,3 +68,17 @@ def test_plugins__bad_specs_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown"):
         make_algorithm(cfg.replace(algorithm="divshare2"))
     assert plugin_record(cfg) == {}
+
+
+def test_plugins__a_changed_plugin_is_another_run_for_a_checkpoint(tmp_path):
+    from divjax.config import default_hparams
+    from divjax.fingerprint import fingerprint, fingerprint_mismatch
+
+    src = (ROOT / "examples" / "prioritized_divshare.py").read_text()
+    mod = tmp_path / "my_algo.py"
+    mod.write_text(src)
+    cfg = conformance_config(inbox="sum", algorithm=f"{mod}:make_prioritized")
+    before = fingerprint(cfg, default_hparams(cfg))
+    mod.write_text(src + "\n# edited\n")
+    after = fingerprint(cfg, default_hparams(cfg))
+    assert "algorithm plug-in" in (fingerprint_mismatch(before, after) or "")
