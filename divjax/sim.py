@@ -55,10 +55,24 @@ from divjax.local import (
 )
 from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
-from divjax.sizing import check_memory_early, compile_checked, model_layout, resolve
+from divjax.sizing import (
+    SIZED_FIELDS,
+    algorithm_tables_iterations,
+    auto_fields,
+    check_call_inputs,
+    check_memory_early,
+    check_sizes,
+    compile_checked,
+    host_link_table,
+    model_layout,
+    optimizer_ok,
+    resolve,
+    slots_fit,
+)
 from divjax.state import (  # SimulationError, check_state: re-exported
     ERR_CAPACITY,
     ERR_CLOCK,
+    ERR_HPARAMS,
     ERR_RING_TOO_SHORT,
     ERR_SCHEDULE,
     SimState,
@@ -83,6 +97,10 @@ class EngineSpec(NamedTuple):
     algo: Algorithm
     neighbors: np.ndarray     # (n, max_degree) int32 padded neighbour lists
     degree: np.ndarray        # (n,) int32
+    # the algorithm keeps a table of cfg.iteration_slots iterations per node of its own (a
+    # download table: `sizing.algorithm_tables_iterations`), checked in `init_errors`
+    slots_table: bool = False
+    auto: tuple = SIZED_FIELDS   # the sized fields `resolve` sized (`sizing.check_sizes`)
 
 
 class Engine(NamedTuple):
@@ -115,8 +133,10 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
 
 
 def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.Array:
-    """() int32 ERR_* flags of HParams the host checks never saw (a sweep, a custom grid):
-    timing that outgrows the sized rings, or that the int32 link clock cannot hold."""
+    """() int32 ERR_* flags of HParams the host checks never saw (a sweep, a custom grid,
+    a jitted or vmapped call; `sizing.check_sizes` is the host's rule): timing that outgrows
+    the sized rings or iteration tables, or that the int32 link clock cannot hold, or an
+    optimizer the CLI would refuse (a negative lr)."""
     cfg = spec.cfg
     if spec.algo.longest_delay is None:
         # a queue that is replaced every iteration bounds every delay by compute + latency;
@@ -129,13 +149,17 @@ def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.
         fits = jnp.bool_(True)
     clock_ok = network.clock_fits(cfg, hp, spec.layout.fragment_bytes)
     ends_ok = True if table.ends is None else jnp.all(table.ends[:, -1] >= cfg.num_ticks)
+    if spec.slots_table:   # a download table of iteration_slots iterations per node
+        ends_ok &= slots_fit(cfg, table.compute_ticks, cfg.iteration_slots)
     return (jnp.where(fits, 0, ERR_RING_TOO_SHORT) | jnp.where(clock_ok, 0, ERR_CLOCK)
-            | jnp.where(ends_ok, 0, ERR_SCHEDULE)).astype(jnp.int32)
+            | jnp.where(ends_ok, 0, ERR_SCHEDULE)
+            | jnp.where(optimizer_ok(hp), 0, ERR_HPARAMS)).astype(jnp.int32)
 
 
 def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
     """Every node's initial model (one shared or n independent), empty rings, tick 0."""
     cfg, layout, task = spec.cfg, spec.layout, spec.task
+    check_call_inputs(cfg, key, hp)   # shapes: a clear error at trace time
     n, K, F = cfg.n_nodes, layout.K, layout.F
     k_init, k_sim = jax.random.split(key)
     del key
@@ -329,6 +353,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         algo = ALGORITHMS[cfg.algorithm](cfg)
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
+    auto = auto_fields(cfg)
     if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
             or cfg.iteration_chunk == -1
             or (has_table(cfg) and cfg.iteration_slots == 0)
@@ -340,10 +365,44 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         raise ConfigError(
             f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
-    spec = EngineSpec(cfg, task, layout, algo, nb, deg)
+    probe = host_link_table(cfg, hp if hp is not None else default_hparams(cfg),
+                            layout.fragment_bytes)
+    spec = EngineSpec(cfg, task, layout, algo, nb, deg,
+                      algorithm_tables_iterations(cfg, algo, probe), auto)
     conv = has_convolutions(layout)          # picks the XLA options (`divjax.xla_options`)
-    return Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
-                                       for f in (init_state, advance, evaluate, run_ticks)))
+    engine = Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
+                                         for f in (init_state, advance, evaluate, run_ticks)))
+    attach_check(engine.init, call_checker(spec))   # divjax.jit checks a call's HParams
+    return engine
+
+
+def attach_check(fn: Callable, check: Callable) -> Callable:
+    """Give `fn` the host check `divjax.jit` calls first (`fn.check(*args)`), bound to `fn`
+    itself: a function made from it (jax.vmap copies attributes) takes other arguments, so
+    its copy is not used (`check.owner`)."""
+    def bound(*args, **kwargs):
+        return check(*args, **kwargs)
+
+    bound.owner = fn
+    fn.check = bound
+    return fn
+
+
+def call_checker(spec: EngineSpec) -> Callable:
+    """check(key, hp): raise ConfigError unless the run may be called with them (host,
+    concrete HParams): `sizing.check_call_inputs` and `sizing.check_sizes`, the one rule.
+    HParams that passed are remembered (a loop of calls checks them once)."""
+    passed: set = set()
+
+    def check(key, hp, *_, **__):
+        check_call_inputs(spec.cfg, key, hp)
+        digest = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(hp))
+        if digest not in passed:
+            check_sizes(spec.cfg, hp, spec.layout, spec.algo, spec.auto)
+            if len(passed) < 4096:
+                passed.add(digest)
+
+    return check
 
 
 def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
@@ -369,6 +428,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
                             length=engine.cfg.num_chunks)
 
     run.engine = engine
+    attach_check(run, engine.init.check)   # divjax.jit calls it with a call's (key, hp)
     return tag_convolutions(run, engine.advance.convolutions)   # its XLA options
 
 
@@ -382,6 +442,9 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     Bit-identical to `make_run` (same tick function, keys folded from the tick). Starts from
     `state` if given (a resumed checkpoint). Returns (state, metrics stacked over chunks).
     """
+    check = getattr(engine.init, "check", None)
+    if check is not None:   # HParams the engine was not sized for: a clear error
+        check(key if state is None else state.k_sim, hp)
     if state is None:
         state = jit(engine.init)(key, hp)
     advance = compile_checked(jit(engine.advance, donate_argnums=0), state, hp,

@@ -9,14 +9,18 @@ fixed fragment partition of a task's model.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from divjax import network
 from divjax.algorithms import Algorithm
-from divjax.compute_schedule import has_table, longest_ticks, slots_needed
+from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks, slots_needed
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.flat import FragmentLayout, make_layout
 from divjax.memory import available_memory_bytes, compiled_memory, memory_model
@@ -64,9 +68,16 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
 
     Returns cfg with `ring_ticks` and `train_capacity` set (fields left at 0 are filled with the
     smallest values that fit; explicit values are checked). Raises ConfigError with the fix.
+    `hp` may carry sweep axes (sized for all of its points at once).
     """
     network.check_network(cfg, hp)
-    table = network.concrete_link_table(cfg, hp, layout.fragment_bytes)
+    return resolve_table(cfg, host_link_table(cfg, hp, layout.fragment_bytes), layout,
+                         check_memory, algo)
+
+
+def resolve_table(cfg: SimConfig, table: network.LinkTable, layout: FragmentLayout,
+                  check_memory: bool = True, algo: Algorithm | None = None) -> SimConfig:
+    """`resolve` from the host link table of checked HParams (`host_link_table`)."""
     if algo is not None and algo.adjust_timing is not None:
         table = algo.adjust_timing(cfg, table)
     longest = longest_ticks(cfg, np.asarray(table.compute_ticks))
@@ -75,8 +86,9 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
             f"compute_s / tick_s * link_resolution is too large for the int32 link clock: "
             f"raise tick_s={cfg.tick_s} or lower link_resolution={cfg.link_resolution}")
     if np.max(table.msg_units) >= 2**30 // max(1, cfg.messages_per_iteration):
-        raise ConfigError("a message takes too long on the slowest link for the int32 link clock: "
-                          "raise the bandwidth or tick_s, or lower link_resolution")
+        raise ConfigError("a message takes too long on the slowest upload link for the int32 "
+                          "link clock: raise the bandwidth (--fast-mbps / --straggler-mbps, "
+                          "HParams.upload_bps) or tick_s, or lower link_resolution")
     if algo is not None and algo.longest_delay is not None:
         delay = int(algo.longest_delay(cfg, table))
     else:
@@ -126,6 +138,199 @@ def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
                 f" GiB) but the device has {have / 2**30:.2f} GiB: "
                 + "; ".join(memory_advice(cfg, est)))
     return cfg
+
+
+# ----------------------------------------------------------------------------- one rule for calls
+#
+# A run is built for the HParams it was sized with (`resolve`): the fields below fix the length
+# of its rings, tables and histories. `check_sizes` checks any other HParams against them, on
+# the host, before a call runs (`divjax.jit` and `simulate` call it through `run.check` and
+# `engine.init.check`; a sweep for every grid point); `sim.init_errors` checks the same inside
+# jit, where a traced HParams that does not fit raises an ERR_* flag instead of a wrong result.
+
+# The fields `resolve` sizes (0 = auto); the others are sized for delay_ticks, so it comes first.
+SIZED_FIELDS = ("delay_ticks", "ring_ticks", "train_capacity", "iteration_slots",
+                "inbox_history", "ping_slots")
+PER_NODE_FIELDS = ("compute_s", "upload_bps", "latency_s", "download_bps")
+# The optimizer's HParams, with the range the CLI demands of its flag (config_checks): the same
+# rule on numpy values (host) and traced ones (`optimizer_ok`, ERR_HPARAMS).
+OPTIMIZER_RULES = (
+    ("lr", "the learning rate must be a finite number >= 0", lambda v: (v >= 0) & (v < np.inf)),
+    ("momentum", "SGD momentum must be in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+    ("weight_decay", "weight decay must be a finite number >= 0",
+     lambda v: (v >= 0) & (v < np.inf)),
+)
+BUILD_HINT = ("build the run with these HParams (make_run(cfg, hp=hp)), or size it for all of "
+              "them (a sweep does)")
+
+
+@functools.lru_cache(maxsize=64)
+def _table_program(cfg: SimConfig, fragment_bytes: tuple, dtype: str, lead: int, stamp):
+    fb = np.asarray(fragment_bytes, dtype)
+    fn = lambda h: network.link_table(cfg, h, fb)  # noqa: E731
+    for _ in range(lead):
+        fn = jax.vmap(fn)
+    return jax.jit(fn)
+
+
+def host_link_table(cfg: SimConfig, hp: HParams, fragment_bytes) -> network.LinkTable:
+    """`network.concrete_link_table` (numpy leaves; hp may carry sweep axes), its program
+    compiled once per config, layout and number of sweep axes (a trace file: and its version)."""
+    fb = np.asarray(fragment_bytes)
+    stamp = None
+    if cfg.trace_file and os.path.exists(cfg.trace_file):
+        st = os.stat(cfg.trace_file)
+        stamp = (st.st_mtime_ns, st.st_size)
+    fn = _table_program(cfg, tuple(fb.tolist()), str(fb.dtype),
+                        max(0, np.ndim(hp.compute_s) - 1), stamp)
+    return jax.tree.map(np.asarray, fn(hp))
+
+
+def check_call_inputs(cfg: SimConfig, key, hp) -> None:
+    """ConfigError unless `run(key, hp)` gets one typed key and one HParams point of this run's
+    n_nodes (shapes and types only, so it holds under jit and vmap: a vmapped axis is gone)."""
+    if not isinstance(hp, HParams):
+        raise ConfigError(f"run(key, hp): hp is a {type(hp).__name__}, not an HParams: build "
+                          f"it with divjax.default_hparams(cfg)")
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jax.dtypes.prng_key) or np.shape(key) != ():
+        raise ConfigError(
+            f"run(key, hp): key has dtype {dtype} and shape {np.shape(key)}: pass one typed "
+            f"key, jax.random.key(seed) (an old-style jax.random.PRNGKey(seed) converts with "
+            f"jax.random.wrap_key_data(k)); vmap the run over several keys")
+    n = cfg.n_nodes
+    for f in dataclasses.fields(HParams):
+        shape, want = np.shape(getattr(hp, f.name)), (n,) if f.name in PER_NODE_FIELDS else ()
+        if shape == want:
+            continue
+        if want and len(shape) == 1:
+            raise ConfigError(
+                f"run(key, hp): HParams.{f.name} has {shape[0]} entries, the run was built for "
+                f"n_nodes={n}: build the HParams with default_hparams(cfg) of the run's config "
+                f"(one entry per node)")
+        raise ConfigError(f"run(key, hp): HParams.{f.name} has shape {shape}, the run takes "
+                          f"{want}: one point per call; vmap the run over a sweep axis")
+
+
+def check_optimizer(hp: HParams) -> None:
+    """ConfigError for an lr, momentum or weight decay the CLI would refuse (any sweep axes)."""
+    for name, rule, ok in OPTIMIZER_RULES:
+        v = np.asarray(getattr(hp, name), np.float64)
+        bad = ~ok(v)
+        if bad.any():
+            first = v[tuple(np.argwhere(bad)[0])] if v.ndim else v
+            raise ConfigError(f"HParams.{name}={float(first)!r} is invalid: {rule} (as "
+                              f"--{name.replace('_', '-')}); fix it, e.g. hp.replace({name}=...)")
+
+
+def optimizer_ok(hp: HParams) -> jax.Array:
+    """() bool, traced: `check_optimizer`'s rule inside jit (ERR_HPARAMS when False)."""
+    ok = jnp.bool_(True)
+    for name, _, rule in OPTIMIZER_RULES:
+        ok &= jnp.all(rule(jnp.asarray(getattr(hp, name))))
+    return ok
+
+
+def network_points(cfg: SimConfig, hp: HParams) -> list[HParams]:
+    """The distinct networks of `hp` (its per-node fields; leaves may carry sweep axes), each
+    as the HParams of one point (optimizer fields 0: they size nothing)."""
+    arrs = np.broadcast_arrays(*(np.asarray(getattr(hp, f), np.float32)
+                                 for f in PER_NODE_FIELDS))
+    rows = np.stack([a.reshape(-1, cfg.n_nodes) for a in arrs], axis=1)     # (P, 4, n)
+    unique = {r.tobytes(): r for r in rows}
+    zero = jnp.zeros((), jnp.float32)
+    return [HParams(lr=zero, momentum=zero, weight_decay=zero,
+                    **{f: jnp.asarray(r[i]) for i, f in enumerate(PER_NODE_FIELDS)})
+            for r in unique.values()]
+
+
+def check_sizes(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
+                algo: Algorithm | None = None, auto: tuple = SIZED_FIELDS,
+                where: str = "these HParams") -> None:
+    """The one rule for what a built run may be called with: raise ConfigError (naming the
+    field and the fix) unless a run built as `cfg` (resolved) holds `hp` (concrete; one
+    point, or a grid's leaves with sweep axes): a valid optimizer and network, and for every
+    distinct network what `resolve` would demand: each field in `auto` (sized by `resolve`
+    when the run was built) at least what it gives these HParams (for the run's delay_ticks:
+    the rings and tables are sized for it), each explicit one accepted by it (as when the
+    run was built: AD-PSGD's ping and history bounds are checked inside jit, exactly)."""
+    check_optimizer(hp)
+    network.check_network(cfg, hp)
+    for point in network_points(cfg, hp):
+        table = host_link_table(cfg, point, layout.fragment_bytes)
+        try:
+            short = _short_fields(cfg, table, layout, algo, auto)
+        except ConfigError as e:
+            raise ConfigError(f"{where} do not fit the run as built: {e}; or {BUILD_HINT}"
+                              ) from None
+        if short:
+            raise ConfigError(
+                f"{where} do not fit the run as built: "
+                + ", ".join(f"{f}={have} is too small for them (they need {want})"
+                            for f, have, want in short)
+                + f": {BUILD_HINT}, or set "
+                + " ".join(f"--{f.replace('_', '-')} {want}" for f, _, want in short)
+                + " (or more)")
+
+
+def _short_fields(cfg: SimConfig, table: network.LinkTable, layout: FragmentLayout,
+                  algo: Algorithm | None, auto: tuple) -> list[tuple[str, int, int]]:
+    """(field, built, needed) of every `auto` field of a built cfg below what `resolve` gives
+    one point's link table (sized for the run's delay_ticks, or for the point's own longest
+    delay when that is longer); resolve's ConfigError for an explicit field it refuses."""
+    free = cfg.replace(**{f: 0 for f in auto if f != "delay_ticks"}, iteration_chunk=-1)
+    try:
+        need, short = resolve_table(free, table, layout, False, algo), []
+    except ConfigError:
+        if "delay_ticks" not in auto:
+            raise
+        need = resolve_table(free.replace(delay_ticks=0), table, layout, False, algo)
+        if need.delay_ticks <= cfg.delay_ticks:    # the error was not about the delay
+            raise
+        short = [("delay_ticks", cfg.delay_ticks, need.delay_ticks)]
+    return short + [(f, getattr(cfg, f), getattr(need, f)) for f in auto
+                    if f != "delay_ticks" and getattr(cfg, f) < getattr(need, f)]
+
+
+def resolve_points(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
+                   algo: Algorithm | None = None) -> SimConfig:
+    """One config for every point of `hp` (leaves with sweep axes): every SIZED_FIELD left at
+    0 the largest any point needs (`resolve`'s own sizing, point by point; the others for
+    the largest delay_ticks), explicit values kept and checked (resolve's errors). Every
+    point then passes `check_sizes`. Raises ConfigError naming the field and the fix."""
+    network.check_network(cfg, hp)
+    tables = [host_link_table(cfg, p, layout.fragment_bytes) for p in network_points(cfg, hp)]
+    got = [resolve_table(cfg, t, layout, False, algo) for t in tables]
+    delay = max(c.delay_ticks for c in got)
+    got = [c if c.delay_ticks == delay else
+           resolve_table(cfg.replace(delay_ticks=delay), t, layout, False, algo)
+           for c, t in zip(got, tables, strict=True)]
+    chunks = [c.iteration_chunk for c in got]        # any chunk gives the same results
+    out = cfg.replace(**{f: max(getattr(c, f) for c in got) for f in SIZED_FIELDS},
+                      iteration_chunk=0 if 0 in chunks else max(chunks))
+    check_sizes(out, hp, layout, algo, auto_fields(cfg), where="a grid point's HParams")
+    return out
+
+
+def auto_fields(cfg: SimConfig) -> tuple:
+    """The SIZED_FIELDS a config leaves to `resolve` (0 = auto)."""
+    return tuple(f for f in SIZED_FIELDS if getattr(cfg, f) == 0)
+
+
+def algorithm_tables_iterations(cfg: SimConfig, algo: Algorithm | None,
+                                table: network.LinkTable) -> bool:
+    """Whether the algorithm keeps a table of `iteration_slots` iterations per node of its
+    own (DivShare's, Swift's and AD-PSGD's download tables): its `resolve_sizes` asks for one.
+    (An iteration-end table, `LinkTable.ends`, is checked by itself.)"""
+    if algo is None or algo.resolve_sizes is None or algo.synchronous:
+        return False
+    return algo.resolve_sizes(cfg.replace(iteration_slots=0), table).iteration_slots > 0
+
+
+def slots_fit(cfg: SimConfig, compute_ticks: jax.Array, slots: int) -> jax.Array:
+    """() bool, traced: `slots_needed` (the host's rule) of these compute times <= slots."""
+    c_min = jnp.min(shortest_ticks(cfg, compute_ticks))
+    return -(-cfg.num_ticks // c_min) + 1 <= slots
 
 
 def auto_iteration_chunk(capacity: int, mean_finishers: float) -> int:
