@@ -13,6 +13,8 @@ with a ConfigError naming a field. tests/test_sweep_property.py runs two draws o
 the suite; this script runs more and writes the table:
 
     python benchmarks/sweep_property.py --draws 12
+    (XLA_FLAGS="--xla_backend_optimization_level=0" compiles 2-3x faster, as the suite does;
+    the comparison is within one setting)
     -> benchmarks/results/sweep_property-<platform>-<date>.json
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -212,7 +215,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rows = run_draws(a.draws, a.seed)
     meta = run_meta("sweep_property.py", argv if argv is not None else sys.argv[1:],
-                    draws=a.draws, seed=a.seed, wall_s=time.perf_counter() - t0)
+                    draws=a.draws, seed=a.seed, wall_s=time.perf_counter() - t0,
+                    xla_flags=os.environ.get("XLA_FLAGS", ""))
     equal = sum(r["outcome"] == "equal" for r in rows)
     print(f"{equal} of {len(rows)} draws equal to their single runs, "
           f"{len(rows) - equal} refused naming a field; none differed")

@@ -57,7 +57,7 @@ from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
 from divjax.sizing import (
     SIZED_FIELDS,
-    algorithm_tables_iterations,
+    algorithm_fields,
     auto_fields,
     check_call_inputs,
     check_memory_early,
@@ -65,6 +65,7 @@ from divjax.sizing import (
     compile_checked,
     host_link_table,
     model_layout,
+    needs_resolve,
     optimizer_ok,
     resolve,
     slots_fit,
@@ -98,7 +99,7 @@ class EngineSpec(NamedTuple):
     neighbors: np.ndarray     # (n, max_degree) int32 padded neighbour lists
     degree: np.ndarray        # (n,) int32
     # the algorithm keeps a table of cfg.iteration_slots iterations per node of its own (a
-    # download table: `sizing.algorithm_tables_iterations`), checked in `init_errors`
+    # download table: `sizing.algorithm_fields`), checked in `init_errors`
     slots_table: bool = False
     auto: tuple = SIZED_FIELDS   # the sized fields `resolve` sized (`sizing.check_sizes`)
 
@@ -354,21 +355,18 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
     auto = auto_fields(cfg)
-    if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
-            or cfg.iteration_chunk == -1
-            or (has_table(cfg) and cfg.iteration_slots == 0)
-            or (algo.resolve_sizes is not None
-                and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
-        cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
+    hp0 = hp if hp is not None else default_hparams(cfg)
+    network.check_network(cfg, hp0)
+    used = algorithm_fields(cfg, algo, host_link_table(cfg, hp0, layout.fragment_bytes))
+    if needs_resolve(cfg, used):
+        cfg = resolve(cfg, hp0, layout, algo=algo)
     nb, deg = neighbor_table(adjacency(cfg))
     if cfg.fanout > int(deg.min()):
         raise ConfigError(
             f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
-    probe = host_link_table(cfg, hp if hp is not None else default_hparams(cfg),
-                            layout.fragment_bytes)
     spec = EngineSpec(cfg, task, layout, algo, nb, deg,
-                      algorithm_tables_iterations(cfg, algo, probe), auto)
+                      "iteration_slots" in used and not algo.synchronous, auto)
     conv = has_convolutions(layout)          # picks the XLA options (`divjax.xla_options`)
     engine = Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
                                          for f in (init_state, advance, evaluate, run_ticks)))
@@ -419,6 +417,12 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
     A jitted run cannot raise: a diverged or invalid run returns with `state.errors` set and
     `metrics["errors"]` non-zero from the first interval it happened in. Check one of them.
+
+    The run is sized for `hp` (default_hparams(cfg) if None). `divjax.jit(run)` refuses, on the
+    host, HParams it was not sized for (`run.check`, `sizing.check_sizes`: build it with them,
+    or size it for a grid with `sweep.resolve_grid`); under a plain jax.jit or vmap they raise
+    an ERR_* flag instead (`init_errors`). A key or HParams of the wrong shape is a ConfigError
+    when the run is traced.
     """
     engine = make_engine(cfg, task, algo, hp)
 

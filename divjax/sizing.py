@@ -5,6 +5,12 @@ and the algorithm's `longest_delay`), the training capacity and the algorithm's 
 refuses a state that does not fit the device (`memory_model`, derived from the engine's own
 state under `jax.eval_shape`), with the fixes that apply (`memory_advice`). `model_layout` is the
 fixed fragment partition of a task's model.
+
+`check_sizes` is the one rule for what a built run may be called with (`SIZED_FIELDS` against
+the HParams of a call or of every grid point, with `resolve`'s own sizing); `resolve_points`
+sizes a sweep's group for all of its points; `check_call_inputs` refuses a call's key and
+HParams shapes at trace time, `optimizer_ok` and `slots_fit` are the rules `sim.init_errors`
+applies inside jit.
 """
 
 from __future__ import annotations
@@ -317,14 +323,26 @@ def auto_fields(cfg: SimConfig) -> tuple:
     return tuple(f for f in SIZED_FIELDS if getattr(cfg, f) == 0)
 
 
-def algorithm_tables_iterations(cfg: SimConfig, algo: Algorithm | None,
-                                table: network.LinkTable) -> bool:
-    """Whether the algorithm keeps a table of `iteration_slots` iterations per node of its
-    own (DivShare's, Swift's and AD-PSGD's download tables): its `resolve_sizes` asks for one.
-    (An iteration-end table, `LinkTable.ends`, is checked by itself.)"""
-    if algo is None or algo.resolve_sizes is None or algo.synchronous:
-        return False
-    return algo.resolve_sizes(cfg.replace(iteration_slots=0), table).iteration_slots > 0
+ALGORITHM_FIELDS = ("iteration_slots", "inbox_history", "ping_slots")   # resolve_sizes's
+
+
+def algorithm_fields(cfg: SimConfig, algo: Algorithm | None, table: network.LinkTable
+                     ) -> tuple:
+    """The sized fields the algorithm's own `resolve_sizes` fills for this config, asked with
+    them at 0 (host, numpy table): DivShare's, Swift's and AD-PSGD's download tables
+    (iteration_slots), AD-PSGD's ping table and snapshot history."""
+    if algo is None or algo.resolve_sizes is None:
+        return ()
+    got = algo.resolve_sizes(cfg.replace(**{f: 0 for f in ALGORITHM_FIELDS}), table)
+    return tuple(f for f in ALGORITHM_FIELDS if getattr(got, f))
+
+
+def needs_resolve(cfg: SimConfig, used: tuple) -> bool:
+    """Whether `resolve` would fill a field this run uses (`used`: `algorithm_fields`) that
+    cfg leaves at 0 (auto); a config sized for a grid (`resolve_points`) needs nothing more."""
+    return (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
+            or cfg.iteration_chunk == -1 or (has_table(cfg) and cfg.iteration_slots == 0)
+            or any(getattr(cfg, f) == 0 for f in used))
 
 
 def slots_fit(cfg: SimConfig, compute_ticks: jax.Array, slots: int) -> jax.Array:
