@@ -10,7 +10,8 @@ the counters (messages sent, delivered, dropped, replaced, lost; bytes; iteratio
 must be equal, the other metrics equal to float rounding (a vmapped program may sum in
 another order; the grid's iteration_chunk may differ), or the sweep must refuse the grid
 with a ConfigError naming a field. tests/test_sweep_property.py runs two draws of this in
-the suite; this script runs more and writes the table:
+the suite; this script runs more and writes the table (a draw that fails otherwise is
+recorded as FAILED with its error, and the draws go on):
 
     python benchmarks/sweep_property.py --draws 12
     (XLA_FLAGS="--xla_backend_optimization_level=0" compiles 2-3x faster, as the suite does;
@@ -188,7 +189,16 @@ def run_draws(draws: int, seed: int, algorithms: list[str] | None = None,
         rows = []
         for i in range(draws):
             case = draw_case(rng, trace, algorithms, max_points)
-            rows.append({"draw": i, **check_case(case)})
+            t0 = time.perf_counter()
+            try:
+                rows.append({"draw": i, **check_case(case)})
+            except Exception as e:   # noqa: BLE001 - a finding: recorded, the draws go on
+                rows.append({"draw": i, "algorithm": case["cfg"].algorithm,
+                             "features": case["features"],
+                             "grid": {k: list(v) for k, v in case["grid"].items()},
+                             "vmapped": case["chunk_size"] is None, "points": 0,
+                             "outcome": f"FAILED: {type(e).__name__}: {e}",
+                             "wall_s": time.perf_counter() - t0})
             print(_line(rows[-1]), flush=True)
     return rows
 
@@ -218,13 +228,16 @@ def main(argv=None) -> None:
                     draws=a.draws, seed=a.seed, wall_s=time.perf_counter() - t0,
                     xla_flags=os.environ.get("XLA_FLAGS", ""))
     equal = sum(r["outcome"] == "equal" for r in rows)
+    failed = [r for r in rows if r["outcome"].startswith("FAILED")]
     print(f"{equal} of {len(rows)} draws equal to their single runs, "
-          f"{len(rows) - equal} refused naming a field; none differed")
+          f"{len(rows) - equal - len(failed)} refused naming a field, {len(failed)} failed")
+    for r in failed:
+        print(f"draw {r['draw']}: {r['outcome']}")
     out = a.out or (ROOT / "benchmarks" / "results" /
                     f"sweep_property-{jax.devices()[0].platform}-{meta['date']}.json")
     write_result(out, {"meta": meta, "rows": rows,
-                       "summary": {"draws": len(rows), "equal": equal,
-                                   "refused": len(rows) - equal}})
+                       "summary": {"draws": len(rows), "equal": equal, "failed": len(failed),
+                                   "refused": len(rows) - equal - len(failed)}})
 
 
 if __name__ == "__main__":
