@@ -166,6 +166,10 @@ OPTIMIZER_RULES = (
     ("weight_decay", "weight decay must be a finite number >= 0",
      lambda v: (v >= 0) & (v < np.inf)),
 )
+# AD-PSGD's bounds: `resolve` sizes them (a sweep: for every point), but a run that outgrows
+# them raises ERR_HISTORY / ERR_RING_TOO_SHORT exactly where it happens, inside jit, so a call
+# is not refused for a bound it may never reach
+BOUND_FIELDS = ("inbox_history", "ping_slots")
 BUILD_HINT = ("build the run with these HParams (make_run(cfg, hp=hp)), or size it for all of "
               "them (a sweep does)")
 
@@ -259,7 +263,8 @@ def check_sizes(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
     distinct network what `resolve` would demand: each field in `auto` (sized by `resolve`
     when the run was built) at least what it gives these HParams (for the run's delay_ticks:
     the rings and tables are sized for it), each explicit one accepted by it (as when the
-    run was built: AD-PSGD's ping and history bounds are checked inside jit, exactly)."""
+    run was built). AD-PSGD's ping and history bounds (BOUND_FIELDS) are checked inside jit,
+    exactly."""
     check_optimizer(hp)
     network.check_network(cfg, hp)
     for point in network_points(cfg, hp):
@@ -295,7 +300,8 @@ def _short_fields(cfg: SimConfig, table: network.LinkTable, layout: FragmentLayo
             raise
         short = [("delay_ticks", cfg.delay_ticks, need.delay_ticks)]
     return short + [(f, getattr(cfg, f), getattr(need, f)) for f in auto
-                    if f != "delay_ticks" and getattr(cfg, f) < getattr(need, f)]
+                    if f != "delay_ticks" and f not in BOUND_FIELDS
+                    and getattr(cfg, f) < getattr(need, f)]
 
 
 def resolve_points(cfg: SimConfig, hp: HParams, layout: FragmentLayout,
