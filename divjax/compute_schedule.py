@@ -346,3 +346,15 @@ def host_offline(cfg, k_sim: jax.Array) -> tuple[np.ndarray, np.ndarray] | None:
     if not cfg.churn_rate:
         return None
     return tuple(np.asarray(x) for x in jax.jit(lambda k: offline_intervals(cfg, k))(k_sim))
+
+
+def auto_iteration_chunk(capacity: int, mean_finishers: float) -> int:
+    """`iteration_chunk` for -1 (auto): 0 (every finishing node at once, in a gather padded to
+    `capacity`) when nodes finish together, as with equal compute times; else the smallest
+    power of two >= the mean number of nodes finishing at a tick, so that a tick trains about
+    the nodes that finish instead of `capacity` padded rows (compute spread or jitter: nodes
+    finish at many different ticks). Counters, iterations and the schedule do not depend on
+    it; parameters only to float rounding (the inbox sums are added in another order)."""
+    if capacity <= 2 or 2 * mean_finishers > capacity:
+        return 0
+    return 1 << max(0, math.ceil(math.log2(max(1.0, mean_finishers))))

@@ -44,10 +44,10 @@ from divjax.compute_schedule import (
     shortest_ticks,
 )
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams
+from divjax.evaluation import evaluate, flat_evaluator  # noqa: F401 (API)
 from divjax.flat import FragmentLayout
 from divjax.local import (
     has_convolutions,
-    loop_over_nodes,
     make_optimizer,
     make_train_one,
     node_batch_key,
@@ -55,10 +55,25 @@ from divjax.local import (
 )
 from divjax.registry import make_task
 from divjax.rows import get_rows, padded_rows, set_rows
-from divjax.sizing import check_memory_early, compile_checked, model_layout, resolve
+from divjax.run_checks import attach_check, call_checker
+from divjax.sizing import (
+    SIZED_FIELDS,
+    algorithm_fields,
+    auto_fields,
+    check_call_inputs,
+    check_memory_early,
+    compile_checked,
+    host_link_table,
+    model_layout,
+    needs_resolve,
+    optimizer_ok,
+    resolve,
+    slots_fit,
+)
 from divjax.state import (  # SimulationError, check_state: re-exported
     ERR_CAPACITY,
     ERR_CLOCK,
+    ERR_HPARAMS,
     ERR_RING_TOO_SHORT,
     ERR_SCHEDULE,
     SimState,
@@ -83,6 +98,10 @@ class EngineSpec(NamedTuple):
     algo: Algorithm
     neighbors: np.ndarray     # (n, max_degree) int32 padded neighbour lists
     degree: np.ndarray        # (n,) int32
+    # the algorithm keeps a table of cfg.iteration_slots iterations per node of its own (a
+    # download table: `sizing.algorithm_fields`), checked in `init_errors`
+    slots_table: bool = False
+    auto: tuple = SIZED_FIELDS   # the sized fields `resolve` sized (`sizing.check_sizes`)
 
 
 class Engine(NamedTuple):
@@ -115,8 +134,10 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
 
 
 def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.Array:
-    """() int32 ERR_* flags of HParams the host checks never saw (a sweep, a custom grid):
-    timing that outgrows the sized rings, or that the int32 link clock cannot hold."""
+    """() int32 ERR_* flags of HParams the host checks never saw (a sweep, a custom grid,
+    a jitted or vmapped call; `sizing.check_sizes` is the host's rule): timing that outgrows
+    the sized rings or iteration tables, or that the int32 link clock cannot hold, or an
+    optimizer the CLI would refuse (a negative lr)."""
     cfg = spec.cfg
     if spec.algo.longest_delay is None:
         # a queue that is replaced every iteration bounds every delay by compute + latency;
@@ -129,13 +150,17 @@ def init_errors(spec: EngineSpec, hp: HParams, table: network.LinkTable) -> jax.
         fits = jnp.bool_(True)
     clock_ok = network.clock_fits(cfg, hp, spec.layout.fragment_bytes)
     ends_ok = True if table.ends is None else jnp.all(table.ends[:, -1] >= cfg.num_ticks)
+    if spec.slots_table:   # a download table of iteration_slots iterations per node
+        ends_ok &= slots_fit(cfg, table.compute_ticks, cfg.iteration_slots)
     return (jnp.where(fits, 0, ERR_RING_TOO_SHORT) | jnp.where(clock_ok, 0, ERR_CLOCK)
-            | jnp.where(ends_ok, 0, ERR_SCHEDULE)).astype(jnp.int32)
+            | jnp.where(ends_ok, 0, ERR_SCHEDULE)
+            | jnp.where(optimizer_ok(hp), 0, ERR_HPARAMS)).astype(jnp.int32)
 
 
 def init_state(spec: EngineSpec, key: jax.Array, hp: HParams) -> SimState:
     """Every node's initial model (one shared or n independent), empty rings, tick 0."""
     cfg, layout, task = spec.cfg, spec.layout, spec.task
+    check_call_inputs(cfg, key, hp)   # shapes: a clear error at trace time
     n, K, F = cfg.n_nodes, layout.K, layout.F
     k_init, k_sim = jax.random.split(key)
     del key
@@ -257,58 +282,6 @@ def run_ticks(spec: EngineSpec, state: SimState, hp: HParams) -> SimState:
     return jax.lax.fori_loop(0, spec.cfg.eval_every, lambda _, s: tick(spec, ctx, hp, s), state)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def flat_evaluator(task: Task, layout: FragmentLayout) -> Callable:
-    """evaluate(params (K, F), node) -> metrics dict, on the flat fragment array."""
-    if task.make_flat_evaluate is not None:
-        return task.make_flat_evaluate(layout)
-    return lambda p, node: task.evaluate(layout.unflatten(p), node)
-
-
-def evaluate(spec: EngineSpec, state: SimState) -> dict:
-    """Metrics of every node model and of their average, consensus and the counters."""
-    cfg, task, layout, n = spec.cfg, spec.task, spec.layout, spec.cfg.n_nodes
-    evaluate_flat = flat_evaluator(task, layout)
-    real = jnp.asarray(layout.real_mask())
-    params = state.params
-    avg = jnp.mean(params, axis=0)
-
-    def one_node(a):  # metrics and squared distance to the average, eval_chunk at a time
-        p, node = a
-        return evaluate_flat(p, node), jnp.sum(jnp.where(real, p - avg, 0.0) ** 2)
-
-    nodes = (params, jnp.arange(n, dtype=jnp.int32))
-    if loop_over_nodes(layout):  # per-node convolutions under vmap are grouped: slow on CPU
-        per_node, dist2 = jax.lax.map(one_node, nodes)
-    else:
-        per_node, dist2 = jax.lax.map(one_node, nodes, batch_size=min(cfg.eval_chunk, n))
-    avg_metrics = evaluate_flat(avg, jnp.int32(-1))
-    out = {"time_s": state.t.astype(jnp.float32) * cfg.tick_s}
-    for name in task.metric_names:
-        v = per_node[name]
-        out[f"{name}_mean"] = jnp.mean(v)
-        out[f"{name}_min"] = jnp.min(v)
-        out[f"{name}_max"] = jnp.max(v)
-        out[f"{name}_avgmodel"] = avg_metrics[name]
-    out["consensus"] = jnp.mean(dist2)
-    c = state.counters
-    frag_bytes = jnp.asarray(layout.fragment_bytes, jnp.float32)
-    out["bytes_sent"] = jnp.sum(c.sent.astype(jnp.float32) * frag_bytes)
-    out["msgs_sent"] = jnp.sum(c.sent).astype(jnp.float32)
-    out["msgs_delivered"] = jnp.sum(c.delivered).astype(jnp.float32)
-    out["msgs_dropped"] = jnp.sum(c.dropped).astype(jnp.float32)
-    out["msgs_replaced"] = jnp.sum(c.replaced).astype(jnp.float32)
-    out["msgs_lost"] = jnp.sum(c.lost).astype(jnp.float32)
-    # the run's ERR_* flags so far (0 = none): a jitted make_run cannot raise, so check
-    # this metric, or call divjax.check_state(state, cfg) on the final state
-    out["errors"] = state.errors.astype(jnp.float32)
-    out["iterations_mean"] = jnp.mean(state.iterations.astype(jnp.float32))
-    out["node"] = {name: per_node[name] for name in task.metric_names}
-    return out
-
-
 def advance(spec: EngineSpec, state: SimState, hp: HParams):
     """One evaluation interval: its ticks, then the metrics at its end."""
     state = run_ticks(spec, state, hp)
@@ -326,21 +299,24 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
         algo = make_algorithm(cfg)     # a built-in name or a plug-in's MODULE:ATTR
     check_memory_early(cfg, task)
     layout = model_layout(cfg, task)
-    if (cfg.ring_ticks == 0 or cfg.train_capacity == 0 or cfg.delay_ticks == 0
-            or cfg.iteration_chunk == -1
-            or (has_table(cfg) and cfg.iteration_slots == 0)
-            or (algo.resolve_sizes is not None
-                and (cfg.inbox_history == 0 or cfg.ping_slots == 0))):
-        cfg = resolve(cfg, hp if hp is not None else default_hparams(cfg), layout, algo=algo)
+    auto = auto_fields(cfg)
+    hp0 = hp if hp is not None else default_hparams(cfg)
+    network.check_network(cfg, hp0)
+    used = algorithm_fields(cfg, algo, host_link_table(cfg, hp0, layout.fragment_bytes))
+    if needs_resolve(cfg, used):
+        cfg = resolve(cfg, hp0, layout, algo=algo)
     nb, deg = neighbor_table(adjacency(cfg))
     if cfg.fanout > int(deg.min()):
         raise ConfigError(
             f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "
             f"of topology={cfg.topology!r}: lower --fanout or use a denser topology")
-    spec = EngineSpec(cfg, task, layout, algo, nb, deg)
+    spec = EngineSpec(cfg, task, layout, algo, nb, deg,
+                      "iteration_slots" in used and not algo.synchronous, auto)
     conv = has_convolutions(layout)          # picks the XLA options (`divjax.xla_options`)
-    return Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
-                                       for f in (init_state, advance, evaluate, run_ticks)))
+    engine = Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
+                                         for f in (init_state, advance, evaluate, run_ticks)))
+    attach_check(engine.init, call_checker(spec))   # divjax.jit checks a call's HParams
+    return engine
 
 
 def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = None,
@@ -357,6 +333,12 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
     A jitted run cannot raise: a diverged or invalid run returns with `state.errors` set and
     `metrics["errors"]` non-zero from the first interval it happened in. Check one of them.
+
+    The run is sized for `hp` (default_hparams(cfg) if None). `divjax.jit(run)` refuses, on the
+    host, HParams it was not sized for (`run.check`, `sizing.check_sizes`: build it with them,
+    or size it for a grid with `sweep.resolve_grid`); under a plain jax.jit or vmap they raise
+    an ERR_* flag instead (`init_errors`). A key or HParams of the wrong shape is a ConfigError
+    when the run is traced.
     """
     engine = make_engine(cfg, task, algo, hp)
 
@@ -366,6 +348,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
                             length=engine.cfg.num_chunks)
 
     run.engine = engine
+    attach_check(run, engine.init.check)   # divjax.jit calls it with a call's (key, hp)
     return tag_convolutions(run, engine.advance.convolutions)   # its XLA options
 
 
@@ -379,6 +362,9 @@ def simulate(engine: Engine, key: jax.Array, hp: HParams, progress: Callable | N
     Bit-identical to `make_run` (same tick function, keys folded from the tick). Starts from
     `state` if given (a resumed checkpoint). Returns (state, metrics stacked over chunks).
     """
+    check = getattr(engine.init, "check", None)
+    if check is not None:   # HParams the engine was not sized for: a clear error
+        check(key if state is None else state.k_sim, hp)
     if state is None:
         state = jit(engine.init)(key, hp)
     advance = compile_checked(jit(engine.advance, donate_argnums=0), state, hp,

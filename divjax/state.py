@@ -18,7 +18,9 @@ ERR_NONFINITE = 4        # a trained model holds NaN or inf
 ERR_HISTORY = 8          # inbox "latest": a replaced message's snapshot left the history
 ERR_CLOCK = 16           # HParams invalid or too large for the int32 link clock
 ERR_SCHEDULE = 32        # compute jitter: the iteration-end table is shorter than the run
-#                          (or AD-PSGD's download pre-pass outgrew its message table)
+#                          (or a download table, DivShare's, Swift's or AD-PSGD's pre-pass,
+#                          holds fewer iterations than these HParams run)
+ERR_HPARAMS = 64         # a negative or non-finite lr or weight decay, or momentum not in [0, 1)
 
 
 @struct.dataclass
@@ -132,9 +134,14 @@ def check_state(state: SimState, cfg: Any, hp: Any = None) -> None:
                     f"short to take a replaced message out of an inbox (first at {when:.3f}s): "
                     f"raise --inbox-history, or set it to 0 (auto), or use --inbox sum")
     if e & ERR_SCHEDULE:
-        msgs.append("the compute-jitter table ends before the run, or AD-PSGD's download "
-                    "pre-pass outgrew its table: build the run with these HParams "
-                    "(make_run(cfg, hp=hp)), or set --iteration-slots 0 (auto)")
+        msgs.append("the compute-jitter table ends before the run, or a download table "
+                    "(DivShare, Swift, AD-PSGD) holds fewer iterations than these HParams run "
+                    "(iteration_slots): build the run with these HParams (make_run(cfg, "
+                    "hp=hp)), or set --iteration-slots 0 (auto)")
+    if e & ERR_HPARAMS:
+        msgs.append("the HParams given to the run hold a negative or non-finite lr or "
+                    "weight_decay, or a momentum outside [0, 1) (the CLI refuses them too): "
+                    "fix them, e.g. hp.replace(lr=0.05)")
     if e & ERR_CAPACITY:
         msgs.append(f"more than train_capacity={cfg.train_capacity} nodes finished at one tick "
                     f"(first at {when:.3f}s): set --train-capacity 0 (auto)")

@@ -84,16 +84,14 @@ class SweepResult(NamedTuple):
 
 
 def resolve_grid(cfg: SimConfig, hps: list[HParams], task, algo):
-    """One config (ring, delay, train capacity) that fits every grid point's network."""
-    from divjax.sizing import model_layout, resolve
+    """One config sized for every grid point's network: every sized field
+    (`sizing.SIZED_FIELDS`) the largest any point needs, by `resolve`'s own sizing
+    (`sizing.resolve_points`), so a point's run equals its single run; every point then
+    passes `sizing.check_sizes`. Raises ConfigError naming the field and the fix."""
+    from divjax.sizing import model_layout, resolve_points
 
-    layout = model_layout(cfg, task)
-    got = [resolve(cfg, h, layout, check_memory=False, algo=algo) for h in hps]
-    chunks = [c.iteration_chunk for c in got]      # any chunk gives the same results
-    return cfg.replace(ring_ticks=max(c.ring_ticks for c in got),
-                       delay_ticks=max(c.delay_ticks for c in got),
-                       train_capacity=max(c.train_capacity for c in got),
-                       iteration_chunk=0 if 0 in chunks else max(chunks))
+    hp, _ = stack_hparams(hps)
+    return resolve_points(cfg, hp, model_layout(cfg, task), algo)
 
 
 def sweep(cfg: SimConfig, grid: dict, seeds: int = 4, base_seed: int = 0,
@@ -220,7 +218,7 @@ def _run_group(cfg, g, st, points, keys, chunk_size, progress, verbose, out, res
     task = make_task(cfg_g)
     algo = make_algorithm(cfg_g)     # a built-in name or a plug-in's MODULE:ATTR
     cfg_r = resolve_grid(cfg_g, hps, task, algo)
-    run = make_run(cfg_r, task, algo)
+    run = make_run(cfg_r, task, algo, hp=hps[0])   # sized: checks, never re-sizes
     hp, hp_axes = stack_hparams(hps)
     resolved = dataclasses.asdict(run.engine.cfg)
     if info is not None and info["resolved"] != jsonable(resolved):

@@ -15,7 +15,9 @@ of benchmarks/cnn_training.py), while movielens-paper ran 6-30% slower with them
 per-step and per-evaluation reductions; throwaway A/B). Which programs have convolutions: a
 function tagged `convolutions=True` (`make_engine`'s functions, `make_run`'s run, from
 `divjax.local.has_convolutions` of the model), or `jit(fn, convolutions=...)`. Other backends
-get no option.
+get no option. A function with a `check` attribute (`make_run`'s run, `make_engine`'s init) has
+it called with the arguments of every top-level call first: HParams the run was not built for
+are refused on the host (`divjax.sizing.check_sizes`), before anything compiles.
 
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
 `make_run` program with `divjax.jit` (or with `compiler_options=divjax.compiler_options(
@@ -78,6 +80,10 @@ class _Jitted:
         self.compiler_options = (program_options(fn) if convolutions is None   # at the top
                                  else compiler_options(convolutions=convolutions))
         self._top = jax.jit(fn, compiler_options=self.compiler_options or None, **kwargs)
+        # a run or engine.init: `check(key, hp)` refuses, on the host, HParams the run was not
+        # built for (`divjax.sizing.check_sizes`) before a call at the top level compiles
+        check = getattr(fn, "check", None)   # (a copy on jax.vmap(run) is not run's own)
+        self._check = check if getattr(check, "owner", None) is fn else None
         self._nested = jax.jit(fn, **kwargs)
         self.__name__ = getattr(fn, "__name__", "jitted")   # no __wrapped__: vmap would
         self.__doc__ = getattr(fn, "__doc__", None)           # trace through to fn itself
@@ -85,6 +91,8 @@ class _Jitted:
     def __call__(self, *args, **kwargs):
         leaves = jax.tree.leaves((args, kwargs))
         if not any(isinstance(x, jax.core.Tracer) for x in leaves):
+            if self._check is not None:
+                self._check(*args, **kwargs)
             try:
                 return self._top(*args, **kwargs)
             except ValueError as e:      # traced with only constant arguments

@@ -21,7 +21,7 @@ from test_downloads import (
 
 import divjax
 from divjax import reference_baselines
-from divjax.config import default_hparams
+from divjax.config import ConfigError, default_hparams
 from divjax.sim import make_run
 from divjax.state import ERR_SCHEDULE
 
@@ -63,11 +63,15 @@ def test_adpsgd_downloads__unlimited_bandwidth_gives_the_bits_of_no_download_mod
 
 def test_adpsgd_downloads__hparams_beyond_the_sized_table_raise_not_mislead():
     """A run sized for one compute time, given HParams with iterations ten times as fast: the
-    pre-pass cannot hold every ping and pong, and the run says so (ERR_SCHEDULE)."""
+    pre-pass cannot hold every ping and pong, and the run says so (ERR_SCHEDULE) under a
+    plain jax.jit; divjax.jit refuses them on the host (sizing.check_sizes)."""
     cfg = adpsgd_config()
     hp = congested_hparams(cfg)
     run = make_run(cfg, hp=hp)
-    state, _ = divjax.jit(run)(jax.random.key(1), hp.replace(compute_s=hp.compute_s / 10))
+    fast = hp.replace(compute_s=hp.compute_s / 10)
+    with pytest.raises(ConfigError):
+        divjax.jit(run)(jax.random.key(1), fast)
+    state, _ = jax.jit(run)(jax.random.key(1), fast)
     assert int(state.errors) & ERR_SCHEDULE
 
 

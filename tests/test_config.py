@@ -6,7 +6,7 @@ import pytest
 from conftest import tiny_config
 
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import SimulationError, make_run, simulate
+from divjax.sim import SimulationError, check_state, make_run, simulate
 from divjax.tasks import Task
 
 
@@ -62,8 +62,11 @@ def test_run__hparams_that_outgrow_the_ring_are_flagged_not_silently_dropped():
     cfg = tiny_config()
     run = make_run(cfg)  # ring sized for default_hparams: compute_s = 0.1
     slow = default_hparams(cfg).replace(compute_s=jnp.full(5, 0.5))
-    with pytest.raises(SimulationError, match="delay ring is shorter"):
+    with pytest.raises(ConfigError, match="delay_ticks=.*--delay-ticks"):   # on the host
         simulate(run.engine, jax.random.key(0), slow)
+    state = jax.jit(run.engine.init)(jax.random.key(0), slow)   # no host check: the flag
+    with pytest.raises(SimulationError, match="delay ring is shorter"):
+        check_state(state, cfg)
 
 
 def test_presets__every_preset_is_a_valid_config_and_realworld_turns_the_features_on():

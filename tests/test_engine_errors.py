@@ -19,6 +19,13 @@ def run():
     return divjax.jit(make_run(cfg, hp=default_hparams(cfg))), make_run(cfg).engine.cfg
 
 
+@pytest.fixture(scope="module")
+def plain_run():
+    """The same run under a plain jax.jit: no host check of a call's HParams."""
+    cfg = tiny_config(duration_s=1.0)
+    return jax.jit(make_run(cfg, hp=default_hparams(cfg)))
+
+
 def test_make_run__divergence_shows_in_metrics_and_check_state(run):
     fn, cfg = run
     hp = default_hparams(cfg).replace(lr=jnp.float32(1e4))
@@ -35,14 +42,19 @@ def test_make_run__divergence_shows_in_metrics_and_check_state(run):
 
 @pytest.mark.parametrize("field,value", [("upload_bps", 1e-4), ("upload_bps", 0.0),
                                          ("compute_s", float("inf")), ("latency_s", -1.0)])
-def test_make_run__hparams_that_overflow_the_link_clock_flag_an_error(run, field, value):
-    """HParams handed to an already built run skip the host checks: they must not overflow
-    into negative times and count messages as sent."""
+def test_make_run__hparams_that_overflow_the_link_clock_flag_an_error(run, plain_run, field,
+                                                                     value):
+    """HParams handed to an already built run: divjax.jit refuses them on the host
+    (sizing.check_sizes); under a plain jax.jit (no host check) they must not overflow into
+    negative times and count messages as sent."""
     fn, cfg = run
     hp = default_hparams(cfg)
     arr = np.asarray(getattr(hp, field)).copy()
     arr[-1] = value
-    state, m = fn(jax.random.key(0), hp.replace(**{field: jnp.asarray(arr, jnp.float32)}))
+    bad = hp.replace(**{field: jnp.asarray(arr, jnp.float32)})
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        fn(jax.random.key(0), bad)
+    state, m = plain_run(jax.random.key(0), bad)
     assert int(state.errors) & ERR_CLOCK
     assert m["errors"][-1] > 0
     with pytest.raises(SimulationError, match="int32 link clock"):

@@ -75,6 +75,7 @@ from divjax.algorithms.adpsgd_network import (  # noqa: F401  (re-exported)
     pong_lost,
 )
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox
+from divjax.algorithms.divshare import size_download_table
 from divjax.algorithms.queues import (
     QueueState,
     appended_link_free,
@@ -84,7 +85,7 @@ from divjax.algorithms.queues import (
     queue_stop,
     schedule_appended_queue,
 )
-from divjax.compute_schedule import shortest_ticks, slots_needed, window_index
+from divjax.compute_schedule import shortest_ticks, window_index
 from divjax.config import SimConfig, download_limited
 from divjax.messages import Inbox, collect, push
 from divjax.network import latency_ticks, message_lost
@@ -369,9 +370,8 @@ def make_adpsgd(cfg: SimConfig) -> Algorithm:
                    cfg_resolved.num_ticks - c_min if downloads else 0)
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
-        if downloads and cfg_resolved.iteration_slots == 0:   # the pre-pass's capacity
-            cfg_resolved = cfg_resolved.replace(
-                iteration_slots=slots_needed(cfg_resolved, table.compute_ticks))
+        if downloads:   # the pre-pass's capacity
+            cfg_resolved = size_download_table(cfg_resolved, table)
         if cfg_resolved.ping_slots == 0:
             cfg_resolved = cfg_resolved.replace(
                 ping_slots=ping_slots_needed(cfg_resolved, table))

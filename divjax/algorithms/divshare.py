@@ -36,7 +36,7 @@ from divjax.compute_schedule import (
     window_index,
     window_tick,
 )
-from divjax.config import SimConfig, download_limited
+from divjax.config import ConfigError, SimConfig, download_limited
 from divjax.downloads import decode, fifo_deliveries, message_units, row_start_subticks
 from divjax.messages import collect, push
 from divjax.network import (
@@ -213,6 +213,21 @@ def replaced_by_newer(ctx: Context, k_sim: jax.Array, node: jax.Array, valid: ja
     return replaced & sched.sent
 
 
+def size_download_table(cfg: SimConfig, table) -> SimConfig:
+    """`iteration_slots` for a download table (DivShare, Swift, AD-PSGD: host side, numpy
+    table): every iteration that ends within the run (`slots_needed`); an explicit value
+    that holds fewer is refused (the iterations past it would be missing from the download
+    links' FIFOs: a wrong network, not an error)."""
+    need = slots_needed(cfg, table.compute_ticks)
+    if cfg.iteration_slots == 0:
+        return cfg.replace(iteration_slots=need)
+    if cfg.iteration_slots < need:
+        raise ConfigError(f"iteration_slots={cfg.iteration_slots} cannot hold the iterations "
+                          f"of the run's download table ({need} at the shortest compute time): "
+                          f"set --iteration-slots {need} or 0 (auto)")
+    return cfg
+
+
 def make_divshare(cfg: SimConfig) -> Algorithm:
     s = cfg.fanout
 
@@ -224,10 +239,9 @@ def make_divshare(cfg: SimConfig) -> Algorithm:
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
         """With download limits: table every iteration of the run (iteration_slots)."""
-        if not download_limited(cfg_resolved) or cfg_resolved.iteration_slots:
+        if not download_limited(cfg_resolved) or s == 0:
             return cfg_resolved
-        return cfg_resolved.replace(iteration_slots=slots_needed(cfg_resolved,
-                                                                 table.compute_ticks))
+        return size_download_table(cfg_resolved, table)
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
         inbox, counters = state.inbox, state.counters

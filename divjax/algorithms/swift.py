@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
+from divjax.algorithms.divshare import size_download_table
 from divjax.algorithms.queues import (
     QueueState,
     appended_link_free,
@@ -56,7 +57,6 @@ from divjax.compute_schedule import (
     has_offline,
     is_offline,
     shortest_ticks,
-    slots_needed,
     stop_tick,
     window_index,
     window_tick,
@@ -268,10 +268,9 @@ def make_swift(cfg: SimConfig) -> Algorithm:
 
     def resolve_sizes(cfg_resolved: SimConfig, table) -> SimConfig:
         """With download limits: table every iteration of the run (iteration_slots)."""
-        if not download_limited(cfg_resolved) or cfg_resolved.iteration_slots:
+        if not download_limited(cfg_resolved) or s == 0:
             return cfg_resolved
-        return cfg_resolved.replace(iteration_slots=slots_needed(cfg_resolved,
-                                                                 table.compute_ticks))
+        return size_download_table(cfg_resolved, table)
 
     return Algorithm("swift", init, iteration_end, longest_delay=longest_delay,
                      resolve_sizes=resolve_sizes, keeps_nonfinite=True)
