@@ -60,7 +60,8 @@ MAP_ALGOS = ("divshare", "adpsgd", "swift")
 LONG_ALGOS = ("divshare", "local")
 DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model download limits
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
-ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads")
+ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega")
+OMEGAS = (1, 2, 4, 8, 16, 64)   # the Omega ablation (issue 31); Omega = 1: Swift with a replaced queue
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
 FAST_MBPS = 60.0
@@ -315,9 +316,26 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             # seed-major order: a stopped run still leaves complete paired seeds
             groups += [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
                              (s,), 1) for s in seeds for a in algos]
+        elif part == "omega":
+            groups += omega_groups(scale, data_dir, seeds)
         else:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(ALL_PARTS)}")
     return groups
+
+
+def omega_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """The Omega ablation on the MovieLens main setting, all at one commit: DivShare with
+    Omega in OMEGAS (regime "omega<K>"; Omega = 1 sends whole models, so DivShare there is Swift
+    with a replaced queue) and Swift beside it (regime "omega1", appended queue): Omega 1 against
+    Swift isolates queue replacement, Omega > 1 against Omega 1 fragmentation."""
+    cfg = main_config(scale, data_dir)
+    omegas = OMEGAS if scale != "tiny" else (1, 2)
+    out = [Group("movielens", "omega", "divshare", cfg.replace(algorithm="divshare",
+                                                               n_fragments=k),
+                 (f"omega{k}",), ({},), seeds, 0) for k in omegas]
+    out.append(Group("movielens", "omega", "swift", cfg.replace(algorithm="swift"),
+                     ("omega1",), ({},), seeds, 1))
+    return out
 
 
 def cell_path(out: Path, task: str, regime: str, algo: str, seed: int) -> Path:
