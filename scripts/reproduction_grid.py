@@ -60,7 +60,10 @@ MAP_ALGOS = ("divshare", "adpsgd", "swift")
 LONG_ALGOS = ("divshare", "local")
 DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model download limits
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
-ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega")
+ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega",
+             "omega-map")
+OMEGA_MAP = ((0.1, 7), (10.0, 7))   # a saturated and an unsaturated map regime
+OMEGA_MAP_K = (1, 8, 64)
 OMEGAS = (1, 2, 4, 8, 16, 64)   # the Omega ablation; Omega = 1: Swift with a replaced queue
 APPENDED = ("adpsgd", "swift", "epidemic")   # appended send queues: big rings when saturated
 MODEL_SENDS = 6               # s = fanout: full models a fast node sends per iteration
@@ -318,6 +321,8 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                              (s,), 1) for s in seeds for a in algos]
         elif part == "omega":
             groups += omega_groups(scale, data_dir, seeds)
+        elif part == "omega-map":
+            groups += omega_map_groups(scale, data_dir, seeds)
         else:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(ALL_PARTS)}")
     return groups
@@ -335,6 +340,27 @@ def omega_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
                  (f"omega{k}",), ({},), seeds, 0) for k in omegas]
     out.append(Group("movielens", "omega", "swift", cfg.replace(algorithm="swift"),
                      ("omega1",), ({},), seeds, 1))
+    return out
+
+
+def omega_map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """The Omega ablation in a saturated (compute 0.1x the fast send time) and an unsaturated
+    (10x) regime of the map, with the paper's 7 stragglers: DivShare at OMEGA_MAP_K and Swift,
+    all at one commit (regimes "r<ratio>-s7-omega<K>"; Swift's as "r<ratio>-s7-omega1")."""
+    if scale == "tiny":
+        return []
+    out = []
+    for g in map_groups(scale, data_dir, seeds):
+        if g.algo not in ("divshare", "swift"):
+            continue
+        for i, reg in enumerate(g.regimes):
+            r, k = reg[1:].split("-s")
+            if (float(r), int(k)) not in OMEGA_MAP:
+                continue
+            for K in (OMEGA_MAP_K if g.algo == "divshare" else (1,)):
+                out.append(Group("movielens", "omega-map", g.algo,
+                                 g.cfg.replace(n_fragments=K), (f"{reg}-omega{K}",),
+                                 (g.points[i],), seeds, g.chunk))
     return out
 
 
@@ -600,16 +626,19 @@ def dropped_share(cell: dict) -> float:
     return float(100 * c["msgs_dropped"][-1] / max(1, c["msgs_sent"][-1] + c["msgs_dropped"][-1]))
 
 
-def omega_ablation(idx: dict) -> dict | None:
+def omega_ablation(idx: dict, regime: str = "", ks=OMEGAS,
+                   adpsgd_regime: str = "main") -> dict | None:
     """Per Omega: DivShare's final RMSE, its gain over Swift and over Omega = 1 (paired by seed,
-    all cells of one commit), over AD-PSGD (the main comparison's cells), the copies averaged
-    per fragment (the dilution confound) and the share of messages dropped."""
-    swift = idx.get(("movielens", "omega1", "swift"), {})
-    one = idx.get(("movielens", "omega1", "divshare"), {})
-    adpsgd = idx.get(("movielens", "main", "adpsgd"), {})
+    all cells of one commit), over AD-PSGD (the main comparison's or the map's cells), the
+    copies averaged per fragment (the dilution confound) and the share of messages dropped.
+    regime "" is the main setting (regimes "omega<K>"), else a map regime ("<regime>-omega<K>")."""
+    name = (lambda k: f"omega{k}") if not regime else (lambda k: f"{regime}-omega{k}")
+    swift = idx.get(("movielens", name(1), "swift"), {})
+    one = idx.get(("movielens", name(1), "divshare"), {})
+    adpsgd = idx.get(("movielens", adpsgd_regime, "adpsgd"), {})
     rows = {}
-    for k in OMEGAS:
-        d = idx.get(("movielens", f"omega{k}", "divshare"), {})
+    for k in ks:
+        d = idx.get(("movielens", name(k), "divshare"), {})
         if not d:
             continue
         avg = next(iter(d.values()))["primary"] + "_avgmodel"
@@ -660,11 +689,7 @@ def plot_omega(ab: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def omega_section(ab: dict | None, out: Path, rel, cmd: str) -> list[str]:
-    """The Omega ablation's section of the document, its sentences computed from the cells."""
-    L = ["## Which mechanism carries the gain: the Omega ablation (MovieLens)", ""]
-    if not ab:
-        return L + [f"No cells yet: `{cmd} --parts omega`.", ""]
+def omega_table(ab: dict) -> str:
     rows = []
     for k, r in sorted(ab["rows"].items()):
         rows.append([k, r["seeds"], fmt_ci(r["final"], "", 4), fmt_ci(r["final_avg"], "", 4),
@@ -675,6 +700,33 @@ def omega_section(ab: dict | None, out: Path, rel, cmd: str) -> list[str]:
                      fmt_ci(r["gain_adpsgd"], "%"), fmt_ci(r["copies"], "", 3),
                      fmt_ci(r["dropped"], "%", 3)])
     sw = ab["swift"]
+    return (table(rows, ["Omega", "seeds", "final RMSE (node mean)", "final RMSE (average "
+                         "model)", "gain over Swift", "gain over Omega 1", "gain over AD-PSGD",
+                         "copies per fragment", "messages dropped"]) + "\n\n"
+            + (f"Swift: final RMSE {fmt_ci(sw['final'], '', 4)}, "
+               f"{fmt_ci(sw['copies'], '', 3)} copies per fragment." if sw["final"] else ""))
+
+
+def mechanism_lines(ab: dict, high: int = 8) -> list[str]:
+    r1, rk = ab["rows"].get(1), ab["rows"].get(high)
+    L = []
+    if r1 and r1["gain_swift"]:
+        g = r1["gain_swift"]
+        L += [f"**Queue replacement** (DivShare at Omega 1 against Swift): "
+              f"{fmt_ci(g, '%')}, {g['verdict']}.", ""]
+    if rk and rk["gain_omega1"]:
+        g = rk["gain_omega1"]
+        L += [f"**Fragmentation** (Omega {high} against Omega 1, both with replaced queues): "
+              f"{fmt_ci(g, '%')}, {g['verdict']}.", ""]
+    return L
+
+
+def omega_section(res: dict, out: Path, rel, cmd: str) -> list[str]:
+    """The Omega ablation's section of the document, its sentences computed from the cells."""
+    ab = res.get("omega")
+    L = ["## Which mechanism carries the gain: the Omega ablation (MovieLens)", ""]
+    if not ab:
+        return L + [f"No cells yet: `{cmd} --parts omega`.", ""]
     png = out / "omega_ablation.png"
     plot_omega(ab, png)
     L += ["The main setting (60 nodes, 7 stragglers, compute 1.5x the fast send time, 60 "
@@ -688,21 +740,14 @@ def omega_section(ab: dict | None, out: Path, rel, cmd: str) -> list[str]:
           "MovieLens fewer copies dilute the trained user rows less (see above). Gains are "
           "positive when DivShare's RMSE is lower; over AD-PSGD they use the main "
           "comparison's AD-PSGD cells (another commit, same semantics).", "",
-          table(rows, ["Omega", "seeds", "final RMSE (node mean)", "final RMSE (average "
-                       "model)", "gain over Swift", "gain over Omega 1", "gain over AD-PSGD",
-                       "copies per fragment", "messages dropped"]), "",
-          f"Swift: final RMSE {fmt_ci(sw['final'], '', 4)}, "
-          f"{fmt_ci(sw['copies'], '', 3)} copies per fragment.", "",
-          f"![Omega ablation]({rel(png)})", ""]
-    r1, r8 = ab["rows"].get(1), ab["rows"].get(8)
-    if r1 and r1["gain_swift"]:
-        g = r1["gain_swift"]
-        L += [f"**Queue replacement** (DivShare at Omega 1 against Swift): "
-              f"{fmt_ci(g, '%')}, {g['verdict']}.", ""]
-    if r8 and r8["gain_omega1"]:
-        g = r8["gain_omega1"]
-        L += [f"**Fragmentation** (Omega 8 against Omega 1, both with replaced queues): "
-              f"{fmt_ci(g, '%')}, {g['verdict']}.", ""]
+          omega_table(ab), "", f"![Omega ablation]({rel(png)})", ""]
+    L += mechanism_lines(ab)
+    for reg, ab_m in (res.get("omega_map") or {}).items():
+        r, k = reg[1:].split("-s")
+        L += [f"### Regime {reg}: compute {r}x the fast send time, {k} stragglers "
+              f"({'links saturated' if float(r) < 1.5 else 'no link saturated'}; 30 "
+              f"iterations; `{cmd} --parts omega-map`)", "", omega_table(ab_m), ""]
+        L += mechanism_lines(ab_m, max(ab_m["rows"]) if 8 not in ab_m["rows"] else 8)
     return L
 
 
@@ -737,6 +782,9 @@ def analyse(out: Path, scale: str) -> dict:
         res[task] = t
     res["map"] = regime_map(idx, tg["movielens-map"][0], scale)
     res["omega"] = omega_ablation(idx)
+    res["omega_map"] = {f"r{r:g}-s{k}": ab for r, k in OMEGA_MAP
+                        if (ab := omega_ablation(idx, f"r{r:g}-s{k}", OMEGA_MAP_K,
+                                                 f"r{r:g}-s{k}"))}
     res["downloads"] = {task: downloads_effect(idx, task, tg[task])
                         for task in ("movielens", "cifar10")}
     res["idx"] = idx
@@ -1134,7 +1182,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
     else:
         L += ["No cells yet.", ""]
     # --- Omega ablation
-    L += omega_section(res["omega"], out, rel, cmd)
+    L += omega_section(res, out, rel, cmd)
     # --- regime map
     L += ["## Regime map (MovieLens)", ""]
     rmap = res["map"]

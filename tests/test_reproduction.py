@@ -71,6 +71,6 @@ def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
     ab = grid.omega_ablation(idx)
     assert ab["rows"][8]["gain_omega1"]["verdict"] == "holds"
     assert ab["rows"][1]["gain_swift"]["mean"] > 0 and ab["rows"][1]["gain_omega1"] is None
-    text = "\n".join(grid.omega_section(ab, tmp_path, str, "cmd"))
+    text = "\n".join(grid.omega_section({"omega": ab}, tmp_path, str, "cmd"))
     assert "**Queue replacement**" in text and "**Fragmentation**" in text
     assert (tmp_path / "omega_ablation.png").exists()
