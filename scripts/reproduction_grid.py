@@ -689,6 +689,65 @@ def plot_omega(ab: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def xla_note(res: dict) -> str:
+    """Which cells were compiled with XLA's default CPU options and which with divjax's."""
+    cells = [c for v in res["idx"].values() for c in v.values()]
+    new = sum("xla_compiler_options" in c for c in cells)
+    return (f"{len(cells) - new} cell(s) were compiled with XLA's default CPU options and "
+            f"{new} (each records its `xla_compiler_options`) with divjax's (no YNNPACK library "
+            "fusions on CPU, `divjax/xla_options.py`, 1.2-1.4x faster on MovieLens; YNNPACK's "
+            "reductions kept for models with convolutions), which changes float rounding only: "
+            "a cell rerun under the other options is the same simulation but not bit-identical "
+            "to its JSON (the default run's final RMSE moved by at most 2.4e-7 over its curve, "
+            "final 1.798349 both ways). Comparisons within one part use one commit; across "
+            "parts they compare the same semantics at different commits.")
+
+
+def summary_lines(res: dict) -> list[str]:
+    """The page's first screen: where DivShare wins, by how much at a plateau, and which
+    mechanism carries the gain, each sentence computed from the cells."""
+    L = ["## In one screen", ""]
+    rmap = res.get("map") or {}
+    sat = [(k, e) for k, e in sorted(rmap.items()) if e.get("gain_swift")]
+    holds = [f"r{r:g}-s{k}" for (r, k), e in sat if e["gain_swift"]["verdict"] == "holds"]
+    other = [f"r{r:g}-s{k}" for (r, k), e in sat if e["gain_swift"]["verdict"] != "holds"]
+    L += ["- **Where DivShare wins.** MovieLens regime map (final RMSE against Swift, 3 seeds): "
+          f"holds in {len(holds)} of {len(sat)} regimes"
+          + (f" (not in {', '.join(other)})" if other else "") + "; see the map below. "
+          "CIFAR-10 regime map: not run (not established; the CPU budget went to the "
+          "ablation)."]
+    ml = res.get("movielens") or {}
+    g = ml.get("gain", {})
+    p = ml.get("plateau")
+    if g:
+        L += ["- **By how much.** At the main comparison's fixed time (60 iterations): "
+              + "; ".join(f"{fmt_ci(r, '%')} lower RMSE than {b}" for b, r in g.items())
+              + ". At a plateau: not established. DivShare alone was run to 1,000 iterations"
+              + (f" ({p['status']})" if p else "") + "; the baselines were not (AD-PSGD's and "
+              "Swift's appended queues make long runs too large for this machine), so no "
+              "gain at a plateau can be quoted."]
+    ab = res.get("omega")
+    if ab:
+        r1, r8 = ab["rows"].get(1), ab["rows"].get(8)
+        parts = []
+        if r1 and r1["gain_swift"]:
+            parts.append(f"replacing the send queue (DivShare at Omega 1 against Swift, whole "
+                         f"models both) gives {fmt_ci(r1['gain_swift'], '%')} "
+                         f"({r1['gain_swift']['verdict']})")
+        if r8 and r8["gain_omega1"]:
+            parts.append(f"fragmenting (Omega 8 against Omega 1) adds "
+                         f"{fmt_ci(r8['gain_omega1'], '%')} ({r8['gain_omega1']['verdict']})")
+        cps = [r["copies"]["mean"] for r in ab["rows"].values()]
+        sw = ab["swift"]["copies"]
+        if sw:
+            parts.append(f"every variant averages about the same number of copies per "
+                         f"fragment ({min(cps):.2f}-{max(cps):.2f}; Swift {sw['mean']:.2f}), "
+                         f"so dilution does not explain the gain")
+        L += ["- **Which mechanism** (MovieLens main setting, one commit): "
+              + "; ".join(parts) + ". Per-regime ablations are in the Omega section."]
+    return L + [""]
+
+
 def omega_table(ab: dict) -> str:
     rows = []
     for k, r in sorted(ab["rows"].items()):
@@ -1038,13 +1097,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
             "it); the AD-PSGD main cell seed 0, rerun after it (and after download limits "
             "came to the baselines), has an identical curve. \"engine edited\": the cell ran "
             "with uncommitted engine edits of that kind.")
-         + " Every cell so far was compiled with XLA's default CPU options; divjax's drivers "
-         "now compile CPU programs without YNNPACK library fusions (`divjax/xla_options.py`, "
-         "1.2-1.4x faster on MovieLens) but for YNNPACK's reductions in models with "
-         "convolutions (GN-LeNet's training ticks ran 0.90-1.36x as fast with them, faster "
-         "in 9 of 10 alternating rounds), which changes float rounding only: a cell rerun now "
-         "is the same simulation but not bit-identical to its JSON (the default run's final RMSE "
-         "moved by at most 2.4e-7 over its curve, final 1.798349 both ways; no cell was rerun).",
+         + f" {xla_note(res)}",
          "",
          "```bash",
          f"{cmd}                  # run / resume the whole grid ({', '.join(ALL_PARTS)})",
@@ -1052,6 +1105,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          "python scripts/reproduction_grid.py --doc-only              # regenerate this page",
          "```",
          "",
+         *summary_lines(res),
          "## The paper's claims against the grid",
          "",
          "Intervals are 95% Student-t intervals over seeds, paired by seed (seed k is "
