@@ -718,12 +718,13 @@ def summary_lines(res: dict) -> list[str]:
           "ablation)."]
     ml = res.get("movielens") or {}
     g = ml.get("gain", {})
-    p = ml.get("plateau")
+    p = plateau(res["idx"], "movielens", "long", LONG_ALGOS) if "idx" in res else None
     if g:
         L += ["- **By how much.** At the main comparison's fixed time (60 iterations): "
               + "; ".join(f"{fmt_ci(r, '%')} lower RMSE than {b}" for b, r in g.items())
               + ". At a plateau: not established. DivShare alone was run to 1,000 iterations"
-              + (f" ({p['status']})" if p else "") + "; the baselines were not (AD-PSGD's and "
+              + (f" ({p['status']}: best mean RMSE {p['best']:.4g} at {p['best_s']:.0f} s)"
+                 if p else "") + "; the baselines were not (AD-PSGD's and "
               "Swift's appended queues make long runs too large for this machine), so no "
               "gain at a plateau can be quoted."]
     ab = res.get("omega")
@@ -744,7 +745,18 @@ def summary_lines(res: dict) -> list[str]:
                          f"fragment ({min(cps):.2f}-{max(cps):.2f}; Swift {sw['mean']:.2f}), "
                          f"so dilution does not explain the gain")
         L += ["- **Which mechanism** (MovieLens main setting, one commit): "
-              + "; ".join(parts) + ". Per-regime ablations are in the Omega section."]
+              + "; ".join(parts) + "."]
+        for reg, ab_m in (res.get("omega_map") or {}).items():
+            r1, rk = ab_m["rows"].get(1), ab_m["rows"].get(8)
+            if not (r1 and r1["gain_swift"] and rk and rk["gain_omega1"]):
+                continue
+            r, _ = reg[1:].split("-s")
+            L += [f"  In map regime {reg} (compute {r}x the fast send time, "
+                  f"{'links saturated' if float(r) < 1.5 else 'no link saturated'}): queue "
+                  f"replacement {fmt_ci(r1['gain_swift'], '%')} ({r1['gain_swift']['verdict']}, "
+                  f"Omega 1 drops {r1['dropped']['mean']:.0f}% of its messages), "
+                  f"fragmentation {fmt_ci(rk['gain_omega1'], '%')} "
+                  f"({rk['gain_omega1']['verdict']})."]
     return L + [""]
 
 
