@@ -47,3 +47,30 @@ def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
     res = grid.main(argv)                # nothing to run: every cell is skipped
     assert {p: p.stat().st_mtime_ns for p in cells} == before
     assert doc.exists() and res["cells"] == 4
+
+
+def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
+    """Hand-made cells: copies averaged per fragment = (delivered - replaced) / (iterations x
+    n x Omega); gains paired by seed; the section states both mechanisms' verdicts."""
+    def cell(rmse, delivered, replaced, K, seed):
+        curve = {"time_s": [1.0, 2.0], "rmse_mean": [3.0, rmse], "rmse_avgmodel": [3.0, rmse],
+                 "msgs_delivered": [0, delivered], "msgs_replaced": [0, replaced],
+                 "msgs_sent": [0, delivered], "msgs_dropped": [0, 10],
+                 "iterations_mean": [1.0, 5.0]}
+        return {"curve": curve, "primary": "rmse", "higher_is_better": False, "seed": seed,
+                "config": {"n_nodes": 4, "n_fragments": K}}
+
+    # 4 nodes x 5 iterations x 8 fragments = 160 fragment-aggregations; 360 - 40 used -> 2.0
+    assert grid.copies_averaged(cell(2.0, 360, 40, 8, 0)) == 2.0
+    idx = {("movielens", "omega1", "swift"): {s: cell(2.0 + 0.01 * s, 80, 0, 1, s)
+                                               for s in range(3)},
+           ("movielens", "omega1", "divshare"): {s: cell(1.9 + 0.01 * s, 80, 0, 1, s)
+                                                  for s in range(3)},
+           ("movielens", "omega8", "divshare"): {s: cell(1.5 + 0.02 * s, 640, 0, 8, s)
+                                                  for s in range(3)}}
+    ab = grid.omega_ablation(idx)
+    assert ab["rows"][8]["gain_omega1"]["verdict"] == "holds"
+    assert ab["rows"][1]["gain_swift"]["mean"] > 0 and ab["rows"][1]["gain_omega1"] is None
+    text = "\n".join(grid.omega_section({"omega": ab}, tmp_path, str, "cmd"))
+    assert "**Queue replacement**" in text and "**Fragmentation**" in text
+    assert (tmp_path / "omega_ablation.png").exists()
