@@ -16,8 +16,11 @@ counter-ring ticks and C gathered (training) nodes, the parts are:
   counters     (Lc + 1) n (K + 2) 4 + 8 n    counters, next_end, iterations, clock (state)
   training     C' K F 4 * (4 + opt)          gathered models, trained models, gradients,
                + C activation_bytes          averaged models; activations of one node's batch
-  neighbours   n max_degree 4                the padded neighbour table
+  neighbours   n (max_degree + 1) 4          the padded neighbour table and degrees
+                                            (complete graph: degrees only, no table)
   data         what the task keeps on the device (node shards + shared test sets)
+  pairs        n^2 (4 + 4 + 1)               only what a user's files make per pair: latency_file,
+                                            loss_file, a file:PATH topology (`pair_bytes`)
 
 (the formulas of the state parts are what the engine keeps today, for orientation; the figures
 come from eval_shape). `memory_model` returns these parts, their total and the same figures per
@@ -52,28 +55,26 @@ def optimizer_floats_per_param(cfg: SimConfig) -> int:
 
 
 def max_degree(cfg: SimConfig) -> int:
-    """Width of the padded neighbour table, without building the graph where a closed form
-    is known (complete; ring, torus and regular:D at large n)."""
-    n, name = cfg.n_nodes, cfg.topology
-    if name == "complete":
-        return n - 1
-    if n > 4096:  # closed forms: never build an n x n graph to size it
-        if name == "ring":
-            return 2
-        if name == "torus":
-            return 4
-        if name.startswith("regular:"):
-            try:
-                return int(name.split(":", 1)[1])
-            except ValueError:
-                pass
-    try:  # other topologies: build the (host) table once
-        from divjax.topology import adjacency, neighbor_table
+    """Width of the padded neighbour table the engine stores, in closed form for the built-in
+    topologies (0 for the complete graph: its neighbours are computed, not stored; see
+    `topology.neighbors`). Only a file's graph is read (and built) to size it; an unknown
+    topology counts as complete (it is reported elsewhere)."""
+    from divjax.topology import table_width
 
-        nb, _ = neighbor_table(adjacency(cfg))
-        return int(nb.shape[1])
-    except Exception:  # noqa: BLE001  (an unknown topology is reported elsewhere)
-        return cfg.n_nodes - 1
+    try:
+        return table_width(cfg)
+    except Exception:  # noqa: BLE001  (an unknown or broken topology is reported elsewhere)
+        return 0
+
+
+def pair_bytes(cfg: SimConfig) -> int:
+    """Bytes of the per-pair (n x n) arrays a user's files bring: a latency_file's (n, n) int32
+    latency table and a loss_file's (n, n) float32 probabilities on the device, a topology
+    edge list's (n, n) bool adjacency on the host while the table is built. Nothing else in a
+    run is per pair (the built-in topologies, regions and loss rates are O(n))."""
+    n2 = cfg.n_nodes * cfg.n_nodes
+    return (4 * n2 * bool(cfg.latency_file) + 4 * n2 * bool(cfg.loss_file)
+            + n2 * cfg.topology.startswith("file:"))
 
 
 def task_data_bytes(task: Any) -> int:
@@ -109,6 +110,57 @@ def task_data_bytes(task: Any) -> int:
                 stack.extend(list(getattr(obj, "args", ())) +
                              list(getattr(obj, "keywords", {}).values()))
     return total
+
+
+DRY_RUN_PROBE = 4096   # above this many nodes the dry run fits the task's data bytes
+PROBE_SIZES = (512, 1024)  # ... from builds of the task at these sizes
+
+
+class DataProbe:
+    """The task's device data as `fixed + per_node * n` bytes, for the dry run and `largest_n`.
+
+    Up to `probe` nodes the task is built at n itself (exact) and at 2 n (for the slope; where
+    that is no valid config, the data counts as fixed). Above, it is built at PROBE_SIZES nodes
+    only and the bytes at n are the linear fit: a dry run at a million nodes then never builds a
+    million nodes' data (the synthetic task's is 11 KiB per node, and an exact least-squares
+    solve over all of it). Attributes: task (built at n, or at the largest probe: its shapes
+    and name are n's), fixed, per_node, sizes (the n built), fitted (bytes at n extrapolated).
+    """
+
+    def __init__(self, cfg: SimConfig, make: Any = None, probe: int = DRY_RUN_PROBE):
+        from divjax.config import ConfigError
+
+        if make is None:
+            from divjax.registry import make_task as make
+        n = cfg.n_nodes
+        self.fitted = n > probe
+        small, big = PROBE_SIZES if self.fitted else (n, 2 * n)
+        self.task = make(_at_n(cfg, small if not self.fitted else big))
+        first = task_data_bytes(self.task)
+        try:
+            other = task_data_bytes(make(_at_n(cfg, small if self.fitted else big)))
+        except ConfigError:   # e.g. a task with at most n nodes' worth of data
+            other, big = first, small
+        low, high = (other, first) if self.fitted else (first, other)
+        self.sizes = (small, big)
+        self.per_node = max(0.0, (high - low) / (big - small)) if big > small else 0.0
+        self.fixed = max(0, int(round(low - self.per_node * small)))
+        self.exact = None if self.fitted else first
+
+    def bytes_at(self, n: int) -> int:
+        """Data bytes at n nodes: measured at the run's own n, else the linear fit."""
+        if self.exact is not None:
+            return self.exact
+        return int(self.fixed + self.per_node * n)
+
+    def describe(self) -> str:
+        how = "fitted from" if self.fitted else "measured; slope from"
+        return (f"data {self.fixed / 2**20:.1f} MiB + {self.per_node / 2**10:.2f} KiB per node "
+                f"({how} the task built at n={self.sizes[0]} and n={self.sizes[1]})")
+
+
+def _at_n(cfg: SimConfig, n: int) -> SimConfig:
+    return cfg.replace(n_nodes=n, n_stragglers=min(cfg.n_stragglers, n))
 
 
 # SimState fields -> parts of the model; inbox fields named pending* are "pending", the rest
@@ -152,8 +204,12 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
         return initial_state(cfg, algo, ctx, params, make_optimizer(cfg, hp),
                              int(counter_ticks), jax.random.key(0), jnp.zeros((), jnp.int32))
 
-    return jax.eval_shape(init, hp, jax.ShapeDtypeStruct((n, max_degree(cfg)), jnp.int32),
-                          jax.ShapeDtypeStruct((n,), jnp.int32))
+    width = max_degree(cfg)
+    from divjax.topology import CompleteNeighbors
+
+    table = (jax.ShapeDtypeStruct((n, width), jnp.int32) if width
+             else CompleteNeighbors(n))   # a static pytree: no leaves, nothing allocated
+    return jax.eval_shape(init, hp, table, jax.ShapeDtypeStruct((n,), jnp.int32))
 
 
 def state_part_bytes(state: Any) -> dict:
@@ -234,6 +290,7 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
     parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))
     parts["data"] = int(data_bytes)
+    parts["pairs"] = pair_bytes(cfg)
     per_node = {k: v / n for k, v in parts.items()}
     total = int(sum(parts.values()))
     have = available_memory_bytes() if available is None else int(available)
@@ -264,16 +321,46 @@ def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
     smallest = max(2, cfg.fanout + 1)
     if smallest > n_max or total(smallest) > budget:
         return 0
-    lo, hi = smallest, 2 * smallest
-    while hi < n_max and total(hi) <= budget:
-        lo, hi = hi, hi * 2
-    hi = min(hi, n_max)
-    if total(hi) <= budget:
-        return hi
+    lo, hi = _bracket(total, budget, _linear_guess(total, budget, smallest, n_max), smallest,
+                      n_max)
     while hi - lo > 1:  # total(lo) fits, total(hi) does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
     return lo
+
+
+def _linear_guess(total: Any, budget: int, smallest: int, n_max: int) -> int:
+    """Where the line through total(a), total(2a) (a = 1024, or less) meets the budget: the
+    boundary itself when the model is affine in n (most algorithms), a start otherwise."""
+    a = max(smallest, min(1024, n_max // 2))
+    b = min(n_max, 2 * a)
+    if b <= a:
+        return smallest
+    ta, tb = total(a), total(b)
+    if tb <= ta:
+        return n_max
+    return int(min(n_max, max(smallest, a + (budget - ta) * (b - a) // (tb - ta))))
+
+
+def _bracket(total: Any, budget: int, guess: int, smallest: int, n_max: int) -> tuple:
+    """(lo, hi) with total(lo) <= budget < total(hi) (hi = n_max + 1 past the range), by
+    steps of 1, 2, 4, ... from `guess` (total(smallest) fits): few calls when the guess is
+    close, a doubling search otherwise."""
+    step = 1
+    if total(guess) <= budget:
+        lo = guess
+        while lo < n_max:
+            hi = min(n_max, lo + step)
+            if total(hi) > budget:
+                return lo, hi
+            lo, step = hi, 2 * step
+        return n_max, n_max + 1
+    hi = guess
+    while True:
+        lo = max(smallest, hi - step)
+        if total(lo) <= budget:
+            return lo, hi
+        hi, step = lo, 2 * step
 
 
 def state_bytes(state: Any) -> int:

@@ -342,4 +342,9 @@ def table_width(cfg: SimConfig) -> int:
             return max(1, int(name.split(":", 1)[1]))
         except ValueError:
             pass
+    if name.startswith("file:"):   # its widest row, from the edge list alone (O(E))
+        edges = read_edge_list(Path(name.split(":", 1)[1]))
+        edges = edges[(edges.min(1, initial=0) >= 0) & (edges.max(1, initial=0) < n)]
+        both = np.concatenate([edges, edges[:, ::-1]])
+        return int(table_of_candidates(n, both[:, 0], both[:, 1])[0].shape[1])
     return int(neighbors(cfg)[0].shape[1])

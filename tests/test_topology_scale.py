@@ -135,3 +135,38 @@ def test_neighbors__random_regular_at_large_n_is_linear(no_dense_graph):
     table, degree = neighbors(cfg_of(4_000, "regular:4"))
     assert table.shape == (4_000, 4) and (degree == 4).all()
     assert topology.table_is_connected(table, degree)
+
+
+def test_dry_run__200k_nodes_builds_no_pair_array_nor_their_data(no_dense_graph, monkeypatch,
+                                                                 capsys):
+    """`divjax run --dry-run` at n = 200,000: no (n, n) graph, the task's data built only at
+    small probe sizes, and the largest n it names counts the data per node (not as fixed)."""
+    from divjax import cli, memory, registry
+
+    built = []
+    make = registry.make_task
+    monkeypatch.setattr(registry, "make_task", lambda cfg: built.append(cfg.n_nodes) or make(cfg))
+    assert cli.main(["run", "--task", "synthetic", "--n-nodes", "200000", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert max(built) <= 2 * memory.DRY_RUN_PROBE and "n=200000" in out
+    per_node = float(out.split(" KiB per node")[0].rsplit("+ ", 1)[1]) * 2**10
+    assert per_node > 10_000   # the synthetic task keeps 80 samples of 16 + 4 floats per node
+    largest = int(out.split("with this config: ")[1].split()[0])
+    assert largest * per_node <= memory.FRACTION * memory.available_memory_bytes()
+
+
+def test_memory_model__counts_only_user_files_per_pair(tmp_path):
+    cfg = SimConfig(n_nodes=50_000, fanout=1)
+    assert memory_pairs(cfg) == 0
+    assert memory_pairs(cfg.replace(topology="ring")) == 0
+    path = tmp_path / "g.edges"
+    path.write_text("0 1\n1 2\n0 2\n0 3\n")
+    file_cfg = cfg.replace(topology=f"file:{path}")
+    assert memory_pairs(file_cfg) == 50_000 ** 2   # the host adjacency of a user's edge list
+    assert topology.table_width(file_cfg) == 3      # sized from the edge list, not built
+
+
+def memory_pairs(cfg):
+    from divjax import memory
+
+    return memory.memory_model(cfg, 68, available=1)["parts"]["pairs"]
