@@ -195,6 +195,15 @@ def table_of_candidates(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.nd
     return table, degree
 
 
+def _sorted_rows(n: int, near: np.ndarray, distinct: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The table of (n, c) candidate neighbours per node: sorted rows when they are known to be
+    distinct and never the node itself (O(n c)), else `table_of_candidates` (small graphs)."""
+    if not distinct:
+        return table_of_candidates(n, np.repeat(np.arange(n), near.shape[1]), near.ravel())
+    return (np.sort(near, axis=1).astype(np.int32),
+            np.full(n, near.shape[1], np.int32))
+
+
 def table_is_connected(table: np.ndarray, degree: np.ndarray) -> bool:
     """Whether the graph of a padded neighbour table is connected (breadth-first, O(n d) per
     level; padding entries point at the node itself)."""
@@ -300,8 +309,7 @@ def neighbors(cfg: SimConfig) -> tuple[np.ndarray | CompleteNeighbors, np.ndarra
     if name == "complete":
         return CompleteNeighbors(n), np.full(n, max(0, n - 1), np.int32)
     if name == "ring":
-        return table_of_candidates(n, np.repeat(i, 2), np.stack([(i - 1) % n, (i + 1) % n], 1)
-                                   .ravel())
+        return _sorted_rows(n, np.stack([(i - 1) % n, (i + 1) % n], 1), distinct=n >= 3)
     if name == "torus":
         side = int(math.isqrt(n))
         if side * side != n:
@@ -309,7 +317,7 @@ def neighbors(cfg: SimConfig) -> tuple[np.ndarray | CompleteNeighbors, np.ndarra
         r, c = i // side, i % side
         near = [r * side + (c + 1) % side, r * side + (c - 1) % side,
                 ((r + 1) % side) * side + c, ((r - 1) % side) * side + c]
-        return table_of_candidates(n, np.repeat(i, 4), np.stack(near, 1).ravel())
+        return _sorted_rows(n, np.stack(near, 1), distinct=side >= 3)
     if name.startswith("regular:"):
         try:
             d = int(name.split(":", 1)[1])

@@ -69,7 +69,7 @@ def cfg_of(n, name, seed=0):
 
 
 @pytest.mark.parametrize("n,name,seed", [
-    (2, "ring", 0), (3, "ring", 0), (17, "ring", 0),
+    (2, "ring", 0), (3, "ring", 0), (17, "ring", 0), (1000, "ring", 0), (900, "torus", 0),
     (4, "torus", 0), (9, "torus", 0), (36, "torus", 0),
     (2, "regular:1", 0), (12, "regular:2", 3), (10, "regular:3", 0), (40, "regular:4", 1),
     (60, "regular:6", 2), (31, "regular:6", 5), (30, "regular:5", 7)])
