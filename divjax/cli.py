@@ -135,7 +135,12 @@ def cmd_run(args) -> int:
                 writes=outdir.RUN_OUTPUTS)
             _write_pending_config(out, cfg, args.seed)
     t0 = time.perf_counter()
-    engine = make_engine(cfg, hp=hp)
+    probe = None
+    if args.dry_run:   # the task's data sized from small builds: no n-node data (issue 33)
+        from divjax import memory_scale
+
+        probe = memory_scale.DataProbe(cfg)
+    engine = make_engine(cfg, task=probe and probe.task, hp=hp)
     cfg, task, layout = engine.cfg, engine.task, engine.layout
     print(f"divjax: {cfg.algorithm} on {task.name}: n={cfg.n_nodes}, Omega={layout.K}, "
           f"s={cfg.fanout}, D={layout.D} parameters, {cfg.n_stragglers} stragglers, "
@@ -147,14 +152,14 @@ def cmd_run(args) -> int:
           f"(ring {cfg.ring_ticks} slots, delivery={cfg.delivery}, "
           f"train capacity {cfg.train_capacity})")
     if args.dry_run:
-        from divjax import memory
+        from divjax import memory, memory_scale
 
-        data = memory.task_data_bytes(task)
-        model = memory.memory_model(cfg, layout, data_bytes=data)
-        print(memory.format_model(model))
-        biggest = memory.largest_n(cfg, layout, ring_slots=cfg.ring_ticks,
-                                   capacity_fraction=cfg.train_capacity / cfg.n_nodes,
-                                   data_bytes_fixed=data)
+        model = memory.memory_model(cfg, layout, data_bytes=probe.bytes_at(cfg.n_nodes))
+        print(memory.format_model(model) + f"\n  ({probe.describe()})")
+        biggest = memory_scale.largest_n(cfg, layout, ring_slots=cfg.ring_ticks,
+                                         capacity_fraction=cfg.train_capacity / cfg.n_nodes,
+                                         data_bytes_fixed=probe.fixed,
+                                         data_bytes_per_node=probe.per_node)
         print(f"divjax: largest n that fits on {jax.devices()[0].device_kind} with this "
               f"config: {biggest} (ring {cfg.ring_ticks} slots, "
               f"{cfg.train_capacity / cfg.n_nodes:.0%} of the nodes training at one tick)")

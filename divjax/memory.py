@@ -5,8 +5,8 @@ The state's parts are not hand-counted: `abstract_state` builds the engine's ini
 with the engine's own builder (`divjax.state.initial_state`) under `jax.eval_shape`, without
 allocating anything, and the model sums the bytes of its leaves. So every array an algorithm
 keeps (AD-PSGD's ping FIFOs, link records and its copy of every model, Swift's queues, ...) and
-every field a change adds are counted as they are. With n nodes, K fragments of F floats, R ring slots, Lc
-counter-ring ticks and C gathered (training) nodes, the parts are:
+every field a change adds are counted as they are. With n nodes, K fragments of F floats, R ring
+slots, Lc counter-ring ticks and C gathered (training) nodes, the parts are:
 
   params       n K F 4                       the node models, (n, K, F)          (state)
   optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)     (state)
@@ -16,12 +16,15 @@ counter-ring ticks and C gathered (training) nodes, the parts are:
   counters     (Lc + 1) n (K + 2) 4 + 8 n    counters, next_end, iterations, clock (state)
   training     C' K F 4 * (4 + opt)          gathered models, trained models, gradients,
                + C activation_bytes          averaged models; activations of one node's batch
-  neighbours   n max_degree 4                the padded neighbour table
+  neighbours   n (max_degree + 1) 4          the padded neighbour table and degrees
+                                            (complete graph: degrees only, no table)
   data         what the task keeps on the device (node shards + shared test sets)
+  pairs        n^2 (4 + 4 + 1)               only what a user's files make per pair: latency_file,
+                                            loss_file, a file:PATH topology (`pair_bytes`)
 
 (the formulas of the state parts are what the engine keeps today, for orientation; the figures
 come from eval_shape). `memory_model` returns these parts, their total and the same figures per
-node; `largest_n` bisects n against a budget (default: 80% of the device's memory).
+node; `memory_scale.largest_n` bisects n against a budget (default: 80% of the device's memory).
 `compiled_memory` reads XLA's own figures (argument, output and temporary buffers) of a compiled
 function; the benchmarks report both, and tests/test_memory_state.py checks that the state parts
 are exactly the bytes of `jax.eval_shape(engine.init)` for every algorithm.
@@ -52,28 +55,26 @@ def optimizer_floats_per_param(cfg: SimConfig) -> int:
 
 
 def max_degree(cfg: SimConfig) -> int:
-    """Width of the padded neighbour table, without building the graph where a closed form
-    is known (complete; ring, torus and regular:D at large n)."""
-    n, name = cfg.n_nodes, cfg.topology
-    if name == "complete":
-        return n - 1
-    if n > 4096:  # closed forms: never build an n x n graph to size it
-        if name == "ring":
-            return 2
-        if name == "torus":
-            return 4
-        if name.startswith("regular:"):
-            try:
-                return int(name.split(":", 1)[1])
-            except ValueError:
-                pass
-    try:  # other topologies: build the (host) table once
-        from divjax.topology import adjacency, neighbor_table
+    """Width of the padded neighbour table the engine stores, in closed form for the built-in
+    topologies (0 for the complete graph: its neighbours are computed, not stored; see
+    `topology.neighbors`). Only a file's graph is read (and built) to size it; an unknown
+    topology counts as complete (it is reported elsewhere)."""
+    from divjax.topology import table_width
 
-        nb, _ = neighbor_table(adjacency(cfg))
-        return int(nb.shape[1])
-    except Exception:  # noqa: BLE001  (an unknown topology is reported elsewhere)
-        return cfg.n_nodes - 1
+    try:
+        return table_width(cfg)
+    except Exception:  # noqa: BLE001  (an unknown or broken topology is reported elsewhere)
+        return 0
+
+
+def pair_bytes(cfg: SimConfig) -> int:
+    """Bytes of the per-pair (n x n) arrays a user's files bring: a latency_file's (n, n) int32
+    latency table and a loss_file's (n, n) float32 probabilities on the device, a topology
+    edge list's (n, n) bool adjacency on the host while the table is built. Nothing else in a
+    run is per pair (the built-in topologies, regions and loss rates are O(n))."""
+    n2 = cfg.n_nodes * cfg.n_nodes
+    return (4 * n2 * bool(cfg.latency_file) + 4 * n2 * bool(cfg.loss_file)
+            + n2 * cfg.topology.startswith("file:"))
 
 
 def task_data_bytes(task: Any) -> int:
@@ -152,8 +153,12 @@ def abstract_state(cfg: SimConfig, layout: Any, ring_slots: int, train_capacity:
         return initial_state(cfg, algo, ctx, params, make_optimizer(cfg, hp),
                              int(counter_ticks), jax.random.key(0), jnp.zeros((), jnp.int32))
 
-    return jax.eval_shape(init, hp, jax.ShapeDtypeStruct((n, max_degree(cfg)), jnp.int32),
-                          jax.ShapeDtypeStruct((n,), jnp.int32))
+    width = max_degree(cfg)
+    from divjax.topology import CompleteNeighbors
+
+    table = (jax.ShapeDtypeStruct((n, width), jnp.int32) if width
+             else CompleteNeighbors(n))   # a static pytree: no leaves, nothing allocated
+    return jax.eval_shape(init, hp, table, jax.ShapeDtypeStruct((n,), jnp.int32))
 
 
 def state_part_bytes(state: Any) -> dict:
@@ -234,46 +239,13 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
     parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))
     parts["data"] = int(data_bytes)
+    parts["pairs"] = pair_bytes(cfg)
     per_node = {k: v / n for k, v in parts.items()}
     total = int(sum(parts.values()))
     have = available_memory_bytes() if available is None else int(available)
     return {"parts": parts, "total": total, "per_node": per_node,
             "available": have, "budget": int(FRACTION * have), "fits": total <= FRACTION * have,
             "n": n, "K": K, "F": F, "D": D, "ring_slots": R, "train_capacity": C}
-
-
-def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
-              ring_slots: int | None = None, capacity_fraction: float = 1.0,
-              data_bytes_per_node: float = 0.0, data_bytes_fixed: int = 0,
-              activation_bytes: int = 0, n_max: int = 1 << 24) -> int:
-    """The largest n whose `memory_model` total fits `budget` bytes (default: FRACTION of the
-    device's memory). Everything else in cfg stays as it is; the training capacity scales as
-    capacity_fraction * n (1.0: every node may finish at the same tick), the data as
-    data_bytes_fixed + data_bytes_per_node * n. The fanout stays too, so the search starts at
-    n = fanout + 1 (at least 2); returns 0 if not even that fits. Every n tried builds the
-    algorithm's state under jax.eval_shape (`abstract_state`): nothing is allocated."""
-    budget = int(FRACTION * available_memory_bytes()) if budget is None else int(budget)
-
-    def total(n: int) -> int:
-        c = cfg.replace(n_nodes=n, train_capacity=0, n_stragglers=min(cfg.n_stragglers, n))
-        return memory_model(c, layout, ring_slots=ring_slots,
-                            train_capacity=max(1, math.ceil(capacity_fraction * n)),
-                            data_bytes=int(data_bytes_fixed + data_bytes_per_node * n),
-                            activation_bytes=activation_bytes, available=budget)["total"]
-
-    smallest = max(2, cfg.fanout + 1)
-    if smallest > n_max or total(smallest) > budget:
-        return 0
-    lo, hi = smallest, 2 * smallest
-    while hi < n_max and total(hi) <= budget:
-        lo, hi = hi, hi * 2
-    hi = min(hi, n_max)
-    if total(hi) <= budget:
-        return hi
-    while hi - lo > 1:  # total(lo) fits, total(hi) does not
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if total(mid) <= budget else (lo, mid)
-    return lo
 
 
 def state_bytes(state: Any) -> int:

@@ -85,7 +85,7 @@ from divjax.state import (  # SimulationError, check_state: re-exported
     tick_keys,
 )
 from divjax.tasks import Task
-from divjax.topology import adjacency, neighbor_table
+from divjax.topology import CompleteNeighbors, device_neighbors, neighbors
 from divjax.xla_options import jit, tag_convolutions
 
 
@@ -96,7 +96,8 @@ class EngineSpec(NamedTuple):
     task: Task
     layout: FragmentLayout
     algo: Algorithm
-    neighbors: np.ndarray     # (n, max_degree) int32 padded neighbour lists
+    neighbors: np.ndarray | CompleteNeighbors  # (n, max_degree) int32 padded neighbour
+    #                           lists; the complete graph's are computed, never stored
     degree: np.ndarray        # (n,) int32
     # the algorithm keeps a table of cfg.iteration_slots iterations per node of its own (a
     # download table: `sizing.algorithm_fields`), checked in `init_errors`
@@ -129,7 +130,7 @@ def context(spec: EngineSpec, hp: HParams, k_sim: jax.Array) -> Context:
         ends = (None if spec.algo.synchronous   # rounds of one length, never paused
                 else iteration_ends(spec.cfg, table.compute_ticks, k_sim, off))
         table = table._replace(ends=ends, off_start=off[0], off_end=off[1])
-    return Context(spec.cfg, spec.layout, jnp.asarray(spec.neighbors),
+    return Context(spec.cfg, spec.layout, device_neighbors(spec.neighbors),
                    jnp.asarray(spec.degree), table)
 
 
@@ -305,7 +306,7 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     used = algorithm_fields(cfg, algo, host_link_table(cfg, hp0, layout.fragment_bytes))
     if needs_resolve(cfg, used):
         cfg = resolve(cfg, hp0, layout, algo=algo)
-    nb, deg = neighbor_table(adjacency(cfg))
+    nb, deg = neighbors(cfg)         # no (n, n) array for the built-in topologies
     if cfg.fanout > int(deg.min()):
         raise ConfigError(
             f"fanout={cfg.fanout} is larger than the smallest node degree {int(deg.min())} "

@@ -6,7 +6,7 @@ import pytest
 from conftest import tiny_config
 
 import divjax
-from divjax import memory
+from divjax import memory, memory_scale
 from divjax.config import default_hparams
 from divjax.sim import make_engine
 from divjax.sizing import memory_estimate
@@ -44,12 +44,12 @@ def test_task_data_bytes__counts_closed_over_arrays():
 def test_largest_n__is_the_boundary_of_the_model():
     cfg = tiny_config()
     D, budget = 200_000, 2 * 2**30
-    n = memory.largest_n(cfg, D, budget)
+    n = memory_scale.largest_n(cfg, D, budget)
     fits = lambda k: memory.memory_model(cfg.replace(n_nodes=k, train_capacity=0), D,
                                          available=budget)["total"] <= budget  # noqa: E731
     assert n > 2 and fits(n) and not fits(n + 1)
-    assert memory.largest_n(cfg, D, budget // 2) < n
-    assert memory.largest_n(cfg, D, 10) == 0
+    assert memory_scale.largest_n(cfg, D, budget // 2) < n
+    assert memory_scale.largest_n(cfg, D, 10) == 0
 
 
 def test_compiled_memory__reports_buffers():

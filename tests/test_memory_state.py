@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 
 import divjax.sizing
-from divjax import memory
+from divjax import memory, memory_scale
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.sim import make_engine
@@ -71,7 +71,7 @@ def test_resolve__refuses_adpsgd_whose_state_does_not_fit(monkeypatch):
 def test_largest_n__is_the_boundary_of_the_state_model():
     engine = make_engine(SimConfig(algorithm="adpsgd", n_nodes=16, duration_s=20.0))
     cfg, layout, budget = engine.cfg, engine.layout, 64 * 2**20
-    n = memory.largest_n(cfg, layout, budget, ring_slots=cfg.ring_ticks)
+    n = memory_scale.largest_n(cfg, layout, budget, ring_slots=cfg.ring_ticks)
     model = lambda k: memory.memory_model(  # noqa: E731
         cfg.replace(n_nodes=k, train_capacity=0), layout, ring_slots=cfg.ring_ticks,
         train_capacity=k, available=budget)

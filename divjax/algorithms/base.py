@@ -19,7 +19,9 @@ class Context(NamedTuple):
 
     cfg: SimConfig            # static
     layout: FragmentLayout    # static
-    neighbors: jax.Array      # (n, max_degree) int32 padded neighbour lists
+    neighbors: Any            # (n, max_degree) int32 padded neighbour lists, or for the
+    #                           complete graph topology.CompleteNeighbors: table[i, p] computed
+    #                           as p + (p >= i), no (n, n - 1) array (index it, never jnp.asarray)
     degree: jax.Array         # (n,) int32
     table: LinkTable          # integer timing of every node (traced from HParams)
     k_sim: jax.Array | None = None  # the run's simulation key (set for `Algorithm.init`)
@@ -78,6 +80,9 @@ def sample_peers(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: 
     complete graph on thousands of nodes costs the same as a ring), uniform over subsets. Floyd
     returns the set in a biased order (the last slot takes the largest index more often), so
     the picks are then shuffled: the order is uniform too, and callers may send in it.
+    `neighbors` is a padded table or, for the complete graph, `topology.CompleteNeighbors`
+    (static): the picks over [0, n - 1) then skip the node itself (pick + (pick >= node)),
+    exactly the entries the materialised table held, so the draws are the same.
     Returns (*shape, count) int32 node ids.
     """
     N = degree[node]
