@@ -118,6 +118,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown or not names:
         raise ConfigError(f"--algorithms {args.algorithms!r}: unknown {unknown}; choose from "
                           f"{sorted(ALGORITHMS)} or name your own as MODULE:ATTR")
+    twice = sorted({a for a in names if names.count(a) > 1})
+    if twice:
+        raise ConfigError(f"--algorithms {args.algorithms!r} names {twice} twice: the same "
+                          f"algorithm runs the same network and seed once; give each once")
     base = config_from_args(args)
     for name in names:   # every algorithm's config is valid before anything runs
         base.replace(algorithm=name)

@@ -281,3 +281,9 @@ def test_hparams_of_another_n_in_the_checkpoint_driver():
     engine = make_engine(cfg)
     with pytest.raises(ConfigError, match="built for 6 nodes"):
         checkpoint.drive(engine, None, default_hparams(cfg.replace(n_nodes=6)))
+
+
+def test_compare__an_algorithm_named_twice_is_refused(capsys, tmp_path):
+    line = error_line(capsys, ["compare", "--algorithms", "divshare,swift,divshare", *SMALL,
+                               "--out", str(tmp_path / "c")])
+    assert "['divshare'] twice" in line
