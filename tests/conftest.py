@@ -127,3 +127,30 @@ def reference_of(run, hp, seed: int = 1):
     sim = reference if run.engine.cfg.algorithm == "divshare" else reference_baselines
     return sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed),
                         inbox_policy="latest")
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
+         "2", "--duration-s", "1", "--eval-every-s", "0.25"]
+
+
+def error_line(capsys, argv, code=2) -> str:
+    """Run the CLI in-process; assert it exits with `code` and one `divjax: error:` line."""
+    from divjax import cli
+
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("divjax: error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """Fail the test if anything builds an engine (loads data or compiles)."""
+    import divjax.sim
+
+    def boom(*a, **k):
+        raise AssertionError("make_engine was called: the error came too late")
+
+    monkeypatch.setattr(divjax.sim, "make_engine", boom)

@@ -8,33 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SMALL, error_line
 
 from divjax import checkpoint, cli, config, data, flags, outdir
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.topology import adjacency
-
-SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
-         "2", "--duration-s", "1", "--eval-every-s", "0.25"]
-
-
-def error_line(capsys, argv, code=2) -> str:
-    """Run the CLI in-process; assert it exits with `code` and one `divjax: error:` line."""
-    assert cli.main(argv) == code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("divjax: error: "), err
-    return err[0]
-
-
-@pytest.fixture
-def no_engine(monkeypatch):
-    """Fail the test if anything builds an engine (loads data or compiles)."""
-    import divjax.sim
-
-    def boom(*a, **k):
-        raise AssertionError("make_engine was called: the error came too late")
-
-    monkeypatch.setattr(divjax.sim, "make_engine", boom)
-
 
 # ----------------------------------------------------------------------------- (2) tracebacks
 
