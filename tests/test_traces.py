@@ -330,11 +330,12 @@ def test_traces__a_later_row_that_overflows_the_clock_is_refused_naming_its_cell
     with pytest.raises(ConfigError, match=f"{path}:7:4: {column}=1e-07 does not fit the int32 "
                                           f"link clock.*online=0"):
         make_run(cfg)
-    # a fully sized config (no sizing pass) is refused too, when its run is built
+    # a fully sized config (no sizing pass) is refused too, when its run is built (by the
+    # build's own network check, or at the latest when its state is laid out)
     sized = cfg.replace(ring_ticks=50, delay_ticks=50, train_capacity=5, iteration_chunk=0,
                         iteration_slots=60, inbox_history=4, ping_slots=4)
-    run = make_run(sized, hp=default_hparams(sized))
     with pytest.raises(ConfigError, match=f"{path}:7:4"):
+        run = make_run(sized, hp=default_hparams(sized))
         run.engine.init(jax.random.key(0), default_hparams(sized))
 
 
