@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "on Ctrl-C (into OUT/checkpoints)")
     run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                      help="continue the checkpointed run in RUN_DIR (its config, seed and "
-                          "HParams; other configuration flags are ignored)")
+                          "HParams; configuration flags given with it are refused)")
     run.add_argument("--tensorboard", action="store_true",
                      help="also write TensorBoard scalars to OUT/tensorboard (needs tensorboardX "
                           "or tensorflow)")

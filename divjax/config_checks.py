@@ -231,6 +231,12 @@ def check_types(self) -> None:
             object.__setattr__(self, f.name, fixed)
 
 
+def clock_messages(cfg) -> int:
+    """The most messages one link may hold at once in the int32 clock bound of
+    `network.clock_fits` (and of a trace's rows, `trace_checks.check_trace_rows`)."""
+    return max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
+
+
 def check_link_clock(cfg, hp, fragment_bytes) -> None:
     """ConfigError, before anything compiles, when a bandwidth is so low that one message's
     transfer overflows the int32 link clock (the bound `network.clock_fits` checks inside
@@ -238,7 +244,7 @@ def check_link_clock(cfg, hp, fragment_bytes) -> None:
     HParams (leaves may carry sweep axes), fragment_bytes (K,) the bytes of each fragment."""
     limit = 2.0**30
     R, tick = cfg.link_resolution, cfg.tick_s
-    M = max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
+    M = clock_messages(cfg)
     biggest = float(np.max(fragment_bytes))
     room = limit - (cfg.num_ticks + 1.0) * R   # uploads share the clock with the run's ticks
     if room <= 0:

@@ -33,8 +33,9 @@ import numpy as np
 
 from divjax.compute_schedule import has_table, longest_ticks, shortest_ticks
 from divjax.config import ConfigError, HParams, SimConfig, download_limited
+from divjax.config_checks import clock_messages
 from divjax.pair_files import loss_matrix, read_latency_file
-from divjax.trace_checks import check_trace_rows, clock_messages  # noqa: F401 (API)
+from divjax.trace_checks import check_trace_rows  # noqa: F401 (API)
 
 DELIVERY_MODES = ("arrival_tick", "receiver_iteration")
 

@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from divjax.config_checks import ConfigError
+from divjax.config_checks import ConfigError, clock_messages
 from divjax.traces import (
     OFFLINE_ALGORITHMS,
     _download_limited,
@@ -25,12 +25,6 @@ from divjax.traces import (
     read_trace,
     trace_digest,
 )
-
-
-def clock_messages(cfg) -> int:
-    """The most messages one link may hold at once in the int32 clock bound of `clock_fits`
-    (and of a trace's rows, `check_trace_rows`)."""
-    return max(1, cfg.messages_per_iteration, cfg.n_nodes * max(1, cfg.fanout // 2))
 
 
 def check_trace_rows(cfg, fragment_bytes: tuple) -> None:

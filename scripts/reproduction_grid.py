@@ -743,7 +743,8 @@ def summary_lines(res: dict) -> list[str]:
         if sw:
             parts.append(f"every variant averages about the same number of copies per "
                          f"fragment ({min(cps):.2f}-{max(cps):.2f}; Swift {sw['mean']:.2f}), "
-                         f"so dilution does not explain the gain")
+                         f"so they do not differ in dilution: it cannot be what separates them "
+                         f"(a confound ruled out, not a mechanism tested)")
         L += ["- **Which mechanism** (MovieLens main setting, one commit): "
               + "; ".join(parts) + "."]
         for reg, ab_m in (res.get("omega_map") or {}).items():
