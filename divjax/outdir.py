@@ -143,12 +143,16 @@ def _take_lock(out: Path) -> int:
                       f"another --out")
 
 
-def _holder(path: Path) -> str:
-    try:
-        d = json.loads(path.read_text())
-        return f"pid {d['pid']} on {d['host']}, started {d['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "its lock file is being written"
+def _holder(path: Path, tries: int = 50) -> str:
+    """Who holds the lock, from its file; the holder writes it right after locking, so an empty
+    or partial file is read again a few times (up to ~0.5 s) before giving up."""
+    for _ in range(tries):
+        try:
+            d = json.loads(path.read_text())
+            return f"pid {d['pid']} on {d['host']}, started {d['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+    return "its lock file is being written"
 
 
 def release(out: Path) -> None:
