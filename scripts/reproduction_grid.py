@@ -61,7 +61,7 @@ LONG_ALGOS = ("divshare", "local")
 DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model download limits
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
 ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega",
-             "omega-map")
+             "omega-map", "cifar-map")
 OMEGA_MAP = ((0.1, 7), (10.0, 7))   # a saturated and an unsaturated map regime
 OMEGA_MAP_K = (1, 8, 64)
 OMEGAS = (1, 2, 4, 8, 16, 64)   # the Omega ablation; Omega = 1: Swift with a replaced queue
@@ -323,6 +323,8 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
             groups += omega_groups(scale, data_dir, seeds)
         elif part == "omega-map":
             groups += omega_map_groups(scale, data_dir, seeds)
+        elif part == "cifar-map":
+            groups += cifar_map_groups(scale, data_dir, seeds)
         else:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(ALL_PARTS)}")
     return groups
@@ -361,6 +363,33 @@ def omega_map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
                 out.append(Group("movielens", "omega-map", g.algo,
                                  g.cfg.replace(n_fragments=K), (f"{reg}-omega{K}",),
                                  (g.points[i],), seeds, g.chunk))
+    return out
+
+
+CIFAR_MAP = ((0.1, 7), (10.0, 7), (0.1, 0), (10.0, 0))   # run in this order
+CIFAR_MAP_ITERS = 24
+
+
+def cifar_map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """CIFAR-10 regime map (issue 31): compute time per iteration = ratio x the fast send time
+    of the GN-LeNet (6 models at 60 Mbit/s) x stragglers (0 and the paper's 7 of 60), DivShare,
+    AD-PSGD and Swift, 3 seeds; the `cifar` part's shortened training (8 local steps, 24
+    iterations per cell, so the training work is the same in every cell: the simulated compute
+    time is a free parameter). Regimes "r<ratio>-s<k>" in the cifar10 folder; seed-major order
+    within a regime, so a stopped run leaves complete paired seeds."""
+    if scale == "tiny":
+        return []
+    base = cifar_config(scale, data_dir)
+    t_send = send_time_s(model_params(base))
+    iters = CIFAR_MAP_ITERS if scale == "cpu" else 160
+    out = []
+    for r, k in CIFAR_MAP:
+        compute = float(f"{r * t_send:.3g}")
+        cfg = fine_clock(base.replace(compute_s=compute, tick_s=compute / 10,
+                                      duration_s=iters * compute, eval_every_s=4 * compute,
+                                      n_stragglers=k, straggler_mbps=paper_stragglers(k)))
+        out += [Group("cifar10", "cifar-map", a, cfg.replace(algorithm=a), (f"r{r:g}-s{k}",),
+                      ({},), (s,), 1) for s in seeds for a in MAP_ALGOS]
     return out
 
 
