@@ -163,28 +163,26 @@ def test_movielens__same_data_seed_same_split(tiny_movielens):
     assert sp.train[a.flat].all() and sp.train[c.flat].all()   # pads too: no test rating
 
 
-def test_movielens__a_run_never_reads_a_test_rating(tiny_movielens, monkeypatch):
+def test_movielens__a_run_never_reads_a_test_rating_nor_resumes_with_another_share(
+        tiny_movielens, monkeypatch, tmp_path):
     """Test ratings made NaN in the source: a run that read one (training or evaluation, on
-    the flat or the tree path) would report NaN."""
-    from divjax.sim import make_engine, simulate
+    the flat or the tree path) would report NaN. Its checkpoint refuses another share."""
+    from divjax import checkpoint
+    from divjax.sim import make_engine
 
     r = tiny_movielens
     sp = data.split_movielens(r, 3, 0)
     poisoned = data.Ratings(r.user, r.item, np.where(sp.train, r.rating, np.nan))
     monkeypatch.setattr(ml_module, "load_movielens", lambda *a: (poisoned, "tiny, test NaN"))
-    cfg = ml_config(validation_share=0.3)
-    _, metrics = simulate(make_engine(cfg), jax.random.key(0), default_hparams(cfg))
+    cfg, other = ml_config(validation_share=0.3), ml_config(validation_share=0.2)
+    hp, key = default_hparams(cfg), jax.random.key(0)
+    _, metrics = checkpoint.drive(make_engine(cfg), key, hp, run_dir=tmp_path, every_s=1.0)
     for k in ("rmse_mean", "rmse_avgmodel", "loss_max"):
         assert np.all(np.isfinite(np.asarray(metrics[k]))), k
-
-
-def test_movielens__a_resume_with_another_share_is_refused(tiny_movielens):
-    a, b = ml_config(validation_share=0.2), ml_config(validation_share=0.3)
-    hp = default_hparams(a)
-    why = fingerprint_mismatch(fingerprint(a, hp), fingerprint(b, hp))
-    assert why and "validation_share=0.2 there, 0.3 here" in why
-    assert fingerprint_mismatch(fingerprint(a, hp), fingerprint(a, hp)) is None
-    assert dataclasses.asdict(a)["validation_share"] == 0.2      # recorded in config.json
+    with pytest.raises(ConfigError, match="validation_share=0.3 there, 0.2 here"):
+        checkpoint.restore(tmp_path, make_engine(other), hp, key=key)
+    assert fingerprint_mismatch(fingerprint(cfg, hp), fingerprint(cfg, hp)) is None
+    assert dataclasses.asdict(cfg)["validation_share"] == 0.3      # recorded in config.json
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
