@@ -1,25 +1,15 @@
-"""scripts/reproduction_grid.py at tiny scale: cells written, skipped on rerun, the document
-regenerated from them; the verdict and censoring rules."""
+"""divjax.reproduction (the grid behind scripts/reproduction_grid.py) at tiny scale: cells
+written, skipped on rerun, the document regenerated from them; the analysis on hand-made cells."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
+from divjax.reproduction import analysis, cli, doc_omega, grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def grid():
-    spec = importlib.util.spec_from_file_location("reproduction_grid",
-                                                  ROOT / "scripts" / "reproduction_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
+def test_grid_tiny_writes_skips_and_regenerates(tmp_path, monkeypatch):
     """The grid's mechanics on one tiny synthetic group (one compilation; MovieLens ones take
     ~20 s each): every cell written once, skipped on a rerun, the document regenerated."""
     from divjax.config import SimConfig
@@ -33,7 +23,7 @@ def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
     out, doc = tmp_path / "rep", tmp_path / "reproduction.md"
     argv = ["--scale", "tiny", "--data-dir", "", "--seeds", "2", "--out", str(out),
             "--doc", str(doc)]
-    res = grid.main(argv)
+    res = cli.main(argv)
     cells = sorted((out / "cells").glob("*/*/*.json"))
     assert len(cells) == 4 and res["cells"] == 4 and not res["missing"]
     c = json.loads((out / "cells" / "movielens" / "r1-s0" / "divshare-seed1.json").read_text())
@@ -44,12 +34,12 @@ def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
     assert "## The paper's claims against the grid" in text and "## Missing cells" in text
     before = {p: p.stat().st_mtime_ns for p in cells}
     doc.unlink()
-    res = grid.main(argv)                # nothing to run: every cell is skipped
+    res = cli.main(argv)                # nothing to run: every cell is skipped
     assert {p: p.stat().st_mtime_ns for p in cells} == before
     assert doc.exists() and res["cells"] == 4
 
 
-def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
+def test_omega_ablation__copies_gains_and_section(tmp_path):
     """Hand-made cells: copies averaged per fragment = (delivered - replaced) / (iterations x
     n x Omega); gains paired by seed; the section states both mechanisms' verdicts."""
     def cell(rmse, delivered, replaced, K, seed):
@@ -61,16 +51,16 @@ def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
                 "config": {"n_nodes": 4, "n_fragments": K}}
 
     # 4 nodes x 5 iterations x 8 fragments = 160 fragment-aggregations; 360 - 40 used -> 2.0
-    assert grid.copies_averaged(cell(2.0, 360, 40, 8, 0)) == 2.0
+    assert analysis.copies_averaged(cell(2.0, 360, 40, 8, 0)) == 2.0
     idx = {("movielens", "omega1", "swift"): {s: cell(2.0 + 0.01 * s, 80, 0, 1, s)
                                                for s in range(3)},
            ("movielens", "omega1", "divshare"): {s: cell(1.9 + 0.01 * s, 80, 0, 1, s)
                                                   for s in range(3)},
            ("movielens", "omega8", "divshare"): {s: cell(1.5 + 0.02 * s, 640, 0, 8, s)
                                                   for s in range(3)}}
-    ab = grid.omega_ablation(idx)
+    ab = analysis.omega_ablation(idx)
     assert ab["rows"][8]["gain_omega1"]["verdict"] == "holds"
     assert ab["rows"][1]["gain_swift"]["mean"] > 0 and ab["rows"][1]["gain_omega1"] is None
-    text = "\n".join(grid.omega_section({"omega": ab}, tmp_path, str, "cmd"))
+    text = "\n".join(doc_omega.omega_section({"omega": ab}, tmp_path, str, "cmd"))
     assert "**Queue replacement**" in text and "**Fragmentation**" in text
     assert (tmp_path / "omega_ablation.png").exists()
