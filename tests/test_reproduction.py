@@ -4,7 +4,8 @@ written, skipped on rerun, the document regenerated from them; the analysis on h
 import json
 from pathlib import Path
 
-from divjax.reproduction import analysis, cli, doc_omega, grid
+from divjax.reproduction import analysis, cli, doc_omega, grid, tuning
+from divjax.reproduction import cells as cells_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,24 @@ def test_grid_tiny_writes_skips_and_regenerates(tmp_path, monkeypatch):
     res = cli.main(argv)                # nothing to run: every cell is skipped
     assert {p: p.stat().st_mtime_ns for p in cells} == before
     assert doc.exists() and res["cells"] == 4
+    # a cell made with uncommitted engine edits is named in the document, and --rerun-dirty
+    # reruns just that one (the checkout's own state is not the test's business: clean here)
+    dirty = out / "cells" / "movielens" / "r1-s1" / "divshare-seed0.json"
+    c = json.loads(dirty.read_text())
+    c["git"]["engine_dirty"] = True
+    dirty.write_text(json.dumps(c))
+    cli.main(argv)
+    assert "movielens/r1-s1/divshare-seed0 (" in doc.read_text().split(
+        "## Cells made with uncommitted engine edits")[1]
+    before = {p: p.stat().st_mtime_ns for p in cells}
+    monkeypatch.setattr(cli, "git_commit", lambda: {"commit": "0" * 40, "engine_dirty": False})
+    monkeypatch.setattr(cells_mod, "git_commit", lambda: {"commit": "0" * 40,
+                                                          "engine_dirty": False})
+    cli.main([*argv, "--rerun-dirty"])
+    after = {p: p.stat().st_mtime_ns for p in cells}
+    assert [p for p in cells if after[p] != before[p]] == [dirty]
+    assert json.loads(dirty.read_text())["git"]["engine_dirty"] is False
+    assert "None: every cell was made from a committed engine." in doc.read_text()
 
 
 def test_omega_ablation__copies_gains_and_section(tmp_path):
@@ -64,3 +83,45 @@ def test_omega_ablation__copies_gains_and_section(tmp_path):
     text = "\n".join(doc_omega.omega_section({"omega": ab}, tmp_path, str, "cmd"))
     assert "**Queue replacement**" in text and "**Fragmentation**" in text
     assert (tmp_path / "omega_ablation.png").exists()
+
+
+def test_tune_groups__rates_are_points_of_one_group_per_algorithm(monkeypatch):
+    """The tune part: one group per algorithm, its learning rates as HParams points (regimes
+    tune-lr<v>) on a held-out validation share; the tuned part: each algorithm of TUNED_LR at its
+    rate and length, none before the rates are fixed."""
+    groups = tuning.tune_groups("tiny", "", (0, 1, 2))
+    assert [g.algo for g in groups] == ["divshare", "local"]
+    g = groups[0]
+    assert g.regimes == ("tune-lr0.1", "tune-lr0.3") and g.points == ({"lr": 0.1}, {"lr": 0.3})
+    assert g.seeds == (0, 1, 2) and g.part == "tune"
+    if tuning.has_validation_share():
+        assert g.cfg.validation_share == tuning.VALIDATION_SHARE
+    assert tuning.tuned_groups("tiny", "", (0,)) == [] or tuning.TUNED_LR
+    monkeypatch.setattr(tuning, "TUNED_LR", {"swift": 0.4, "local": 0.05})
+    tuned = {g.algo: g for g in tuning.tuned_groups("tiny", "", (0, 1))}
+    assert tuned["swift"].cfg.lr == 0.4 and tuned["local"].cfg.lr == 0.05
+    assert tuned["swift"].chunk == 1 and tuned["swift"].regimes == ("tuned",)
+    assert "tune" in grid.ALL_PARTS and "tuned" in grid.ALL_PARTS
+
+
+def test_choose_lr__mean_over_seeds_and_diverged_is_worst():
+    """Hand-computed: lr 0.4 has the lowest single seed but diverged on another (worst);
+    lr 0.1's mean (1.0 + 1.2 + 1.1) / 3 = 1.1 beats lr 0.2's (0.9 + 1.4 + 1.3) / 3 = 1.2."""
+    def cell(v, diverged=False):
+        return {"curve": {"rmse_mean": [3.0, v]}, "primary": "rmse",
+                "higher_is_better": False, "diverged": diverged}
+
+    idx = {("movielens", "tune-lr0.1", "swift"): {0: cell(1.0), 1: cell(1.2), 2: cell(1.1)},
+           ("movielens", "tune-lr0.2", "swift"): {0: cell(0.9), 1: cell(1.4), 2: cell(1.3)},
+           ("movielens", "tune-lr0.4", "swift"): {0: cell(0.5), 1: cell(float("nan"), True),
+                                                   2: cell(0.6)},
+           ("movielens", "tune-lr0.1", "local"): {0: cell(2.0)}}
+    scores = tuning.lr_scores(idx, "swift")
+    assert sorted(scores) == [0.1, 0.2, 0.4]
+    assert abs(scores[0.1]["mean"] - 1.1) < 1e-12 and abs(scores[0.2]["mean"] - 1.2) < 1e-12
+    assert scores[0.4]["mean"] == float("inf")
+    assert tuning.choose_lr(scores) == 0.1
+    # a tie goes to the smaller rate; every rate diverged: no choice
+    assert tuning.choose_lr({0.2: {"mean": 1.0, "higher_is_better": False},
+                             0.1: {"mean": 1.0, "higher_is_better": False}}) == 0.1
+    assert tuning.choose_lr({0.1: {"mean": float("inf"), "higher_is_better": False}}) is None

@@ -17,6 +17,7 @@ from divjax.reproduction.configs import (
     OMEGAS,
     TARGETS,
 )
+from divjax.reproduction.text import commits_text
 from divjax.stats import final, gain, mean_ci, plateau, speedup, time_to
 
 
@@ -106,12 +107,14 @@ def omega_ablation(idx: dict, regime: str = "", ks=OMEGAS,
                    "gain_omega1": gain(d, one) if one and k != 1 else None,
                    "gain_adpsgd": gain(d, adpsgd) if adpsgd else None,
                    "copies": mean_ci([copies_averaged(c) for c in d.values()]),
-                   "dropped": mean_ci([dropped_share(c) for c in d.values()])}
+                   "dropped": mean_ci([dropped_share(c) for c in d.values()]),
+                   "commit": commits_text(d.values())}
     if not rows:
         return None
     return {"rows": rows, "swift": {
         "final": mean_ci([final(c) for c in swift.values()]) if swift else None,
-        "copies": mean_ci([copies_averaged(c) for c in swift.values()]) if swift else None}}
+        "copies": mean_ci([copies_averaged(c) for c in swift.values()]) if swift else None,
+        "commit": commits_text(swift.values())}}
 
 
 def analyse(out: Path, scale: str) -> dict:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from divjax.reproduction.configs import ROOT
-from divjax.reproduction.grid import Group
+from divjax.reproduction.configs import ROOT, Group
 
 
 def cell_path(out: Path, task: str, regime: str, algo: str, seed: int) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,7 +21,7 @@ LONG_ALGOS = ("divshare", "local")
 DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model download limits
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
 ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega",
-             "omega-map", "cifar-map")
+             "omega-map", "cifar-map", "tune", "tuned")
 OMEGA_MAP = ((0.1, 7), (10.0, 7))   # a saturated and an unsaturated map regime
 OMEGA_MAP_K = (1, 8, 64)
 OMEGAS = (1, 2, 4, 8, 16, 64)   # the Omega ablation; Omega = 1: Swift with a replaced queue
@@ -149,3 +150,16 @@ def cifar_config(scale: str, data_dir: str):
                            eval_every_s=0.25, train_chunk=1)
     return fine_clock(cfg.replace(task="cifar10-quick", local_steps=8, tick_s=0.25,
                                   duration_s=120.0, eval_every_s=20.0, train_chunk=1))
+
+
+class Group(NamedTuple):
+    """Cells that run as one compiled, vmapped program: one config x points x seeds."""
+
+    task: str          # "movielens" or "cifar10" (the cell folder)
+    part: str          # main, map, cifar
+    algo: str
+    cfg: object        # SimConfig (algorithm set); points replace HParams-only fields
+    regimes: tuple     # regime name per point
+    points: tuple      # dict of HParams-only SimConfig fields per point
+    seeds: tuple
+    chunk: int         # points per compiled call (0 = auto)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from divjax.reproduction.analysis import analyse
 from divjax.reproduction.cells import engine_tree
-from divjax.reproduction.configs import ALL_PARTS, TARGETS
+from divjax.reproduction.configs import ALL_PARTS, ROOT, TARGETS
 from divjax.reproduction.doc_downloads import downloads_section
 from divjax.reproduction.doc_omega import omega_section, summary_lines
 from divjax.reproduction.doc_sections import (
@@ -123,9 +123,7 @@ def missing_section(ctx: Ctx) -> list[str]:
         L += [f"- {t}/{r}: {', '.join(v)}" for (t, r), v in sorted(by.items())]
     else:
         L += [f"None: all {want} cells of the grid are present."]
-    L += ["", "## What differs from the authors' testbed", "",
-          *[f"- {x}" for x in DIFFERENCES], ""]
-    return L
+    return L + [""]
 
 
 def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> dict:
@@ -144,8 +142,76 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
     L = [*header_section(ctx), *summary_lines(res), *claims_section(ctx),
          *movielens_main_section(ctx), *movielens_long_section(ctx),
          *omega_section(res, out, ctx.rel, cmd), *map_section(ctx), *map_reading_section(ctx),
-         *cifar_section(ctx), *downloads_section(res, cmd), *missing_section(ctx)]
+         *cifar_section(ctx), *downloads_section(res, cmd), *missing_section(ctx),
+         *dirty_section(ctx), "## What differs from the authors' testbed", "",
+         *[f"- {x}" for x in DIFFERENCES], ""]
     doc.write_text("\n".join(L) + "\n")
+    if doc.resolve() == (ROOT / "docs" / "reproduction.md").resolve():
+        write_front(res, {ROOT / "README.md": "docs/reproduction.md",
+                          ROOT / "docs" / "index.md": "reproduction.md"})
     res["missing"] = missing
     res["want"] = len(want)
     return res
+
+
+def dirty_section(ctx: Ctx) -> list[str]:
+    """The cells made with uncommitted engine edits, by name, and the command that reruns them."""
+    dirty = sorted(f"{c['task']}/{c['regime']}/{c['algorithm']}-seed{c['seed']} "
+                   f"({c['git']['commit'][:7]})"
+                   for t in ctx.idx.values() for c in t.values() if c["git"]["engine_dirty"])
+    L = ["## Cells made with uncommitted engine edits", ""]
+    if not dirty:
+        return L + ["None: every cell was made from a committed engine.", ""]
+    return L + [f"{len(dirty)} cell(s) ran with uncommitted edits to the engine "
+                "(`git.engine_dirty` in the cell; the edits are described in the first "
+                "paragraph), so git cannot rebuild them exactly. "
+                "`python scripts/reproduction_grid.py --rerun-dirty "
+                f"--data-dir {ctx.cmd.split('--data-dir ')[1].split()[0]}` deletes and reruns "
+                "just these (from a clean checkout: the new cells record its commit):", "",
+                *[f"- {d}" for d in dirty], ""]
+
+
+FRONT_START = ("<!-- reproduction-figures: written by scripts/reproduction_grid.py from the "
+               "cells (divjax/reproduction/doc.py); edit the generator, not these lines -->")
+FRONT_END = "<!-- /reproduction-figures -->"
+
+
+def front_rows(res: dict, link: str) -> list[str]:
+    """The reproduction figures the README and the docs' front page quote, as table rows."""
+    from divjax.reproduction.text import fmt_ci
+
+    where = f"[reproduction]({link})"
+    rows = []
+    g = (res.get("movielens") or {}).get("gain", {}).get("adpsgd")
+    if g:
+        rows.append(f"| MovieLens, the paper's 60 nodes | DivShare's test RMSE {fmt_ci(g, '%')} "
+                    f"below AD-PSGD's at 60 iterations ({g['n']} seeds) | {where} |")
+    ab = res.get("omega")
+    if ab and ab["rows"].get(1) and ab["rows"].get(8):
+        r1, r8 = ab["rows"][1]["gain_swift"], ab["rows"][8]["gain_omega1"]
+        sat = (res.get("omega_map") or {}).get("r0.1-s7")
+        rs = sat["rows"].get(8, {}).get("gain_omega1") if sat else None
+        rows.append(f"| why DivShare wins (Omega ablation, {r1['n']} seeds) | paper's network: "
+                    f"replacing the send queue {fmt_ci(r1, '%')} RMSE over Swift ({r1['verdict']})"
+                    f", fragmenting {fmt_ci(r8, '%')} ({r8['verdict']})"
+                    + (f"; saturated links: fragmenting {fmt_ci(rs, '%')} ({rs['verdict']})"
+                       if rs else "") + f" | {where} |")
+    rows += res.get("front_extra", [])
+    return rows
+
+
+def write_front(res: dict, paths: dict[Path, str]) -> None:
+    """Rewrite the block between FRONT_START and FRONT_END in each file of `paths` (file ->
+    link to the document from it) with `front_rows`; a file without the markers is left as it
+    is."""
+    for path, link in paths.items():
+        if not path.exists():
+            continue
+        text = path.read_text()
+        if FRONT_START not in text or FRONT_END not in text:
+            continue
+        head, rest = text.split(FRONT_START, 1)
+        _, tail = rest.split(FRONT_END, 1)
+        block = ["| reproduction (95% intervals over seeds) | figure | where |", "|---|---|---|",
+                 *front_rows(res, link)]
+        path.write_text(head + FRONT_START + "\n" + "\n".join(block) + "\n" + FRONT_END + tail)

@@ -77,13 +77,14 @@ def omega_table(ab: dict) -> str:
                      fmt_ci(r["gain_omega1"], "%") + (f" ({r['gain_omega1']['verdict']})"
                                                        if r["gain_omega1"] else ""),
                      fmt_ci(r["gain_adpsgd"], "%"), fmt_ci(r["copies"], "", 3),
-                     fmt_ci(r["dropped"], "%", 3)])
+                     fmt_ci(r["dropped"], "%", 3), r.get("commit", "-")])
     sw = ab["swift"]
     return (table(rows, ["Omega", "seeds", "final RMSE (node mean)", "final RMSE (average "
                          "model)", "gain over Swift", "gain over Omega 1", "gain over AD-PSGD",
-                         "copies per fragment", "messages dropped"]) + "\n\n"
+                         "copies per fragment", "messages dropped", "commit"]) + "\n\n"
             + (f"Swift: final RMSE {fmt_ci(sw['final'], '', 4)}, "
-               f"{fmt_ci(sw['copies'], '', 3)} copies per fragment." if sw["final"] else ""))
+               f"{fmt_ci(sw['copies'], '', 3)} copies per fragment (commit "
+               f"{sw.get('commit', '-')})." if sw["final"] else ""))
 
 
 def mechanism_lines(ab: dict, high: int = 8) -> list[str]:

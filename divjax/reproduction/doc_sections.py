@@ -12,6 +12,7 @@ from divjax.reproduction.configs import (
     BASELINES,
     CIFAR_ALGOS,
     LONG_ALGOS,
+    MAP_ALGOS,
     ML_ALGOS,
     PAPER,
     cell_params,
@@ -20,7 +21,7 @@ from divjax.reproduction.configs import (
     send_time_s,
 )
 from divjax.reproduction.figures import plot_curves, plot_maps
-from divjax.reproduction.text import fmt_ci, plateau_text, speed_text, table, tta_text
+from divjax.reproduction.text import commits_text, fmt_ci, plateau_text, speed_text, table, tta_text
 from divjax.stats import final, mean_ci, plateau
 
 
@@ -77,12 +78,12 @@ def movielens_main_section(ctx: Ctx) -> list[str]:
                      *[tta_text(ml["tta"].get((a, y))) for y in tg["movielens"]],
                      f"{100 * drop['mean']:.0f}%",
                      f"{mean_ci([final(c, 'iterations_mean') for c in cells.values()])['mean']:.0f}",  # noqa: E501
-                     f["diverged"]])
+                     f["diverged"], commits_text(cells.values())])
     if rows:
         L += [table(rows, ["algorithm", "seeds", "final RMSE (node mean)", "final RMSE "
                            "(average model)", *[f"time to RMSE {y:g} (s)" for y in
                                                 tg["movielens"]], "messages dropped",
-                           "iterations", "diverged seeds"]), ""]
+                           "iterations", "diverged seeds", "commit"]), ""]
         p = ml["plateau"]
         if p:
             L += [f"Stopping rule (one-sided, `divjax.stats.plateau_status`): the best "
@@ -136,7 +137,7 @@ def movielens_long_section(ctx: Ctx) -> list[str]:
             cells = idx.get(("movielens", "long", a), {})
             if cells:
                 rows.append([a, len(cells), fmt_ci(mean_ci([final(c) for c in cells.values()]),
-                                                   "", 4)])
+                                                   "", 4), commits_text(cells.values())])
         L += [f"The main comparison's setting run {lc['duration_s'] / lc['compute_s']:.0f} "
               f"iterations ({lc['duration_s']:g} simulated s) for the algorithms whose memory "
               f"stays small (AD-PSGD's and Swift's rings grow with the run, see below). "
@@ -144,7 +145,7 @@ def movielens_long_section(ctx: Ctx) -> list[str]:
               f"falls by at least 0.5% over the last 20% of the run; past its best when its "
               f"end is at least 0.5% worse than its best point; else it has stopped "
               f"improving.", "",
-              table(rows, ["algorithm", "seeds", "final RMSE"]), ""]
+              table(rows, ["algorithm", "seeds", "final RMSE", "commit"]), ""]
         if p:
             L += [f"{p['algorithm']}: " + plateau_text(p), ""]
         png = out / "movielens_long.png"
@@ -197,11 +198,13 @@ def map_section(ctx: Ctx) -> list[str]:
                          sp["verdict"] if sp else "missing",
                          speed_text(ss) if ss else "-", ss["verdict"] if ss else "missing",
                          fmt_ci(gs, "%") if gs else "-", gs["verdict"] if gs else "missing",
-                         ", ".join(f"{n} {fmt_ci(v, '', 3)}" for n, v in e["final"].items())])
+                         ", ".join(f"{n} {fmt_ci(v, '', 3)}" for n, v in e["final"].items()),
+                         "; ".join(f"{a} {commits_text(cs.values())}" for a in MAP_ALGOS
+                                   if (cs := idx.get(("movielens", e["regime"], a))))])
         L += [table(rows, ["compute / send", "stragglers", "speedup vs AD-PSGD",
                            "verdict", "speedup vs Swift", "verdict", "RMSE gain vs Swift",
                            "verdict",
-                           "final RMSE mean [CI]"]), ""]
+                           "final RMSE mean [CI]", "commit"]), ""]
     else:
         L += ["No regime-map cells yet.", ""]
     return L
@@ -271,11 +274,11 @@ def cifar_section(ctx: Ctx) -> list[str]:
         rows.append([a, f["n"], fmt_ci({k: 100 * v if isinstance(v, float) else v
                                         for k, v in f.items()}, "%"),
                      *[tta_text(cf["tta"].get((a, y))) for y in tg["cifar10"]],
-                     f["diverged"]])
+                     f["diverged"], commits_text(idx[("cifar10", "main", a)].values())])
     if rows:
         L += [table(rows, ["algorithm", "seeds", "final accuracy (node mean)",
                            *[f"time to {100 * y:g}% (s)" for y in tg["cifar10"]],
-                           "diverged seeds"]), ""]
+                           "diverged seeds", "commit"]), ""]
         pp = {b: mean_ci([100 * (final(idx[("cifar10", "main", "divshare")][s]) -
                                  final(idx[("cifar10", "main", b)][s]))
                           for s in set(idx[("cifar10", "main", "divshare")]) &

@@ -3,8 +3,6 @@ config x regime points that only change HParams x seeds)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from divjax.reproduction.configs import (
     ALL_PARTS,
     APPENDED,
@@ -20,6 +18,7 @@ from divjax.reproduction.configs import (
     OMEGA_MAP,
     OMEGA_MAP_K,
     OMEGAS,
+    Group,
     cifar_config,
     fine_clock,
     main_config,
@@ -28,19 +27,7 @@ from divjax.reproduction.configs import (
     paper_stragglers,
     send_time_s,
 )
-
-
-class Group(NamedTuple):
-    """Cells that run as one compiled, vmapped program: one config x points x seeds."""
-
-    task: str          # "movielens" or "cifar10" (the cell folder)
-    part: str          # main, map, cifar
-    algo: str
-    cfg: object        # SimConfig (algorithm set); points replace HParams-only fields
-    regimes: tuple     # regime name per point
-    points: tuple      # dict of HParams-only SimConfig fields per point
-    seeds: tuple
-    chunk: int         # points per compiled call (0 = auto)
+from divjax.reproduction.tuning import tune_groups, tuned_groups
 
 
 def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
@@ -86,58 +73,70 @@ def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     return sorted(out, key=order)
 
 
+def main_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """MovieLens main comparison: every algorithm, one regime."""
+    cfg = main_config(scale, data_dir)
+    algos = ML_ALGOS if scale != "tiny" else ("divshare", "adpsgd", "swift")
+    # appended queues: a ring of ~45 slots of 50 MB per run, ~12 GB compiled: one
+    # seed per call
+    return [Group("movielens", "main", a, cfg.replace(algorithm=a), ("main",), ({},),
+                  seeds, 1 if a in APPENDED else 0) for a in algos]
+
+
+def long_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """How long until the best algorithm stops improving: DivShare (the best in the main
+    comparison) and local-only, whose rings stay small, 1,000 iterations (300 were not enough:
+    DivShare still improved 4.6% over their last 20%)."""
+    cfg = main_config(scale, data_dir)
+    iters = 1000 if scale != "tiny" else 40
+    cfg = cfg.replace(duration_s=iters * cfg.compute_s,
+                      eval_every_s=(10 if scale != "tiny" else 4) * cfg.compute_s)
+    return [Group("movielens", "long", a, cfg.replace(algorithm=a), ("long",),
+                  ({},), seeds, 0) for a in LONG_ALGOS]
+
+
+def downloads_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """The main comparison with the testbed's download limits too (Kollaps shaped both
+    directions: every node's download = its upload); DivShare, AD-PSGD and Swift."""
+    cfg = main_config(scale, data_dir)
+    cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
+                      straggler_download_mbps=cfg.straggler_mbps)
+    return [Group("movielens", "downloads", a, cfg.replace(algorithm=a),
+                  ("downloads",), ({},), seeds, 1 if a in APPENDED else 0)
+            for a in DOWNLOAD_ALGOS]
+
+
+def cifar_downloads_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """The CIFAR-10 setting with the testbed's download limits."""
+    cfg = cifar_config(scale, data_dir)
+    cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
+                      straggler_download_mbps=cfg.straggler_mbps)
+    return [Group("cifar10", "downloads", a, cfg.replace(algorithm=a),
+                  ("downloads",), ({},), (s,), 1)
+            for s in seeds for a in DOWNLOAD_ALGOS]
+
+
+def cifar_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """CIFAR-10 at 60 nodes, shortened; seed-major order: a stopped run still leaves complete
+    paired seeds."""
+    cfg = cifar_config(scale, data_dir)
+    algos = CIFAR_ALGOS if scale != "tiny" else ("divshare", "adpsgd")
+    return [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
+                  (s,), 1) for s in seeds for a in algos]
+
+
 def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """The groups of `parts`, in the order given."""
+    builders = {"main": main_groups, "long": long_groups, "map": map_groups,
+                "cifar": cifar_groups, "downloads": downloads_groups,
+                "cifar-downloads": cifar_downloads_groups, "omega": omega_groups,
+                "omega-map": omega_map_groups, "cifar-map": cifar_map_groups,
+                "tune": tune_groups, "tuned": tuned_groups}
     groups = []
     for part in parts:
-        if part == "main":
-            cfg = main_config(scale, data_dir)
-            algos = ML_ALGOS if scale != "tiny" else ("divshare", "adpsgd", "swift")
-            # appended queues: a ring of ~45 slots of 50 MB per run, ~12 GB compiled: one
-            # seed per call
-            groups += [Group("movielens", "main", a, cfg.replace(algorithm=a), ("main",), ({},),
-                             seeds, 1 if a in APPENDED else 0) for a in algos]
-        elif part == "long":
-            # how long until the best algorithm stops improving: DivShare (the best in the
-            # main comparison) and local-only, whose rings stay small, 1,000 iterations (300
-            # were not enough: DivShare still improved 4.6% over their last 20%)
-            cfg = main_config(scale, data_dir)
-            iters = 1000 if scale != "tiny" else 40
-            cfg = cfg.replace(duration_s=iters * cfg.compute_s,
-                              eval_every_s=(10 if scale != "tiny" else 4) * cfg.compute_s)
-            groups += [Group("movielens", "long", a, cfg.replace(algorithm=a), ("long",),
-                             ({},), seeds, 0) for a in LONG_ALGOS]
-        elif part == "downloads":
-            # the main comparison with the testbed's download limits too (Kollaps shaped both
-            # directions: every node's download = its upload); DivShare, AD-PSGD and Swift
-            cfg = main_config(scale, data_dir)
-            cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
-                              straggler_download_mbps=cfg.straggler_mbps)
-            groups += [Group("movielens", "downloads", a, cfg.replace(algorithm=a),
-                             ("downloads",), ({},), seeds, 1 if a in APPENDED else 0)
-                       for a in DOWNLOAD_ALGOS]
-        elif part == "cifar-downloads":
-            cfg = cifar_config(scale, data_dir)
-            cfg = cfg.replace(algorithm="divshare", download_mbps=cfg.fast_mbps,
-                              straggler_download_mbps=cfg.straggler_mbps)
-            groups += [Group("cifar10", "downloads", a, cfg.replace(algorithm=a),
-                             ("downloads",), ({},), (s,), 1)
-                       for s in seeds for a in DOWNLOAD_ALGOS]
-        elif part == "map":
-            groups += map_groups(scale, data_dir, seeds)
-        elif part == "cifar":
-            cfg = cifar_config(scale, data_dir)
-            algos = CIFAR_ALGOS if scale != "tiny" else ("divshare", "adpsgd")
-            # seed-major order: a stopped run still leaves complete paired seeds
-            groups += [Group("cifar10", "cifar", a, cfg.replace(algorithm=a), ("main",), ({},),
-                             (s,), 1) for s in seeds for a in algos]
-        elif part == "omega":
-            groups += omega_groups(scale, data_dir, seeds)
-        elif part == "omega-map":
-            groups += omega_map_groups(scale, data_dir, seeds)
-        elif part == "cifar-map":
-            groups += cifar_map_groups(scale, data_dir, seeds)
-        else:
+        if part not in builders:
             raise SystemExit(f"unknown part {part!r}: use {', '.join(ALL_PARTS)}")
+        groups += builders[part](scale, data_dir, seeds)
     return groups
 
 

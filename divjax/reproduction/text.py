@@ -17,6 +17,14 @@ def fmt_ci(r: dict, unit: str = "", digits: int = 3) -> str:
     return f"{r['mean']:.{digits}g}{unit} [{r['lo']:.{digits}g}, {r['hi']:.{digits}g}]"
 
 
+def commits_text(cells) -> str:
+    """The short commits (7 hex digits) of some cells, each once; `+edits` marks a cell made
+    with uncommitted engine edits (its `git.engine_dirty`)."""
+    seen = sorted({c["git"]["commit"][:7] + ("+edits" if c["git"]["engine_dirty"] else "")
+                   for c in cells if "git" in c})
+    return ", ".join(seen) or "-"
+
+
 def table(rows: list[list], head: list[str]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
