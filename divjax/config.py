@@ -43,6 +43,9 @@ class SimConfig:
     field refuses 16.5 and "16"; numpy scalars become Python numbers) and value, and refuses
     configs that would run without doing what they say (a fanout that exchanges nothing,
     momentum >= 1, a negative learning rate, fewer straggler bandwidths than stragglers).
+    `validation_share` > 0 turns the test metrics into validation metrics (same names: rmse,
+    acc, loss), for choosing hyperparameters without looking at the test set; the run's
+    config.json records it, and its task info says `evaluated_on`.
     """
 
     algorithm: str = "divshare"      # divshare, swift, adpsgd, dpsgd, epidemic or local
@@ -64,6 +67,12 @@ class SimConfig:
     data_dir: str = ""               # local data copy for real tasks, or "tfds" / "tfds:DIR"
     #                                  (TensorFlow Datasets); "" = the embedded MovieLens
     #                                  latest-small (CIFAR-10 has no embedded copy)
+    validation_share: float = 0.0    # tune on a validation split: each node holds out this
+    #                                  fraction of its own training samples (fixed by data_seed;
+    #                                  at least 1 per node with 2 or more, at least 1 kept), trains
+    #                                  on the rest, and every metric is computed on the held-out
+    #                                  samples instead of the test set, which is then never read
+    #                                  (movielens* and cifar10* tasks); 0 = evaluate on the test set
     # --- clock ---
     tick_s: float = 0.01             # length of one tick, simulated seconds
     duration_s: float = 20.0         # simulated time of the run, seconds

@@ -120,6 +120,9 @@ def check_config(self) -> None:   # self: a SimConfig (divjax.config)
     for name in ("fragment_seed", "data_seed", "compute_seed"):   # numpy seeds
         if getattr(self, name) < 0:
             bad(name, getattr(self, name), "use a seed >= 0")
+    if not (math.isfinite(self.validation_share) and 0 <= self.validation_share < 1):
+        bad("validation_share", self.validation_share, "use a fraction in [0, 1) of each "
+            "node's training samples (0 = no validation split: evaluate on the test set)")
     if not 1 <= self.latency_regions <= self.n_nodes:
         bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
     if not (math.isfinite(self.inter_region_ms) and self.inter_region_ms >= 0):

@@ -38,8 +38,32 @@ def make_task(cfg: SimConfig) -> Task:
     from divjax import plugins
 
     if plugins.is_plugin(cfg.task):
-        return plugins.built(cfg.task, "task", plugins.load(cfg.task, "task"), cfg, Task)
+        task = plugins.built(cfg.task, "task", plugins.load(cfg.task, "task"), cfg, Task)
+        return check_validation_split(cfg, task)
     if cfg.task not in TASKS:
         raise ConfigError(f"task={cfg.task!r} is unknown: choose one of {sorted(TASKS)}, or "
                           f"name your own builder as MODULE:ATTR (divjax.plugins)")
-    return TASKS[cfg.task](cfg)
+    if cfg.validation_share > 0 and not cfg.task.startswith(VALIDATION_TASKS):
+        raise ConfigError(_no_split(cfg))   # before any data is built
+    return check_validation_split(cfg, TASKS[cfg.task](cfg))
+
+
+# Task names whose builders hold out `cfg.validation_share` of every node's training samples.
+VALIDATION_TASKS = ("movielens", "cifar10")
+
+
+def _no_split(cfg: SimConfig) -> str:
+    return (f"validation_share={cfg.validation_share:g}: task {cfg.task!r} has no validation "
+            f"split (it would be evaluated on its test set as usual); use a movielens* or "
+            f"cifar10* task, or validation_share 0")
+
+
+def check_validation_split(cfg: SimConfig, task: Task) -> Task:
+    """`task`, unless cfg.validation_share > 0 and the task does not say (info["evaluated_on"],
+    as `divjax.data.partitions.evaluated_on` writes it) that it evaluates on a validation
+    split: a plug-in task that ignores the share is refused, never silently tested."""
+    on = str(task.info.get("evaluated_on", "")) if isinstance(task.info, dict) else ""
+    if cfg.validation_share > 0 and not on.startswith("validation split"):
+        raise ConfigError(_no_split(cfg) + "; a task of your own honours it by holding out "
+                          "that share and saying so in info['evaluated_on']")
+    return task

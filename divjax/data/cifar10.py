@@ -3,7 +3,10 @@
 Evaluation (`evaluate(params, node)`), in fixed-size chunks so memory per call is bounded: node
 >= 0 evaluates on a fixed, class-balanced subset of the test set (default 1000 images; every node
 the same subset, as the authors test every node on the global test set); node = -1 (the average
-model) on `eval_global` images (default all 10,000). Metrics `acc` (fraction correct, primary)
+model) on `eval_global` images (default all 10,000). With `cfg.validation_share > 0`, the
+held-out training images (`hold_out`: a share of every node's own images) take the test set's
+place in both views, in the same class-balanced order; the test arrays are then dropped before
+anything is built, so they cannot be read. Metrics `acc` (fraction correct, primary)
 and `loss` (mean cross-entropy). The variants registered by name (`cifar10-iid`,
 `cifar10-dirichlet0.5`, `cifar10-quick`, ...) are listed in `divjax.registry.TASKS`.
 """
@@ -16,9 +19,41 @@ import numpy as np
 
 from divjax import models
 from divjax.config import SimConfig
-from divjax.data.partitions import chunked_sums, padded_table, partition_labels, summarize
+from divjax.data.cifar10_files import CifarArrays
+from divjax.data.partitions import (
+    chunked_sums,
+    evaluated_on,
+    hold_out,
+    padded_table,
+    partition_labels,
+    summarize,
+    validation_union,
+)
 from divjax.data.sources import load_cifar10
 from divjax.tasks import Task
+
+
+def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """(len(labels),) int32 positions in a fixed, class-balanced order: rank within class
+    (random, from SeedSequence([seed, 1])), then class; its prefixes are the evaluation views."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    rank = np.empty(len(labels), np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = rng.permutation(where.size)
+    return np.lexsort((labels, rank)).astype(np.int32)
+
+
+def _eval_source(arrays: CifarArrays, parts: list[np.ndarray], share: float,
+                 seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """(training parts, x, y, order): the images evaluated on and their class-balanced order:
+    the test set, or with share > 0 the held-out training images (`hold_out`)."""
+    if share == 0:
+        return parts, arrays.x_test, arrays.y_test, balanced_order(arrays.y_test, seed)
+    parts, held = hold_out(parts, share, seed)
+    union = validation_union(held, "CIFAR-10")
+    order = union[balanced_order(arrays.y_train[union], seed)].astype(np.int32)
+    return parts, arrays.x_train, arrays.y_train, order
 
 
 def make_cifar10_task(cfg: SimConfig, partition: str = "kshard", shards: int = 5,
@@ -29,28 +64,25 @@ def make_cifar10_task(cfg: SimConfig, partition: str = "kshard", shards: int = 5
     eval_node: test images each node's model is evaluated on (a fixed class-balanced subset);
     eval_global: test images of the average model (node = -1); eval_batch: images per evaluation
     step (bounds memory: the engine vmaps `cfg.eval_chunk` nodes, so peak activations are about
-    eval_chunk * eval_batch * 128 KiB).
+    eval_chunk * eval_batch * 128 KiB). `cfg.validation_share` > 0: held-out training images
+    instead of test images (`_eval_source`).
     """
     arrays, source = load_cifar10(cfg.data_dir)
-    n = cfg.n_nodes
-    parts = partition_labels(arrays.y_train, n, partition, cfg.data_seed, shards, alpha)
+    share = cfg.validation_share
+    if share > 0:   # the test set is not read at all
+        arrays = arrays._replace(x_test=None, y_test=None)
+    parts = partition_labels(arrays.y_train, cfg.n_nodes, partition, cfg.data_seed, shards,
+                             alpha)
+    parts, x_eval, y_eval, order = _eval_source(arrays, parts, share, cfg.data_seed)
     node_idx, node_size = padded_table(parts)
     hist = np.stack([np.bincount(arrays.y_train[p], minlength=models.NUM_CLASSES) for p in parts])
-    # fixed, class-balanced test order: rank within class (random), then class
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.data_seed, 1]))
-    y_test = arrays.y_test
-    rank = np.empty(len(y_test), np.int64)
-    for c in np.unique(y_test):
-        where = np.flatnonzero(y_test == c)
-        rank[where] = rng.permutation(where.size)
-    test_order = np.lexsort((y_test, rank)).astype(np.int32)
-    T = len(y_test)
+    T = len(order)
     eval_node, eval_global = min(eval_node, T), min(eval_global, T)
-    views, view_size = padded_table([test_order[:eval_node], test_order[:eval_global]],
+    views, view_size = padded_table([order[:eval_node], order[:eval_global]],
                                     multiple=eval_batch)
 
     x_train, y_train = jnp.asarray(arrays.x_train), jnp.asarray(arrays.y_train)
-    x_test, y_test_d = jnp.asarray(arrays.x_test), jnp.asarray(y_test)
+    x_eval_d, y_eval_d = jnp.asarray(x_eval), jnp.asarray(y_eval)
     node_idx_d, node_size_d = jnp.asarray(node_idx), jnp.asarray(node_size)
     views_d, view_size_d = jnp.asarray(views), jnp.asarray(view_size)
     init, logits = models.cnn_functions()
@@ -71,8 +103,8 @@ def make_cifar10_task(cfg: SimConfig, partition: str = "kshard", shards: int = 5
         row = jnp.where(node < 0, 1, 0)
 
         def sums(idx, mask):
-            out = logits(params, normalize(x_test[idx]))
-            y = y_test_d[idx]
+            out = logits(params, normalize(x_eval_d[idx]))
+            y = y_eval_d[idx]
             correct = (jnp.argmax(out, -1) == y) & mask
             ce = jnp.where(mask, models.cross_entropy(out, y), 0.0)
             return {"correct": jnp.sum(correct.astype(jnp.float32)), "ce": jnp.sum(ce)}
@@ -87,11 +119,15 @@ def make_cifar10_task(cfg: SimConfig, partition: str = "kshard", shards: int = 5
         "kind": "CIFAR-10 image classification, GN-LeNet", "source": source,
         "partition": partition, "shards": shards if partition == "kshard" else None,
         "alpha": alpha if partition == "dirichlet" else None,
-        "params": models.GNLENET_PARAMS, "n_train": int(len(arrays.y_train)),
-        "n_test": int(T), "eval_node_images": int(eval_node), "eval_global_images": int(eval_global),
+        "params": models.GNLENET_PARAMS, "n_train": int(node_size.sum()),
+        "n_test": int(T), "eval_node_images": int(eval_node),
+        "eval_global_images": int(eval_global),
         "samples_per_node": node_size.tolist(), "classes_per_node": classes.tolist(),
-        "class_histogram": hist.tolist(),
+        "class_histogram": hist.tolist(), "evaluated_on": evaluated_on(share),
         "summary": f"{summarize(node_size, 'samples')}; {summarize(classes, 'classes')}",
     }
+    if share > 0:
+        info.update(n_validation=info.pop("n_test"),
+                    source=f"{source}; evaluated on: {evaluated_on(share)}")
     return Task(name=name, init=init, loss=loss, sample_batch=sample_batch, evaluate=evaluate,
                 metric_names=("acc", "loss"), primary="acc", higher_is_better=True, info=info)

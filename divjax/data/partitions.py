@@ -15,8 +15,11 @@ Partitions are drawn with numpy, once, from `np.random.default_rng(cfg.data_seed
 On device, every node's training data is a padded index table `node_idx (n, m_max) int32` with
 `node_size (n,)` (`padded_table`); a task's `sample_batch(key, node)` draws `batch_size` indices
 with replacement inside jit (the authors' DataLoader shuffles without replacement; the
-difference is documented here). `chunked_sums` sums a function over one row of such a table in
-fixed-size chunks, so evaluation memory per call is bounded.
+difference is documented here). With `cfg.validation_share > 0`, `hold_out` first takes a
+fixed share of every node's samples out of its table: those held-out samples replace the test
+set in every evaluation (`divjax.data.movielens`, `divjax.data.cifar10`). `chunked_sums` sums
+a function over one row of such a table in fixed-size chunks, so evaluation memory per call is
+bounded.
 """
 
 from __future__ import annotations
@@ -124,6 +127,59 @@ def split_movielens(r: Ratings, n: int, seed: int, train_frac: float = 0.7) -> M
     node_users = np.concatenate([[0], np.cumsum(sizes)])
     return MovieLensSplit(user.astype(np.int32), item.astype(np.int32), r.rating, train,
                           node_users, U, int(items.size))
+
+
+# ------------------------------------------------------------------------ validation split
+
+VALIDATION_STREAM = 2   # SeedSequence([data_seed, 2]): the held-out draw (1 = CIFAR test order)
+
+
+def hold_out(parts: list[np.ndarray], share: float,
+             seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each node's samples split into (kept for training, held out for validation).
+
+    Node i holds out h_i = max(1, floor(share * m_i + 1/2)) of its m_i samples, or none when
+    m_i = 1 (a node keeps at least one). Which ones: a uniform random subset, drawn from
+    `default_rng(SeedSequence([seed, VALIDATION_STREAM]))`, one permutation per node in node
+    order, so the same data_seed gives the same split. Both lists keep the samples' order in
+    `parts`. A share that would leave some node no training sample is refused.
+    """
+    if not 0 < share < 1:
+        raise ConfigError(f"validation_share={share!r} is invalid: use a fraction in (0, 1) "
+                          f"(0 = no validation split: evaluate on the test set)")
+    m = np.array([len(p) for p in parts])
+    held = np.where(m >= 2, np.maximum(1, np.floor(share * m + 0.5)), 0).astype(np.int64)
+    empty = np.flatnonzero((m >= 2) & (held >= m))
+    if empty.size:
+        i = int(empty[np.argmin(m[empty])])
+        raise ConfigError(
+            f"validation_share={share:g} leaves {empty.size} of the n_nodes={len(parts)} nodes "
+            f"no training sample (node {i} holds {m[i]} and would hold out all of them): use "
+            f"validation_share below {1 - 0.5 / m[i]:.4g} (1 - 1/(2m) for its m={m[i]}), or "
+            f"fewer nodes (more samples each)")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, VALIDATION_STREAM]))
+    kept, out = [], []
+    for p, h in zip(parts, held, strict=True):   # host side, once
+        perm = rng.permutation(len(p))
+        out.append(p[np.sort(perm[:h])])
+        kept.append(p[np.sort(perm[h:])])
+    return kept, out
+
+
+def validation_union(held: list[np.ndarray], what: str) -> np.ndarray:
+    """The held-out samples of every node, sorted; refused when there are none."""
+    union = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    if union.size == 0:
+        raise ConfigError(f"validation_share: no node of {what} holds 2 or more samples, so "
+                          f"none is held out to validate on: use fewer nodes, or "
+                          f"validation_share 0")
+    return union
+
+
+def evaluated_on(share: float) -> str:
+    """What a task's metrics are computed on (its info["evaluated_on"])."""
+    return (f"validation split (share {share:g} of each node's training samples; the test "
+            f"set is not read)" if share > 0 else "test set")
 
 
 # ------------------------------------------------------------------------ sums over a table
