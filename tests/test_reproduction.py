@@ -4,7 +4,7 @@ written, skipped on rerun, the document regenerated from them; the analysis on h
 import json
 from pathlib import Path
 
-from divjax.reproduction import analysis, cli, doc_omega, grid, tuning
+from divjax.reproduction import analysis, cli, doc_omega, grid, plateaus, tuning
 from divjax.reproduction import cells as cells_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +125,28 @@ def test_choose_lr__mean_over_seeds_and_diverged_is_worst():
     assert tuning.choose_lr({0.2: {"mean": 1.0, "higher_is_better": False},
                              0.1: {"mean": 1.0, "higher_is_better": False}}) == 0.1
     assert tuning.choose_lr({0.1: {"mean": float("inf"), "higher_is_better": False}}) is None
+
+
+def test_tuned_analysis__gain_at_60_and_at_best_with_bound_kind():
+    """Hand-made tuned cells (RMSE, compute 1 s, evaluations at 0, 30, 60, 90 s): DivShare's
+    per-seed best is its end, the baseline's best is at 60 s; gains paired by seed; DivShare
+    still improving and the baseline past its best -> the gain at the best points is a lower
+    bound."""
+    def cell(ys, algo, seed):
+        return {"curve": {"time_s": [0.0, 30.0, 60.0, 90.0], "rmse_mean": ys},
+                "primary": "rmse", "higher_is_better": False, "seed": seed,
+                "config": {"duration_s": 90.0, "compute_s": 1.0, "lr": 0.1}}
+
+    d = {s: cell([3.0, 2.5, 2.0, 1.5 + 0.01 * s], "divshare", s) for s in range(3)}
+    b = {s: cell([3.0, 2.8, 2.4, 2.5], "swift", s) for s in range(3)}
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "swift"): b})
+    # at 60 s: (2.4 - 2.0) / 2.4 = 16.67% for every seed
+    assert abs(res["gain_60"]["swift"]["mean"] - 100 * 0.4 / 2.4) < 1e-9
+    # best points: DivShare 1.5 + 0.01 s, Swift 2.4: mean of (2.4 - x) / 2.4
+    want = sum(100 * (2.4 - (1.5 + 0.01 * s)) / 2.4 for s in range(3)) / 3
+    assert abs(res["gain_best"]["swift"]["mean"] - want) < 1e-9
+    assert res["algos"]["divshare"]["status"] == "still improving"
+    assert res["algos"]["swift"]["status"] == "past its best"
+    assert res["bound"]["swift"] == "a lower bound (DivShare still improving)"
+    assert res["algos"]["divshare"]["iterations"] == 90

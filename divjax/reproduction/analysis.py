@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from divjax.reproduction.cells import index, load_cells
+from divjax.reproduction.cifar_map import cifar_map
 from divjax.reproduction.configs import (
     BASELINES,
     CIFAR_ALGOS,
@@ -17,7 +18,9 @@ from divjax.reproduction.configs import (
     OMEGAS,
     TARGETS,
 )
+from divjax.reproduction.plateaus import tune_analysis, tuned_analysis
 from divjax.reproduction.text import commits_text
+from divjax.reproduction.tuning import TUNED_LR
 from divjax.stats import final, gain, mean_ci, plateau, speedup, time_to
 
 
@@ -153,6 +156,9 @@ def analyse(out: Path, scale: str) -> dict:
                                                  f"r{r:g}-s{k}"))}
     res["downloads"] = {task: downloads_effect(idx, task, tg[task])
                         for task in ("movielens", "cifar10")}
+    res["tune"] = tune_analysis(idx, TUNED_LR)
+    res["tuned"] = tuned_analysis(idx)
+    res["cifar_map"] = cifar_map(idx)
     res["idx"] = idx
     return res
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from divjax.reproduction.analysis import analyse
 from divjax.reproduction.cells import engine_tree
+from divjax.reproduction.cifar_map import cifar_map_section
 from divjax.reproduction.configs import ALL_PARTS, ROOT, TARGETS
 from divjax.reproduction.doc_downloads import downloads_section
 from divjax.reproduction.doc_omega import omega_section, summary_lines
@@ -19,6 +20,7 @@ from divjax.reproduction.doc_sections import (
     movielens_long_section,
     movielens_main_section,
 )
+from divjax.reproduction.doc_tuning import tuning_section
 from divjax.reproduction.grid import expected_cells
 from divjax.reproduction.text import DIFFERENCES, claims, table, xla_note
 
@@ -141,8 +143,10 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
               scale, seeds, missing, len(want))
     L = [*header_section(ctx), *summary_lines(res), *claims_section(ctx),
          *movielens_main_section(ctx), *movielens_long_section(ctx),
+         *tuning_section(res, idx, out, ctx.rel, cmd),
          *omega_section(res, out, ctx.rel, cmd), *map_section(ctx), *map_reading_section(ctx),
-         *cifar_section(ctx), *downloads_section(res, cmd), *missing_section(ctx),
+         *cifar_section(ctx), *cifar_map_section(res, out, ctx.rel, cmd),
+         *downloads_section(res, cmd), *missing_section(ctx),
          *dirty_section(ctx), "## What differs from the authors' testbed", "",
          *[f"- {x}" for x in DIFFERENCES], ""]
     doc.write_text("\n".join(L) + "\n")
