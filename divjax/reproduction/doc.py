@@ -200,7 +200,13 @@ def front_rows(res: dict, link: str) -> list[str]:
                     f", fragmenting {fmt_ci(r8, '%')} ({r8['verdict']})"
                     + (f"; saturated links: fragmenting {fmt_ci(rs, '%')} ({rs['verdict']})"
                        if rs else "") + f" | {where} |")
-    rows += res.get("front_extra", [])
+    tuned = res.get("tuned")
+    if tuned and tuned["gain_best"]:
+        names = {"adpsgd": "AD-PSGD", "swift": "Swift", "local": "local-only"}
+        rows.append("| MovieLens, each algorithm at its own tuned lr | DivShare's test RMSE gain "
+                    "at each run's best point: " + "; ".join(
+                        f"{fmt_ci(g, '%')} over {names[b]} ({g['verdict']}; {tuned['bound'][b]})"
+                        for b, g in tuned["gain_best"].items()) + f" | {where} |")
     return rows
 
 

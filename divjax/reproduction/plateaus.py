@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from divjax.reproduction.configs import BASELINES
-from divjax.reproduction.tuning import TUNE_ALGOS, choose_lr, lr_scores
-from divjax.stats import gain, mean_ci, plateau_status
+from divjax.reproduction.tuning import TUNE_ALGOS, TUNED_TARGETS, choose_lr, lr_scores
+from divjax.stats import gain, mean_ci, plateau_status, speedup, time_to
 
 MAIN_ITERS = 60   # the main comparison's length, where "before tuning" is measured
 
@@ -82,7 +82,22 @@ def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
                                  point_cells(cells[b], lambda c: value_at(c, t60)))
         out["gain_best"][b] = gain(point_cells(d, best_value), point_cells(cells[b], best_value))
         out["bound"][b] = bound_kind(out["algos"]["divshare"], out["algos"][b])
+    out["tta"], out["speedup"] = targets_analysis(cells, TUNED_TARGETS)
     return out
+
+
+def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
+    """Time to each target per algorithm (censored seeds counted) and DivShare's speedup over
+    each other algorithm (`divjax.stats.speedup`)."""
+    tta, sp = {}, {}
+    for y in targets:
+        for a, cs in cells.items():
+            tt = [time_to(c, y) for c in cs.values()]
+            tta[(a, y)] = {**mean_ci([v for v in tt if v is not None]),
+                           "censored": sum(v is None for v in tt), "seeds": len(tt)}
+            if a != "divshare":
+                sp[(a, y)] = speedup(cells["divshare"], cs, y)
+    return tta, sp
 
 
 def gain_curve(div: dict, base: dict) -> tuple:

@@ -136,7 +136,8 @@ DIFFERENCES = [
     "twentieth (CIFAR-10) of an iteration.",
     "**MovieLens learning rate 0.2**, not the CIFAR-10 0.05 the preset borrows (the paper gives "
     "none for MovieLens): 0.05 learns too slowly for the CPU budget, 0.5 diverges (one-seed "
-    "pilot, before the grid).",
+    "pilot, before the grid). Every part uses it but the tune and tuned parts, where each "
+    "algorithm runs at its own rate chosen on a validation split (their section).",
     "**MovieLens length.** 60 iterations in the main comparison, 30 per regime-map cell, "
     "bounded by memory: with saturated straggler links, AD-PSGD's and Swift's appended queues "
     "delay messages by ever more iterations, and the engine keeps a ring slot (an (n, D) "

@@ -26,8 +26,17 @@ VALIDATION_SHARE = 0.1
 # cells do not depend on which tune cells exist; the document checks that the rule applied to
 # the cells still gives these).
 TUNED_LR: dict[str, float] = {}
-# Iterations of the tuned part per algorithm (see `tuned_groups`).
-TUNED_ITERS: dict[str, int] = {"divshare": 1000, "local": 1000, "swift": 120, "adpsgd": 120}
+# Iterations of the tuned part per algorithm. DivShare and local-only keep small rings: as long
+# as a few CPU minutes per cell allow on this shared 2-core machine (one seed of DivShare at 60
+# iterations: 35 s wall at nice 10 under load ~10; local-only 16 s), 600 and 300 (local-only's
+# curve is flat from early on). Swift's and AD-PSGD's appended queues grow the engine's ring
+# with the run (memory model of divjax.memory, one run per call: Swift 2.40 GiB at 60
+# iterations, 4.48 at 120, 7.26 at 200; AD-PSGD 3.33, 6.10, 9.80; measured peak RSS at 60: 3.1
+# and 4.2 GB): the longest that keeps one process under ~6 GB next to the other jobs of this
+# 23 GB machine: Swift 120 (~5.2 GB), AD-PSGD 90 (~5.6 GB).
+TUNED_ITERS: dict[str, int] = {"divshare": 600, "local": 300, "swift": 120, "adpsgd": 90}
+# Time-to-target thresholds of the tuned comparison, from the pilot (PILOT_SEED) only.
+TUNED_TARGETS: tuple = ()
 TUNED_EVERY = 5   # iterations between evaluations (a multiple of it is 60, the main length)
 PILOT_SEED = 99   # the targets' pilot (not a seed of the grid)
 
