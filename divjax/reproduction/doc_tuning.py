@@ -134,6 +134,11 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "validation RMSE over the seeds, a diverged seed counting as the worst; ties go to "
           "the smaller rate. Cell: mean validation RMSE [95% CI].", "", tune_table(tune, idx),
           ""]
+    lrs = sorted({lr for t in tune.values() for lr in t["scores"]})
+    edge = [a for a, t in tune.items() if t["chosen"] in (lrs[0], lrs[-1])]
+    if edge:
+        L += [f"At the grid's edge: {', '.join(NAME.get(a, a) for a in edge)} (the best rate "
+              "may lie outside the grid; a wider grid was not run).", ""]
     moved = [a for a, t in tune.items() if t["fixed"] and t["chosen"] != t["fixed"]]
     if moved:
         L += ["**The rule applied to the cells now differs from the rates the tuned part ran "
