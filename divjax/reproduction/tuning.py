@@ -38,8 +38,12 @@ TUNED_LR: dict[str, float] = {"divshare": 0.4, "local": 0.4}
 # and 4.2 GB): the longest that keeps one process under ~6 GB next to the other jobs of this
 # 23 GB machine: Swift 120 (~5.2 GB), AD-PSGD 90 (~5.6 GB).
 TUNED_ITERS: dict[str, int] = {"divshare": 600, "local": 300, "swift": 120, "adpsgd": 90}
-# Time-to-target thresholds of the tuned comparison, from the pilot (PILOT_SEED) only.
-TUNED_TARGETS: tuple = ()
+# Time-to-target thresholds of the tuned comparison, from the pilot alone (`--parts pilot`:
+# PILOT_SEED, tuned rates and lengths, commit 54eff16): local-only's plateau 3.0703 (stopped
+# improving, best 3.0703 at 20 s of 298 s), DivShare's 1.1929 (stopped improving: +0.48% over
+# the last 20%, best at 565 s of 595 s); halfway 3.0703 - 0.5 x 1.8774 = 2.1316 and 90% of the
+# way 3.0703 - 0.9 x 1.8774 = 1.3806, rounded to 3 digits.
+TUNED_TARGETS: tuple = (2.13, 1.38)
 TUNED_EVERY = 5   # iterations between evaluations (a multiple of it is 60, the main length)
 PILOT_SEED = 99   # the targets' pilot (not a seed of the grid)
 
