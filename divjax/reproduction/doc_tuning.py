@@ -15,7 +15,7 @@ from divjax.reproduction.tuning import (
     TUNED_TARGETS,
     VALIDATION_SHARE,
 )
-from divjax.stats import mean_ci
+from divjax.stats import gain, mean_ci
 
 NAME = {"divshare": "DivShare", "adpsgd": "AD-PSGD", "swift": "Swift", "local": "local-only"}
 
@@ -57,8 +57,11 @@ def tuned_table(tuned: dict, idx: dict) -> str:
                         "commit"])
 
 
-def gains_table(res: dict) -> str:
-    tuned, before = res["tuned"], (res.get("movielens") or {}).get("gain", {})
+def gains_table(res: dict, idx: dict) -> str:
+    tuned = res["tuned"]
+    d = idx.get(("movielens", "main", "divshare"), {})
+    before = {b: gain(d, idx[("movielens", "main", b)]) for b in tuned["gain_60"]
+              if d and ("movielens", "main", b) in idx}
     rows = []
     for b, g60 in tuned["gain_60"].items():
         gb = tuned["gain_best"][b]
@@ -156,7 +159,7 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "DivShare's gain (positive = lower test RMSE), paired by seed. A gain between best "
           "points is a size at a plateau only when both runs stopped improving; otherwise the "
           "column says which way the unfinished run can still move it.", "",
-          gains_table(res), ""]
+          gains_table(res, idx), ""]
     L += targets_lines(tuned)
     png, png2 = out / "movielens_tuned.png", out / "movielens_tuned_gain.png"
     if plot_curves(idx, "movielens", "tuned", TUNE_ALGOS, png, TUNED_TARGETS):
