@@ -27,8 +27,9 @@ VALIDATION_SHARE = 0.1
 # the cells still gives these).
 # From the tune cells (commit 78bd1dc, 3 seeds, mean final validation RMSE at lr 0.05 / 0.1 /
 # 0.2 / 0.4): DivShare 3.0868 / 2.5135 / 2.3664 / 2.3655 -> 0.4; local-only 3.1704 / 3.1651 /
-# 3.1582 / 3.1434 -> 0.4 (both at the grid's upper edge).
-TUNED_LR: dict[str, float] = {"divshare": 0.4, "local": 0.4}
+# 3.1582 / 3.1434 -> 0.4 (both at the grid's upper edge); Swift 3.3009 / 2.8159 / 2.6618 /
+# diverged (seed 1) -> 0.2; AD-PSGD 3.2916 / 2.7896 / 2.6372 / 2.6239 -> 0.4 (grid's edge).
+TUNED_LR: dict[str, float] = {"divshare": 0.4, "local": 0.4, "swift": 0.2, "adpsgd": 0.4}
 # Iterations of the tuned part per algorithm. DivShare and local-only keep small rings: as long
 # as a few CPU minutes per cell allow on this shared 2-core machine (one seed of DivShare at 60
 # iterations: 35 s wall at nice 10 under load ~10; local-only 16 s), 600 and 300 (local-only's
