@@ -1,4 +1,6 @@
-"""The DivShare reproduction as a seeded, per-cell, resumable grid (issue 19).
+"""The DivShare reproduction as a seeded, per-cell, resumable grid (issues 19, 31).
+
+The code is the package `divjax.reproduction`; this file is its command line.
 
 A cell is (task, regime, algorithm, seed). Each cell writes one JSON file,
 `<out>/cells/<task>/<regime>/<algorithm>-seed<k>.json` (its config, the curve of every metric
@@ -17,6 +19,14 @@ Parts (run in this order by default; CPU time is the constraint):
   downloads  the main setting with the testbed's download limits (DivShare, AD-PSGD, Swift;
          issue 18).
   cifar-downloads  the CIFAR-10 setting with them (the same three).
+  omega, omega-map  the Omega ablation (DivShare at Omega 1-64 and Swift) on the main setting
+         and in a saturated and an unsaturated map regime.
+  cifar-map  CIFAR-10 regime map: compute 0.1x and 10x the send time x 0 and 7 stragglers.
+  tune   the main setting on a 10% validation split, DivShare / Swift / AD-PSGD / local-only
+         at lr 0.05-0.4 (HParams points of one program), 3 seeds.
+  pilot  seed 99 of DivShare and local-only as tuned: the tuned comparison's targets.
+  tuned  each algorithm at its chosen rate (divjax.reproduction.tuning.TUNED_LR) on the test
+         set, run longer, to a plateau where memory allows.
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
 (`data_seed` 0) in every cell. Statistics (one place, `divjax.stats`, tested against
@@ -28,6 +38,7 @@ a one-sided plateau rule.
     python scripts/reproduction_grid.py --data-dir ../shared/data             # run / resume all
     python scripts/reproduction_grid.py --parts main --data-dir ../shared/data
     python scripts/reproduction_grid.py --doc-only                            # regenerate doc
+    python scripts/reproduction_grid.py --rerun-dirty     # rerun cells made with engine edits
     python scripts/reproduction_grid.py --scale paper --data-dir DATA         # GPU-sized
 """
 

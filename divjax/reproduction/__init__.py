@@ -10,7 +10,8 @@ only change HParams, such as the share of stragglers or the learning rate).
 cells are listed there.
 
 Modules: `configs` (settings, targets, base configs), `grid` (parts as groups of cells),
-`cells` (running a group, writing and reading cells), `analysis` (every figure from the
+`tuning` (the tune, pilot and tuned parts, the rate choice rule), `cells` (running a group,
+writing and reading cells), `analysis`, `plateaus` and `cifar_map` (every figure from the
 cells), `figures`, `text`, `doc` and `doc_*` (the document, one function per section), `cli`
 (the command line of `scripts/reproduction_grid.py`). Statistics: `divjax.stats`.
 """
