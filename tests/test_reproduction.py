@@ -150,3 +150,20 @@ def test_tuned_analysis__gain_at_60_and_at_best_with_bound_kind():
     assert res["algos"]["swift"]["status"] == "past its best"
     assert res["bound"]["swift"] == "a lower bound (DivShare still improving)"
     assert res["algos"]["divshare"]["iterations"] == 90
+
+
+def test_tuned_speedup__runs_of_different_lengths_censor_at_the_shorter_end(monkeypatch):
+    """DivShare (90 s) reaches RMSE 2.0 at 30 s; Swift, run only 60 s, never does: the speedup's
+    lower bound is 60 / 30 = 2 (the window both runs cover), not DivShare's 90 / 30 = 3."""
+    def cell(ts, ys, seed):
+        return {"curve": {"time_s": ts, "rmse_mean": ys}, "primary": "rmse",
+                "higher_is_better": False, "seed": seed,
+                "config": {"duration_s": ts[-1], "compute_s": 1.0, "lr": 0.1}}
+
+    d = {s: cell([0.0, 30.0, 60.0, 90.0], [3.0, 2.0, 1.5, 1.4], s) for s in range(3)}
+    b = {s: cell([0.0, 30.0, 60.0], [3.0, 2.8, 2.6], s) for s in range(3)}
+    monkeypatch.setattr(plateaus, "TUNED_TARGETS", (2.0,))
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "swift"): b})
+    sp = res["speedup"][("swift", 2.0)]
+    assert abs(sp["mean"] - 2.0) < 1e-9 and sp["censored_base"] == 3

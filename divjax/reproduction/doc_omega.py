@@ -54,14 +54,21 @@ def how_much_lines(res: dict) -> list[str]:
 
 
 def tuning_summary(res: dict) -> list[str]:
-    tune = res.get("tune") or {}
+    tune, tuned = res.get("tune") or {}, res.get("tuned")
     if not tune:
         return []
-    return ["- **What tuning changed** (validation split, 3 seeds): chosen rates "
-            + ", ".join(f"{a} {t['chosen']:g}" if t["chosen"] else f"{a} none"
-                        for a, t in tune.items())
-            + " (all ran at 0.2 before); DivShare's gains before and after are in the "
-              "section on tuned rates."]
+    rates = ", ".join(f"{a} {t['fixed']:g}" + (f" (the rule on all tune cells now: "
+                                              f"{t['chosen']:g})" if t["chosen"] != t["fixed"]
+                                              else "")
+                      for a, t in tune.items() if t["fixed"])
+    L = ["- **What tuning changed** (validation split, 3 seeds; every algorithm ran at 0.2 "
+         f"before): rates {rates}."]
+    before = (res.get("movielens") or {}).get("gain", {})
+    if tuned and tuned["gain_60"]:
+        L[-1] += " DivShare's gain at 60 iterations, before -> after: " + "; ".join(
+            f"over {b} {fmt_ci(before[b], '%')} -> {fmt_ci(g, '%')}"
+            for b, g in tuned["gain_60"].items() if b in before) + "."
+    return L
 
 
 def commit_phrase(ab: dict) -> str:

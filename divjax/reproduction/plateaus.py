@@ -95,9 +95,24 @@ def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
             tt = [time_to(c, y) for c in cs.values()]
             tta[(a, y)] = {**mean_ci([v for v in tt if v is not None]),
                            "censored": sum(v is None for v in tt), "seeds": len(tt)}
-            if a != "divshare":
-                sp[(a, y)] = speedup(cells["divshare"], cs, y)
+            if a != "divshare":   # in the window both runs cover (their lengths differ)
+                end = min(c["curve"]["time_s"][-1] for x in (cells["divshare"], cs)
+                          for c in x.values())
+                sp[(a, y)] = speedup(truncated(cells["divshare"], end), truncated(cs, end), y)
     return tta, sp
+
+
+def truncated(cells: dict, end: float) -> dict:
+    """{seed: cell} with every curve cut to the evaluations at or before simulated time `end`:
+    `divjax.stats.speedup` censors at DivShare's end, so runs of different lengths are compared
+    in the window both cover (else a shorter baseline's censored seed would get DivShare's
+    longer end as its time, an overstated lower bound)."""
+    out = {}
+    for s, c in cells.items():
+        n = int(np.searchsorted(np.asarray(c["curve"]["time_s"], float), end + 1e-9))
+        out[s] = {**c, "curve": {k: v[:n] if isinstance(v, list) else v
+                                 for k, v in c["curve"].items()}}
+    return out
 
 
 def gain_curve(div: dict, base: dict) -> tuple:
