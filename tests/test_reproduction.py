@@ -167,3 +167,25 @@ def test_tuned_speedup__runs_of_different_lengths_censor_at_the_shorter_end(monk
                                    ("movielens", "tuned", "swift"): b})
     sp = res["speedup"][("swift", 2.0)]
     assert abs(sp["mean"] - 2.0) < 1e-9 and sp["censored_base"] == 3
+
+
+def test_tuned_analysis__a_diverged_seed_is_counted_and_left_out_of_the_pairs():
+    """A baseline seed whose run diverged (NaN curve): its plateau uses the other seeds, it is
+    counted, and the gains pair only the seeds where neither run diverged."""
+    def cell(ys, seed, diverged=False):
+        return {"curve": {"time_s": [0.0, 30.0, 60.0], "rmse_mean": ys}, "primary": "rmse",
+                "higher_is_better": False, "seed": seed, "diverged": diverged,
+                "config": {"duration_s": 60.0, "compute_s": 1.0, "lr": 0.4}}
+
+    d = {s: cell([3.0, 2.0, 1.5], s) for s in range(3)}
+    b = {0: cell([float("nan")] * 3, 0, True), 1: cell([3.0, 2.5, 2.0], 1),
+         2: cell([3.0, 2.5, 2.0], 2)}
+    all_diverged = {s: cell([float("nan")] * 3, s, True) for s in range(3)}
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "adpsgd"): b,
+                                   ("movielens", "tuned", "local"): all_diverged})
+    assert res["algos"]["adpsgd"]["diverged"] == 1 and res["algos"]["adpsgd"]["seeds"] == 2
+    assert res["algos"]["local"]["status"] == "diverged"
+    g = res["gain_best"]["adpsgd"]
+    assert g["n"] == 2 and abs(g["mean"] - 25.0) < 1e-9      # (2.0 - 1.5) / 2.0
+    assert "local" not in res["gain_best"]

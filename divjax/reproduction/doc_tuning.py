@@ -47,7 +47,14 @@ def tune_table(tune: dict, idx: dict) -> str:
 def tuned_table(tuned: dict, idx: dict) -> str:
     rows = []
     for a, p in tuned["algos"].items():
-        rows.append([NAME.get(a, a), f"{p['lr']:g}", p["iterations"], p["seeds"],
+        if p["status"] == "diverged":
+            rows.append([NAME.get(a, a), f"{p['lr']:g}", p["iterations"], 0, "diverged",
+                         "-", f"every seed diverged ({p['diverged']})",
+                         commits_text(idx[("movielens", "tuned", a)].values())])
+            continue
+        rows.append([NAME.get(a, a), f"{p['lr']:g}", p["iterations"],
+                     f"{p['seeds']}" + (f" (+{p['diverged']} diverged)" if p["diverged"]
+                                        else ""),
                      fmt_ci(p["final"], "", 4), fmt_ci(p["best_per_seed"], "", 4),
                      f"{p['status']} ({p['improvement_pct']:+.2f}% over the last 20%; best "
                      f"mean {p['best']:.4g} at {p['best_s']:.0f} s)",
@@ -156,9 +163,10 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "length is the longest that fits this shared machine's memory (see TUNED_ITERS in "
           "`divjax/reproduction/tuning.py` for the measured sizes). The plateau rule is "
           "one-sided (`divjax.stats.plateau_status`).", "", tuned_table(tuned, idx), "",
-          "DivShare's gain (positive = lower test RMSE), paired by seed. A gain between best "
-          "points is a size at a plateau only when both runs stopped improving; otherwise the "
-          "column says which way the unfinished run can still move it.", "",
+          "DivShare's gain (positive = lower test RMSE), paired by seed (a seed where either "
+          "run diverged is left out of the pairs; the table above counts them). A gain "
+          "between best points is a size at a plateau only when both runs stopped improving; "
+          "otherwise the column says which way the unfinished run can still move it.", "",
           gains_table(res, idx), ""]
     L += targets_lines(tuned)
     png, png2 = out / "movielens_tuned.png", out / "movielens_tuned_gain.png"

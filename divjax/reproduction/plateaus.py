@@ -38,17 +38,31 @@ def best_value(c: dict) -> float:
     return float(np.nanmax(y) if c["higher_is_better"] else np.nanmin(y))
 
 
+def finite(cells: dict) -> dict:
+    """The seeds whose run did not diverge (a finite primary curve throughout)."""
+    return {s: c for s, c in cells.items() if not c.get("diverged") and np.isfinite(
+        np.asarray(c["curve"][c["primary"] + "_mean"], float)).all()}
+
+
 def algo_plateau(cells: dict) -> dict:
-    """The one-sided plateau rule on the mean curve over seeds (`divjax.stats.plateau_status`),
-    with the run's length in iterations."""
+    """The one-sided plateau rule on the mean curve over the seeds that did not diverge
+    (`divjax.stats.plateau_status`), with the run's length in iterations and the number of
+    diverged seeds (status "diverged" when every seed did)."""
     c0 = next(iter(cells.values()))
+    ok = finite(cells)
+    if not ok:
+        cfg = c0["config"]
+        return {"status": "diverged", "stopped": True, "diverged": len(cells), "seeds": 0,
+                "iterations": round(cfg["duration_s"] / cfg["compute_s"]), "lr": cfg["lr"]}
+    cells, n_all = ok, len(cells)
     y = np.array([c["curve"][c0["primary"] + "_mean"] for c in cells.values()], float).mean(0)
     cfg = c0["config"]
     return {**plateau_status(c0["curve"]["time_s"], y, c0["higher_is_better"]),
             "iterations": round(cfg["duration_s"] / cfg["compute_s"]), "lr": cfg["lr"],
             "seeds": len(cells), "final": mean_ci([float(c["curve"][c0["primary"] + "_mean"][-1])
                                                    for c in cells.values()]),
-            "best_per_seed": mean_ci([best_value(c) for c in cells.values()])}
+            "best_per_seed": mean_ci([best_value(c) for c in cells.values()]),
+            "diverged": n_all - len(cells)}
 
 
 def bound_kind(div: dict, base: dict) -> str:
@@ -66,12 +80,16 @@ def bound_kind(div: dict, base: dict) -> str:
 def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
     """Per algorithm of the tuned part: plateau status, final and best; DivShare's gain over each
     baseline (and local-only) at 60 iterations and at the best points, paired by seed."""
-    cells = {a: idx[("movielens", regime, a)] for a in TUNE_ALGOS
+    every = {a: idx[("movielens", regime, a)] for a in TUNE_ALGOS
              if ("movielens", regime, a) in idx}
-    if "divshare" not in cells:
+    if "divshare" not in every:
         return None
-    out = {"algos": {a: algo_plateau(c) for a, c in cells.items()}, "gain_60": {},
+    out = {"algos": {a: algo_plateau(c) for a, c in every.items()}, "gain_60": {},
            "gain_best": {}, "bound": {}}
+    # gains and times pair the seeds where neither run diverged (the diverged are counted)
+    cells = {a: f for a, c in every.items() if (f := finite(c))}
+    if "divshare" not in cells:
+        return out
     d = cells["divshare"]
     c0 = next(iter(d.values()))
     t60 = MAIN_ITERS * c0["config"]["compute_s"]
