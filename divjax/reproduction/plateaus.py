@@ -85,7 +85,7 @@ def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
     if "divshare" not in every:
         return None
     out = {"algos": {a: algo_plateau(c) for a, c in every.items()}, "gain_60": {},
-           "gain_best": {}, "bound": {}}
+           "gain_best": {}, "gain_end": {}, "bound": {}}
     # gains and times pair the seeds where neither run diverged (the diverged are counted)
     cells = {a: f for a, c in every.items() if (f := finite(c))}
     if "divshare" not in cells:
@@ -99,6 +99,10 @@ def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
         out["gain_60"][b] = gain(point_cells(d, lambda c: value_at(c, t60)),
                                  point_cells(cells[b], lambda c: value_at(c, t60)))
         out["gain_best"][b] = gain(point_cells(d, best_value), point_cells(cells[b], best_value))
+        t_end = min(c["curve"]["time_s"][-1] for x in (d, cells[b]) for c in x.values())
+        out["gain_end"][b] = {**gain(point_cells(d, lambda c: value_at(c, t_end)),
+                                     point_cells(cells[b], lambda c: value_at(c, t_end))),
+                              "t": t_end}
         out["bound"][b] = bound_kind(out["algos"]["divshare"], out["algos"][b])
     out["tta"], out["speedup"] = targets_analysis(cells, TUNED_TARGETS)
     return out
