@@ -40,7 +40,10 @@ def how_much_lines(res: dict) -> list[str]:
                                         for b, r in g.items()) + "."]
     if tuned and tuned["gain_best"]:
         st = tuned["algos"]
-        L += ["  Each at its own tuned rate, at each run's best point (paired by seed): "
+        L += ["  Each at its own tuned rate (paired by seed), at equal time (the shorter run's "
+              "end): " + "; ".join(f"{fmt_ci(r, '%')} over {b} at {r['t']:.0f} s "
+                                   f"({r['verdict']})" for b, r in tuned["gain_end"].items())
+              + ". At each run's best point: "
               + "; ".join(f"{fmt_ci(r, '%')} over {b} ({r['verdict']}; {tuned['bound'][b]})"
                           for b, r in tuned["gain_best"].items())
               + ". Plateau rule: " + ", ".join(f"{a} {p['status']} after {p['iterations']} "
