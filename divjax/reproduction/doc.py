@@ -203,10 +203,21 @@ def front_rows(res: dict, link: str) -> list[str]:
     tuned = res.get("tuned")
     if tuned and tuned["gain_best"]:
         names = {"adpsgd": "AD-PSGD", "swift": "Swift", "local": "local-only"}
+        st = tuned["algos"]
         rows.append("| MovieLens, each algorithm at its own tuned lr | DivShare's test RMSE gain "
-                    "at each run's best point: " + "; ".join(
-                        f"{fmt_ci(g, '%')} over {names[b]} ({g['verdict']}; {tuned['bound'][b]})"
-                        for b, g in tuned["gain_best"].items()) + f" | {where} |")
+                    "at equal time (the shorter run's end): " + "; ".join(
+                        f"{fmt_ci(g, '%')} over {names[b]} at {g['t']:.0f} s ({g['verdict']})"
+                        for b, g in tuned["gain_end"].items()) + "; plateau rule: " + ", ".join(
+                        f"{names.get(a, 'DivShare')} {p['status']} at {p['iterations']} "
+                        "iterations" for a, p in st.items()) + f" | {where} |")
+    cm = res.get("cifar_map")
+    for (r, k), e in (cm["regimes"].items() if cm else ()):
+        if e["gain"]:
+            rows.append(f"| CIFAR-10, compute {r:g}x the send time, {k} stragglers | DivShare's "
+                        "final accuracy gain (node mean; average model): " + "; ".join(
+                            f"{fmt_ci(g, '%')}; {fmt_ci(e['gain_avg'][b], '%')} over "
+                            f"{names[b]} ({g['n']} seeds)" for b, g in e["gain"].items())
+                        + f" | {where} |")
     return rows
 
 

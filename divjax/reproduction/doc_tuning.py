@@ -29,7 +29,7 @@ def tune_table(tune: dict, idx: dict) -> str:
         for lr in lrs:
             s = t["scores"].get(lr)
             if s is None:
-                row.append("missing")
+                row.append("not run")
                 continue
             bad = sum(not np.isfinite(v) for v in s["per_seed"])
             text = (fmt_ci(mean_ci(s["per_seed"]), "", 4) if not bad
@@ -146,8 +146,7 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "validation RMSE over the seeds, a diverged seed counting as the worst; ties go to "
           "the smaller rate. Cell: mean validation RMSE [95% CI].", "", tune_table(tune, idx),
           ""]
-    lrs = sorted({lr for t in tune.values() for lr in t["scores"]})
-    edge = [a for a, t in tune.items() if t["chosen"] in (lrs[0], lrs[-1])]
+    edge = [a for a, t in tune.items() if t["chosen"] in (min(t["scores"]), max(t["scores"]))]
     if edge:
         L += [f"At the grid's edge: {', '.join(NAME.get(a, a) for a in edge)} (the best rate "
               "may lie outside the grid; a wider grid was not run).", ""]
