@@ -67,7 +67,10 @@ def header_section(ctx: Ctx) -> list[str]:
             "a model whose newer copy arrives after the run's end (models never depended on "
             "it); the AD-PSGD main cell seed 0, rerun after it (and after download limits "
             "came to the baselines), has an identical curve. \"engine edited\": the cell ran "
-            "with uncommitted engine edits of that kind.")
+            "with uncommitted engine edits of that kind. The tune, pilot and tuned cells ran "
+            "after `SimConfig.validation_share` came to the engine (the data views, tables and "
+            "metrics are bit-identical at its default 0, which every other part uses, per "
+            "tests/test_validation_split.py).")
          + f" {xla_note(res)}",
          "",
          "```bash",
