@@ -1,25 +1,16 @@
-"""scripts/reproduction_grid.py at tiny scale: cells written, skipped on rerun, the document
-regenerated from them; the verdict and censoring rules."""
+"""divjax.reproduction (the grid behind scripts/reproduction_grid.py) at tiny scale: cells
+written, skipped on rerun, the document regenerated from them; the analysis on hand-made cells."""
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
+from divjax.reproduction import analysis, cli, doc_omega, grid, plateaus, tuning
+from divjax.reproduction import cells as cells_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def grid():
-    spec = importlib.util.spec_from_file_location("reproduction_grid",
-                                                  ROOT / "scripts" / "reproduction_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
+def test_grid_tiny_writes_skips_and_regenerates(tmp_path, monkeypatch):
     """The grid's mechanics on one tiny synthetic group (one compilation; MovieLens ones take
     ~20 s each): every cell written once, skipped on a rerun, the document regenerated."""
     from divjax.config import SimConfig
@@ -33,7 +24,7 @@ def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
     out, doc = tmp_path / "rep", tmp_path / "reproduction.md"
     argv = ["--scale", "tiny", "--data-dir", "", "--seeds", "2", "--out", str(out),
             "--doc", str(doc)]
-    res = grid.main(argv)
+    res = cli.main(argv)
     cells = sorted((out / "cells").glob("*/*/*.json"))
     assert len(cells) == 4 and res["cells"] == 4 and not res["missing"]
     c = json.loads((out / "cells" / "movielens" / "r1-s0" / "divshare-seed1.json").read_text())
@@ -44,12 +35,30 @@ def test_grid_tiny_writes_skips_and_regenerates(grid, tmp_path, monkeypatch):
     assert "## The paper's claims against the grid" in text and "## Missing cells" in text
     before = {p: p.stat().st_mtime_ns for p in cells}
     doc.unlink()
-    res = grid.main(argv)                # nothing to run: every cell is skipped
+    res = cli.main(argv)                # nothing to run: every cell is skipped
     assert {p: p.stat().st_mtime_ns for p in cells} == before
     assert doc.exists() and res["cells"] == 4
+    # a cell made with uncommitted engine edits is named in the document, and --rerun-dirty
+    # reruns just that one (the checkout's own state is not the test's business: clean here)
+    dirty = out / "cells" / "movielens" / "r1-s1" / "divshare-seed0.json"
+    c = json.loads(dirty.read_text())
+    c["git"]["engine_dirty"] = True
+    dirty.write_text(json.dumps(c))
+    cli.main(argv)
+    assert "movielens/r1-s1/divshare-seed0 (" in doc.read_text().split(
+        "## Cells made with uncommitted engine edits")[1]
+    before = {p: p.stat().st_mtime_ns for p in cells}
+    monkeypatch.setattr(cli, "git_commit", lambda: {"commit": "0" * 40, "engine_dirty": False})
+    monkeypatch.setattr(cells_mod, "git_commit", lambda: {"commit": "0" * 40,
+                                                          "engine_dirty": False})
+    cli.main([*argv, "--rerun-dirty"])
+    after = {p: p.stat().st_mtime_ns for p in cells}
+    assert [p for p in cells if after[p] != before[p]] == [dirty]
+    assert json.loads(dirty.read_text())["git"]["engine_dirty"] is False
+    assert "None: every cell was made from a committed engine." in doc.read_text()
 
 
-def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
+def test_omega_ablation__copies_gains_and_section(tmp_path):
     """Hand-made cells: copies averaged per fragment = (delivered - replaced) / (iterations x
     n x Omega); gains paired by seed; the section states both mechanisms' verdicts."""
     def cell(rmse, delivered, replaced, K, seed):
@@ -61,16 +70,122 @@ def test_omega_ablation__copies_gains_and_section(grid, tmp_path):
                 "config": {"n_nodes": 4, "n_fragments": K}}
 
     # 4 nodes x 5 iterations x 8 fragments = 160 fragment-aggregations; 360 - 40 used -> 2.0
-    assert grid.copies_averaged(cell(2.0, 360, 40, 8, 0)) == 2.0
+    assert analysis.copies_averaged(cell(2.0, 360, 40, 8, 0)) == 2.0
     idx = {("movielens", "omega1", "swift"): {s: cell(2.0 + 0.01 * s, 80, 0, 1, s)
                                                for s in range(3)},
            ("movielens", "omega1", "divshare"): {s: cell(1.9 + 0.01 * s, 80, 0, 1, s)
                                                   for s in range(3)},
            ("movielens", "omega8", "divshare"): {s: cell(1.5 + 0.02 * s, 640, 0, 8, s)
                                                   for s in range(3)}}
-    ab = grid.omega_ablation(idx)
+    ab = analysis.omega_ablation(idx)
     assert ab["rows"][8]["gain_omega1"]["verdict"] == "holds"
     assert ab["rows"][1]["gain_swift"]["mean"] > 0 and ab["rows"][1]["gain_omega1"] is None
-    text = "\n".join(grid.omega_section({"omega": ab}, tmp_path, str, "cmd"))
+    text = "\n".join(doc_omega.omega_section({"omega": ab}, tmp_path, str, "cmd"))
     assert "**Queue replacement**" in text and "**Fragmentation**" in text
     assert (tmp_path / "omega_ablation.png").exists()
+
+
+def test_tune_groups__rates_are_points_of_one_group_per_algorithm(monkeypatch):
+    """The tune part: one group per algorithm, its learning rates as HParams points (regimes
+    tune-lr<v>) on a held-out validation share; the tuned part: each algorithm of TUNED_LR at its
+    rate and length, none before the rates are fixed."""
+    groups = tuning.tune_groups("tiny", "", (0, 1, 2))
+    assert [g.algo for g in groups] == ["divshare", "local"]
+    g = groups[0]
+    assert g.regimes == ("tune-lr0.1", "tune-lr0.3") and g.points == ({"lr": 0.1}, {"lr": 0.3})
+    assert g.seeds == (0, 1, 2) and g.part == "tune"
+    if tuning.has_validation_share():
+        assert g.cfg.validation_share == tuning.VALIDATION_SHARE
+    assert tuning.tuned_groups("tiny", "", (0,)) == [] or tuning.TUNED_LR
+    monkeypatch.setattr(tuning, "TUNED_LR", {"swift": 0.4, "local": 0.05})
+    tuned = {g.algo: g for g in tuning.tuned_groups("tiny", "", (0, 1))}
+    assert tuned["swift"].cfg.lr == 0.4 and tuned["local"].cfg.lr == 0.05
+    assert tuned["swift"].chunk == 1 and tuned["swift"].regimes == ("tuned",)
+    assert "tune" in grid.ALL_PARTS and "tuned" in grid.ALL_PARTS
+
+
+def test_choose_lr__mean_over_seeds_and_diverged_is_worst():
+    """Hand-computed: lr 0.4 has the lowest single seed but diverged on another (worst);
+    lr 0.1's mean (1.0 + 1.2 + 1.1) / 3 = 1.1 beats lr 0.2's (0.9 + 1.4 + 1.3) / 3 = 1.2."""
+    def cell(v, diverged=False):
+        return {"curve": {"rmse_mean": [3.0, v]}, "primary": "rmse",
+                "higher_is_better": False, "diverged": diverged}
+
+    idx = {("movielens", "tune-lr0.1", "swift"): {0: cell(1.0), 1: cell(1.2), 2: cell(1.1)},
+           ("movielens", "tune-lr0.2", "swift"): {0: cell(0.9), 1: cell(1.4), 2: cell(1.3)},
+           ("movielens", "tune-lr0.4", "swift"): {0: cell(0.5), 1: cell(float("nan"), True),
+                                                   2: cell(0.6)},
+           ("movielens", "tune-lr0.1", "local"): {0: cell(2.0)}}
+    scores = tuning.lr_scores(idx, "swift")
+    assert sorted(scores) == [0.1, 0.2, 0.4]
+    assert abs(scores[0.1]["mean"] - 1.1) < 1e-12 and abs(scores[0.2]["mean"] - 1.2) < 1e-12
+    assert scores[0.4]["mean"] == float("inf")
+    assert tuning.choose_lr(scores) == 0.1
+    # a tie goes to the smaller rate; every rate diverged: no choice
+    assert tuning.choose_lr({0.2: {"mean": 1.0, "higher_is_better": False},
+                             0.1: {"mean": 1.0, "higher_is_better": False}}) == 0.1
+    assert tuning.choose_lr({0.1: {"mean": float("inf"), "higher_is_better": False}}) is None
+
+
+def test_tuned_analysis__gain_at_60_and_at_best_with_bound_kind():
+    """Hand-made tuned cells (RMSE, compute 1 s, evaluations at 0, 30, 60, 90 s): DivShare's
+    per-seed best is its end, the baseline's best is at 60 s; gains paired by seed; DivShare
+    still improving and the baseline past its best -> the gain at the best points is a lower
+    bound."""
+    def cell(ys, algo, seed):
+        return {"curve": {"time_s": [0.0, 30.0, 60.0, 90.0], "rmse_mean": ys},
+                "primary": "rmse", "higher_is_better": False, "seed": seed,
+                "config": {"duration_s": 90.0, "compute_s": 1.0, "lr": 0.1}}
+
+    d = {s: cell([3.0, 2.5, 2.0, 1.5 + 0.01 * s], "divshare", s) for s in range(3)}
+    b = {s: cell([3.0, 2.8, 2.4, 2.5], "swift", s) for s in range(3)}
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "swift"): b})
+    # at 60 s: (2.4 - 2.0) / 2.4 = 16.67% for every seed
+    assert abs(res["gain_60"]["swift"]["mean"] - 100 * 0.4 / 2.4) < 1e-9
+    # best points: DivShare 1.5 + 0.01 s, Swift 2.4: mean of (2.4 - x) / 2.4
+    want = sum(100 * (2.4 - (1.5 + 0.01 * s)) / 2.4 for s in range(3)) / 3
+    assert abs(res["gain_best"]["swift"]["mean"] - want) < 1e-9
+    assert res["algos"]["divshare"]["status"] == "still improving"
+    assert res["algos"]["swift"]["status"] == "past its best"
+    assert res["bound"]["swift"] == "a lower bound (DivShare still improving)"
+    assert res["algos"]["divshare"]["iterations"] == 90
+
+
+def test_tuned_speedup__runs_of_different_lengths_censor_at_the_shorter_end(monkeypatch):
+    """DivShare (90 s) reaches RMSE 2.0 at 30 s; Swift, run only 60 s, never does: the speedup's
+    lower bound is 60 / 30 = 2 (the window both runs cover), not DivShare's 90 / 30 = 3."""
+    def cell(ts, ys, seed):
+        return {"curve": {"time_s": ts, "rmse_mean": ys}, "primary": "rmse",
+                "higher_is_better": False, "seed": seed,
+                "config": {"duration_s": ts[-1], "compute_s": 1.0, "lr": 0.1}}
+
+    d = {s: cell([0.0, 30.0, 60.0, 90.0], [3.0, 2.0, 1.5, 1.4], s) for s in range(3)}
+    b = {s: cell([0.0, 30.0, 60.0], [3.0, 2.8, 2.6], s) for s in range(3)}
+    monkeypatch.setattr(plateaus, "TUNED_TARGETS", (2.0,))
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "swift"): b})
+    sp = res["speedup"][("swift", 2.0)]
+    assert abs(sp["mean"] - 2.0) < 1e-9 and sp["censored_base"] == 3
+
+
+def test_tuned_analysis__a_diverged_seed_is_counted_and_left_out_of_the_pairs():
+    """A baseline seed whose run diverged (NaN curve): its plateau uses the other seeds, it is
+    counted, and the gains pair only the seeds where neither run diverged."""
+    def cell(ys, seed, diverged=False):
+        return {"curve": {"time_s": [0.0, 30.0, 60.0], "rmse_mean": ys}, "primary": "rmse",
+                "higher_is_better": False, "seed": seed, "diverged": diverged,
+                "config": {"duration_s": 60.0, "compute_s": 1.0, "lr": 0.4}}
+
+    d = {s: cell([3.0, 2.0, 1.5], s) for s in range(3)}
+    b = {0: cell([float("nan")] * 3, 0, True), 1: cell([3.0, 2.5, 2.0], 1),
+         2: cell([3.0, 2.5, 2.0], 2)}
+    all_diverged = {s: cell([float("nan")] * 3, s, True) for s in range(3)}
+    res = plateaus.tuned_analysis({("movielens", "tuned", "divshare"): d,
+                                   ("movielens", "tuned", "adpsgd"): b,
+                                   ("movielens", "tuned", "local"): all_diverged})
+    assert res["algos"]["adpsgd"]["diverged"] == 1 and res["algos"]["adpsgd"]["seeds"] == 2
+    assert res["algos"]["local"]["status"] == "diverged"
+    g = res["gain_best"]["adpsgd"]
+    assert g["n"] == 2 and abs(g["mean"] - 25.0) < 1e-9      # (2.0 - 1.5) / 2.0
+    assert "local" not in res["gain_best"]
