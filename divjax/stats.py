@@ -112,16 +112,18 @@ def gain(div: dict, base: dict, key: str | None = None) -> dict:
     return r
 
 
-def _censored_ratio(td: float | None, tb: float | None, end: float):
+def _censored_ratio(td: float | None, tb: float | None, end_div: float, end_base: float):
     """(log ratio or None, text, kind) of one seed's t_base / t_div; kind: "both", "lower"
-    (baseline censored), "upper" (DivShare censored) or "neither"."""
+    (baseline censored), "upper" (DivShare censored) or "neither". A censored run's time is
+    bounded by ITS OWN end (it ran that long without reaching the target), never the other's:
+    a baseline run shorter than DivShare's bounds t_base by its own end only."""
     if td is None and tb is None:
         return None, "neither", "neither"
     if tb is None:
-        r = end / td
+        r = end_base / td
         return math.log(r), f">={r:.3g}", "lower"
     if td is None:
-        r = tb / end
+        r = tb / end_div
         return math.log(r), f"<={r:.3g}", "upper"
     r = tb / td
     return math.log(r), f"{r:.3g}", "both"
@@ -132,16 +134,17 @@ def speedup(div: dict, base: dict, target: float, key: str | None = None) -> dic
     interval: Student-t on the per-seed log ratios (a geometric mean and its interval).
 
     Censored seeds (the run ended before the target): when only the baseline never reached
-    it, its time is taken as the run's end, a lower bound of the speedup (conservative for
+    it, its time is taken as its own run's end, a lower bound of the speedup (conservative for
     "holds", and "opposite" is then not allowed); when only DivShare never reached it, the
     same substitution gives an upper bound ("holds" is then not allowed); seeds where
     neither reached it carry no information and are left out."""
     seeds = sorted(set(div) & set(base))
     logs, per_seed, kinds = [], [], []
     for s in seeds:
-        end = float(div[s]["curve"]["time_s"][-1])
         lg, text, kind = _censored_ratio(time_to(div[s], target, key),
-                                         time_to(base[s], target, key), end)
+                                         time_to(base[s], target, key),
+                                         float(div[s]["curve"]["time_s"][-1]),
+                                         float(base[s]["curve"]["time_s"][-1]))
         per_seed.append(text)
         kinds.append(kind)
         if lg is not None:

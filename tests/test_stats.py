@@ -48,6 +48,17 @@ def test_speedup__censored_baseline_is_a_lower_bound():
     assert not stats.two_sided(r)
 
 
+def test_speedup__a_shorter_censored_baseline_is_bounded_by_its_own_end():
+    # DivShare runs to t=600 and reaches 2.5 at t=15; the baseline stops at t=40 without
+    # reaching it: all that is known is t_base > 40, so the bound is 40 / 15, not 600 / 15
+    div = {s: cell([0, 10, 20, 600], [4.0, 3.0, 2.0, 1.0]) for s in range(3)}
+    base = {s: cell([0, 20, 40], [4.0, 3.5, 3.0]) for s in range(3)}
+    r = stats.speedup(div, base, 2.5)
+    assert r["censored_base"] == 3
+    assert r["mean"] == pytest.approx(40 / 15)
+    assert r["per_seed"] == [">=2.67"] * 3
+
+
 def test_speedup__censored_divshare_forbids_holds():
     div = {s: cell([0, 10, 20], [4.0, 3.5 - 0.1 * s, 3.0]) for s in range(3)}   # never 2.5
     base = {s: cell([0, 10, 20], [4.0, 3.0, 2.0 + 0.1 * s]) for s in range(3)}
