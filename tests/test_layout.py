@@ -36,8 +36,6 @@ LONG_MODULES: dict[str, str] = {}
 KNOWN_LONG: set[tuple[str, str]] = {
     ("divjax/algorithms/adpsgd.py", "make_adpsgd"),
     ("divjax/data/movielens.py", "make_movielens_task"),
-    ("divjax/reference.py", "simulate"),
-    ("divjax/reference_baselines.py", "simulate"),
 }
 
 
