@@ -10,10 +10,11 @@ and `compare.png` (overlay of the primary metric and the consensus distance) int
 
 Columns: final and best primary metric (mean over nodes) and the average model's final value;
 the simulated time at which the node mean first reaches the target (default: 90% of the way
-from the worst first sample to the best value any algorithm reached); bytes sent; full-model-equivalent
-messages sent (fragments sent / K: DivShare sends fragments, the baselines full models counted
-once per fragment); messages dropped; final consensus distance; iterations per node; the longest
-outgoing queue at the end (models queued but not sent, appended-queue algorithms); wall time.
+from the worst first sample to the best value any algorithm reached); bytes sent;
+full-model-equivalent messages sent (fragments sent / K: DivShare sends fragments, the baselines
+full models counted once per fragment); messages dropped; final consensus distance; iterations
+per node; the longest outgoing queue at the end (models queued but not sent, appended-queue
+algorithms); wall time.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from divjax import presets
 
 
 def add_parser(subparsers) -> None:
-    """Register `divjax compare` (called by divjax.cli)."""
+    """Register `divjax compare` (called by divjax.cli, and by `python -m divjax.compare`)."""
     from divjax.flags import add_config_flags
 
     p = subparsers.add_parser(
@@ -166,7 +167,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from divjax.cli import main
+if __name__ == "__main__":   # python -m divjax.compare ...: `divjax compare ...`
+    from divjax.command import subcommand_main
 
-    sys.exit(main(["compare", *sys.argv[1:]]))
+    sys.exit(subcommand_main(add_parser, "compare", sys.argv[1:]))

@@ -49,131 +49,163 @@ def modelled_by(field: str) -> str:
 
 
 def check_config(self) -> None:   # self: a SimConfig (divjax.config)
-    """Raise ConfigError for the first field whose type or value is invalid."""
-    def bad(field, value, fix):
-        raise ConfigError(f"{field}={value!r} is invalid: {fix}")
-
+    """Raise ConfigError for the first field whose type or value is invalid, checked in this
+    order: types, sizes, links and loss, compute and churn and latencies, the clock, the
+    engine and the optimizer, then what the algorithm needs."""
     check_types(self)
+    _check_sizes(self)
+    _check_links(self)
+    _check_compute(self)
+    _check_clock(self)
+    _check_engine(self)
+    _check_algorithm(self)
+
+
+def _bad(field, value, fix):
+    """Raise the ConfigError that names `field`, its `value` and the `fix`."""
+    raise ConfigError(f"{field}={value!r} is invalid: {fix}")
+
+
+def _check_sizes(self) -> None:
+    """The run's sizes: nodes, fragments, fanout, local steps, batch."""
     if self.n_nodes < 2:
-        bad("n_nodes", self.n_nodes, "a decentralized run needs at least 2 nodes")
+        _bad("n_nodes", self.n_nodes, "a decentralized run needs at least 2 nodes")
     if self.n_fragments < 1:
-        bad("n_fragments", self.n_fragments, "use Omega >= 1 (1 = whole model per message)")
+        _bad("n_fragments", self.n_fragments, "use Omega >= 1 (1 = whole model per message)")
     if self.fanout < 0:
-        bad("fanout", self.fanout, "use s >= 0 receivers per fragment")
+        _bad("fanout", self.fanout, "use s >= 0 receivers per fragment")
     if self.fanout > self.n_nodes - 1:
-        bad("fanout", self.fanout,
-            f"s must be at most n_nodes - 1 = {self.n_nodes - 1} (a node never sends to itself)")
+        _bad("fanout", self.fanout, f"s must be at most n_nodes - 1 = {self.n_nodes - 1} "
+             "(a node never sends to itself)")
     if self.local_steps < 1:
-        bad("local_steps", self.local_steps, "use at least 1 local step per iteration")
+        _bad("local_steps", self.local_steps, "use at least 1 local step per iteration")
     if self.batch_size < 1:
-        bad("batch_size", self.batch_size, "use a positive batch size")
+        _bad("batch_size", self.batch_size, "use a positive batch size")
+
+
+def _check_links(self) -> None:
+    """Times and bandwidths (positive, finite; download limits only where they are modelled),
+    stragglers and message loss."""
     for name in ("tick_s", "duration_s", "eval_every_s", "compute_s", "fast_mbps",
                  "straggler_compute_factor"):
         v = getattr(self, name)
         if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-            bad(name, v, "must be a positive, finite number")
+            _bad(name, v, "must be a positive, finite number")
     if not (math.isfinite(self.download_mbps) and self.download_mbps >= 0):
-        bad("download_mbps", self.download_mbps, "use a finite bandwidth > 0, or 0 (unlimited)")
+        _bad("download_mbps", self.download_mbps, "use a finite bandwidth > 0, or 0 (unlimited)")
     if any(not (math.isfinite(m) and m >= 0) for m in self.straggler_download_mbps):
-        bad("straggler_download_mbps", self.straggler_download_mbps,
-            "every bandwidth must be finite and > 0, or 0 (unlimited)")
+        _bad("straggler_download_mbps", self.straggler_download_mbps,
+             "every bandwidth must be finite and > 0, or 0 (unlimited)")
     if 1 < len(self.straggler_download_mbps) < self.n_stragglers:
-        bad("straggler_download_mbps", self.straggler_download_mbps,
-            f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
-            f"{self.n_stragglers}: give one per straggler, or one value for all")
+        _bad("straggler_download_mbps", self.straggler_download_mbps,
+             f"{len(self.straggler_download_mbps)} bandwidths for n_stragglers="
+             f"{self.n_stragglers}: give one per straggler, or one value for all")
     limited = self.download_mbps > 0 or any(m > 0 for m in self.straggler_download_mbps)
     if limited and self.algorithm not in MODELLED_BY["download_mbps"] + SENDS_NOTHING:
-        bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
-            f"download limits are modelled for every algorithm but epidemic (modelled by: "
-            f"{modelled_by('download_mbps')}; epidemic's random fan-in changes every round, "
-            f"and its rounds have one length): set --download-mbps 0 "
-            f"--straggler-download-mbps 0")
-
+        _bad("download_mbps", (self.download_mbps, self.straggler_download_mbps),
+             f"download limits are modelled for every algorithm but epidemic (modelled by: "
+             f"{modelled_by('download_mbps')}; epidemic's random fan-in changes every round, "
+             f"and its rounds have one length): set --download-mbps 0 "
+             f"--straggler-download-mbps 0")
     if any(not (m > 0 and math.isfinite(m)) for m in self.straggler_mbps):
-        bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive and finite")
+        _bad("straggler_mbps", self.straggler_mbps, "every bandwidth must be positive and finite")
     if not 0 <= self.n_stragglers <= self.n_nodes:
-        bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
+        _bad("n_stragglers", self.n_stragglers, f"use 0..n_nodes={self.n_nodes}")
     if not (isinstance(self.loss_rate, int | float) and 0 <= self.loss_rate < 1):
-        bad("loss_rate", self.loss_rate, "use a probability in [0, 1)")
+        _bad("loss_rate", self.loss_rate, "use a probability in [0, 1)")
     if self.loss_file and self.loss_rate:
-        bad("loss_file", self.loss_file, "give either --loss-rate (every link) or --loss-file "
-            "(per link), not both")
+        _bad("loss_file", self.loss_file, "give either --loss-rate (every link) or --loss-file "
+             "(per link), not both")
 
+
+def _check_compute(self) -> None:
+    """Compute spread and jitter, churn, a trace, latencies and the numpy seeds."""
     if not (math.isfinite(self.compute_spread) and 0 <= self.compute_spread <= 3):
-        bad("compute_spread", self.compute_spread,
-            "use a log-normal sigma in [0, 3] (0 = equal compute times)")
+        _bad("compute_spread", self.compute_spread,
+             "use a log-normal sigma in [0, 3] (0 = equal compute times)")
     if not (math.isfinite(self.compute_jitter) and 0 <= self.compute_jitter <= 2):
-        bad("compute_jitter", self.compute_jitter,
-            "use a log-normal sigma in [0, 2] (0 = every iteration takes compute_s)")
+        _bad("compute_jitter", self.compute_jitter,
+             "use a log-normal sigma in [0, 2] (0 = every iteration takes compute_s)")
     if not (math.isfinite(self.churn_rate) and 0 <= self.churn_rate <= 0.9):
-        bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
+        _bad("churn_rate", self.churn_rate, "use an offline fraction in [0, 0.9] (0 = none)")
     if not (math.isfinite(self.churn_mean_s) and self.churn_mean_s > 0):
-        bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
+        _bad("churn_mean_s", self.churn_mean_s, "use a positive, finite number of seconds")
     if self.compute_jitter and self.algorithm not in MODELLED_BY["compute_jitter"]:
-        bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
-            "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
-            f"algorithm ({modelled_by('compute_jitter')})")
+        _bad("compute_jitter", self.compute_jitter, f"algorithm={self.algorithm!r} runs "
+             "synchronous rounds of one length: use --compute-jitter 0, or an asynchronous "
+             f"algorithm ({modelled_by('compute_jitter')})")
     if self.trace_file:
-        check_trace_fields(self, bad)
+        check_trace_fields(self, _bad)
     if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
-        bad("latency_ms", self.latency_ms, "use a finite latency >= 0")
+        _bad("latency_ms", self.latency_ms, "use a finite latency >= 0")
     for name in ("fragment_seed", "data_seed", "compute_seed"):   # numpy seeds
         if getattr(self, name) < 0:
-            bad(name, getattr(self, name), "use a seed >= 0")
+            _bad(name, getattr(self, name), "use a seed >= 0")
     if not (math.isfinite(self.validation_share) and 0 <= self.validation_share < 1):
-        bad("validation_share", self.validation_share, "use a fraction in [0, 1) of each "
-            "node's training samples (0 = no validation split: evaluate on the test set)")
+        _bad("validation_share", self.validation_share, "use a fraction in [0, 1) of each "
+             "node's training samples (0 = no validation split: evaluate on the test set)")
     if not 1 <= self.latency_regions <= self.n_nodes:
-        bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
+        _bad("latency_regions", self.latency_regions, f"use 1..n_nodes={self.n_nodes}")
     if not (math.isfinite(self.inter_region_ms) and self.inter_region_ms >= 0):
-        bad("inter_region_ms", self.inter_region_ms, "use a finite latency >= 0")
+        _bad("inter_region_ms", self.inter_region_ms, "use a finite latency >= 0")
+
+
+def _check_clock(self) -> None:
+    """The tick, the eval interval and the duration fit one another in whole numbers."""
     if self.eval_every_s < self.tick_s:
-        bad("eval_every_s", self.eval_every_s, f"must be at least tick_s={self.tick_s}")
+        _bad("eval_every_s", self.eval_every_s, f"must be at least tick_s={self.tick_s}")
     ratio = self.eval_every_s / self.tick_s
     if abs(ratio - round(ratio)) > 1e-6:
-        bad("eval_every_s", self.eval_every_s,
-            f"must be a whole number of ticks (tick_s={self.tick_s})")
+        _bad("eval_every_s", self.eval_every_s,
+             f"must be a whole number of ticks (tick_s={self.tick_s})")
     chunks = self.duration_s / self.eval_every_s
     if abs(chunks - round(chunks)) > 1e-6:
-        bad("duration_s", self.duration_s,
-            f"must be a whole number of eval intervals (eval_every_s={self.eval_every_s})")
+        _bad("duration_s", self.duration_s,
+             f"must be a whole number of eval intervals (eval_every_s={self.eval_every_s})")
+
+
+def _check_engine(self) -> None:
+    """The engine's choices and sizes (delivery, inbox, rings, chunks) and the optimizer."""
     if self.delivery not in ("arrival_tick", "receiver_iteration"):
-        bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
+        _bad("delivery", self.delivery, "use 'arrival_tick' or 'receiver_iteration'")
     if self.inbox not in ("latest", "sum"):
-        bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
+        _bad("inbox", self.inbox, "use 'latest' (the authors' rule) or 'sum'")
     for name in ("inbox_history", "ping_slots", "ring_ticks", "delay_ticks",
                  "iteration_slots"):   # sizes: 0 = auto
         if getattr(self, name) < 0:
-            bad(name, getattr(self, name), "use 0 (auto) or a positive size")
+            _bad(name, getattr(self, name), "use 0 (auto) or a positive size")
     if self.link_resolution < 1:
-        bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
+        _bad("link_resolution", self.link_resolution, "use a positive number of sub-ticks")
     if not 0 <= self.train_capacity <= self.n_nodes:
-        bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
+        _bad("train_capacity", self.train_capacity, f"use 0 (auto) .. n_nodes={self.n_nodes}")
     if self.train_chunk < 0:
-        bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
+        _bad("train_chunk", self.train_chunk, "use 0 (all at once) or a positive chunk size")
     if self.iteration_chunk < -1:
-        bad("iteration_chunk", self.iteration_chunk,
-            "use -1 (auto), 0 (all at once) or a positive chunk size")
+        _bad("iteration_chunk", self.iteration_chunk,
+             "use -1 (auto), 0 (all at once) or a positive chunk size")
     if self.eval_chunk < 1:
-        bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
+        _bad("eval_chunk", self.eval_chunk, "use a positive chunk size")
     if not (math.isfinite(self.lr) and self.lr >= 0):
-        bad("lr", self.lr, "the learning rate must be a finite number >= 0")
+        _bad("lr", self.lr, "the learning rate must be a finite number >= 0")
     if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-        bad("momentum", self.momentum, "SGD momentum must be in [0, 1)")
+        _bad("momentum", self.momentum, "SGD momentum must be in [0, 1)")
     if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-        bad("weight_decay", self.weight_decay, "weight decay must be a finite number >= 0")
+        _bad("weight_decay", self.weight_decay, "weight decay must be a finite number >= 0")
+
+
+def _check_algorithm(self) -> None:
+    """What the algorithm needs: one bandwidth per straggler, and a fanout that exchanges."""
     if 1 < len(self.straggler_mbps) < self.n_stragglers:
-        bad("straggler_mbps", self.straggler_mbps,
-            f"{len(self.straggler_mbps)} bandwidths for n_stragglers={self.n_stragglers}: "
-            f"give one bandwidth per straggler, or a single value that every straggler gets "
-            f"(values are never cycled)")
+        _bad("straggler_mbps", self.straggler_mbps,
+             f"{len(self.straggler_mbps)} bandwidths for n_stragglers={self.n_stragglers}: "
+             f"give one bandwidth per straggler, or a single value that every straggler gets "
+             f"(values are never cycled)")
     need = FANOUT_NEEDED.get(self.algorithm)
     if need is not None and self.fanout < need[0]:
-        bad("fanout", self.fanout,
-            f"algorithm={self.algorithm!r} {need[1]}, so nothing would ever be exchanged: "
-            f"use fanout >= {need[0]}, or algorithm='local' (--algorithm local) for a run "
-            f"without communication")
-
+        _bad("fanout", self.fanout,
+             f"algorithm={self.algorithm!r} {need[1]}, so nothing would ever be exchanged: "
+             f"use fanout >= {need[0]}, or algorithm='local' (--algorithm local) for a run "
+             f"without communication")
 
 
 def check_trace_fields(self, bad) -> None:

@@ -9,7 +9,10 @@ fast and could be wrong -- gathering finishing nodes, the ring buffer, the maske
 counters' tick ring, the schedule arithmetic -- is done here the plain way.
 
 Event order at one tick: a link finishing a message and a message arriving (phase 0) come before
-iteration ends (phase 1).
+iteration ends (phase 1). The events (`divjax.reference_events`), each handled by a method of
+`_DivShare`: "leave" (a link has sent a message), "offline" (churn takes a node offline),
+"download" (a download link serves what reached it), "lost", "arrive" and "end" (an iteration
+ends: train, replace the queue, aggregate).
 
 Download limits (`divjax.downloads`): a message that has left its sender's link waits at its
 receiver's download link; at every tick (phase 0.5, after the links of that tick) each receiver
@@ -20,7 +23,6 @@ next iteration end plus the latency) is lost.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from divjax.algorithms.divshare import divshare_routes
 from divjax.compute_schedule import host_end_ticks, host_offline
 from divjax.config import HParams, SimConfig
 from divjax.local import make_optimizer, make_train_one, node_batch_key
+from divjax.reference_events import EventLoop, offline_at, pair_latency
 from divjax.reference_links import DownloadLinks, download_units_of, upload_units_of
 from divjax.sizing import model_layout
 from divjax.state import tick_keys
@@ -161,49 +164,61 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
     the authors' code does.
     """
     assert inbox_policy in ("sum", "latest")
-    n, K, s, R = cfg.n_nodes, cfg.n_fragments, cfg.fanout, cfg.link_resolution
-    layout = model_layout(cfg, task)
-    table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
-    c, lat, units = table.compute_ticks, table.latency_units, table.msg_units
-    down = table.down_units            # None: downloads are not modelled
-    downloads = DownloadLinks(n, R)
-    down_units_of = None if down is None else download_units_of(cfg, layout.fragment_bytes, down)
+    sim = _DivShare(cfg, task, hp, key, inbox_policy, keep_log)
+    for i in range(cfg.n_nodes):
+        sim.at(sim.end_of(i, 0), 1, "end", i)
+        for s_j in sim.offline[i]:   # churn: going offline drops the queue (phase 1, no end then)
+            sim.at(s_j, 1, "offline", i)
+    sim.run(cfg.num_ticks)
+    return ReferenceResult(np.stack(sim.params), sim.sent, sim.dropped, sim.delivered,
+                           sim.iterations, sim.replaced, sim.log, sim.lost_at)
 
-    def pair_lat(i, r):  # sub-ticks from node i's link to node r: its latency + the regions'
-        return int(lat[i]) + int(table.region_units[table.region[i], table.region[r]])
-    nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adjacency(cfg)))
-    tx = make_optimizer(cfg, hp)
-    train_one = jax.jit(make_train_one(cfg, task, layout, tx))
-    init_opt = jax.jit(tx.init)
-    routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
 
-    params, k_sim = initial_models(cfg, task, layout, key)
-    end_of, offline = iteration_schedule(cfg, c, k_sim)
-    opt = [init_opt(p) for p in params]
+class _DivShare(EventLoop):
+    """One DivShare run, node by node and message by message: its links, models, inboxes and
+    counters, and a method per event."""
 
-    sent = np.zeros((n, K), np.int64)
-    dropped = np.zeros(n, np.int64)
-    delivered = np.zeros(n, np.int64)
-    iterations = np.zeros(n, np.int64)
-    lost_at = np.zeros(n, np.int64)                      # messages to node r lost on the way
-    replaced = 0
-    inbox_sum: list[list] = [[] for _ in range(n)]       # (sender, k, values)
-    inbox_latest: list[dict] = [{} for _ in range(n)]    # (sender, k) -> values
-    links = [_Link() for _ in range(n)]
-    log: list = []
-    events: list = []
-    seq = itertools.count()
+    def __init__(self, cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
+                 inbox_policy: str, keep_log: bool):
+        super().__init__()
+        self.cfg, self.inbox_policy, self.keep_log = cfg, inbox_policy, keep_log
+        n, K, s, R = cfg.n_nodes, cfg.n_fragments, cfg.fanout, cfg.link_resolution
+        self.K, self.s, self.R = K, s, R
+        layout = model_layout(cfg, task)
+        table = jax.tree.map(np.asarray, network.link_table(cfg, hp, layout.fragment_bytes))
+        self.table = table
+        self.down = down = table.down_units            # None: downloads are not modelled
+        self.downloads = DownloadLinks(n, R)
+        self.down_units_of = None if down is None else download_units_of(
+            cfg, layout.fragment_bytes, down)
+        nb, deg = (jax.numpy.asarray(a) for a in neighbor_table(adjacency(cfg)))
+        tx = make_optimizer(cfg, hp)
+        self.train_one = jax.jit(make_train_one(cfg, task, layout, tx))
+        self.init_opt = jax.jit(tx.init)
+        self.routes = jax.jit(lambda k, i: divshare_routes(k, i, nb, deg, K, s))
+        # (i, t) -> (K,): each fragment's sub-ticks at the upload in force when queued
+        self.queue_units = upload_units_of(cfg, layout.fragment_bytes, table.msg_units)
 
-    def offline_at(r, tick):
-        return any(s_j <= tick < e_j for s_j, e_j in offline[r].items())
+        self.params, self.k_sim = initial_models(cfg, task, layout, key)
+        self.end_of, self.offline = iteration_schedule(cfg, table.compute_ticks, self.k_sim)
+        self.opt = [self.init_opt(p) for p in self.params]
 
-    def at(tick, phase, kind, *data):
-        heapq.heappush(events, (int(tick), phase, next(seq), kind, data))
+        self.sent = np.zeros((n, K), np.int64)
+        self.dropped = np.zeros(n, np.int64)
+        self.delivered = np.zeros(n, np.int64)
+        self.iterations = np.zeros(n, np.int64)
+        self.lost_at = np.zeros(n, np.int64)                     # messages to r lost on the way
+        self.replaced = 0
+        self.inbox_sum: list[list] = [[] for _ in range(n)]      # (sender, k, values)
+        self.inbox_latest: list[dict] = [{} for _ in range(n)]   # (sender, k) -> values
+        self.links = [_Link() for _ in range(n)]
+        self.log: list = []
 
-    queue_units = upload_units_of(cfg, layout.fragment_bytes, units)   # (i, t) -> (K,)
+    # ------------------------------------------------------------------ helpers of the events
 
-    def start_next(i, start_subtick):
-        link = links[i]
+    def start_next(self, i, start_subtick):
+        """Node i's link starts sending the next queued message at `start_subtick` (or idles)."""
+        link = self.links[i]
         if not link.queue:
             link.busy = None
             return
@@ -211,107 +226,119 @@ def simulate(cfg: SimConfig, task: Task, hp: HParams, key: jax.Array,
         end = start_subtick + int(msg[6][msg[1]])   # the queue's units (upload when formed)
         token = next(link.tokens)
         link.busy = (token, end, msg)
-        at(-(-end // R), 0, "leave", i, token)
+        self.at(-(-end // self.R), 0, "leave", i, token)
 
-    for i in range(n):
-        at(end_of(i, 0), 1, "end", i)
-        for s_j in offline[i]:   # churn: going offline drops the queue (phase 1, no end then)
-            at(s_j, 1, "offline", i)
+    def replace_queue(self, t, i, trained, keys):
+        """(2)-(3) of an iteration end: the rest of node i's old queue and the message on the
+        wire are dropped; K*s (fragment, receiver) messages of the trained model are queued in
+        random order, and the link starts on them."""
+        cfg, K, s = self.cfg, self.K, self.s
+        link = self.links[i]
+        lost = len(link.queue) + (link.busy is not None)
+        self.dropped[i] += lost
+        if self.keep_log and lost:
+            self.log.append((t, "drop", (i, lost)))
+        link.queue.clear()
+        link.busy = None
+        if s > 0:
+            receivers, queue = self.routes(keys.route, i)
+            receivers, queue = np.asarray(receivers), np.asarray(queue)
+            lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K),
+                                        jax.numpy.asarray(receivers)[None])
+            lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
+            # the link stops on this queue at the next iteration end, or going offline
+            stop = min([self.end_of(i, self.iterations[i] + 1)]
+                       + [s_j for s_j in self.offline[i] if s_j > t])
+            units_now = self.queue_units(i, t)
+            for m in queue:
+                j, k = divmod(int(m), K)
+                link.queue.append((int(receivers[j, k]), k, trained[k].copy(),
+                                   bool(lost[j, k]), stop, None, units_now))
+            self.start_next(i, t * self.R)
 
-    T = cfg.num_ticks
-    while events and events[0][0] < T:
-        t, _, _, kind, data = heapq.heappop(events)
-        if kind == "leave":
-            i, token = data
-            link = links[i]
-            if link.busy is None or link.busy[0] != token:
-                continue  # this transmission was cancelled by a queue replacement
-            _, end, (r, k, payload, is_lost, stop, _, _) = link.busy
-            sent[i, k] += 1
-            reach = end + pair_lat(i, r)   # sub-tick it reaches the receiver
-            if is_lost:   # sent, and lost on the way: it never arrives (counted then)
-                at(-(-reach // R), 0, "lost", r)
-            elif down is None:  # it arrives at the first tick at or after reaching the receiver
-                at(-(-reach // R), 0, "arrive", i, r, k, payload)
-            elif offline_at(r, -(-reach // R)):   # an offline receiver never takes it
-                at(-(-reach // R), 0, "lost", r)
-            else:   # it waits for the receiver's download link, which must take it all by the
-                # sender's stop plus the latency, and before the receiver goes offline
-                deadline = stop * R + pair_lat(i, r)
-                later = [s_j for s_j in offline[r] if s_j > -(-reach // R)]
-                if later:
-                    deadline = min(deadline, (min(later) - 1) * R)
-                downloads.reach(r, reach, i, down_units_of(r, k), deadline, (i, r, k, payload))
-                at(-(-reach // R), 0.5, "download", r)
-            if keep_log:
-                log.append((t, "sent", (i, r, k)))
-            start_next(i, end)
-        elif kind == "offline":   # the queue and the message on the wire are dropped
-            (i,) = data
-            link = links[i]
-            dropped[i] += len(link.queue) + (link.busy is not None)
-            link.queue.clear()
-            link.busy = None
-        elif kind == "download":   # serve, first come first served, what reached r by now
-            for tick, taken, message in downloads.serve(data[0], t):
-                at(tick, 0, *(("arrive", *message) if taken else ("lost", data[0])))
-        elif kind == "lost":
-            lost_at[data[0]] += 1
-        elif kind == "arrive":
-            i, r, k, payload = data
-            if offline_at(r, t):
-                lost_at[r] += 1   # churn: it reaches an offline node
-                continue
-            delivered[r] += 1
-            if keep_log:
-                log.append((t, "arrive", (i, r, k)))
-            if inbox_policy == "sum":
-                inbox_sum[r].append((i, k, payload))
-            else:
-                replaced += (i, k) in inbox_latest[r]
-                inbox_latest[r][(i, k)] = payload
-        else:  # iteration end of node i at tick t
-            (i,) = data
-            keys = tick_keys(k_sim, t)
-            p, o = train_one(params[i], opt[i], node_batch_key(keys.batch, i), i)
-            trained = np.asarray(p, np.float32)
-            # (2) replace the queue: the rest of the old queue and the message on the wire are lost
-            link = links[i]
-            lost = len(link.queue) + (link.busy is not None)
-            dropped[i] += lost
-            if keep_log and lost:
-                log.append((t, "drop", (i, lost)))
-            link.queue.clear()
-            link.busy = None
-            # (3) enqueue K*s (fragment, receiver) messages in random order, post-training values
-            if s > 0:
-                receivers, queue = routes(keys.route, i)
-                receivers, queue = np.asarray(receivers), np.asarray(queue)
-                lost = network.message_lost(cfg, keys.spare, jax.numpy.array([i]), (s, K),
-                                            jax.numpy.asarray(receivers)[None])
-                lost = np.zeros((s, K), bool) if lost is None else np.asarray(lost[0])
-                # the link stops on this queue at the next iteration end, or going offline
-                stop = min([end_of(i, iterations[i] + 1)]
-                           + [s_j for s_j in offline[i] if s_j > t])
-                units_now = queue_units(i, t)
-                for m in queue:
-                    j, k = divmod(int(m), K)
-                    link.queue.append((int(receivers[j, k]), k, trained[k].copy(),
-                                       bool(lost[j, k]), stop, None, units_now))
-                start_next(i, t * R)
-            # (4) average every coordinate with what has arrived, then empty the inbox
-            total = trained.astype(np.float32).copy()
-            count = np.ones(K, np.float32)
-            got = (inbox_sum[i] if inbox_policy == "sum"
-                   else [(a, b, v) for (a, b), v in inbox_latest[i].items()])
-            for _, k, values in got:
-                total[k] += values
-                count[k] += 1
-            inbox_sum[i], inbox_latest[i] = [], {}
-            params[i] = total / count[:, None]
-            opt[i] = init_opt(params[i]) if cfg.reset_optimizer else o
-            iterations[i] += 1
-            at(end_of(i, iterations[i]), 1, "end", i)
+    def aggregate(self, i, trained):
+        """(4) of an iteration end: each fragment of node i's trained model averaged with the
+        copies of it that arrived; the inbox is emptied."""
+        total = trained.astype(np.float32).copy()
+        count = np.ones(self.K, np.float32)
+        got = (self.inbox_sum[i] if self.inbox_policy == "sum"
+               else [(a, b, v) for (a, b), v in self.inbox_latest[i].items()])
+        for _, k, values in got:
+            total[k] += values
+            count[k] += 1
+        self.inbox_sum[i], self.inbox_latest[i] = [], {}
+        return total / count[:, None]
 
-    return ReferenceResult(np.stack(params), sent, dropped, delivered, iterations, replaced, log,
-                           lost_at)
+    # ------------------------------------------------------------------------------ events
+
+    def on_leave(self, t, i, token):
+        """Node i's link has sent a message (unless a queue replacement cancelled it): it is
+        lost on the way, arrives, or waits at its receiver's download link; the link starts
+        on its next message."""
+        link, R = self.links[i], self.R
+        if link.busy is None or link.busy[0] != token:
+            return  # this transmission was cancelled by a queue replacement
+        _, end, (r, k, payload, is_lost, stop, _, _) = link.busy
+        self.sent[i, k] += 1
+        reach = end + pair_latency(self.table, i, r)   # sub-tick it reaches the receiver
+        if is_lost:   # sent, and lost on the way: it never arrives (counted then)
+            self.at(-(-reach // R), 0, "lost", r)
+        elif self.down is None:  # it arrives at the first tick at or after reaching the receiver
+            self.at(-(-reach // R), 0, "arrive", i, r, k, payload)
+        elif offline_at(self.offline[r], -(-reach // R)):   # an offline receiver never takes it
+            self.at(-(-reach // R), 0, "lost", r)
+        else:   # it waits for the receiver's download link, which must take it all by the
+            # sender's stop plus the latency, and before the receiver goes offline
+            deadline = stop * R + pair_latency(self.table, i, r)
+            later = [s_j for s_j in self.offline[r] if s_j > -(-reach // R)]
+            if later:
+                deadline = min(deadline, (min(later) - 1) * R)
+            self.downloads.reach(r, reach, i, self.down_units_of(r, k), deadline,
+                                 (i, r, k, payload))
+            self.at(-(-reach // R), 0.5, "download", r)
+        if self.keep_log:
+            self.log.append((t, "sent", (i, r, k)))
+        self.start_next(i, end)
+
+    def on_offline(self, t, i):
+        """Node i goes offline: its queue and the message on the wire are dropped."""
+        link = self.links[i]
+        self.dropped[i] += len(link.queue) + (link.busy is not None)
+        link.queue.clear()
+        link.busy = None
+
+    def on_download(self, t, r):
+        """r's download link serves, first come first served, what reached it by now."""
+        for tick, taken, message in self.downloads.serve(r, t):
+            self.at(tick, 0, *(("arrive", *message) if taken else ("lost", r)))
+
+    def on_lost(self, t, r):
+        """A message to r is lost: on the way, or on a download link at its deadline."""
+        self.lost_at[r] += 1
+
+    def on_arrive(self, t, i, r, k, payload):
+        """Fragment k of node i's model arrives at r: into r's inbox, unless r is offline."""
+        if offline_at(self.offline[r], t):
+            self.lost_at[r] += 1   # churn: it reaches an offline node
+            return
+        self.delivered[r] += 1
+        if self.keep_log:
+            self.log.append((t, "arrive", (i, r, k)))
+        if self.inbox_policy == "sum":
+            self.inbox_sum[r].append((i, k, payload))
+        else:
+            self.replaced += (i, k) in self.inbox_latest[r]
+            self.inbox_latest[r][(i, k)] = payload
+
+    def on_end(self, t, i):
+        """Node i's iteration ends at tick t: (1) it trains, (2)-(3) replaces its queue with the
+        trained model's fragments (`replace_queue`), (4) averages what arrived (`aggregate`)
+        and schedules its next iteration end."""
+        keys = tick_keys(self.k_sim, t)
+        p, o = self.train_one(self.params[i], self.opt[i], node_batch_key(keys.batch, i), i)
+        trained = np.asarray(p, np.float32)
+        self.replace_queue(t, i, trained, keys)
+        self.params[i] = self.aggregate(i, trained)
+        self.opt[i] = self.init_opt(self.params[i]) if self.cfg.reset_optimizer else o
+        self.iterations[i] += 1
+        self.at(self.end_of(i, self.iterations[i]), 1, "end", i)
