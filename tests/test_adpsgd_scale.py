@@ -91,3 +91,40 @@ def test_adpsgd_ping_table__writing_over_a_record_that_matters_is_an_error():
         simulate(run.engine, jax.random.key(0), hp)
     auto = make_engine(slow_window_config(), hp=hp).cfg
     assert auto.ping_slots >= (auto.num_ticks - 1) // 10      # p = 1, fastest iteration 10 ticks
+
+
+def test_last_on_link__scanned_in_rows_gives_the_same_records(monkeypatch):
+    """The last model each sender sent each receiver, from a random ping table with pongs:
+    equal to a brute-force search, whether the batch is scanned at once or row by row."""
+    from divjax.algorithms import adpsgd_links
+
+    n, Q, C, J = 7, 5, 6, 3
+    rng = np.random.default_rng(0)
+    ints = lambda lo, hi, shape=(n, Q): jnp.asarray(rng.integers(lo, hi, shape), jnp.int32)  # noqa: E731
+    order = rng.permutation(2 * n * Q).reshape(2, n, Q)          # distinct queue indices
+    order = np.where(rng.random((2, n, Q)) < 0.3, -1, order)    # some never arrive
+    records = adpsgd_links.LinkRecords(ints(0, 9), jnp.asarray(order[0], jnp.int32),
+                                       ints(0, 50), ints(0, 9), jnp.asarray(order[1], jnp.int32))
+    a = SimpleNamespace(ping_receiver=ints(0, n), ping_arrival=ints(0, 50), records=records)
+    sender = jnp.asarray(rng.integers(0, n + 1, C), jnp.int32)   # n: padding
+    recv = ints(0, n, (C, J))
+    want = adpsgd_links.last_on_link(a, sender, recv, n)
+    monkeypatch.setattr(adpsgd_links, "SCAN_ENTRIES", 2 * J * Q)
+    got = adpsgd_links.last_on_link(a, sender, recv, n)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(w), np.asarray(g))
+    pr, pa = np.asarray(a.ping_receiver), np.asarray(a.ping_arrival)
+    for c in range(C):
+        for j in range(J):
+            s, r = int(sender[c]), int(recv[c, j])
+            if s == n:   # padding: callers mask it
+                continue
+            cands = [(order[0][s, q], pa[s, q], int(records.ping_version[s, q]))
+                     for q in range(Q) if pr[s, q] == r and order[0][s, q] >= 0]
+            cands += [(order[1][r, q], int(records.pong_arrival[r, q]),
+                       int(records.pong_version[r, q]))
+                      for q in range(Q) if pr[r, q] == s and order[1][r, q] >= 0]
+            assert bool(want[0][c, j]) == bool(cands)
+            if cands:
+                _, arrival, version = max(cands)
+                assert (int(want[1][c, j]), int(want[2][c, j])) == (arrival, version)

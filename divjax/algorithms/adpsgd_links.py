@@ -49,9 +49,25 @@ def init_records(m: int, Q: int) -> LinkRecords:
     return LinkRecords(z, z - 1, z - 1, z, z - 1)
 
 
+# Entries the scans of `last_on_link` compare at once (C J Q): larger batches are scanned in
+# rows of at most this many entries (lax.map), bounding the temporaries when many nodes end an
+# iteration together at large n.
+SCAN_ENTRIES = 1 << 22
+
+
 def last_on_link(a, sender: jax.Array, recv: jax.Array, n: int):
     """The last arriving model each of C `sender`s (n: padding) sent to `recv` (C, J) before
     now. Returns (found, arrival, version), each (C, J)."""
+    C, J = recv.shape
+    Q = a.ping_arrival.shape[1]
+    if C * J * Q <= SCAN_ENTRIES:
+        return _last_on_link(a, sender, recv, n)
+    rows = max(1, SCAN_ENTRIES // (J * Q))
+    one = lambda x: tuple(y[0] for y in _last_on_link(a, x[0][None], x[1][None], n))  # noqa: E731
+    return jax.lax.map(one, (sender, recv), batch_size=rows)
+
+
+def _last_on_link(a, sender: jax.Array, recv: jax.Array, n: int):
     s = jnp.minimum(sender, n - 1)
     r = jnp.minimum(recv, n - 1)
     rec = a.records
