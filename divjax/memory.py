@@ -4,9 +4,9 @@ the largest number of nodes that fits on the current device.
 The state's parts are not hand-counted: `abstract_state` builds the engine's initial `SimState`
 with the engine's own builder (`divjax.state.initial_state`) under `jax.eval_shape`, without
 allocating anything, and the model sums the bytes of its leaves. So every array an algorithm
-keeps (AD-PSGD's ping FIFOs, link records and its copy of every model, Swift's queues, ...) and
-every field a change adds are counted as they are. With n nodes, K fragments of F floats, R ring
-slots, Lc counter-ring ticks and C gathered (training) nodes, the parts are:
+keeps (AD-PSGD's ping table with its per-message records and its copy of every model, Swift's
+queues, ...) and every field a change adds are counted as they are. With n nodes, K fragments
+of F floats, R ring slots, Lc counter-ring ticks and C gathered (training) nodes, the parts are:
 
   params       n K F 4                       the node models, (n, K, F)          (state)
   optimizer    n K F 4 * (optimizer floats per parameter; SGD 0, momentum 1)     (state)

@@ -96,13 +96,20 @@ def history_depth(cfg: SimConfig, table) -> int:
 
 
 def ping_slots_needed(cfg: SimConfig, table) -> int:
-    """Pings one node can have in flight (host side, numpy table): `fanout // 2` per iteration
-    end, and a ping arrives (with download limits: is delivered, or taken as T) at most
-    `delay_ticks` after its iteration end (the run's horizon then: `longest_delay`), so the
-    pings of at most delay_ticks // c_min + 1 iteration ends are in flight at once."""
+    """Entries of each node's ping table (host side, numpy table): `fanout // 2` pings per
+    iteration end, and an entry matters until its ping arrives (with download limits: is
+    delivered, or taken as T), at most `delay_ticks` after its iteration end; with the "latest"
+    rule until the receiver of its pong, queued when the ping arrives, has aggregated it: at
+    most 2 delay_ticks + the longest iteration after. So the pings of at most window // c_min + 1
+    iteration ends matter at once, and never more than the run has (T - 1) // c_min: a table
+    of every ping of the run is never written over."""
     p = max(1, cfg.fanout // 2)
-    c_min = int(np.min(shortest_ticks(cfg, np.asarray(table.compute_ticks))))
-    return p * (cfg.delay_ticks // c_min + 1)
+    c0 = np.asarray(table.compute_ticks)
+    c_min = int(np.min(shortest_ticks(cfg, c0)))
+    window = cfg.delay_ticks
+    if cfg.inbox == "latest":
+        window = 2 * cfg.delay_ticks + int(np.max(longest_ticks(cfg, c0)))
+    return p * max(1, min(window // c_min + 1, (cfg.num_ticks - 1) // c_min))
 
 
 class Messages(NamedTuple):
