@@ -219,7 +219,7 @@ def table(rows: list[dict]) -> str:
                  _num(r["build_s"]), _num(r.get("peak_per_node", "-")),
                  _num(r.get("run_peak_per_node", "-")), _num(r.get("model_per_node", "-")),
                  f"{peak_of(r) / 2**20:,.0f}", f"{r['model_total_bytes'] / 2**20:,.0f}",
-                 f"{r['xla'].get('peak_estimate', 0) / 2**20:.1f} MiB",
+                 f"{r.get('xla', {}).get('peak_estimate', 0) / 2**20:.1f} MiB",
                  _num(r.get("eval_s", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -243,6 +243,28 @@ def flatness(rows: list[dict], lo: int = 1024, hi: int = 262144) -> list[str]:
     return out
 
 
+def write_tables(rows: list[dict], meta: dict, tag: str) -> str:
+    """Per-node figures (each (algorithm, task) group net of its n = BASE_N row), then the JSON
+    and the Markdown table under benchmarks/results/; returns the Markdown."""
+    from bench_common import write_result
+
+    for key in {(r["algorithm"], r["task"]) for r in rows}:
+        group = [r for r in rows if (r["algorithm"], r["task"]) == key]
+        base = next((r for r in group if r["n"] == BASE_N and "error" not in r), None)
+        if base is not None:
+            per_node(group, base)
+    out = {"meta": meta, "rows": rows, "flatness": flatness(rows)}
+    name = f"scaling-{meta['device'].lower()}-{meta['date']}{tag}"
+    write_result(RESULTS / f"{name}.json", out)
+    md = (f"# Scaling in n ({meta['date']}, {meta['device']}, commit {meta['commit']})\n\n"
+          f"{table(rows)}\n\n" + "\n".join(flatness(rows)) +
+          f"\n\nMachine: {meta['platform']}, {meta['cpus']} CPUs"
+          f"{'; shared: ' + meta['shared'] if meta.get('shared') else ''}. "
+          f"Command: `{meta['command']}`\n")
+    (RESULTS / f"{name}.md").write_text(md)
+    return md
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ns", type=int, nargs="+", default=[1024, 4096, 16384, 65536, 262144])
@@ -256,37 +278,32 @@ def main(argv=None) -> None:
                    help="time one evaluation of every node up to this n")
     p.add_argument("--shared", default="", help="a note on other load on the machine")
     p.add_argument("--tag", default="")
+    p.add_argument("--rows", type=Path, default=None,
+                   help="only tabulate the rows of this file (one JSON row per line, as a run "
+                        "prints them, n = 8 rows included), e.g. of an interrupted run")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
         print(json.dumps(one(args.one, args.algorithms[0], args.tasks[0], args.duration_s,
                              args.eval_max, args.local_steps_4100), default=int))
         return
-    from bench_common import run_meta, write_result
+    from bench_common import run_meta
 
+    meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
+                    duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared)
+    if args.rows is not None:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines()
+                if line.startswith("{")]
+        print(write_tables(rows, meta, args.tag))
+        return
     rows = []
     for task in args.tasks:
         for alg in args.algorithms:
-            base = child(BASE_N, alg, task, args)
-            group = [base]
-            for n in args.ns:
-                group.append(child(n, alg, task, args))
-                print(json.dumps({k: v for k, v in group[-1].items()
-                                  if k not in ("model_parts", "xla")}), flush=True)
-            if "error" not in base:
-                per_node(group, base)
-            rows += group
-    meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
-                    duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared)
-    out = {"meta": meta, "rows": rows, "flatness": flatness(rows)}
-    name = f"scaling-{meta['device'].lower()}-{meta['date']}{args.tag}"
-    write_result(RESULTS / f"{name}.json", out)
-    md = (f"# Scaling in n ({meta['date']}, {meta['device']}, commit {meta['commit']})\n\n"
-          f"{table(rows)}\n\n" + "\n".join(flatness(rows)) +
-          f"\n\nMachine: {meta['platform']}, {meta['cpus']} CPUs"
-          f"{'; shared: ' + args.shared if args.shared else ''}. Command: `{meta['command']}`\n")
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+            for n in [BASE_N, *args.ns]:
+                rows.append(child(n, alg, task, args))
+                print(json.dumps(rows[-1], default=int), flush=True)
+                write_tables(rows, meta, args.tag)   # after every size: survives an interrupt
+    print(write_tables(rows, meta, args.tag))
 
 
 if __name__ == "__main__":
