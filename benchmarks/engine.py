@@ -61,7 +61,7 @@ from divjax.registry import TASKS, make_task
 from divjax.sim import make_engine
 from divjax.state import tick_keys
 from divjax.tasks import make_synthetic_task
-from divjax.topology import adjacency, neighbor_table
+from divjax.topology import device_neighbors, neighbors
 from divjax.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,7 +152,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
                                                  "counters", "algorithm")))
 
     # shared pieces for the isolated timings: the nodes finishing at a tick (all of them here)
-    nb, deg = neighbor_table(adjacency(cfg))
+    nb, deg = neighbors(cfg)   # no (n, n) array for the built-in topologies
     tx = make_optimizer(cfg, hp)
     train_one = make_train_one(cfg, task, layout, tx)
     node = jnp.arange(C, dtype=jnp.int32)
@@ -178,7 +178,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
 
     def exchange(state, hp):
         table = network.link_table(cfg, hp, layout.fragment_bytes)
-        ctx = Context(cfg, layout, jnp.asarray(nb), jnp.asarray(deg), table)
+        ctx = Context(cfg, layout, device_neighbors(nb), jnp.asarray(deg), table)
 
         def body(i, s):
             t = ticks[i]

@@ -2,24 +2,30 @@
 time and the memory model's figure, from 1,024 to 262,144 nodes (and more if asked).
 
 Each n runs in a fresh subprocess (so its peak resident memory is its own) with the CLI's default
-configuration (`divjax run --task synthetic`: the least-squares task, 68 parameters, DivShare,
-Omega=8, s=6, 7 stragglers, 128 local steps per iteration) for a short simulated duration:
+configuration (`divjax run --task synthetic`: the least-squares task, 68 parameters, Omega=8,
+s=6, 7 stragglers, 128 local steps per iteration) for a short simulated duration, for DivShare
+and Epidemic Learning (`--algorithms`), on the least-squares task (`--tasks synthetic`) and its
+4,100-parameter variant (`synthetic-4100`: 1,024 features, 4 outputs; `--local-steps-4100`
+local steps, fewer by default so that a node-iteration costs about what the small task's does):
 
   build_s     make_engine: the task's data (host numpy, then f32 on the device) and the sizing
   compile_s   lower + compile of `engine.run_ticks` (the ticks of one eval interval, no metrics)
   run_s       one call of it (block_until_ready); us_per_node_iter = run_s / sum(iterations)
   peak        VmHWM of the process (Linux), by phase: after the build, and, the peak reset
               (/proc/self/clear_refs 5) after the build, the peak of init + compile + run
-  per node    (peak - peak of an n=8 process doing the same) / (n - 8)
+  per node    (peak - peak of an n=8 process doing the same) / (n - 8), and the peak of the
+              whole process / n (no baseline subtracted)
   model       divjax.memory.memory_model (state, training buffers, neighbours, task data) and
               XLA's own buffer figures of the compiled step (`compiled_memory`)
 
 Evaluation is timed apart (eval_s, up to --eval-max nodes) and left out of the per-iteration
-time: the synthetic task's metrics evaluate every node on the union of all nodes' data (`gap`,
-`loss`), O(n^2) work (see docs/scaling.md).
+time (O(D^2) per node: the task's metrics are quadratic forms). Before a child above
+--check-free-above nodes, MemAvailable is read; a size whose memory model exceeds half of it is
+skipped (the machine is shared).
 
     python benchmarks/scaling.py [--ns 1024 4096 16384 65536 262144] [--algorithms divshare]
-                                 [--duration-s 0.45] [--shared "why"]
+                                 [--tasks synthetic synthetic-4100] [--duration-s 0.45]
+                                 [--shared "why"]
 """
 
 from __future__ import annotations
@@ -56,21 +62,45 @@ def reset_peak() -> bool:
         return False
 
 
-def one(n: int, algorithm: str, duration_s: float, eval_max: int) -> dict:
-    """Build, compile and run one configuration in this process; the figures as a dict."""
-    import jax
+TASKS = {"synthetic": 16, "synthetic-4100": 1024}   # task -> input features (4 outputs)
 
-    from divjax import memory, presets
-    from divjax.config import default_hparams
-    from divjax.sim import make_engine
 
-    start = peak_bytes()
+def mem_available() -> int:
+    """MemAvailable of the machine, bytes (0 where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def config(n: int, algorithm: str, task: str, duration_s: float, local_steps: int):
+    from divjax import presets
+
     cfg = presets.get_preset(presets.DEFAULT_PRESET).replace(
         task="synthetic", algorithm=algorithm, n_nodes=n, n_stragglers=min(7, n),
         duration_s=duration_s, eval_every_s=duration_s)
+    return cfg.replace(local_steps=local_steps) if task != "synthetic" else cfg
+
+
+def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int,
+        local_steps: int) -> dict:
+    """Build, compile and run one configuration in this process; the figures as a dict."""
+    import jax
+
+    from divjax import memory
+    from divjax.config import default_hparams
+    from divjax.sim import make_engine
+    from divjax.tasks import make_synthetic_task
+
+    start = peak_bytes()
+    cfg = config(n, algorithm, task_name, duration_s, local_steps)
     hp = default_hparams(cfg)
     t0 = time.perf_counter()
-    engine = make_engine(cfg, hp=hp)
+    task = make_synthetic_task(cfg, dim=TASKS[task_name])
+    engine = make_engine(cfg, task=task, hp=hp)
     build_s = time.perf_counter() - t0
     peak_build = peak_bytes()
     reset = reset_peak()
@@ -94,7 +124,8 @@ def one(n: int, algorithm: str, duration_s: float, eval_max: int) -> dict:
         evaluation["peak_eval_bytes"] = peak_bytes()
     model = memory.memory_model(engine.cfg, engine.layout,
                                 data_bytes=memory.task_data_bytes(engine.task), available=1)
-    return {"n": n, "algorithm": algorithm, "ticks": engine.cfg.num_ticks,
+    return {"n": n, "algorithm": algorithm, "task": task_name, "params": engine.layout.D,
+            "local_steps": engine.cfg.local_steps, "ticks": engine.cfg.num_ticks,
             "iterations": iterations, "build_s": round(build_s, 3),
             "compile_s": round(compile_s, 3), "run_s": round(run_s, 4),
             "us_per_node_iter": round(1e6 * run_s / max(1, iterations), 3),
@@ -104,21 +135,53 @@ def one(n: int, algorithm: str, duration_s: float, eval_max: int) -> dict:
             "xla": memory.compiled_memory(step), **evaluation}
 
 
-def child(n: int, algorithm: str, duration_s: float, timeout: float, eval_max: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", str(n), "--algorithms", algorithm,
-           "--duration-s", str(duration_s), "--eval-max", str(eval_max)]
+def child(n: int, algorithm: str, task: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--one", str(n), "--algorithms", algorithm, "--tasks", task,
+           "--duration-s", str(args.duration_s), "--eval-max", str(args.eval_max),
+           "--local-steps-4100", str(args.local_steps_4100)]
+    head = {"n": n, "algorithm": algorithm, "task": task}
+    timeout = args.timeout_s
+    if n > args.check_free_above:
+        free, need = mem_available(), model_bytes(n, algorithm, task, args)
+        head["mem_available_bytes"] = free
+        if 2 * need > free:
+            return {**head, "error": f"skipped: memory model {need / 2**30:.1f} GiB, "
+                                     f"{free / 2**30:.1f} GiB available"}
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               cwd=HERE.parent)
     except subprocess.TimeoutExpired:
-        return {"n": n, "algorithm": algorithm, "error": f"timed out after {timeout:.0f} s"}
+        return {**head, "error": f"timed out after {timeout:.0f} s"}
     if done.returncode:
-        return {"n": n, "algorithm": algorithm,
-                "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        return {**head, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["process_s"] = round(time.perf_counter() - t0, 2)
-    return row
+    return {**head, **row}
+
+
+def model_bytes(n: int, algorithm: str, task: str, args) -> int:
+    """The memory model's total at n (in a child: this process stays small)."""
+    code = ("import sys, json; sys.path[:0] = sys.argv[1:3]; import scaling; "
+            "print(scaling.model_of(*json.loads(sys.argv[3])))")
+    spec = json.dumps([n, algorithm, task, args.duration_s, args.local_steps_4100])
+    done = subprocess.run([sys.executable, "-c", code, str(HERE), str(HERE.parent), spec],
+                          capture_output=True, text=True, cwd=HERE.parent)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+
+def model_of(n: int, algorithm: str, task: str, duration_s: float, local_steps: int) -> int:
+    """The memory model at n before anything is built: D = features * 4 + 4 parameters, no
+    task data (the synthetic task stores none), every node training at once (an upper bound)."""
+    from divjax import memory
+
+    cfg = config(n, algorithm, task, duration_s, local_steps)
+    return memory.memory_model(cfg, TASKS[task] * 4 + 4, available=1)["total"]
+
+
+def peak_of(r: dict) -> int:
+    """The process's peak over build and run (the run's is measured after a reset)."""
+    return max(r["peak_build_bytes"], r["peak_run_bytes"] or 0)
 
 
 def per_node(rows: list[dict], base: dict) -> None:
@@ -127,73 +190,120 @@ def per_node(rows: list[dict], base: dict) -> None:
         if "error" in r or r is base:
             continue
         k = r["n"] - base["n"]
+        r["peak_per_node"] = round((peak_of(r) - peak_of(base)) / k)
         r["build_peak_per_node"] = round((r["peak_build_bytes"] - base["peak_build_bytes"]) / k)
         if r["peak_run_bytes"] is not None and base["peak_run_bytes"] is not None:
             r["run_peak_per_node"] = round((r["peak_run_bytes"] - base["peak_run_bytes"]) / k)
         r["model_per_node"] = round((r["model_total_bytes"] - base["model_total_bytes"]) / k)
+        r["process_peak_per_node"] = round(peak_of(r) / r["n"])
 
 
 def _num(x) -> str:
     return f"{x:,}" if isinstance(x, int | float) else str(x)
 
 
+COLUMNS = ("n", "alg", "task (D)", "iterations", "us / node-iter", "compile s", "build s",
+           "peak B/node (net of n=8)", "peak run B/node (net)", "model B/node",
+           "peak MiB", "model MiB", "XLA peak estimate", "eval s")
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| n | alg | iterations | us / node-iter | compile s | build s | peak build B/node | "
-            "peak run B/node | model B/node | XLA peak estimate | eval s |\n|" + "---|" * 11)
-    lines = [head]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']:,} | {r['algorithm']} | error: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['n']:,} | {r['algorithm']} | {r['task']} | error: {r['error']} |"
+                         + " |" * (len(COLUMNS) - 4))
             continue
-        cells = [f"{r['n']:,}", r["algorithm"], _num(r["iterations"]),
-                 _num(r["us_per_node_iter"]), _num(r["compile_s"]), _num(r["build_s"]),
-                 _num(r.get("build_peak_per_node", "-")), _num(r.get("run_peak_per_node", "-")),
-                 _num(r.get("model_per_node", "-")),
-                 f"{r['xla'].get('peak_estimate', 0) / 2**20:.1f} MiB",
+        cells = [f"{r['n']:,}", r["algorithm"], f"{r['task']} ({r['params']:,})",
+                 _num(r["iterations"]), _num(r["us_per_node_iter"]), _num(r["compile_s"]),
+                 _num(r["build_s"]), _num(r.get("peak_per_node", "-")),
+                 _num(r.get("run_peak_per_node", "-")), _num(r.get("model_per_node", "-")),
+                 f"{peak_of(r) / 2**20:,.0f}", f"{r['model_total_bytes'] / 2**20:,.0f}",
+                 f"{r.get('xla', {}).get('peak_estimate', 0) / 2**20:.1f} MiB",
                  _num(r.get("eval_s", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def flatness(rows: list[dict], lo: int = 1024, hi: int = 262144) -> list[str]:
+    """Per (algorithm, task): max / min over lo <= n <= hi of the net peak per node and of the
+    time per node-iteration (the issue's targets: 1.10 and 1.5)."""
+    out = []
+    for key in sorted({(r["algorithm"], r["task"]) for r in rows}):
+        sub = [r for r in rows if (r["algorithm"], r["task"]) == key and "error" not in r
+               and lo <= r["n"] <= hi and "peak_per_node" in r]
+        if len(sub) < 2:
+            continue
+        ns = f"n = {sub[0]['n']:,} .. {sub[-1]['n']:,}"
+        mem = [r["peak_per_node"] for r in sub]
+        us = [r["us_per_node_iter"] for r in sub]
+        out.append(f"- {key[0]}, {key[1]} ({ns}): peak per node max/min = "
+                   f"{max(mem) / min(mem):.2f}, time per node-iteration max/min = "
+                   f"{max(us) / min(us):.2f}")
+    return out
+
+
+def write_tables(rows: list[dict], meta: dict, tag: str) -> str:
+    """Per-node figures (each (algorithm, task) group net of its n = BASE_N row), then the JSON
+    and the Markdown table under benchmarks/results/; returns the Markdown."""
+    from bench_common import write_result
+
+    for key in {(r["algorithm"], r["task"]) for r in rows}:
+        group = [r for r in rows if (r["algorithm"], r["task"]) == key]
+        base = next((r for r in group if r["n"] == BASE_N and "error" not in r), None)
+        if base is not None:
+            per_node(group, base)
+    out = {"meta": meta, "rows": rows, "flatness": flatness(rows)}
+    name = f"scaling-{meta['device'].lower()}-{meta['date']}{tag}"
+    write_result(RESULTS / f"{name}.json", out)
+    md = (f"# Scaling in n ({meta['date']}, {meta['device']}, commit {meta['commit']})\n\n"
+          f"{table(rows)}\n\n" + "\n".join(flatness(rows)) +
+          f"\n\nMachine: {meta['platform']}, {meta['cpus']} CPUs"
+          f"{'; shared: ' + meta['shared'] if meta.get('shared') else ''}. "
+          f"Command: `{meta['command']}`\n")
+    (RESULTS / f"{name}.md").write_text(md)
+    return md
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ns", type=int, nargs="+", default=[1024, 4096, 16384, 65536, 262144])
-    p.add_argument("--algorithms", nargs="+", default=["divshare"])
+    p.add_argument("--algorithms", nargs="+", default=["divshare", "epidemic"])
+    p.add_argument("--tasks", nargs="+", default=["synthetic"], choices=sorted(TASKS))
     p.add_argument("--duration-s", type=float, default=0.45)
+    p.add_argument("--local-steps-4100", type=int, default=8)
     p.add_argument("--timeout-s", type=float, default=3600)
+    p.add_argument("--check-free-above", type=int, default=65536)
     p.add_argument("--eval-max", type=int, default=16384,
-                   help="time one evaluation of every node up to this n (O(n^2) for synthetic)")
+                   help="time one evaluation of every node up to this n")
     p.add_argument("--shared", default="", help="a note on other load on the machine")
     p.add_argument("--tag", default="")
+    p.add_argument("--rows", type=Path, default=None,
+                   help="only tabulate the rows of this file (one JSON row per line, as a run "
+                        "prints them, n = 8 rows included), e.g. of an interrupted run")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(one(args.one, args.algorithms[0], args.duration_s, args.eval_max),
-                         default=int))
+        print(json.dumps(one(args.one, args.algorithms[0], args.tasks[0], args.duration_s,
+                             args.eval_max, args.local_steps_4100), default=int))
         return
-    from bench_common import run_meta, write_result
+    from bench_common import run_meta
 
-    rows = []
-    for alg in args.algorithms:
-        base = child(BASE_N, alg, args.duration_s, args.timeout_s, args.eval_max)
-        group = [base]
-        for n in args.ns:
-            group.append(child(n, alg, args.duration_s, args.timeout_s, args.eval_max))
-            print(json.dumps({k: v for k, v in group[-1].items()
-                              if k not in ("model_parts", "xla")}), flush=True)
-        if "error" not in base:
-            per_node(group, base)
-        rows += group
     meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
                     duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared)
-    out = {"meta": meta, "rows": rows}
-    name = f"scaling-{meta['device'].lower()}-{meta['date']}{args.tag}"
-    write_result(RESULTS / f"{name}.json", out)
-    md = (f"# Scaling in n ({meta['date']}, {meta['device']}, commit {meta['commit']})\n\n"
-          f"{table(rows)}\n\nMachine: {meta['platform']}, {meta['cpus']} CPUs"
-          f"{'; shared: ' + args.shared if args.shared else ''}. Command: `{meta['command']}`\n")
-    (RESULTS / f"{name}.md").write_text(md)
-    print(md)
+    if args.rows is not None:
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines()
+                if line.startswith("{")]
+        print(write_tables(rows, meta, args.tag))
+        return
+    rows = []
+    for task in args.tasks:
+        for alg in args.algorithms:
+            for n in [BASE_N, *args.ns]:
+                rows.append(child(n, alg, task, args))
+                print(json.dumps(rows[-1], default=int), flush=True)
+                write_tables(rows, meta, args.tag)   # after every size: survives an interrupt
+    print(write_tables(rows, meta, args.tag))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ class DataProbe:
     Up to `probe` nodes the task is built at n itself (exact) and at 2 n (for the slope; where
     that is no valid config, the data counts as fixed). Above, it is built at PROBE_SIZES nodes
     only and the bytes at n are the linear fit: a dry run at a million nodes then never builds a
-    million nodes' data (the synthetic task's is 11 KiB per node, and an exact least-squares
-    solve over all of it). Attributes: task (built at n, or at the largest probe: its shapes
+    million nodes' data (the synthetic task's is 5 KiB per node, and it sums the moments of all
+    of it on the host). Attributes: task (built at n, or at the largest probe: its shapes
     and name are n's), fixed, per_node, sizes (the n built), fitted (bytes at n extrapolated).
     """
 

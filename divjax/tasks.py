@@ -52,10 +52,18 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
     """Least squares with per-node heterogeneity and a known optimum.
 
     Node i has inputs x ~ N(0, I_dim) and targets y = x W_i + b_i + noise, where
-    (W_i, b_i) = (W, b) + heterogeneity * (its own offset). The global objective is the average of
-    the node objectives on their training data; its exact minimiser (computed once by least
-    squares on the union of the training data) gives the metrics `dist_opt` (squared distance of a
-    model to the optimum) and `gap` (global training objective minus its minimum).
+    (W_i, b_i) = (W, b) + heterogeneity * (its own offset); it holds `samples_per_node` training
+    examples, and 16 test examples (no noise) enter the global test set. The global objective
+    is the average of the node objectives on their training data; its exact minimiser gives the
+    metrics `dist_opt` (squared distance of a model to the optimum) and `gap` (global training
+    objective minus its minimum); `loss` is the objective on the global test set.
+
+    The metrics are quadratic forms in the model: the second moments of all the data are summed
+    once on the host (float64, O(n) work), so an evaluation is O(D^2) per node whatever n, and
+    only the training examples (x, y) stay on the device, (n, samples_per_node, dim + outputs)
+    float32, one copy. (Drawing examples from a key in every step instead would store nothing,
+    but the generated bits then depend on how XLA compiles the surrounding program, and runs
+    that should be bit-identical are not: tests/test_baseline_churn_loss.py.)
     """
     rng = np.random.default_rng(cfg.data_seed)
     n = cfg.n_nodes
@@ -66,20 +74,16 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
     x = rng.normal(size=(n, samples_per_node, dim))
     y = np.einsum("nmd,ndo->nmo", x, w_node) + b_node[:, None, :]
     y += noise * rng.normal(size=y.shape)
-    # exact global optimum of the mean squared error over the union of training data
-    xa = np.concatenate([x.reshape(-1, dim), np.ones((n * samples_per_node, 1))], axis=1)
-    sol, *_ = np.linalg.lstsq(xa, y.reshape(-1, outputs), rcond=None)
-    w_opt, b_opt = sol[:dim], sol[dim]
-    opt_loss = 0.5 * np.mean(np.sum((xa @ sol - y.reshape(-1, outputs)) ** 2, axis=1))
-    # global test set: fresh inputs from every node's distribution
+    train = moments(x, y)
     xt = rng.normal(size=(n, 16, dim))
-    yt = np.einsum("nmd,ndo->nmo", xt, w_node) + b_node[:, None, :]
-    xt, yt = xt.reshape(-1, dim), yt.reshape(-1, outputs)
-
+    test = moments(xt, np.einsum("nmd,ndo->nmo", xt, w_node) + b_node[:, None, :])
+    del xt, w_node, b_node
+    sol, opt_loss = _fit(*train)
+    sol_test, test_loss = _fit(*test)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    x, y, xt, yt = f32(x), f32(y), f32(xt), f32(yt)
-    xall, yall = x.reshape(-1, dim), y.reshape(-1, outputs)
-    opt = {"b": f32(b_opt), "w": f32(w_opt)}
+    x, y = f32(x), f32(y)
+    opt = {"b": f32(sol[-1]), "w": f32(sol[:-1])}
+    G, Gt, sol, sol_t = f32(train[0]), f32(test[0]), f32(sol), f32(sol_test)
     B = cfg.batch_size
 
     def init(key):
@@ -90,11 +94,8 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
     def predict(params, inputs):
         return inputs @ params["w"] + params["b"]
 
-    def mse(params, inputs, targets):
-        return 0.5 * jnp.mean(jnp.sum((predict(params, inputs) - targets) ** 2, axis=-1))
-
     def loss(params, batch):
-        return mse(params, batch["x"], batch["y"])
+        return 0.5 * jnp.mean(jnp.sum((predict(params, batch["x"]) - batch["y"]) ** 2, axis=-1))
 
     def sample_batch(key, node):
         idx = jax.random.randint(key, (B,), 0, samples_per_node)
@@ -102,9 +103,11 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
 
     def evaluate(params, node):
         del node  # one global test set
+        T = jnp.concatenate([params["w"], params["b"][None]])        # (dim + 1, outputs)
         dist = sum(jnp.sum((params[k] - opt[k]) ** 2) for k in opt)
-        return {"loss": mse(params, xt, yt), "gap": mse(params, xall, yall) - opt_loss,
-                "dist_opt": dist}
+        d, dt = T - sol, T - sol_t
+        return {"loss": test_loss + 0.5 * jnp.sum(dt * (Gt @ dt)),
+                "gap": 0.5 * jnp.sum(d * (G @ d)), "dist_opt": dist}
 
     return Task(
         name="synthetic", init=init, loss=loss, sample_batch=sample_batch, evaluate=evaluate,
@@ -113,6 +116,32 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
               "samples_per_node": samples_per_node, "heterogeneity": heterogeneity,
               "noise": noise, "optimal_loss": float(opt_loss)},
     )
+
+
+def moments(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 16) -> tuple:
+    """(G (dim+1, dim+1) = mean xa^T xa with xa = [x, 1], C (dim+1, outputs) = mean xa^T y,
+    y2 = mean |y|^2) of examples x (..., dim), y (..., outputs), float64, summed in chunks of
+    examples (no copy of the whole data)."""
+    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    d, o = x.shape[1], y.shape[1]
+    G, C, y2 = np.zeros((d + 1, d + 1)), np.zeros((d + 1, o)), 0.0
+    for s in range(0, len(x), chunk):
+        xs, ys = x[s:s + chunk], y[s:s + chunk]
+        G[:d, :d] += xs.T @ xs
+        G[:d, d] += xs.sum(0)
+        C[:d] += xs.T @ ys
+        C[d] += ys.sum(0)
+        y2 += float(np.sum(ys * ys))
+    G[d, :d] = G[:d, d]
+    G[d, d] = len(x)
+    return G / len(x), C / len(x), y2 / len(x)
+
+
+def _fit(G: np.ndarray, C: np.ndarray, y2: float) -> tuple[np.ndarray, float]:
+    """(T (dim+1, outputs), its value): the minimiser of 0.5 mean |xa T - y|^2 from the
+    moments, and the minimum (host float64)."""
+    sol = np.linalg.solve(G, C)
+    return sol, max(0.0, 0.5 * float(y2 - np.sum(sol * C)))
 
 
 def classification_task(name: str, module: Any, x_train: np.ndarray, y_train: np.ndarray,

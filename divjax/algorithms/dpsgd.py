@@ -38,20 +38,18 @@ sends nothing (nothing counted); a model sent to an offline neighbour is sent an
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from divjax.algorithms.base import Algorithm, Context
+from divjax.algorithms.mh_mixing import host_degrees, mix_complete, mix_table
 from divjax.algorithms.queues import sync_round_timing
 from divjax.compute_schedule import has_offline, is_offline
 from divjax.config import SimConfig
-from divjax.network import message_lost
 from divjax.rows import get_rows, padded_rows, set_rows
-from divjax.topology import adjacency, metropolis_hastings
+from divjax.topology import CompleteNeighbors, adjacency
 
 
 def offline_now(ctx: Context, t) -> jax.Array | None:
@@ -138,49 +136,30 @@ def sync_iteration_end(ctx: Context, state, node, valid, trained, t, sent_per_no
 
 
 def make_dpsgd(cfg: SimConfig) -> Algorithm:
-    @functools.cache
-    def graph() -> tuple[np.ndarray, np.ndarray]:
-        """(W (n, n) Metropolis-Hastings weights, degrees (n,) int32), built on first use (the
-        memory model builds the algorithm at many n without ever needing the n x n graph)."""
-        adj = adjacency(cfg)
-        return metropolis_hastings(adj), adj.sum(1).astype(np.int32)
-
     def init(ctx: Context, params):
-        del ctx, params  # the mixing matrix is a constant
+        del ctx, params  # the mixing weights follow from the degrees
         return ()
 
     def iteration_end(ctx: Context, state, node, valid, trained, keys, t):
-        W_np, deg_np = graph()
-        deg = jnp.asarray(deg_np)
-        n = ctx.cfg.n_nodes
-
         def mix(y, handled):
             del handled  # a node that does not train (capacity overflow) still mixes as is
-            W = jnp.asarray(W_np, jnp.float32)
-            ids = jnp.arange(n, dtype=jnp.int32)
-            lost = message_lost(ctx.cfg, keys.spare, ids, (n,), jnp.broadcast_to(ids, (n, n)))
             off = offline_now(ctx, t)
-            if lost is None and off is None:
-                return jnp.einsum("ij,jkf->ikf", W, y), deg
-            nbr = jnp.asarray(W_np > 0) & ~jnp.eye(n, dtype=bool)        # [r, j]: j -> r
-            sends = nbr if off is None else nbr & ~off[None, :]   # an offline node sends none
-            # gone[r, j]: j's model to r was sent and lost (lost[j, r], or r is offline)
-            fails = jnp.zeros((n, n), bool) if lost is None else lost.T
-            gone = sends & (fails if off is None else fails | off[:, None])
-            missed = nbr & ~(sends & ~gone)         # r mixes its own model in their place
-            W_got = jnp.where(missed, 0.0, W)
-            x = (jnp.einsum("ij,jkf->ikf", W_got, y)
-                 + jnp.sum(jnp.where(missed, W, 0.0), axis=1)[:, None, None] * y)
-            missing = jnp.sum(gone, axis=1).astype(jnp.int32)
-            return x, jnp.sum(sends & ~gone, axis=1).astype(jnp.int32), missing
+            if isinstance(ctx.neighbors, CompleteNeighbors):
+                x, got, missing = mix_complete(ctx.cfg, y, keys.spare, off)
+            else:
+                x, got, missing = mix_table(ctx.cfg, y, ctx.neighbors, ctx.degree, keys.spare,
+                                            off)
+            if missing is None:
+                return x, ctx.degree
+            return x, got, missing
 
-        return sync_iteration_end(ctx, state, node, valid, trained, t, deg, mix)
+        return sync_iteration_end(ctx, state, node, valid, trained, t, ctx.degree, mix)
 
     def adjust_timing(cfg_, table):
         del cfg_
-        W_np, deg_np = graph()
-        return sync_round_timing(cfg, table, deg_np,
-                                 (W_np > 0) & ~np.eye(cfg.n_nodes, dtype=bool))
+        # the dense adjacency only for download limits (the order of a round's downloads)
+        adj = adjacency(cfg) if table.down_units is not None else None
+        return sync_round_timing(cfg, table, host_degrees(cfg), adj)
 
     def longest_delay(cfg_, table) -> int:
         del cfg_, table  # messages are mixed at the round end: nothing waits in the ring

@@ -41,6 +41,24 @@ def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degre
     return sample_peers(jax.random.fold_in(key, node), node, neighbors, degree, (), s)
 
 
+def receive_models(y: jax.Array, arrived: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-receiver sums of the models that arrived, by scatter-add from the send lists.
+
+    y: (n, K, F) the senders' models; arrived: (n, s) int32, arrived[i, c] the node that
+    received i's c-th model this round, or n where it did not arrive. Returns total
+    (n, K, F), the sum of the models each node received, and got (n,) int32, how many.
+    O(n s K F) work and O(n K F) memory (one send column at a time; the send lists are small
+    and static): no (n, n) array.
+    """
+    n = y.shape[0]
+    total = jnp.zeros_like(y)
+    got = jnp.zeros((n,), jnp.int32)
+    for c in range(arrived.shape[1]):   # s columns, static and small
+        total = total.at[arrived[:, c]].add(y, mode="drop")
+        got = got.at[arrived[:, c]].add(1, mode="drop")
+    return total, got
+
+
 def make_epidemic(cfg: SimConfig) -> Algorithm:
     s = cfg.fanout
 
@@ -64,16 +82,14 @@ def make_epidemic(cfg: SimConfig) -> Algorithm:
             if off is not None:   # a model that reaches an offline node is lost
                 gone = jnp.append(off, False)[recv]
                 lost = gone if lost is None else lost | gone
-            arrived = recv if lost is None else jnp.where(lost, n, recv)
-            # A[r, i] = 1 if i's model sent to r this round arrived
-            A = jnp.zeros((n, n), jnp.float32).at[arrived, sender[:, None]].add(1.0, mode="drop")
-            got = jnp.sum(A, axis=1)
-            x = average_with_inbox(y, jnp.einsum("ri,ikf->rkf", A, y), got[:, None])
+            arrived = recv if lost is None else jnp.where(lost, n, recv)          # (n, s)
+            total, got = receive_models(y, arrived)
+            x = average_with_inbox(y, total, got[:, None].astype(y.dtype))
             if lost is None:
-                return x, got.astype(jnp.int32)
+                return x, got
             missing = jnp.zeros((n,), jnp.int32).at[jnp.where(lost, recv, n)].add(
                 1, mode="drop")
-            return x, got.astype(jnp.int32), missing
+            return x, got, missing
 
         return sync_iteration_end(ctx, state, node, valid, trained, t,
                                   jnp.full((n,), s, jnp.int32), mix)

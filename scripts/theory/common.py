@@ -291,9 +291,11 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(name: str, doc: str, argv=None) -> argparse.Namespace:
-    """The scripts' common flags, with the default seed count filled in (2 tiny, 4 otherwise)."""
-    args = parser(name, doc).parse_args(argv)
+def parse_args(name: str, doc: str, argv=None,
+               parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The scripts' common flags (or `parser`'s, built on `parser(name, doc)`), with the default
+    seed count filled in (2 tiny, 4 otherwise)."""
+    args = (parser or globals()["parser"](name, doc)).parse_args(argv)
     args.seeds = args.seeds or (2 if args.tiny else 4)
     return args
 

@@ -7,7 +7,10 @@ each n is one program vmapped over lr x seeds), measures sigma^2 on each task (t
 draws one data set per node, so the problem changes slightly with n) and reports the plateau
 against the ideal lr sigma^2 / (4 n) of mini-batch SGD with an n times larger batch.
 
-    python scripts/theory/scale_effect.py [--tiny] [--out DIR]
+    python scripts/theory/scale_effect.py [--tiny] [--out DIR] [--ns 4 8 ...] [--lrs 0.1 ...]
+
+(--ns and --lrs replace the default grid, e.g. `--ns 64 256 1024 4096 --lrs 0.1 --seeds 2 --loop
+--out scripts/theory/results/scale_effect_large` for the large-n run of issue 33.)
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ NAME = "scale_effect"
 
 
 def main(argv=None) -> dict:
-    args = C.parse_args(NAME, __doc__, argv)
-    ns = [4, 8] if args.tiny else [4, 8, 16, 32, 64]
-    lrs = [0.1] if args.tiny else [0.03, 0.1]
+    p = C.parser(NAME, __doc__)
+    p.add_argument("--ns", type=int, nargs="+", default=None, help="node counts")
+    p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates")
+    args = C.parse_args(NAME, __doc__, argv, parser=p)
+    ns = args.ns or ([4, 8] if args.tiny else [4, 8, 16, 32, 64])
+    lrs = args.lrs or ([0.1] if args.tiny else [0.03, 0.1])
     rows, curves = [], {}
     for n in ns:
-        cfg = C.base_config(args.tiny, n_nodes=n, 
+        cfg = C.base_config(args.tiny, n_nodes=n,
                               fanout=min(C.base_config(args.tiny).fanout, n - 1))
         task = C.theory_task(cfg, args.tiny)
         grid = product(C.base_hparams(cfg, task, lr=lrs[0]), lr=lrs)
