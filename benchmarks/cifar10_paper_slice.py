@@ -28,9 +28,9 @@ from bench_common import run_meta, write_result
 from cnn_training import RESULTS, gnlenet_flops, matmul_gflops
 
 from divjax.config import default_hparams
-from divjax.presets import get_preset
-from divjax.sim import check_state, make_engine
-from divjax.xla_options import jit as divjax_jit
+from divjax.frontends.presets import get_preset
+from divjax.engine.sim import check_state, make_engine
+from divjax.engine.xla_options import jit as divjax_jit
 
 
 def main(argv=None) -> dict:

@@ -38,9 +38,9 @@ from cnn_training import RESULTS, data, engine_cfg, model_fns
 from profile_ops import op_times
 
 from divjax.config import default_hparams
-from divjax.sim import make_engine
-from divjax.xla_options import compiler_options
-from divjax.xla_options import jit as divjax_jit
+from divjax.engine.sim import make_engine
+from divjax.engine.xla_options import compiler_options
+from divjax.engine.xla_options import jit as divjax_jit
 
 CONTAINERS = ("while", "call", "conditional")        # ops whose time includes other ops'
 NUMBER = re.compile(r"[.]\d+$")                     # the .N of an op name

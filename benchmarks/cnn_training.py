@@ -13,7 +13,7 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
                   (the input gradient of the first layer is counted though not needed).
                   matmul-allowed samples/s = matmul rate / FLOPs per sample
   (c) single      one jitted SGD step of one model at batch 8, called alone: `plain` (Flax convs
-                  and max-pool, XLA's gradients) and `custom` (divjax.conv's custom VJPs), with
+                  and max-pool, XLA's gradients) and `custom` (divjax.tasks.conv's custom VJPs), with
                   XLA's default options, and `custom` again with the options divjax compiles a
                   model with convolutions with (divjax.compiler_options(convolutions=True))
   (d) loop        the engine's local training without the engine: per-node weights, N nodes,
@@ -26,7 +26,7 @@ and load. Writes benchmarks/results/cnn_training-<platform>-<date>.json and prin
                   Each `custom` interval follows a single step of (c) with divjax's options
                   (round by round, under the same load: "rounds" in the JSON).
                   `custom` runs the engine as shipped (on CPU its vmap over nodes is a loop,
-                  divjax.local.per_node_loop); `plain` swaps in the Flax model, train_chunk=1
+                  divjax.engine.local.per_node_loop); `plain` swaps in the Flax model, train_chunk=1
   (f) paper run   cifar10-paper (60 nodes, 128 local steps of batch 8, 800 simulated s at
                   5 s per iteration: 9.8 M training samples): wall time extrapolated from the
                   engine rates of (e), beside what the matmul rate allows
@@ -62,14 +62,14 @@ import numpy as np
 from bench_common import git_commit
 from jax import lax
 
-from divjax import conv, models
+from divjax.tasks import conv, models
 from divjax.config import default_hparams
-from divjax.local import loop_over_nodes
-from divjax.presets import get_preset
-from divjax.registry import make_task
-from divjax.sim import make_engine
-from divjax.xla_options import compiler_options
-from divjax.xla_options import jit as divjax_jit
+from divjax.engine.local import loop_over_nodes
+from divjax.frontends.presets import get_preset
+from divjax.tasks.registry import make_task
+from divjax.engine.sim import make_engine
+from divjax.engine.xla_options import compiler_options
+from divjax.engine.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA_DIR = os.environ.get("DIVJAX_DATA_DIR",

@@ -29,7 +29,7 @@ come from the same process, the same inputs and back-to-back timings:
   ratio_c    vmapped per-node training / one shared-weights model on the same total batch
   sweep      vmap over 8 seeds vs 8 single runs (time ratio; < 1 means the sweep is cheaper)
   memory     XLA's buffer analysis of the compiled interval (arguments + outputs + temps -
-             donated) and the analytic model (divjax.memory)
+             donated) and the analytic model (divjax.engine.memory)
   ring_copies_in_hlo  copies of the whole ring in the compiled interval (should be 0: the ring
              is updated in place)
 """
@@ -53,16 +53,17 @@ import jax
 import jax.numpy as jnp
 from bench_common import git_commit
 
-from divjax import memory, messages, network
+from divjax.engine import memory
+from divjax.network import messages, links as network
 from divjax.algorithms import ALGORITHMS, Context
 from divjax.config import SimConfig, default_hparams
-from divjax.local import make_optimizer, make_train_one, node_batch_key
-from divjax.registry import TASKS, make_task
-from divjax.sim import make_engine
-from divjax.state import tick_keys
-from divjax.tasks import make_synthetic_task
-from divjax.topology import device_neighbors, neighbors
-from divjax.xla_options import jit as divjax_jit
+from divjax.engine.local import make_optimizer, make_train_one, node_batch_key
+from divjax.tasks.registry import TASKS, make_task
+from divjax.engine.sim import make_engine
+from divjax.engine.state import tick_keys
+from divjax.tasks.base import make_synthetic_task
+from divjax.network.topology import device_neighbors, neighbors
+from divjax.engine.xla_options import jit as divjax_jit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # CIFAR-10 copy (see divjax.data); --data-dir or DIVJAX_DATA_DIR override it
@@ -255,7 +256,7 @@ def bench_config(cfg: SimConfig, task=None, repeats=3, with_ratio_c=True, label=
 
 def bench_sweep(cfg: SimConfig, seeds: int = 8, repeats: int = 3) -> dict:
     """vmap over `seeds` keys against `seeds` single runs, one compiled program each."""
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     hp = default_hparams(cfg)
     run = make_run(cfg, hp=hp)
@@ -286,7 +287,7 @@ def run_big_mf(n: int, chunk: int) -> dict:
             "print(r.returncode, time.perf_counter() - t, "
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
             "print(r.stdout[-2000:], r.stderr[-2000:])")
-    cmd = [sys.executable, "-c", code, sys.executable, "-m", "divjax.cli", "run", "--quiet",
+    cmd = [sys.executable, "-c", code, sys.executable, "-m", "divjax.frontends.cli", "run", "--quiet",
            "--overwrite", "--out", str(out_dir), *args]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     rc, wall, rss_kb = res.stdout.split("\n")[0].split()

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from bench_common import git_commit, write_result
 
-from divjax.models import mf_sgd_steps
-from divjax.xla_options import jit as divjax_jit
+from divjax.tasks.models import mf_sgd_steps
+from divjax.engine.xla_options import jit as divjax_jit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +59,10 @@ def single_point(iterations: int, data_dir: str) -> list[dict]:
     sys.path.insert(0, str(ROOT / "scripts"))
     import reproduction_grid as rg
 
-    from divjax.sim import make_run
-    from divjax.sweep import hparams_for, make_batched, resolve_grid
+    from divjax.engine.sim import make_run
+    from divjax.frontends.sweep import hparams_for, make_batched, resolve_grid
     from divjax.algorithms import ALGORITHMS
-    from divjax.registry import make_task
+    from divjax.tasks.registry import make_task
 
     base = rg.movielens_base("cpu", data_dir)
     compute = float(f"{rg.send_time_s(rg.model_params(base)):.3g}")

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from bench_common import git_commit
 
-from divjax import presets
+from divjax.frontends import presets
 from divjax.config import default_hparams
-from divjax.sim import make_engine
-from divjax.xla_options import compiler_options
+from divjax.engine.sim import make_engine
+from divjax.engine.xla_options import compiler_options
 
 
 def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:

@@ -28,10 +28,10 @@ import jax
 import numpy as np
 from bench_common import git_commit
 
-from divjax import presets
+from divjax.frontends import presets
 from divjax.config import default_hparams
-from divjax.sim import check_state, make_engine, make_run
-from divjax.xla_options import jit as divjax_jit
+from divjax.engine.sim import check_state, make_engine, make_run
+from divjax.engine.xla_options import jit as divjax_jit
 
 
 def timed_run(cfg) -> dict:

@@ -45,9 +45,9 @@ import numpy as np
 from bench_common import git_commit
 
 from divjax.config import PAPER_STRAGGLER_MBPS, ConfigError, default_hparams
-from divjax.presets import get_preset
-from divjax.sim import make_run
-from divjax.xla_options import jit as divjax_jit
+from divjax.frontends.presets import get_preset
+from divjax.engine.sim import make_run
+from divjax.engine.xla_options import jit as divjax_jit
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:

@@ -27,11 +27,11 @@ from pathlib import Path
 import jax
 from bench_common import git_commit
 
-from divjax import presets
+from divjax.frontends import presets
 from divjax.config import default_hparams
-from divjax.sim import make_engine
-from divjax.xla_options import compiler_options
-from divjax.xla_options import jit as divjax_jit
+from divjax.engine.sim import make_engine
+from divjax.engine.xla_options import compiler_options
+from divjax.engine.xla_options import jit as divjax_jit
 
 RUNTIME_EVENTS = ("ThunkExecutor", "$")   # the executor's and Python's own spans, not ops
 

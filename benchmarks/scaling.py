@@ -15,7 +15,7 @@ local steps, fewer by default so that a node-iteration costs about what the smal
               (/proc/self/clear_refs 5) after the build, the peak of init + compile + run
   per node    (peak - peak of an n=8 process doing the same) / (n - 8), and the peak of the
               whole process / n (no baseline subtracted)
-  model       divjax.memory.memory_model (state, training buffers, neighbours, task data) and
+  model       divjax.engine.memory.memory_model (state, training buffers, neighbours, task data) and
               XLA's own buffer figures of the compiled step (`compiled_memory`)
 
 Evaluation is timed apart (eval_s, up to --eval-max nodes) and left out of the per-iteration
@@ -77,7 +77,7 @@ def mem_available() -> int:
 
 
 def config(n: int, algorithm: str, task: str, duration_s: float, local_steps: int):
-    from divjax import presets
+    from divjax.frontends import presets
 
     cfg = presets.get_preset(presets.DEFAULT_PRESET).replace(
         task="synthetic", algorithm=algorithm, n_nodes=n, n_stragglers=min(7, n),
@@ -90,10 +90,10 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     """Build, compile and run one configuration in this process; the figures as a dict."""
     import jax
 
-    from divjax import memory
+    from divjax.engine import memory
     from divjax.config import default_hparams
-    from divjax.sim import make_engine
-    from divjax.tasks import make_synthetic_task
+    from divjax.engine.sim import make_engine
+    from divjax.tasks.base import make_synthetic_task
 
     start = peak_bytes()
     cfg = config(n, algorithm, task_name, duration_s, local_steps)
@@ -173,7 +173,7 @@ def model_bytes(n: int, algorithm: str, task: str, args) -> int:
 def model_of(n: int, algorithm: str, task: str, duration_s: float, local_steps: int) -> int:
     """The memory model at n before anything is built: D = features * 4 + 4 parameters, no
     task data (the synthetic task stores none), every node training at once (an upper bound)."""
-    from divjax import memory
+    from divjax.engine import memory
 
     cfg = config(n, algorithm, task, duration_s, local_steps)
     return memory.memory_model(cfg, TASKS[task] * 4 + 4, available=1)["total"]

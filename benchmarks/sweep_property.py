@@ -4,7 +4,7 @@ Each draw picks an algorithm of `divjax.algorithms.ALGORITHMS`, static features 
 config (download limits, compute jitter, churn, message loss, a trace file written by
 scripts/make_trace.py), and a grid over the fields a sweep vmaps (compute_s, fast_mbps,
 straggler_mbps, latency_ms, lr, n_stragglers), sometimes with a static field as a second,
-looped axis. It runs the grid with `divjax.sweep.sweep` (vmapped, or one point per call) and
+looped axis. It runs the grid with `divjax.frontends.sweep.sweep` (vmapped, or one point per call) and
 every point alone, built for its own HParams (`make_run(cfg_point)`), with the same key:
 the counters (messages sent, delivered, dropped, replaced, lost; bytes; iterations; errors)
 must be equal, the other metrics equal to float rounding (a vmapped program may sum in
@@ -139,7 +139,7 @@ def check_case(case: dict, rtol: float = 1e-4, atol: float = 1e-6,
     import jax
 
     from divjax.config import ConfigError
-    from divjax.sweep import config_values, sweep
+    from divjax.frontends.sweep import config_values, sweep
 
     cfg, grid = case["cfg"], case["grid"]
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ Every side runs exactly the same 16 simulations (same resolved config, keys
   start): per run `make_engine` + `simulate` (the chunked driver), so each run compiles;
 - loop: a hand-written loop that compiles `jax.jit(make_run(cfg))` once (HParams are
   arguments) and calls it 16 times, each call synchronised with `block_until_ready`;
-- sweep: `divjax.sweep.run_points`, one compiled program: a vmap over seeds of a vmap over the
+- sweep: `divjax.frontends.sweep.run_points`, one compiled program: a vmap over seeds of a vmap over the
   learning rates (a seed's learning rates share its mini-batches, routes and schedule), in the
   chunks `divjax sweep` picks by default (`auto_chunk`; on a CPU, one seed's 4 learning rates
   per call for MovieLens); and "sweep_all_at_once", all 16 points in one call.
@@ -40,12 +40,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from divjax import presets
+from divjax.frontends import presets
 from divjax.algorithms import ALGORITHMS
-from divjax.registry import make_task
-from divjax.sim import make_engine, make_run, simulate
-from divjax.sweep import auto_chunk, hparams_for, resolve_grid, run_points, stack_hparams
-from divjax.xla_options import jit as divjax_jit
+from divjax.tasks.registry import make_task
+from divjax.engine.sim import make_engine, make_run, simulate
+from divjax.frontends.sweep import auto_chunk, hparams_for, resolve_grid, run_points, stack_hparams
+from divjax.engine.xla_options import jit as divjax_jit
 
 
 def git_commit() -> str:
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--duration-s", type=float, default=None, help="override the preset")
     ap.add_argument("--chunk-size", type=int, default=0,
-                    help="points per chunk of the 'sweep' side; 0 = divjax.sweep's default "
+                    help="points per chunk of the 'sweep' side; 0 = divjax.frontends.sweep's default "
                          "(auto_chunk: on a CPU one seed's learning rates for MovieLens)")
     ap.add_argument("--host-devices", type=int, default=0,
                     help="split the CPU into this many XLA devices; the sweep shards its points "

@@ -2,11 +2,11 @@
 
 from divjax.algorithms import ALGORITHMS, Algorithm
 from divjax.config import ConfigError, HParams, SimConfig, default_hparams, product
-from divjax.registry import TASKS, make_task
-from divjax.sim import SimulationError, check_state, make_engine, make_run
-from divjax.sizing import resolve
-from divjax.tasks import Task
-from divjax.xla_options import compiler_options, jit
+from divjax.tasks.registry import TASKS, make_task
+from divjax.engine.sim import SimulationError, check_state, make_engine, make_run
+from divjax.engine.sizing import resolve
+from divjax.tasks.base import Task
+from divjax.engine.xla_options import compiler_options, jit
 
 __version__ = "0.1.0"
 

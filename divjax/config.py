@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from divjax.compute_schedule import compute_spread_factors
+from divjax.network.compute_schedule import compute_spread_factors
 from divjax.config_checks import (  # noqa: F401
     FANOUT_NEEDED,
     MODELLED_BY,
@@ -131,7 +131,7 @@ class SimConfig:
     iteration_slots: int = 0         # jitter, churn, traces: iteration ends tabled per node;
     #                                  0 = auto
     trace_file: str = ""             # CSV of every node's compute time, availability and
-    #                                  bandwidth over time (--trace; format: divjax/traces.py,
+    #                                  bandwidth over time (--trace; format: divjax/network/traces.py,
     #                                  scripts/make_trace.py writes one); "" = none
     # --- default optimizer (builds HParams) ---
     lr: float = 0.05                 # SGD learning rate, >= 0
@@ -238,7 +238,7 @@ def straggler_mask(cfg: SimConfig) -> np.ndarray:
 
 def download_limited(cfg: SimConfig) -> bool:
     """True when some node's download bandwidth is limited: the engine then queues arriving
-    messages on download links (`divjax.downloads`); static, as it selects code."""
+    messages on download links (`divjax.network.downloads`); static, as it selects code."""
     # not read from n_stragglers, which a sweep may vary under one compiled program
     return cfg.download_mbps > 0 or any(m > 0 for m in cfg.straggler_download_mbps)
 
@@ -272,8 +272,8 @@ def default_hparams(cfg: SimConfig) -> HParams:
         latency_s=f32(np.full(n, cfg.latency_ms / 1e3)),
         download_bps=f32(np.where(down > 0, down * 1e6 / 8.0, np.inf)),
     )
-    if cfg.trace_file:   # the trace's constant bandwidths (divjax/traces.py)
-        from divjax.trace_checks import trace_hparams
+    if cfg.trace_file:   # the trace's constant bandwidths (divjax/network/traces.py)
+        from divjax.network.trace_checks import trace_hparams
         hp = trace_hparams(cfg, hp)
     return hp
 

@@ -209,13 +209,13 @@ def _check_algorithm(self) -> None:
 
 
 def check_trace_fields(self, bad) -> None:
-    """A trace (`divjax.traces`, read when the engine is built) gives every node's compute
+    """A trace (`divjax.network.traces`, read when the engine is built) gives every node's compute
     time: refuse what would draw or scale compute times as well, and the synchronous rounds."""
     import os
 
     if not os.path.isfile(self.trace_file):
         bad("trace_file", self.trace_file, "no such file: give a CSV trace (format: "
-            "divjax/traces.py; scripts/make_trace.py writes one)")
+            "divjax/network/traces.py; scripts/make_trace.py writes one)")
     if self.algorithm not in MODELLED_BY["trace_file"]:
         bad("trace_file", self.trace_file, f"algorithm={self.algorithm!r} runs synchronous "
             f"rounds of one length: use an asynchronous algorithm ({modelled_by('trace_file')}) "

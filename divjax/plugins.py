@@ -7,7 +7,7 @@ A *spec* is `MODULE:ATTR` (a dotted module importable from the current directory
 path) or `PATH.py:ATTR` (a file, loaded as a module of its own). For an algorithm, ATTR is a
 factory `make_algo(cfg: SimConfig) -> divjax.Algorithm`; for a task, a builder
 `make_task(cfg: SimConfig) -> divjax.Task`, exactly like the built-in ones
-(`divjax.algorithms.ALGORITHMS`, `divjax.registry.TASKS`). A built-in name never contains a
+(`divjax.algorithms.ALGORITHMS`, `divjax.tasks.registry.TASKS`). A built-in name never contains a
 colon, so the two cannot be confused.
 
 A run records what code made it: `plugin_record(cfg)` gives, for each plug-in the config names,
@@ -60,7 +60,7 @@ def _import_module(module: str, what: str, spec: str):
                               f"{type(e).__name__}: {e}") from e
         return mod
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))     # `python -m divjax.cli` from a project folder
+        sys.path.insert(0, str(Path.cwd()))     # `python -m divjax.frontends.cli` from a project folder
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:

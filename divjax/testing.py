@@ -34,7 +34,7 @@ import numpy as np
 from divjax.algorithms import Algorithm, make_algorithm
 from divjax.algorithms.local_only import make_local_only
 from divjax.config import SimConfig, default_hparams
-from divjax.xla_options import jit
+from divjax.engine.xla_options import jit
 
 
 class ConformanceError(AssertionError):
@@ -66,7 +66,7 @@ class Runner:
 
     def run(self, hp=None, key: int = 0, sized_for: str = "default", factory=None, **changes):
         """(final state, metrics) of cfg.replace(**changes) under `hp` (default_hparams)."""
-        from divjax.sim import make_run
+        from divjax.engine.sim import make_run
 
         factory = factory or self.factory
         cfg = self.cfg.replace(**changes)
@@ -158,8 +158,8 @@ def chunking_invariant(runs: Runner) -> str:
 
 
 def memory_accounted(runs: Runner) -> str:
-    from divjax import memory
-    from divjax.sim import make_engine
+    from divjax.engine import memory
+    from divjax.engine.sim import make_engine
 
     algo = runs.factory(runs.cfg)
     engine = make_engine(runs.cfg, None, algo)

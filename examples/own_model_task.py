@@ -11,7 +11,7 @@ and returns a `divjax.Task`. Here the data are two interleaved spirals made with
 import flax.linen as nn
 import numpy as np
 
-from divjax.tasks import classification_task
+from divjax.tasks.base import classification_task
 
 
 class MLP(nn.Module):

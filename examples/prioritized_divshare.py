@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, average_with_inbox, sample_peers
-from divjax.compute_schedule import end_tick, has_offline, is_offline, stop_tick
+from divjax.network.compute_schedule import end_tick, has_offline, is_offline, stop_tick
 from divjax.config import ConfigError, download_limited
-from divjax.messages import collect, push
-from divjax.network import message_lost, schedule_replaced_queue, units_at
-from divjax.state import ERR_RING_TOO_SHORT, flag_error
+from divjax.network.messages import collect, push
+from divjax.network.links import message_lost, schedule_replaced_queue, units_at
+from divjax.engine.state import ERR_RING_TOO_SHORT, flag_error
 
 
 class PrioritizedState(NamedTuple):

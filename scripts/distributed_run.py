@@ -1,7 +1,7 @@
 """One sharded run over several processes (jax.distributed): launch it once per process.
 
 Every process builds the same tiny synthetic config, key and data; the node axis is sharded over
-the devices of all processes (divjax.sharding.make_sharded_run over jax.devices()); process 0
+the devices of all processes (divjax.engine.sharding.make_sharded_run over jax.devices()); process 0
 writes the final metrics (and a checksum of the final models) as JSON.
 
     # two processes on this machine, one CPU device each (tests/test_distributed.py does this):
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from divjax.config import SimConfig, default_hparams
-    from divjax.sharding import fetch, initialize_distributed, make_sharded_run, node_mesh
-    from divjax.xla_options import jit
+    from divjax.engine.sharding import fetch, initialize_distributed, make_sharded_run, node_mesh
+    from divjax.engine.xla_options import jit
 
     t0 = time.perf_counter()
     if args.num_processes > 1:

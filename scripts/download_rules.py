@@ -1,6 +1,6 @@
 """How the engine's download rule differs from fair sharing, on the testbed's network (issue 18).
 
-divjax serves every download link first come, first served by arrival time (`divjax/downloads.py`):
+divjax serves every download link first come, first served by arrival time (`divjax/network/downloads.py`):
 one message at a time, the others wait. Real links carrying several TCP flows share the
 bandwidth between the messages in transfer instead (processor sharing: m messages present each
 get 1/m of it). Both rules see the same messages: the script takes the engine's own schedule of
@@ -29,9 +29,9 @@ import numpy as np
 
 from divjax.algorithms.divshare import download_messages
 from divjax.config import default_hparams, straggler_mask
-from divjax.downloads import decode, fifo_deliveries
-from divjax.presets import get_preset
-from divjax.sim import context, make_engine
+from divjax.network.downloads import decode, fifo_deliveries
+from divjax.frontends.presets import get_preset
+from divjax.engine.sim import context, make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import SimConfig, default_hparams
-from divjax.sim import make_run
-from divjax.sweep import ci95
-from divjax.xla_options import jit
+from divjax.engine.sim import make_run
+from divjax.frontends.sweep import ci95
+from divjax.engine.xla_options import jit
 
 
 def networks() -> dict:

@@ -1,4 +1,4 @@
-"""Write a small synthetic trace (format: divjax/traces.py) for `divjax run --trace FILE`.
+"""Write a small synthetic trace (format: divjax/network/traces.py) for `divjax run --trace FILE`.
 
 Every node starts online at time 0 with a compute time drawn from `--compute` (seconds); then,
 every `--step` seconds, each node independently changes state with probability `--change`: it

@@ -30,10 +30,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from divjax import presets
-from divjax.compare import summarize
+from divjax.frontends import presets
+from divjax.frontends.compare import summarize
 from divjax.config import SimConfig, default_hparams
-from divjax.sim import make_engine, simulate
+from divjax.engine.sim import make_engine, simulate
 
 ALGOS = ("divshare", "adpsgd", "swift")
 PAPER = {

@@ -6,7 +6,7 @@ A cell is (task, regime, algorithm, seed). Each cell writes one JSON file,
 `<out>/cells/<task>/<regime>/<algorithm>-seed<k>.json` (its config, the curve of every metric
 against simulated time, the message counters, wall time, the git commit), and is skipped when
 that file exists, so the grid fills up over several invocations. The cells of one algorithm
-and one shape run as one vmapped program (`divjax.sweep.run_points`: seeds x regime points that
+and one shape run as one vmapped program (`divjax.frontends.sweep.run_points`: seeds x regime points that
 only change HParams, such as the share of stragglers). `docs/reproduction.md` and its figures
 are regenerated from whatever cells exist; missing cells are listed there.
 
@@ -29,7 +29,7 @@ Parts (run in this order by default; CPU time is the constraint):
          set, run longer, to a plateau where memory allows.
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
-(`data_seed` 0) in every cell. Statistics (one place, `divjax.stats`, tested against
+(`data_seed` 0) in every cell. Statistics (one place, `divjax.frontends.stats`, tested against
 hand-computed cases in tests/test_stats.py): mean and 95% Student-t interval over seeds; time
 to a FIXED target per seed (censored when never reached); DivShare vs a baseline paired by
 seed; a direction verdict and, separately, where the paper's figure lies against the interval;

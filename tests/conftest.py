@@ -59,7 +59,7 @@ def assert_equals_reference(state, ref) -> None:
     """The engine's final models (to float tolerance), iterations and every counter the
     reference result carries (sent, delivered; dropped, lost and replaced where it has them)
     equal a reference simulator's (`reference`, `reference_baselines` or `reference_dpsgd`)."""
-    from divjax.reference_baselines import BaselineResult
+    from divjax.reference.baselines import BaselineResult
 
     np.testing.assert_allclose(np.asarray(state.params), ref.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(state.counters.sent), ref.sent)
@@ -107,8 +107,8 @@ def pytest_sessionfinish(session, exitstatus):
 def run_checked(cfg: SimConfig, hp, seed: int = 1, driver: bool = False):
     """(run, final state, metrics) of `make_run(cfg, hp)` with key `seed`, jitted or (driver)
     through the Python driver; a run with any error flag fails the test."""
-    from divjax.sim import check_state, make_run, simulate
-    from divjax.xla_options import jit
+    from divjax.engine.sim import check_state, make_run, simulate
+    from divjax.engine.xla_options import jit
 
     run = make_run(cfg, hp=hp)
     if driver:
@@ -122,7 +122,7 @@ def run_checked(cfg: SimConfig, hp, seed: int = 1, driver: bool = False):
 def reference_of(run, hp, seed: int = 1):
     """The reference simulator's result for the same run: `reference` (DivShare) or
     `reference_baselines` (every other algorithm), under the authors' inbox rule."""
-    from divjax import reference, reference_baselines
+    from divjax.reference import divshare as reference, baselines as reference_baselines
 
     sim = reference if run.engine.cfg.algorithm == "divshare" else reference_baselines
     return sim.simulate(run.engine.cfg, run.engine.task, hp, jax.random.key(seed),
@@ -137,7 +137,7 @@ SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1",
 
 def error_line(capsys, argv, code=2) -> str:
     """Run the CLI in-process; assert it exits with `code` and one `divjax: error:` line."""
-    from divjax import cli
+    from divjax.frontends import cli
 
     assert cli.main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
@@ -148,9 +148,9 @@ def error_line(capsys, argv, code=2) -> str:
 @pytest.fixture
 def no_engine(monkeypatch):
     """Fail the test if anything builds an engine (loads data or compiles)."""
-    import divjax.sim
+    import divjax.engine.sim
 
     def boom(*a, **k):
         raise AssertionError("make_engine was called: the error came too late")
 
-    monkeypatch.setattr(divjax.sim, "make_engine", boom)
+    monkeypatch.setattr(divjax.engine.sim, "make_engine", boom)

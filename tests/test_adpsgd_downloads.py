@@ -20,10 +20,10 @@ from test_downloads import (
 )
 
 import divjax
-from divjax import reference_baselines
+from divjax.reference import baselines as reference_baselines
 from divjax.config import ConfigError, default_hparams
-from divjax.sim import make_run
-from divjax.state import ERR_SCHEDULE
+from divjax.engine.sim import make_run
+from divjax.engine.state import ERR_SCHEDULE
 
 
 def adpsgd_config(**changes):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from divjax import memory
+from divjax.engine import memory
 from divjax.config import SimConfig, default_hparams
-from divjax.sim import SimulationError, make_engine, make_run, simulate
+from divjax.engine.sim import SimulationError, make_engine, make_run, simulate
 
 
 def abstract(n: int, **changes):

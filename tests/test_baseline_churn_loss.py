@@ -21,7 +21,8 @@ from conftest import (
     uneven_hparams,
 )
 
-from divjax import reference_baselines, trace_checks
+from divjax.reference import baselines as reference_baselines
+from divjax.network import trace_checks
 from divjax.algorithms.swift import queue_length
 from divjax.config import SimConfig, default_hparams
 

@@ -11,13 +11,13 @@ import pytest
 from conftest import assert_equals_reference, straggler_hparams, tiny_config
 
 import divjax
-from divjax import reference_baselines
+from divjax.reference import baselines as reference_baselines
 from divjax.algorithms import adpsgd
 from divjax.algorithms.swift import queue_length
 from divjax.config import SimConfig, default_hparams, product
-from divjax.local import node_batch_key
-from divjax.sim import make_run
-from divjax.state import tick_keys
+from divjax.engine.local import node_batch_key
+from divjax.engine.sim import make_run
+from divjax.engine.state import tick_keys
 
 ASYNC = ("swift", "adpsgd", "local")
 SYNC = ("dpsgd", "epidemic")
@@ -251,7 +251,7 @@ def test_adpsgd__every_ping_is_answered():
 
 
 def test_compare__summary_columns_and_time_to_target():
-    from divjax.compare import summarize
+    from divjax.frontends.compare import summarize
 
     def fake(loss):
         return {"metrics": {"time_s": np.array([1.0, 2.0, 3.0]), "loss_mean": np.array(loss),
@@ -270,7 +270,7 @@ def test_compare__summary_columns_and_time_to_target():
 
 
 def test_compare__cli_writes_table_json_and_plot(tmp_path):
-    from divjax.cli import main
+    from divjax.frontends.cli import main
 
     code = main(["compare", "--preset", "synthetic-small", "--algorithms", "local", "--n-nodes",
                  "4", "--duration-s", "1", "--eval-every-s", "0.5", "--out", str(tmp_path),

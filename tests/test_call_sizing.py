@@ -14,9 +14,9 @@ from test_downloads import congested_hparams, download_config
 import divjax
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, default_hparams
-from divjax.sim import make_run
-from divjax.state import ERR_HPARAMS, ERR_SCHEDULE
-from divjax.sweep import hparams_for, resolve_grid, sweep
+from divjax.engine.sim import make_run
+from divjax.engine.state import ERR_HPARAMS, ERR_SCHEDULE
+from divjax.frontends.sweep import hparams_for, resolve_grid, sweep
 
 # the compute times of congested_hparams, about 40% shorter (whole ticks)
 FAST = jnp.array([0.03, 0.05, 0.07, 0.13, 0.04], jnp.float32)

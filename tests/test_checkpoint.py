@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from divjax import checkpoint, cli, presets
+from divjax.engine import checkpoint
+from divjax.frontends import cli, presets
 from divjax.config import default_hparams
-from divjax.sim import make_engine, simulate
+from divjax.engine.sim import make_engine, simulate
 
 # the CLI flags that turn the synthetic preset into CFG (momentum buffer: optimizer state to save)
 FLAGS = ["--preset", "synthetic-small", "--n-nodes", "6", "--n-stragglers", "2", "--duration-s", "2", "--eval-every-s", "0.25",

@@ -18,7 +18,7 @@ from conftest import tiny_config
 import divjax
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, default_hparams
-from divjax.sim import check_state, make_engine
+from divjax.engine.sim import check_state, make_engine
 
 N = 6
 

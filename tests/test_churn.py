@@ -17,7 +17,7 @@ from conftest import (
     uneven_hparams,
 )
 
-from divjax import compute_schedule
+from divjax.network import compute_schedule
 from divjax.config import ConfigError, SimConfig
 
 
@@ -127,7 +127,7 @@ def test_churn__the_papers_800_s_run_fits_the_offline_table():
     """800 s at 10 ms ticks: the old guard ((T + 2)^2 >= 2^31, in sizing only) refused churn
     beyond 463 s, and the unguarded sums overflowed into negative ticks. The sums now
     saturate past the run: the table is sorted, the share right, the ends reach the run's end."""
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     cfg = churn_config(n_nodes=3, duration_s=800.0, eval_every_s=100.0, churn_rate=0.2,
                        churn_mean_s=0.5)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from conftest import SMALL, error_line
 
-from divjax import checkpoint, cli, config, data, flags, outdir
+from divjax.engine import checkpoint
+from divjax.frontends import cli, flags, outdir
+from divjax import config, data
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.topology import adjacency
+from divjax.network.topology import adjacency
 
 # ----------------------------------------------------------------------------- (2) tracebacks
 
@@ -203,7 +205,7 @@ def test_cli__unwritable_out_is_found_before_any_work(capsys, tmp_path, no_engin
 
 
 def test_cli__run_writes_config_json_before_building_the_engine(tmp_path, monkeypatch):
-    import divjax.sim
+    import divjax.engine.sim
 
     seen = {}
 
@@ -211,7 +213,7 @@ def test_cli__run_writes_config_json_before_building_the_engine(tmp_path, monkey
         seen["config"] = json.loads((tmp_path / "r" / "config.json").read_text())
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(divjax.sim, "make_engine", stop)
+    monkeypatch.setattr(divjax.engine.sim, "make_engine", stop)
     assert cli.main(["run", *SMALL, "--out", str(tmp_path / "r")]) == 2
     assert seen["config"]["config"]["n_nodes"] == 4 and seen["config"]["status"] == "running"
 
@@ -253,7 +255,7 @@ def test_cli__every_config_flag_has_help_from_the_simconfig_field():
 
 
 def test_hparams_of_another_n_in_the_checkpoint_driver():
-    from divjax.sim import make_engine
+    from divjax.engine.sim import make_engine
 
     cfg = SimConfig(n_nodes=4, fanout=2)
     engine = make_engine(cfg)

@@ -6,9 +6,9 @@ import pytest
 from conftest import assert_equals_reference
 
 import divjax
-from divjax import reference
+from divjax.reference import divshare as reference
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import make_run
+from divjax.engine.sim import make_run
 
 
 def test_compute_spread__zero_changes_nothing_and_draws_are_whole_ticks_and_seeded():
@@ -53,7 +53,7 @@ def test_iteration_chunk__auto_follows_how_nodes_finish():
     """-1 (the default) picks all-at-once when nodes finish together and a small power of two
     when compute spread makes them finish apart (padding to the capacity would train mostly
     empty rows); the rule itself, and that an explicit value is kept."""
-    from divjax.sizing import auto_iteration_chunk
+    from divjax.engine.sizing import auto_iteration_chunk
 
     assert auto_iteration_chunk(60, 60.0) == 0 and auto_iteration_chunk(2, 1.0) == 0
     assert auto_iteration_chunk(32, 1.4) == 2 and auto_iteration_chunk(32, 1.0) == 1

@@ -6,8 +6,8 @@ import pytest
 from conftest import tiny_config
 
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import SimulationError, check_state, make_run, simulate
-from divjax.tasks import Task
+from divjax.engine.sim import SimulationError, check_state, make_run, simulate
+from divjax.tasks.base import Task
 
 
 def test_config__omega_below_one():
@@ -70,7 +70,7 @@ def test_run__hparams_that_outgrow_the_ring_are_flagged_not_silently_dropped():
 
 
 def test_presets__every_preset_is_a_valid_config_and_realworld_turns_the_features_on():
-    from divjax.presets import PRESETS
+    from divjax.frontends.presets import PRESETS
 
     for name, make in PRESETS.items():
         assert isinstance(make(), SimConfig), name

@@ -1,7 +1,7 @@
-"""divjax.conv: the custom-VJP convolution and pooling equal the plain XLA ones, in loops too.
+"""divjax.tasks.conv: the custom-VJP convolution and pooling equal the plain XLA ones, in loops too.
 
 Every reference here is built inline from `lax.conv_general_dilated` / `lax.reduce_window` and
-differentiated by `jax.grad`, so a wrong flip, pad or axis order in `divjax.conv` shows up as a
+differentiated by `jax.grad`, so a wrong flip, pad or axis order in `divjax.tasks.conv` shows up as a
 value mismatch (test_wrong_flip_is_caught shows the check is sharp enough to see one).
 """
 
@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 import divjax
-from divjax import conv, models
+from divjax.tasks import conv, models
 
 DN = ("NHWC", "HWIO", "NHWC")
 # GN-LeNet's three convolutions: (H = W, Ci, Co), batch 8
@@ -166,7 +166,7 @@ def test_gnlenet__parameter_tree_unchanged_by_fast_grad():
     assert jax.tree.structure(shapes[True]) == jax.tree.structure(shapes[False])
     assert jax.tree.leaves(shapes[True]) == jax.tree.leaves(shapes[False])
     assert sum(a.size for a in jax.tree.leaves(shapes[True])) == models.GNLENET_PARAMS
-    # the default model runs the 3 convolutions and 3 poolings through divjax.conv's VJPs
+    # the default model runs the 3 convolutions and 3 poolings through divjax.tasks.conv's VJPs
     _, logits = models.cnn_functions()
     jaxpr = str(jax.make_jaxpr(logits)(shapes[True], jnp.zeros((2, 32, 32, 3))))
     assert jaxpr.count("custom_vjp_call") == 6
@@ -206,7 +206,7 @@ def test_gnlenet__same_init_logits_and_loss_gradient_as_the_plain_reference():
 
 def tiny_conv_task(n_nodes=3):
     """A one-conv regression task: 8x8x2 images, a 3x3x2x2 kernel; each node its own data."""
-    from divjax.tasks import Task
+    from divjax.tasks.base import Task
 
     rng = np.random.default_rng(5)
     xs = jnp.asarray(rng.standard_normal((n_nodes, 16, 8, 8, 2), np.float32))
@@ -226,8 +226,8 @@ def tiny_conv_task(n_nodes=3):
 
 def test_make_train_one__cpu_conv_models_vmap_as_a_loop_with_the_same_result():
     from divjax.config import SimConfig, default_hparams
-    from divjax.flat import make_layout
-    from divjax.local import loop_over_nodes, make_optimizer, make_train_one
+    from divjax.engine.flat import make_layout
+    from divjax.engine.local import loop_over_nodes, make_optimizer, make_train_one
 
     cfg = SimConfig(n_nodes=3, fanout=2, local_steps=3, batch_size=4)
     task = tiny_conv_task()

@@ -376,7 +376,7 @@ def test_cifar10_task__partition_summary_and_evaluation(tmp_path):
 
 def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
     from divjax.data import synthetic_ratings
-    from divjax.registry import make_task
+    from divjax.tasks.registry import make_task
 
     task = make_task(SimConfig(task="movielens-synthetic", n_nodes=700, batch_size=8))
     assert task.info["n_users"] == 700 and task.info["params"] == 206_680
@@ -388,8 +388,8 @@ def test_movielens_synthetic__model_keeps_movielens_size_past_610_users():
 
 
 def test_movielens_evaluate__equals_numpy_rmse_on_global_and_node_test_sets():
-    from divjax import models
-    from divjax.registry import make_task
+    from divjax.tasks import models
+    from divjax.tasks.registry import make_task
 
     n = 16
     task = make_task(SimConfig(task="movielens", n_nodes=n))

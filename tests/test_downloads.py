@@ -1,6 +1,6 @@
 """Download links (issue 18): messages reaching a node queue on its download link, first come
 first served by the time they reach it; one its receiver cannot take in full before the
-sender's next iteration end (plus the latency) is lost (`divjax.downloads`). The engine equals
+sender's next iteration end (plus the latency) is lost (`divjax.network.downloads`). The engine equals
 the event-driven reference simulators, parameters and counters, for DivShare and Swift;
 unlimited downloads give the bits of a run without the download model."""
 
@@ -17,10 +17,10 @@ from conftest import (
 )
 
 import divjax
-from divjax import reference_baselines
+from divjax.reference import baselines as reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.downloads import decode, fifo_deliveries
-from divjax.sim import make_run
+from divjax.network.downloads import decode, fifo_deliveries
+from divjax.engine.sim import make_run
 
 
 def download_config(**changes) -> SimConfig:
@@ -186,7 +186,7 @@ def test_downloads__sharded_over_four_devices_equals_one_device():
     do not change."""
     import chex
 
-    from divjax.sharding import make_sharded_run
+    from divjax.engine.sharding import make_sharded_run
 
     cfg = download_config(n_nodes=8)
     hp = default_hparams(cfg).replace(download_bps=jnp.array(
@@ -229,7 +229,7 @@ def test_downloads__a_sweep_over_download_bandwidth_equals_single_runs():
     `sweep` runs each value as its own group, compiled on its own, vmapped over seeds only.
     Each group's rows equal the single runs' (the vmap over HParams.download_bps itself:
     test_downloads__vmap_over_download_bps_equals_single_runs)."""
-    from divjax.sweep import sweep
+    from divjax.frontends.sweep import sweep
 
     cfg = download_config(algorithm="swift")
     res = sweep(cfg, {"download_mbps": [0.05, 0.2]}, seeds=2)

@@ -1,5 +1,5 @@
 """D-PSGD's rounds with download limits against an independent reference
-(`divjax.reference_dpsgd`): round lengths derived there from the HParams' bandwidths, latencies
+(`divjax.reference.dpsgd`): round lengths derived there from the HParams' bandwidths, latencies
 and download limits, by a node-by-node, message-by-message play of one round's exchange, with
 none of the engine's timing code (`reference_baselines` times D-PSGD with the algorithm's own
 `adjust_timing`, so it cannot catch a wrong round). Counters exact, parameters to float
@@ -12,12 +12,12 @@ import pytest
 from conftest import assert_equals_reference, assert_same_run, run_checked
 from test_downloads import congested_hparams, download_config
 
-from divjax import reference_dpsgd
+from divjax.reference import dpsgd as reference_dpsgd
 from divjax.algorithms.dpsgd import make_dpsgd
-from divjax.network import concrete_link_table, link_table
-from divjax.registry import make_task
-from divjax.sizing import model_layout
-from divjax.topology import adjacency
+from divjax.network.links import concrete_link_table, link_table
+from divjax.tasks.registry import make_task
+from divjax.engine.sizing import model_layout
+from divjax.network.topology import adjacency
 
 
 def engine_round_ticks(run, hp) -> int:

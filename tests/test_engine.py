@@ -10,10 +10,10 @@ import pytest
 from conftest import straggler_hparams, tiny_config
 
 import divjax
-from divjax import reference
+from divjax.reference import divshare as reference
 from divjax.config import default_hparams, product
-from divjax.sim import make_run, simulate
-from divjax.tasks import Task
+from divjax.engine.sim import make_run, simulate
+from divjax.tasks.base import Task
 
 
 def run_engine(cfg, hp, seed=0):

@@ -9,8 +9,8 @@ from conftest import tiny_config
 
 import divjax
 from divjax.config import ConfigError, default_hparams
-from divjax.sim import SimulationError, check_state, make_run
-from divjax.state import ERR_CLOCK, ERR_NONFINITE
+from divjax.engine.sim import SimulationError, check_state, make_run
+from divjax.engine.state import ERR_CLOCK, ERR_NONFINITE
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_config__latency_that_is_not_whole_link_subticks_is_refused():
 def test_schedule__time_is_rounded_once_on_the_arrival():
     """A 14 ms fragment with 1 ms of latency at tick 50 ms arrives at the end of the tick it
     was sent in (15 ms <= 50 ms), not one tick later (latency rounded up on its own)."""
-    from divjax import network
+    from divjax.network import links as network
     from divjax.config import SimConfig
 
     cfg = SimConfig(n_nodes=2, fanout=1, tick_s=0.05, link_resolution=1000, latency_ms=1.0)
@@ -99,7 +99,7 @@ def test_schedule__time_is_rounded_once_on_the_arrival():
 def test_memory_error__advice_fits_the_config():
     """The memory error names --iteration-chunk when training buffers weigh, and never
     suggests the delivery mode that is already on."""
-    from divjax.sizing import memory_advice
+    from divjax.engine.sizing import memory_advice
 
     est = {"training": 6.0, "ring": 1.0, "params": 1.0, "total": 8.0}
     tips = "; ".join(memory_advice(tiny_config(), est))
@@ -111,7 +111,7 @@ def test_memory_error__advice_fits_the_config():
 def test_adpsgd__a_ping_table_too_short_is_an_error_not_a_silent_drop():
     """ping_slots=1 with fanout 4 (2 pings per iteration end): the table cannot hold them."""
     from divjax.config import SimConfig
-    from divjax.sim import make_engine, simulate
+    from divjax.engine.sim import make_engine, simulate
 
     cfg = SimConfig(algorithm="adpsgd", n_nodes=5, fanout=4, duration_s=1.0, tick_s=0.01,
                     compute_s=0.1, ping_slots=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from divjax import cli
+from divjax.frontends import cli
 from divjax.config import ConfigError, SimConfig
 from divjax.plugins import label, load, plugin_record
 from divjax.testing import check_algorithm, conformance_config
@@ -72,7 +72,7 @@ def test_plugins__bad_specs_are_clear_errors(tmp_path):
 
 def test_plugins__a_changed_plugin_is_another_run_for_a_checkpoint(tmp_path):
     from divjax.config import default_hparams
-    from divjax.fingerprint import fingerprint, fingerprint_mismatch
+    from divjax.engine.fingerprint import fingerprint, fingerprint_mismatch
 
     src = (ROOT / "examples" / "prioritized_divshare.py").read_text()
     mod = tmp_path / "my_algo.py"

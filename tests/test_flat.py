@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import checkpoint
-from divjax.flat import LAYOUT_VERSION, make_layout
+from divjax.engine import checkpoint
+from divjax.engine.flat import LAYOUT_VERSION, make_layout
 
 
 def authors_partition(sizes, K, seed):

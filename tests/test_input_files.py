@@ -11,10 +11,11 @@ import pytest
 from conftest import assert_same_run, run_checked
 from test_traces import trace_config, write
 
-from divjax import checkpoint, fingerprint, pair_files, traces
+from divjax.engine import checkpoint, fingerprint
+from divjax.network import pair_files, traces
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.network import region_latency_ms
-from divjax.sim import make_engine
+from divjax.network.links import region_latency_ms
+from divjax.engine.sim import make_engine
 
 
 def rewrite_same_stat(path: str, text: str) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import assert_equals_reference, reference_of, run_checked, uneven_hparams
 
-from divjax import compute_schedule
+from divjax.network import compute_schedule
 from divjax.config import ConfigError, SimConfig
-from divjax.sim import make_run
+from divjax.engine.sim import make_run
 
 
 def jitter_config(**changes) -> SimConfig:

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_equals_reference, reference_of, run_checked
 
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import make_run
+from divjax.engine.sim import make_run
 
 
 def regional_config(**changes) -> SimConfig:

@@ -5,10 +5,10 @@ The import graph is read from the source with `ast`, not by importing: every `im
 `from ... import` of a divjax module, at module level and inside functions alike (an import
 deferred into a function body still makes a cycle; it only hides it), plus
 `importlib.import_module("divjax...")` with a literal name. An edge goes to the module named;
-`from divjax import models` names the module `divjax.models`, `from divjax.data import
+`from divjax.tasks import models` names the module `divjax.tasks.models`, `from divjax.data import
 padded_table` names the package `divjax.data`. Running a package's `__init__` before its
 submodules is Python's doing, not an edge. Code under `if __name__ == "__main__":` counts too
-(a module run as a script imports what the command line imports; `divjax.command` is what both
+(a module run as a script imports what the command line imports; `divjax.frontends.command` is what both
 share). An import whose name is computed (`import_module(name)` over a list) cannot be read;
 write such imports out.
 
@@ -114,15 +114,15 @@ def test_layout__graph_sees_the_imports_it_must_see():
     """The reader finds module-level, function-level, `from pkg import module`, relative and
     `importlib.import_module` imports (else an acyclic verdict would mean nothing)."""
     graph = import_graph()
-    assert "divjax.registry" in graph["divjax.sim"]                 # module level
-    assert "divjax.sim" in graph["divjax.cli_run"]                  # inside a function
-    assert "divjax.command" in graph["divjax.compare"]              # under __main__
-    assert "divjax.models" in graph["divjax.data.cifar10"]          # from divjax import models
+    assert "divjax.tasks.registry" in graph["divjax.engine.sim"]                 # module level
+    assert "divjax.engine.sim" in graph["divjax.frontends.cli_run"]                  # inside a function
+    assert "divjax.frontends.command" in graph["divjax.frontends.compare"]              # under __main__
+    assert "divjax.tasks.models" in graph["divjax.data.cifar10"]          # from divjax.tasks import models
     assert "divjax.algorithms.base" in graph["divjax.algorithms.divshare"]
     src = ("import importlib\n\n\ndef f():\n    importlib.import_module('divjax.data')\n"
            "    from . import models\n    from .algorithms import base\n")
     seen = imported_modules("divjax.probe", ast.parse(src), module_files())
-    assert seen == {"divjax.data", "divjax.models", "divjax.algorithms.base"}
+    assert seen == {"divjax.data", "divjax.tasks.models", "divjax.algorithms.base"}
 
 
 def test_layout__no_import_cycle_among_divjax_modules():

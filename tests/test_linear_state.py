@@ -14,9 +14,9 @@ import pytest
 
 from divjax.algorithms import mh_mixing
 from divjax.config import SimConfig, default_hparams
-from divjax.network import message_lost
-from divjax.sim import make_run
-from divjax.topology import CompleteNeighbors, adjacency, metropolis_hastings, neighbors
+from divjax.network.links import message_lost
+from divjax.engine.sim import make_run
+from divjax.network.topology import CompleteNeighbors, adjacency, metropolis_hastings, neighbors
 
 N = 96   # no other axis of the small configuration reaches it (K F, batch, steps, slots)
 
@@ -67,8 +67,8 @@ def test_synthetic_task__one_copy_of_its_data_and_evaluation_independent_of_n():
     """The task holds its training examples once, (n, 64, 16 + 4) float32 (no union copy, no
     test set: the metrics are quadratic forms in second moments summed at build), and
     evaluates one model in O(D^2), not on the union of all nodes' data."""
-    from divjax.memory import task_data_bytes
-    from divjax.tasks import make_synthetic_task
+    from divjax.engine.memory import task_data_bytes
+    from divjax.tasks.base import make_synthetic_task
 
     tasks = [make_synthetic_task(small(n_nodes=n)) for n in (N, 2 * N)]
     per_node = (task_data_bytes(tasks[1]) - task_data_bytes(tasks[0])) / N

@@ -1,4 +1,4 @@
-"""Local training (`divjax.local.make_train_one`) against a per-step reference on the flat model.
+"""Local training (`divjax.engine.local.make_train_one`) against a per-step reference on the flat model.
 
 The engine runs a node's local steps on the model's pytree, converting from and to the (K, F)
 fragment array once per iteration. The reference here applies SGD step by step to the (K, F)
@@ -14,9 +14,9 @@ import numpy as np
 from conftest import tiny_config
 
 from divjax.config import default_hparams
-from divjax.local import make_optimizer, make_train_one
-from divjax.registry import make_task
-from divjax.sizing import model_layout
+from divjax.engine.local import make_optimizer, make_train_one
+from divjax.tasks.registry import make_task
+from divjax.engine.sizing import model_layout
 
 LR, MOMENTUM, DECAY = 0.05, 0.9, 0.01
 

@@ -13,7 +13,7 @@ from conftest import (
 )
 
 from divjax.config import ConfigError, SimConfig
-from divjax.sim import make_run
+from divjax.engine.sim import make_run
 
 
 def lossy_config(**changes) -> SimConfig:

@@ -6,10 +6,10 @@ import pytest
 from conftest import tiny_config
 
 import divjax
-from divjax import memory, memory_scale
+from divjax.engine import memory, memory_scale
 from divjax.config import default_hparams
-from divjax.sim import make_engine
-from divjax.sizing import memory_estimate
+from divjax.engine.sim import make_engine
+from divjax.engine.sizing import memory_estimate
 
 
 @pytest.mark.parametrize("delivery", ["receiver_iteration", "arrival_tick"])
@@ -63,10 +63,10 @@ def test_drivers__refuse_a_compiled_step_that_does_not_fit(monkeypatch):
     """The state estimate passes, but XLA's buffers for the compiled step (temporaries
     included) exceed the device: the drivers and the sweep refuse before running, naming the
     size and the fixes, instead of running out of memory."""
-    from divjax import sizing
+    from divjax.engine import sizing
     from divjax.config import ConfigError
-    from divjax.sim import simulate
-    from divjax.sweep import sweep
+    from divjax.engine.sim import simulate
+    from divjax.frontends.sweep import sweep
 
     cfg = tiny_config(duration_s=0.5)
     engine = make_engine(cfg)

@@ -6,12 +6,12 @@ import jax
 import pytest
 from conftest import tiny_config
 
-import divjax.sizing
-from divjax import memory, memory_scale
+import divjax.engine.sizing
+from divjax.engine import memory, memory_scale
 from divjax.algorithms import ALGORITHMS
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import make_engine
-from divjax.sizing import memory_estimate
+from divjax.engine.sim import make_engine
+from divjax.engine.sizing import memory_estimate
 
 
 def engine_state(cfg):
@@ -63,7 +63,7 @@ def test_memory_model__counts_adpsgd_pings_and_snapshots_at_the_issue_size():
 def test_resolve__refuses_adpsgd_whose_state_does_not_fit(monkeypatch):
     """A device of 4 MiB (3.2 MiB usable) cannot hold the ~4.2 MiB AD-PSGD state of n=64 over
     20 s (its counters' ring spans the run's horizon); DivShare's 0.35 MiB fits."""
-    monkeypatch.setattr(divjax.sizing, "available_memory_bytes", lambda: 4 * 2**20)
+    monkeypatch.setattr(divjax.engine.sizing, "available_memory_bytes", lambda: 4 * 2**20)
     with pytest.raises(ConfigError, match="GiB"):
         make_engine(SimConfig(algorithm="adpsgd", n_nodes=64, duration_s=20.0))
     make_engine(SimConfig(algorithm="divshare", n_nodes=64, duration_s=20.0))  # fits

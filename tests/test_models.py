@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import divjax
-from divjax import data, models
+from divjax import data
+from divjax.tasks import models
 from divjax.config import SimConfig, default_hparams
-from divjax.local import make_optimizer, make_train_one
-from divjax.sizing import model_layout
+from divjax.engine.local import make_optimizer, make_train_one
+from divjax.engine.sizing import model_layout
 
 
 def n_params(init):
@@ -130,7 +131,7 @@ def test_mf__momentum_buffer_falls_back_to_dense(ml_task):
 
 
 def test_movielens_engine__test_loss_falls(small_dir):
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     cfg = SimConfig(task="movielens", data_dir=small_dir, n_nodes=4, n_fragments=2, fanout=2, local_steps=16,
                     batch_size=8, lr=0.3, compute_s=0.1, tick_s=0.1, duration_s=2.0,

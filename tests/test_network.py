@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import messages, network
+from divjax.network import messages, links as network
 from divjax.config import SimConfig
 
 
@@ -61,7 +61,7 @@ def test_sample_peers__distinct_never_self_and_uniform():
     import jax
 
     from divjax.algorithms.base import sample_peers
-    from divjax.topology import adjacency, neighbor_table
+    from divjax.network.topology import adjacency, neighbor_table
 
     n, s = 6, 3
     nb, deg = neighbor_table(adjacency(SimConfig(n_nodes=n, fanout=1)))
@@ -87,7 +87,7 @@ def test_sample_peers__send_order_is_uniform():
     import jax
 
     from divjax.algorithms.swift import swift_routes
-    from divjax.topology import adjacency, neighbor_table
+    from divjax.network.topology import adjacency, neighbor_table
 
     n, s, draws = 8, 2, 20000
     nb, deg = neighbor_table(adjacency(SimConfig(n_nodes=n, fanout=s)))

@@ -12,10 +12,10 @@ import divjax
 from divjax.algorithms import ALGORITHMS
 from divjax.algorithms.base import average_with_inbox
 from divjax.config import default_hparams
-from divjax.local import make_train_one
-from divjax.sim import make_run
-from divjax.state import ERR_NONFINITE
-from divjax.tasks import make_synthetic_task
+from divjax.engine.local import make_train_one
+from divjax.engine.sim import make_run
+from divjax.engine.state import ERR_NONFINITE
+from divjax.tasks.base import make_synthetic_task
 
 BAD_NODE = 1
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from divjax import cli, flags, outdir
+from divjax.frontends import cli, flags, outdir
 from divjax.config import ConfigError
 
 SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
@@ -21,12 +21,12 @@ SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1",
 @pytest.fixture
 def stop_before_engine(monkeypatch):
     """`divjax run` stops (ConfigError, exit 2) where it would build the engine."""
-    import divjax.sim
+    import divjax.engine.sim
 
     def stop(*a, **k):
         raise ConfigError("stopped by the test")
 
-    monkeypatch.setattr(divjax.sim, "make_engine", stop)
+    monkeypatch.setattr(divjax.engine.sim, "make_engine", stop)
 
 
 def _user_files(d):

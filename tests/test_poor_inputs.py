@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import SMALL, error_line
 
-from divjax import cli, config
+from divjax.frontends import cli
+from divjax import config
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.state import ERR_CLOCK, ERR_NONFINITE, SimulationError, check_state
+from divjax.engine.state import ERR_CLOCK, ERR_NONFINITE, SimulationError, check_state
 
 # ----------------------------------------------------------------------------- check_state
 
@@ -59,7 +60,7 @@ def test_cli__more_straggler_values_than_stragglers(capsys, tmp_path, no_engine,
     # a sweep over the straggler count judges no single count
     args = cli.build_parser().parse_args(["sweep", *SMALL, "--n-stragglers", "2", flag,
                                           "1,2,3", "--grid", "n_stragglers=3,4"])
-    from divjax.flags import config_from_args
+    from divjax.frontends.flags import config_from_args
 
     assert config_from_args(args).n_stragglers == 2
 
@@ -68,7 +69,7 @@ def test_cli__inter_region_ms_without_regions(capsys, tmp_path, no_engine):
     line = error_line(capsys, ["run", *SMALL, "--inter-region-ms", "40",
                                "--out", str(tmp_path / "r")])
     assert "--inter-region-ms 40" in line and "--latency-regions" in line
-    from divjax.flags import config_from_args
+    from divjax.frontends.flags import config_from_args
 
     args = cli.build_parser().parse_args(["run", *SMALL, "--inter-region-ms", "40",
                                           "--latency-regions", "2"])
@@ -94,7 +95,7 @@ def test_cli__latency_file_with_regions(capsys, tmp_path, no_engine):
 
 
 def test_download_too_slow_for_the_clock_is_refused_before_compiling(capsys, tmp_path):
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     cfg = SimConfig(n_nodes=4, n_fragments=2, fanout=2, local_steps=1, batch_size=4,
                     duration_s=1.0, eval_every_s=0.5, compute_s=0.1, download_mbps=1e-9)
@@ -256,7 +257,7 @@ def own_hooks(monkeypatch):
 
 
 def test_checkpoint__storage_errors_become_one_line(tmp_path, own_hooks):
-    from divjax.checkpoint_errors import CheckpointWriteError, write_errors_as_one
+    from divjax.engine.checkpoint_errors import CheckpointWriteError, write_errors_as_one
 
     tmp = tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp"
     tmp.mkdir(parents=True)
@@ -314,7 +315,7 @@ def test_cli__flags_that_would_change_nothing(capsys, tmp_path, no_engine, flags
 
 
 def test_cli__unused_flags_pass_where_they_are_read(no_engine):
-    from divjax.flags import config_from_args
+    from divjax.frontends.flags import config_from_args
 
     parse = cli.build_parser().parse_args
     for argv in (["run", *SMALL, "--momentum", "0.9", "--momentum-buffer"],
@@ -342,7 +343,7 @@ def test_cli__checkpoint_every_that_is_not_whole_eval_intervals(capsys, tmp_path
 
 
 def test_cli__resume_with_flags_it_would_ignore(capsys, tmp_path, no_engine):
-    from divjax import checkpoint
+    from divjax.engine import checkpoint
 
     cfg = SimConfig(n_nodes=4, fanout=2)
     checkpoint.save_run_spec(tmp_path, cfg, default_hparams(cfg), seed=0)
@@ -362,7 +363,7 @@ def test_cli__flags_a_trace_replaces(capsys, tmp_path, no_engine):
     no_upload.write_text("time_s,node,compute_s\n" + "".join(f"0,{i},0.1\n" for i in range(5)))
     run[run.index(str(trace))] = str(no_upload)
     assert "--compute-s would change nothing" in error_line(capsys, [*run, "--compute-s", "1"])
-    from divjax.flags import config_from_args
+    from divjax.frontends.flags import config_from_args
 
     args = cli.build_parser().parse_args([*run, "--fast-mbps", "9"])
     assert config_from_args(args).fast_mbps == 9   # no upload column: the flag is read

@@ -1,4 +1,4 @@
-"""divjax.rows: the row gathers/scatters equal numpy-style indexing, unbatched and under any vmap."""
+"""divjax.engine.rows: the row gathers/scatters equal numpy-style indexing, unbatched and under any vmap."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax.rows import add_rows, get_rows, set_rows, zero_rows
+from divjax.engine.rows import add_rows, get_rows, set_rows, zero_rows
 
 P = 3
 

@@ -13,8 +13,9 @@ import signal
 import jax
 import pytest
 
-from divjax import checkpoint, cli
-from divjax import sweep as sweep_mod
+from divjax.engine import checkpoint
+from divjax.frontends import cli
+from divjax.frontends import sweep as sweep_mod
 from divjax.config import ConfigError, default_hparams
 
 SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
@@ -67,7 +68,7 @@ def test_sigterm__checkpoints_and_says_how_to_resume(terminated):
 
 def test_resume__a_truncated_checkpoint_falls_back_to_the_previous_one(terminated, tmp_path,
                                                                        capsys):
-    from divjax.sim import make_engine
+    from divjax.engine.sim import make_engine
 
     src = terminated[0]
     run = tmp_path / "run"
@@ -90,7 +91,7 @@ def test_resume__a_truncated_checkpoint_falls_back_to_the_previous_one(terminate
 def test_resume__a_checkpoint_of_another_config_is_refused(terminated, tmp_path, capsys):
     """run.json of another config over these checkpoints, and the Python API: both name the
     field that differs; nothing is restored."""
-    from divjax.sim import make_engine
+    from divjax.engine.sim import make_engine
 
     src = terminated[0]
     run = tmp_path / "run"

@@ -11,8 +11,8 @@ from jax.sharding import PartitionSpec
 
 import divjax
 from divjax.config import default_hparams
-from divjax.sharding import make_sharded_advance, make_sharded_run, node_mesh
-from divjax.sim import make_run
+from divjax.engine.sharding import make_sharded_advance, make_sharded_run, node_mesh
+from divjax.engine.sim import make_run
 
 
 def straggler_hparams8(cfg):

@@ -1,11 +1,11 @@
-"""divjax.stats against hand-computed cases: intervals, censoring, size verdicts, plateaus."""
+"""divjax.frontends.stats against hand-computed cases: intervals, censoring, size verdicts, plateaus."""
 
 import math
 
 import numpy as np
 import pytest
 
-from divjax import stats
+from divjax.frontends import stats
 
 
 def cell(times, values, higher=False, primary="loss"):

@@ -9,11 +9,11 @@ import pytest
 from conftest import tiny_config
 
 import divjax
-from divjax import cli
+from divjax.frontends import cli
 from divjax.config import ConfigError, SimConfig, default_hparams
-from divjax.sim import make_run
-from divjax.sweep import ci95, hparams_for, split_grid, stack_hparams, sweep
-from divjax.sweep_cli import parse_grid_item
+from divjax.engine.sim import make_run
+from divjax.frontends.sweep import ci95, hparams_for, split_grid, stack_hparams, sweep
+from divjax.frontends.sweep_cli import parse_grid_item
 
 
 def test_sweep__grid_splits_into_vmapped_and_looped_fields():
@@ -89,8 +89,8 @@ def test_sweep__cli(tmp_path, capsys):
 
 
 def test_sweep__auto_chunk_caps_cpu_working_set_at_one_seed_of_configs():
-    from divjax.sim import make_engine
-    from divjax.sweep import auto_chunk, grid_blocks
+    from divjax.engine.sim import make_engine
+    from divjax.frontends.sweep import auto_chunk, grid_blocks
 
     engine = make_engine(tiny_config())
     assert auto_chunk(engine, 16, configs=4, platform="gpu") == 16          # memory is plenty
@@ -132,7 +132,7 @@ def test_sweep__movielens_rows_equal_single_runs(tmp_path):
 def test_sweep__one_point_per_call_runs_unbatched_and_equals_the_single_run():
     """chunk_size=1 runs each point without vmap (the engine's conds stay branches): its rows
     are the single run's metrics, bit for bit."""
-    from divjax.sweep import make_batched
+    from divjax.frontends.sweep import make_batched
 
     cfg = tiny_config(algorithm="adpsgd", fanout=4, duration_s=1.0)
     res = sweep(cfg, {"lr": [0.1]}, seeds=2, chunk_size=1)

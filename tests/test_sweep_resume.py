@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from divjax import cli, presets, sweep_store
-from divjax import sweep as sweep_mod
+from divjax.frontends import cli, presets, sweep_store
+from divjax.frontends import sweep as sweep_mod
 from divjax.config import ConfigError
 
 SMALL = ["--preset", "synthetic-small", "--n-nodes", "4", "--n-stragglers", "1", "--fanout",
@@ -49,10 +49,10 @@ def test_sweep__interrupted_then_resumed_equals_an_uninterrupted_sweep(tmp_path,
     assert summary["points_total"] == 12
     assert "--resume" in (out / "summary.md").read_text()
     # resumed: group 0 is read back, not rebuilt; group 1 runs only its 3 missing chunks
-    import divjax.registry
+    import divjax.tasks.registry
 
-    built, real, seen = [], divjax.registry.make_task, []
-    monkeypatch.setattr(divjax.registry, "make_task", lambda c: built.append(c) or real(c))
+    built, real, seen = [], divjax.tasks.registry.make_task, []
+    monkeypatch.setattr(divjax.tasks.registry, "make_task", lambda c: built.append(c) or real(c))
     res = sweep_mod.sweep(CFG, GRID, seeds=2, chunk_size=2, out=out, resume=True,
                           progress=lambda d, t: seen.append(d))
     assert [c.n_nodes for c in built] == [5] and seen == [4, 6, 6]
@@ -103,12 +103,12 @@ def test_sweep_cli__sigterm_within_a_group_keeps_its_points_and_resume_finishes(
 
 def test_sweep_cli__grid_size_is_printed_and_a_large_one_needs_yes(tmp_path, capsys,
                                                                   monkeypatch):
-    import divjax.sim
+    import divjax.engine.sim
 
     def boom(*a, **k):
         raise AssertionError("built an engine")
 
-    monkeypatch.setattr(divjax.sim, "make_engine", boom)
+    monkeypatch.setattr(divjax.engine.sim, "make_engine", boom)
     big = ["--grid", "n_nodes=" + ",".join(str(n) for n in range(4, 21)), "--grid",
            "lr=0.1,0.2"]
     assert cli.main(["sweep", *SMALL, *big, "--out", str(tmp_path / "big")]) == 2

@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_equals_reference, assert_same_run, run_checked
 
 import divjax
-from divjax import reference_baselines
+from divjax.reference import baselines as reference_baselines
 from divjax.config import ConfigError, SimConfig, default_hparams
 
 

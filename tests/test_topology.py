@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from divjax.config import ConfigError, SimConfig
-from divjax.topology import (
+from divjax.network.topology import (
     adjacency,
     is_connected,
     metropolis_hastings,

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import topology
+from divjax.network import topology
 from divjax.algorithms.base import sample_peers
 from divjax.config import SimConfig
-from divjax.topology import CompleteNeighbors, is_connected, neighbor_table, neighbors
+from divjax.network.topology import CompleteNeighbors, is_connected, neighbor_table, neighbors
 
 
 def old_adjacency(n, name, seed=0):
@@ -141,7 +141,9 @@ def test_dry_run__200k_nodes_builds_no_pair_array_nor_their_data(no_dense_graph,
                                                                  capsys):
     """`divjax run --dry-run` at n = 200,000: no (n, n) graph, the task's data built only at
     small probe sizes, and the largest n it names counts the data per node (not as fixed)."""
-    from divjax import cli, memory, memory_scale, registry
+    from divjax.frontends import cli
+    from divjax.engine import memory, memory_scale
+    from divjax.tasks import registry
 
     built = []
     make = registry.make_task
@@ -167,6 +169,6 @@ def test_memory_model__counts_only_user_files_per_pair(tmp_path):
 
 
 def memory_pairs(cfg):
-    from divjax import memory
+    from divjax.engine import memory
 
     return memory.memory_model(cfg, 68, available=1)["parts"]["pairs"]

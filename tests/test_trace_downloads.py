@@ -1,5 +1,5 @@
-"""A trace whose download bandwidth changes over time (issue 18; divjax/traces.py,
-divjax/downloads.py): a message is received at the download bandwidth in force when its
+"""A trace whose download bandwidth changes over time (issue 18; divjax/network/traces.py,
+divjax/network/downloads.py): a message is received at the download bandwidth in force when its
 reception starts. The engine's FIFO table equals the reference simulators' links, served event
 by event from the file's raw rows, for DivShare and Swift; a change after the run's end gives
 the bits of a constant download; algorithms that do not model it refuse it naming the cell."""
@@ -17,7 +17,7 @@ from conftest import (
 )
 from test_traces import trace_config, write
 
-from divjax import traces
+from divjax.network import traces
 from divjax.config import ConfigError, default_hparams
 
 DOWN = {1: (0.3, 0.012, 0.08), 4: (0.012, 0.4, 0.02)}   # Mbit/s from 0, 0.5 and 1.0 s

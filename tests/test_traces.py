@@ -1,5 +1,5 @@
 """Traces (issue 18): every node's compute time, availability and bandwidth over time from a CSV
-file (divjax/traces.py). The engine equals the reference simulators (which walk the rule tick by
+file (divjax/network/traces.py). The engine equals the reference simulators (which walk the rule tick by
 tick from the file's rows) with a trace; a trace of constant compute times, always online,
 gives the bits of the run without one; a malformed trace names its line and column; what a
 trace cannot express is refused."""
@@ -19,7 +19,7 @@ from conftest import (
     run_checked,
 )
 
-from divjax import trace_checks, traces
+from divjax.network import trace_checks, traces
 from divjax.config import ConfigError, SimConfig, default_hparams
 
 DATA = Path(__file__).parent / "data"
@@ -133,7 +133,7 @@ def test_traces__end_table_equals_the_reference_walk(tmp_path, seed):
     """The engine's vectorised walk against the reference's tick-by-tick one, on seeded traces
     and on edge cases: offline at time 0 (the first iteration starts when the node is back,
     with the compute time then), a one-tick online gap, offline for good, a row after the run."""
-    from divjax.reference import trace_schedule
+    from divjax.reference.divshare import trace_schedule
 
     spec = importlib.util.spec_from_file_location(
         "make_trace", Path(__file__).parent.parent / "scripts" / "make_trace.py")
@@ -204,7 +204,7 @@ def test_traces__malformed_trace_names_line_and_column(tmp_path, text, line, col
 def test_traces__trace_that_does_not_fit_the_run_names_line_and_column(tmp_path, text, line,
                                                                        col, words):
     """Checks against the config (node ids, ticks) run when the engine is built."""
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
@@ -257,8 +257,8 @@ def test_traces__bandwidth_is_exposed_per_node(tmp_path):
 
 
 def test_traces__trace_flag_sets_trace_file():
-    from divjax import cli
-    from divjax.flags import config_from_args
+    from divjax.frontends import cli
+    from divjax.frontends.flags import config_from_args
 
     args = cli.build_parser().parse_args(["run", "--trace", str(TINY_TRACE)])
     assert config_from_args(args).trace_file == str(TINY_TRACE)
@@ -322,7 +322,7 @@ def test_traces__a_later_row_that_overflows_the_clock_is_refused_naming_its_cell
     """Sizing and clock_fits see the first rows only (HParams): a later row at 1e-7 Mbit/s ran
     a wrong network on the old code (DivShare: node 1 sent [23 20 25] fragments where the
     reference sends [18 18 18]; Swift's download: 54 deliveries to node 1 instead of 24)."""
-    from divjax.sim import make_run
+    from divjax.engine.sim import make_run
 
     path = outage_trace(tmp_path, column, 1e-7)
     cfg = trace_config(algorithm=algorithm, trace_file=path,
@@ -380,7 +380,7 @@ def test_traces__offline_spell_then_back_for_good_equals_the_reference_simulator
 def test_traces__a_sweep_over_a_field_the_trace_overrides_is_refused(tmp_path, grid, field):
     """The trace replaces compute times and bandwidths (its first rows): on the old code such a
     grid ran one network under two labels (or failed in the summary)."""
-    from divjax.sweep import sweep
+    from divjax.frontends.sweep import sweep
 
     cfg = trace_config()
     with pytest.raises(ConfigError, match=f"grid field {field!r} is overridden by trace_file"):

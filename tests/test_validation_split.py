@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divjax import data, models
+from divjax import data
+from divjax.tasks import models
 from divjax.config import ConfigError, SimConfig, default_hparams
 from divjax.data import cifar10 as cifar_module
 from divjax.data import movielens as ml_module
 from divjax.data.partitions import hold_out
-from divjax.fingerprint import fingerprint, fingerprint_mismatch
-from divjax.registry import make_task
+from divjax.engine.fingerprint import fingerprint, fingerprint_mismatch
+from divjax.tasks.registry import make_task
 
 N_USERS, N_ITEMS = 12, 40
 
@@ -89,7 +90,7 @@ def test_validation_share__range(share):
 def test_validation_share__tasks_without_a_split_are_refused():
     with pytest.raises(ConfigError, match="task 'synthetic' has no validation split"):
         make_task(SimConfig(validation_share=0.2))
-    from divjax.registry import check_validation_split
+    from divjax.tasks.registry import check_validation_split
     task = make_task(SimConfig())           # a plug-in that ignores the share: the same refusal
     with pytest.raises(ConfigError, match="info\\['evaluated_on'\\]"):
         check_validation_split(SimConfig(validation_share=0.2), task)
@@ -167,8 +168,8 @@ def test_movielens__a_run_never_reads_a_test_rating_nor_resumes_with_another_sha
         tiny_movielens, monkeypatch, tmp_path):
     """Test ratings made NaN in the source: a run that read one (training or evaluation, on
     the flat or the tree path) would report NaN. Its checkpoint refuses another share."""
-    from divjax import checkpoint
-    from divjax.sim import make_engine
+    from divjax.engine import checkpoint
+    from divjax.engine.sim import make_engine
 
     r = tiny_movielens
     sp = data.split_movielens(r, 3, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import divjax
-from divjax import xla_options
+from divjax.engine import xla_options
 
 
 def mf_rows(u, i):
@@ -72,8 +72,8 @@ def test_jit__a_program_with_convolutions_keeps_the_library_reductions():
 def test_make_engine__tags_its_functions_by_whether_the_model_has_convolutions():
     from conftest import tiny_config
 
-    from divjax.sim import make_engine, make_run
-    from divjax.tasks import make_synthetic_task
+    from divjax.engine.sim import make_engine, make_run
+    from divjax.tasks.base import make_synthetic_task
 
     cfg = tiny_config()
     plain = make_synthetic_task(cfg)

@@ -39,7 +39,7 @@ going offline drops its queue (pings and pongs not fully sent; counted in `dropp
 or pong that arrives at an offline node is lost (a ping then goes unanswered). `history_depth`
 ignores offline pauses: a window spanning one may raise ERR_HISTORY (raise --inbox-history).
 
-Download limits (`--download-mbps`, `divjax.downloads`): pings and pongs queue on their
+Download limits (`--download-mbps`, `divjax.network.downloads`): pings and pongs queue on their
 receivers' download links as Swift's models do, and a ping is answered at the tick it is
 delivered. Pong times then depend on the download queues, which hold pongs: every message's
 delivery is computed at init by a replay of the network alone (`adpsgd_network.download_table`)
@@ -96,12 +96,12 @@ from divjax.algorithms.queues import (
     queue_stop,
     schedule_appended_queue,
 )
-from divjax.compute_schedule import shortest_ticks
+from divjax.network.compute_schedule import shortest_ticks
 from divjax.config import SimConfig, download_limited
-from divjax.messages import collect, push
-from divjax.network import latency_ticks, message_lost
-from divjax.rows import padded_rows
-from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, ERR_SCHEDULE, flag_error
+from divjax.network.messages import collect, push
+from divjax.network.links import latency_ticks, message_lost
+from divjax.engine.rows import padded_rows
+from divjax.engine.state import ERR_HISTORY, ERR_RING_TOO_SHORT, ERR_SCHEDULE, flag_error
 
 
 class ADPSGDState(NamedTuple):

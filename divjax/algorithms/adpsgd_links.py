@@ -27,10 +27,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from divjax.compute_schedule import window_index
+from divjax.network.compute_schedule import window_index
 from divjax.config import SimConfig
-from divjax.messages import Inbox
-from divjax.rows import add_rows, get_rows
+from divjax.network.messages import Inbox
+from divjax.engine.rows import add_rows, get_rows
 
 
 class LinkRecords(NamedTuple):

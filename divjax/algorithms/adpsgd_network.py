@@ -1,5 +1,5 @@
 """AD-PSGD's network alone: its random draws, its sizes, and with download limits (issue 18,
-`divjax.downloads`) a pre-pass that replays every ping and pong of the run at init.
+`divjax.network.downloads`) a pre-pass that replays every ping and pong of the run at init.
 
 Why a pre-pass. A node answers each ping with a pong at the tick the ping is *received*, so with
 download limits a pong's enqueue tick depends on the receiver's download FIFO, which holds pongs
@@ -44,15 +44,15 @@ from divjax.algorithms.queues import (
     queue_stop,
     schedule_appended_queue,
 )
-from divjax.compute_schedule import (
+from divjax.network.compute_schedule import (
     end_tick,
     longest_ticks,
     shortest_ticks,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import decode, reach_download_link, take_one
-from divjax.network import message_lost
-from divjax.state import tick_keys
+from divjax.network.downloads import decode, reach_download_link, take_one
+from divjax.network.links import message_lost
+from divjax.engine.state import tick_keys
 
 PONG_STREAM = 2**31 - 1   # fold_in constant of the pongs' loss draws (the spare key's stream)
 

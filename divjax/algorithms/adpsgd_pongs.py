@@ -24,8 +24,8 @@ from divjax.algorithms.queues import (
     queue_stop,
     schedule_appended_queue,
 )
-from divjax.messages import push
-from divjax.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
+from divjax.network.messages import push
+from divjax.engine.state import ERR_HISTORY, ERR_RING_TOO_SHORT, flag_error
 
 
 def pong_batch(ctx, state, keys, t, latest_rule: bool, B: int, a, start, entry, m, c,

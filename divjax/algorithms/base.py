@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import SimConfig
-from divjax.flat import FragmentLayout
-from divjax.network import LinkTable
+from divjax.engine.flat import FragmentLayout
+from divjax.network.links import LinkTable
 
 
 class Context(NamedTuple):

@@ -8,12 +8,12 @@ x[c] = (x[c] + sum of received values of c) / (1 + number received). With inbox=
 authors' rule, the default) only the newest fragment per (sender, fragment index) counts; with
 inbox="sum" every copy that arrived does. See ../shared/paper.md.
 
-Churn (`--churn-rate`, `divjax.compute_schedule`): an offline node does not train (its iteration
+Churn (`--churn-rate`, `divjax.network.compute_schedule`): an offline node does not train (its iteration
 is paused) and does not send: going offline drops its send queue and the message on the wire,
 as its next iteration end would (counted as dropped); a message that arrives at an offline node
 is lost (counted in `lost`, as with `--loss-rate`), and replaces nothing in an inbox.
 
-Download limits (`--download-mbps`, `divjax.downloads`): every message's delivery tick, or its
+Download limits (`--download-mbps`, `divjax.network.downloads`): every message's delivery tick, or its
 loss on a download link that could not take it before its deadline, is read from a table that
 `download_table` computes at init from the run's key (the state's only field then).
 """
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sample_peers
-from divjax.compute_schedule import (
+from divjax.network.compute_schedule import (
     end_tick,
     has_offline,
     is_offline,
@@ -37,9 +37,9 @@ from divjax.compute_schedule import (
     window_tick,
 )
 from divjax.config import ConfigError, SimConfig, download_limited
-from divjax.downloads import decode, fifo_deliveries, message_units, row_start_subticks
-from divjax.messages import collect, push
-from divjax.network import (
+from divjax.network.downloads import decode, fifo_deliveries, message_units, row_start_subticks
+from divjax.network.messages import collect, push
+from divjax.network.links import (
     Schedule,
     loss_modelled,
     message_lost,
@@ -47,7 +47,7 @@ from divjax.network import (
     schedule_replaced_queue,
     units_at,
 )
-from divjax.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
+from divjax.engine.state import ERR_RING_TOO_SHORT, flag_error, tick_keys
 
 
 def divshare_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,

@@ -16,7 +16,7 @@ it counts as sent, is counted in `lost` at its receiver, and the receiver mixes 
 its place: x_r = y_r + sum over the models that arrived of W_rj (y_j - y_r) (rows stay
 stochastic; no loss gives x = W y).
 
-Download limits (`--download-mbps`, `divjax.downloads`): a round's exchange lasts at least until
+Download limits (`--download-mbps`, `divjax.network.downloads`): a round's exchange lasts at least until
 every node has received its neighbours' models. Each node sends to its neighbours in increasing
 id order, one after another on its link; each model reaches its receiver after the pair's
 latency and waits on the receiver's download link, first come first served; the round is the
@@ -46,10 +46,10 @@ import jax.numpy as jnp
 from divjax.algorithms.base import Algorithm, Context
 from divjax.algorithms.mh_mixing import host_degrees, mix_complete, mix_table
 from divjax.algorithms.queues import sync_round_timing
-from divjax.compute_schedule import has_offline, is_offline
+from divjax.network.compute_schedule import has_offline, is_offline
 from divjax.config import SimConfig
-from divjax.rows import get_rows, padded_rows, set_rows
-from divjax.topology import CompleteNeighbors, adjacency
+from divjax.engine.rows import get_rows, padded_rows, set_rows
+from divjax.network.topology import CompleteNeighbors, adjacency
 
 
 def offline_now(ctx: Context, t) -> jax.Array | None:
@@ -78,7 +78,7 @@ def round_progress(ctx: Context, state, node, valid, t):
     cap = ctx.cfg.train_capacity or n
     finishing = state.next_end == t
     off = offline_now(ctx, t)
-    if off is not None:   # the engine trains no offline node (divjax.sim.tick)
+    if off is not None:   # the engine trains no offline node (divjax.engine.sim.tick)
         finishing = finishing & ~off
     handled = finishing & (jnp.cumsum(finishing) <= cap)
     if node.shape[0] >= cap:  # not chunked

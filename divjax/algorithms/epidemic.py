@@ -32,7 +32,7 @@ from divjax.algorithms.base import Algorithm, Context, average_with_inbox, sampl
 from divjax.algorithms.dpsgd import offline_now, sync_iteration_end
 from divjax.algorithms.queues import sync_round_timing
 from divjax.config import SimConfig
-from divjax.network import message_lost
+from divjax.network.links import message_lost
 
 
 def epidemic_routes(key: jax.Array, node: jax.Array, neighbors: jax.Array, degree: jax.Array,

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from divjax.config import SimConfig
-from divjax.network import loss_modelled, message_lost
-from divjax.topology import neighbors, table_width
+from divjax.network.links import loss_modelled, message_lost
+from divjax.network.topology import neighbors, table_width
 
 DRAW_BLOCK = 1 << 22   # loss draws made at once (senders per block = DRAW_BLOCK // n)
 

@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.compute_schedule import has_offline, is_offline, shortest_ticks, stop_tick
+from divjax.network.compute_schedule import has_offline, is_offline, shortest_ticks, stop_tick
 from divjax.config import ConfigError, SimConfig
-from divjax.downloads import fifo_deliveries
-from divjax.messages import push
-from divjax.network import (
+from divjax.network.downloads import fifo_deliveries
+from divjax.network.messages import push
+from divjax.network.links import (
     LinkTable,
     Schedule,
     arrival_tick,
@@ -41,7 +41,7 @@ from divjax.network import (
     pair_latency_units,
     units_at,
 )
-from divjax.state import ERR_RING_TOO_SHORT, flag_error
+from divjax.engine.state import ERR_RING_TOO_SHORT, flag_error
 
 
 class QueueState(NamedTuple):
@@ -261,7 +261,7 @@ def send_full_models(ctx, state, link_free: jax.Array, node: jax.Array, valid: j
         what has not fully left its link by then is dropped, counted in `dropped` then (per
         fragment) if that is within the run;
       delivery: optional ((C, J) int32 delivery tick, (C, J) bool lost on a download link),
-        with download limits (`divjax.downloads`): a message that reaches its receiver's
+        with download limits (`divjax.network.downloads`): a message that reaches its receiver's
         download link joins the inbox at that tick instead of its upload arrival (one that
         reaches an offline receiver is lost as without limits); a tick at or after the run's
         end is taken as T (never read within the run).

@@ -10,7 +10,7 @@ averages its model with the newest model of each sender that arrived since its l
 (inbox="latest", the authors' rule; inbox="sum" averages every copy that arrived).
 See ../../shared/paper.md.
 
-Churn (`--churn-rate`, or a trace's offline rows; `divjax.compute_schedule`), as for DivShare:
+Churn (`--churn-rate`, or a trace's offline rows; `divjax.network.compute_schedule`), as for DivShare:
 an offline node does not train (its iteration is paused) and does not send. Going offline drops
 its whole appended queue and the model on the wire (what has not fully left its link at
 sub-tick off_start * R; counted in `dropped`, once per fragment like every full-model counter);
@@ -19,7 +19,7 @@ appends and never drops while the process lives; a node that leaves takes its qu
 A model that arrives at an offline node is lost (counted in `lost` at the receiver, as with
 `--loss-rate`) and replaces nothing in an inbox.
 
-Download limits (`--download-mbps`, `divjax.downloads`), the rule DivShare uses: a model that
+Download limits (`--download-mbps`, `divjax.network.downloads`), the rule DivShare uses: a model that
 has left its sender's link queues at its receiver's download link, first come first served by
 the sub-tick it got there, and joins the inbox at the first tick at or after it has been
 received in full. Senders are not slowed (no backpressure): where more reaches a download link
@@ -52,7 +52,7 @@ from divjax.algorithms.queues import (
     schedule_appended_queue,
     send_full_models,
 )
-from divjax.compute_schedule import (
+from divjax.network.compute_schedule import (
     end_tick,
     has_offline,
     is_offline,
@@ -62,22 +62,22 @@ from divjax.compute_schedule import (
     window_tick,
 )
 from divjax.config import SimConfig, download_limited
-from divjax.downloads import (
+from divjax.network.downloads import (
     decode,
     fifo_deliveries,
     message_units,
     reach_download_link,
     row_start_subticks,
 )
-from divjax.messages import collect
-from divjax.network import (
+from divjax.network.messages import collect
+from divjax.network.links import (
     arrival_tick,
     latency_bounds_units,
     loss_modelled,
     message_lost,
     pair_latency_units,
 )
-from divjax.state import tick_keys
+from divjax.engine.state import tick_keys
 
 
 class SwiftState(NamedTuple):

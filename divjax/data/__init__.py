@@ -9,7 +9,7 @@ One module per concern, each importing only the ones above it:
     cifar10          the CIFAR-10 task (GN-LeNet)
     movielens        the MovieLens task (matrix factorisation), incl. synthetic ratings
 
-Task names and presets are listed in `divjax.registry` and `divjax.presets`; nothing here
+Task names and presets are listed in `divjax.tasks.registry` and `divjax.frontends.presets`; nothing here
 registers anything. The names below are re-exported for convenience.
 """
 

@@ -8,7 +8,7 @@ held-out training images (`hold_out`: a share of every node's own images) take t
 place in both views, in the same class-balanced order; the test arrays are then dropped before
 anything is built, so they cannot be read. Metrics `acc` (fraction correct, primary)
 and `loss` (mean cross-entropy). The variants registered by name (`cifar10-iid`,
-`cifar10-dirichlet0.5`, `cifar10-quick`, ...) are listed in `divjax.registry.TASKS`.
+`cifar10-dirichlet0.5`, `cifar10-quick`, ...) are listed in `divjax.tasks.registry.TASKS`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax import models
+from divjax.tasks import models
 from divjax.config import SimConfig
 from divjax.data.cifar10_files import CifarArrays
 from divjax.data.partitions import (
@@ -30,7 +30,7 @@ from divjax.data.partitions import (
     validation_union,
 )
 from divjax.data.sources import load_cifar10
-from divjax.tasks import Task
+from divjax.tasks.base import Task
 
 
 def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:

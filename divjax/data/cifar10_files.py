@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from divjax import models
+from divjax.tasks import models
 from divjax.config import ConfigError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

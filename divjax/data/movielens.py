@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax import models
+from divjax.tasks import models
 from divjax.config import ConfigError, SimConfig
 from divjax.data.movielens_files import Ratings
 from divjax.data.partitions import (
@@ -35,8 +35,8 @@ from divjax.data.partitions import (
     validation_union,
 )
 from divjax.data.sources import load_movielens
-from divjax.local import make_train_one
-from divjax.tasks import Task
+from divjax.engine.local import make_train_one
+from divjax.tasks.base import Task
 
 
 def synthetic_ratings(n_users: int, n_params: int = 206_680, rank: int = 5,

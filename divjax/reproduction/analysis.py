@@ -1,5 +1,5 @@
 """The grid's analysis: every figure of the document computed from the cells (the statistics
-themselves are `divjax.stats`, tested against hand-computed cases)."""
+themselves are `divjax.frontends.stats`, tested against hand-computed cases)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from divjax.reproduction.configs import (
 from divjax.reproduction.plateaus import tune_analysis, tuned_analysis
 from divjax.reproduction.text import commits_text
 from divjax.reproduction.tuning import TUNED_LR
-from divjax.stats import final, gain, mean_ci, plateau, speedup, time_to
+from divjax.frontends.stats import final, gain, mean_ci, plateau, speedup, time_to
 
 
 def identical_regimes(idx: dict) -> dict[str, list[list[str]]]:

@@ -63,10 +63,10 @@ def run_group(g: Group, out: Path, log) -> int:
     import jax
 
     from divjax.algorithms import ALGORITHMS
-    from divjax.registry import make_task
-    from divjax.sim import make_run
-    from divjax.state import ERR_NONFINITE
-    from divjax.sweep import (
+    from divjax.tasks.registry import make_task
+    from divjax.engine.sim import make_run
+    from divjax.engine.state import ERR_NONFINITE
+    from divjax.frontends.sweep import (
         auto_chunk,
         config_values,
         hparams_for,
@@ -74,7 +74,7 @@ def run_group(g: Group, out: Path, log) -> int:
         run_points,
         stack_hparams,
     )
-    from divjax.xla_options import program_options
+    from divjax.engine.xla_options import program_options
 
     missing = [(i, s) for i, r in enumerate(g.regimes) for s in g.seeds
                if not cell_path(out, g.task, r, g.algo, s).exists()]

@@ -10,7 +10,7 @@ import numpy as np
 
 from divjax.reproduction.configs import CIFAR_MAP, MAP_ALGOS
 from divjax.reproduction.text import commits_text, fmt_ci, table
-from divjax.stats import final, gain, mean_ci
+from divjax.frontends.stats import final, gain, mean_ci
 
 SEEDS = (0, 1, 2)
 

@@ -69,7 +69,7 @@ def paper_stragglers(k: int) -> tuple:
 
 
 def movielens_base(scale: str, data_dir: str):
-    from divjax import presets
+    from divjax.frontends import presets
 
     cfg = presets.get_preset("movielens-paper").replace(data_dir=data_dir)
     if scale == "tiny":
@@ -85,7 +85,7 @@ def movielens_base(scale: str, data_dir: str):
 def model_params(cfg) -> int:
     import jax
 
-    from divjax.registry import make_task
+    from divjax.tasks.registry import make_task
 
     task = make_task(cfg)
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(
@@ -142,7 +142,7 @@ def cifar_config(scale: str, data_dir: str):
     shortened for the CPU: 8 local steps instead of 128, 24 iterations (120 simulated s
     instead of 800), node models evaluated on 200 test images (the average model on 2000)
     every 20 simulated s."""
-    from divjax import presets
+    from divjax.frontends import presets
 
     cfg = presets.get_preset("cifar10-paper").replace(data_dir=data_dir)
     if scale == "paper":

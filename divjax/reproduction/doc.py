@@ -91,14 +91,14 @@ def claims_section(ctx: Ctx) -> list[str]:
          "Gains are DivShare's relative improvement of the final metric over the baseline, "
          "per seed, then averaged; speedups are t_baseline / t_DivShare per seed, averaged "
          "as logs (geometric mean, interval from the log ratios). Two verdicts, apart "
-         "(`divjax/stats.py`, tested in `tests/test_stats.py`). **Direction**: **holds** "
+         "(`divjax/frontends/stats.py`, tested in `tests/test_stats.py`). **Direction**: **holds** "
          "only when the interval excludes no effect (0% or 1x) on the paper's side, "
          "**opposite** when it excludes it on the other side, else **not established**. "
          "**Size**: whether the paper's figure lies **inside**, **above** or **below** the "
          "interval; when seeds are censored the interval is one-sided (a lower bound when "
          "the baseline never reached the target) and a figure beyond that bound is "
          "**unknown**, not above. A seed that never reaches the target is censored (see "
-         "`divjax.stats.speedup`), never given a number of its own.",
+         "`divjax.frontends.stats.speedup`), never given a number of its own.",
          "",
          table(claims(res, scale, cmd), ["claim (abstract)", "paper", "measured: mean "
                                          "[95% CI]", "direction", "size (paper's figure "

@@ -12,7 +12,7 @@ def downloads_section(res: dict, cmd: str) -> list[str]:
          "The main comparisons' settings with the authors' testbed shaping both directions of "
          "every link (every node's download bandwidth equals its upload: 60 Mbit/s, the 7 "
          "stragglers 10-13). Downloads are first-come-first-served queues on the link clock "
-         "(`divjax/downloads.py`); senders are not slowed by a busy receiver. DivShare: a "
+         "(`divjax/network/downloads.py`); senders are not slowed by a busy receiver. DivShare: a "
          "fragment not received by the sender's next iteration end (plus the latency) is "
          "lost, as the authors' linger = 0 connections lose it. Swift and AD-PSGD drop "
          "nothing: a model waits on the download link as long as it takes (AD-PSGD answers a "

@@ -8,7 +8,7 @@ from divjax.reproduction.cifar_map import cifar_map_summary
 from divjax.reproduction.configs import LONG_ALGOS, OMEGAS
 from divjax.reproduction.figures import plot_omega
 from divjax.reproduction.text import fmt_ci, table
-from divjax.stats import plateau
+from divjax.frontends.stats import plateau
 
 
 def summary_lines(res: dict) -> list[str]:

@@ -22,7 +22,7 @@ from divjax.reproduction.configs import (
 )
 from divjax.reproduction.figures import plot_curves, plot_maps
 from divjax.reproduction.text import commits_text, fmt_ci, plateau_text, speed_text, table, tta_text
-from divjax.stats import final, mean_ci, plateau
+from divjax.frontends.stats import final, mean_ci, plateau
 
 
 class Ctx(NamedTuple):
@@ -89,7 +89,7 @@ def movielens_main_section(ctx: Ctx) -> list[str]:
                            "iterations", "diverged seeds", "commit"]), ""]
         p = ml["plateau"]
         if p:
-            L += [f"Stopping rule (one-sided, `divjax.stats.plateau_status`): the best "
+            L += [f"Stopping rule (one-sided, `divjax.frontends.stats.plateau_status`): the best "
                   f"algorithm ({p['algorithm']}, final RMSE {p['final']:.4g}) "
                   + plateau_text(p) + " "
                   + ("The final figures are at a fixed simulated time, not at a plateau."

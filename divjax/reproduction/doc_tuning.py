@@ -15,7 +15,7 @@ from divjax.reproduction.tuning import (
     TUNED_TARGETS,
     VALIDATION_SHARE,
 )
-from divjax.stats import gain, mean_ci
+from divjax.frontends.stats import gain, mean_ci
 
 NAME = {"divshare": "DivShare", "adpsgd": "AD-PSGD", "swift": "Swift", "local": "local-only"}
 
@@ -163,7 +163,7 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "engine's ring grow with the run (an (n, D) slot of 50 MB per slot of delay): their "
           "length is the longest that fits this shared machine's memory (see TUNED_ITERS in "
           "`divjax/reproduction/tuning.py` for the measured sizes). The plateau rule is "
-          "one-sided (`divjax.stats.plateau_status`).", "", tuned_table(tuned, idx), "",
+          "one-sided (`divjax.frontends.stats.plateau_status`).", "", tuned_table(tuned, idx), "",
           "DivShare's gain (positive = lower test RMSE), paired by seed (a seed where either "
           "run diverged is left out of the pairs; the table above counts them). A gain "
           "between best points is a size at a plateau only when both runs stopped improving; "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from divjax.reproduction.configs import PAPER
-from divjax.stats import mean_ci, two_sided
+from divjax.frontends.stats import mean_ci, two_sided
 
 
 def plot_curves(idx: dict, task: str, regime: str, algos, path: Path, targets=()) -> bool:

@@ -9,14 +9,14 @@ import numpy as np
 
 from divjax.reproduction.configs import BASELINES
 from divjax.reproduction.tuning import TUNE_ALGOS, TUNED_TARGETS, choose_lr, lr_scores
-from divjax.stats import gain, mean_ci, plateau_status, speedup, time_to
+from divjax.frontends.stats import gain, mean_ci, plateau_status, speedup, time_to
 
 MAIN_ITERS = 60   # the main comparison's length, where "before tuning" is measured
 
 
 def point_cells(cells: dict, value) -> dict:
     """{seed: cell} -> {seed: a cell whose primary curve is the one value `value(cell)`}, so
-    `divjax.stats.gain` pairs and compares those values."""
+    `divjax.frontends.stats.gain` pairs and compares those values."""
     out = {}
     for s, c in cells.items():
         key = c["primary"] + "_mean"
@@ -46,7 +46,7 @@ def finite(cells: dict) -> dict:
 
 def algo_plateau(cells: dict) -> dict:
     """The one-sided plateau rule on the mean curve over the seeds that did not diverge
-    (`divjax.stats.plateau_status`), with the run's length in iterations and the number of
+    (`divjax.frontends.stats.plateau_status`), with the run's length in iterations and the number of
     diverged seeds (status "diverged" when every seed did)."""
     c0 = next(iter(cells.values()))
     ok = finite(cells)
@@ -110,7 +110,7 @@ def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
 
 def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
     """Time to each target per algorithm (censored seeds counted) and DivShare's speedup over
-    each other algorithm (`divjax.stats.speedup`)."""
+    each other algorithm (`divjax.frontends.stats.speedup`)."""
     tta, sp = {}, {}
     for y in targets:
         for a, cs in cells.items():
@@ -126,7 +126,7 @@ def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
 
 def truncated(cells: dict, end: float) -> dict:
     """{seed: cell} with every curve cut to the evaluations at or before simulated time `end`:
-    `divjax.stats.speedup` censors at DivShare's end, so runs of different lengths are compared
+    `divjax.frontends.stats.speedup` censors at DivShare's end, so runs of different lengths are compared
     in the window both cover (else a shorter baseline's censored seed would get DivShare's
     longer end as its time, an overstated lower bound)."""
     out = {}

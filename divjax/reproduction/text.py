@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from divjax.reproduction.configs import BASELINES, PAPER, TARGETS
-from divjax.stats import size_verdict
+from divjax.frontends.stats import size_verdict
 
 
 def fmt_ci(r: dict, unit: str = "", digits: int = 3) -> str:
@@ -56,7 +56,7 @@ def tta_text(r: dict | None) -> str:
 
 
 def plateau_text(p: dict) -> str:
-    """One sentence on a `divjax.stats.plateau` result (signed: positive = better)."""
+    """One sentence on a `divjax.frontends.stats.plateau` result (signed: positive = better)."""
     change = (f"changed its mean by {p['improvement_pct']:+.2f}% (positive = better) from "
               f"{p['from_s']:.0f} s to {p['to_s']:.0f} s")
     if p["status"] == "still improving":
@@ -74,7 +74,7 @@ def xla_note(res: dict) -> str:
     new = sum("xla_compiler_options" in c for c in cells)
     return (f"{len(cells) - new} cell(s) were compiled with XLA's default CPU options and "
             f"{new} (each records its `xla_compiler_options`) with divjax's (no YNNPACK library "
-            "fusions on CPU, `divjax/xla_options.py`, 1.2-1.4x faster on MovieLens; YNNPACK's "
+            "fusions on CPU, `divjax/engine/xla_options.py`, 1.2-1.4x faster on MovieLens; YNNPACK's "
             "reductions kept for models with convolutions), which changes float rounding only: "
             "a cell rerun under the other options is the same simulation but not bit-identical "
             "to its JSON (the default run's final RMSE moved by at most 2.4e-7 over its curve, "

@@ -37,7 +37,7 @@ TUNED_LR: dict[str, float] = {"divshare": 0.4, "local": 0.4, "swift": 0.2, "adps
 # as a few CPU minutes per cell allow on this shared 2-core machine (one seed of DivShare at 60
 # iterations: 35 s wall at nice 10 under load ~10; local-only 16 s), 600 and 300 (local-only's
 # curve is flat from early on). Swift's and AD-PSGD's appended queues grow the engine's ring
-# with the run (memory model of divjax.memory, one run per call: Swift 2.40 GiB at 60
+# with the run (memory model of divjax.engine.memory, one run per call: Swift 2.40 GiB at 60
 # iterations, 4.48 at 120, 7.26 at 200; AD-PSGD 3.33, 6.10, 9.80; measured peak RSS at 60: 3.1
 # and 4.2 GB): the longest that keeps one process under ~6 GB next to the other jobs of this
 # 23 GB machine: Swift 120 (~5.2 GB), AD-PSGD 90 (~5.6 GB).

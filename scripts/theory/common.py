@@ -1,6 +1,6 @@
 """Shared pieces of the convergence-theory scripts: setup, sweeps, delay bound, fits, output.
 
-Every script builds a least-squares task with a known optimum (divjax.tasks.make_synthetic_task),
+Every script builds a least-squares task with a known optimum (divjax.tasks.base.make_synthetic_task),
 runs DivShare on the simulated clock for a grid of HParams x seeds, and reduces the metrics to
 the quantities that convergence bounds of asynchronous decentralized SGD are made of:
 the optimality gap f(x_bar) - f* and the squared gradient norm ||grad f(x_bar)||^2 of the average
@@ -36,9 +36,9 @@ from jax.flatten_util import ravel_pytree
 
 from divjax import SimConfig, Task, check_state, default_hparams, make_run
 from divjax.config import HParams
-from divjax.network import latency_bounds_units, link_table
-from divjax.sizing import model_layout
-from divjax.tasks import make_synthetic_task
+from divjax.network.links import latency_bounds_units, link_table
+from divjax.engine.sizing import model_layout
+from divjax.tasks.base import make_synthetic_task
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
