@@ -1,5 +1,7 @@
-"""The package layout: no import cycle among divjax modules, no module and no function too long
-to read.
+"""The package layout: no import cycle among divjax modules, no module too long to read, nothing
+at divjax/ top level but the allowed few (the rest lives in subpackages: engine, network, tasks,
+reference, frontends, algorithms, data, reproduction), no function too long to read, and every
+name of the public API (`divjax.api`) imports.
 
 The import graph is read from the source with `ast`, not by importing: every `import` and
 `from ... import` of a divjax module, at module level and inside functions alike (an import
@@ -19,6 +21,7 @@ included), but those in KNOWN_LONG while they are being split.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,20 @@ LONG_MODULES: dict[str, str] = {}
 # split (issue 32). Nothing else may grow past it.
 KNOWN_LONG: set[tuple[str, str]] = {
 }
+
+# The only modules at divjax/ top level, each with its reason: everything else lives in a
+# subpackage (docs/concepts/architecture.md says which).
+TOP_LEVEL: dict[str, str] = {
+    "__init__.py": "the package; re-exports divjax.api",
+    "__main__.py": "`python -m divjax`: the divjax command",
+    "api.py": "the public API: every name users may import, in one list",
+    "config.py": "SimConfig and HParams: the contract every subpackage reads",
+    "config_checks.py": "SimConfig's checks and ConfigError, raised by every subpackage",
+    "plugins.py": "algorithms and tasks named by import path (algorithms, tasks, front ends)",
+    "testing.py": "divjax.testing: the conformance checks users run on their own algorithm",
+}
+SUBPACKAGES = ("algorithms", "data", "engine", "frontends", "network", "reference", "reproduction",
+               "tasks")
 
 
 def module_files() -> dict[str, Path]:
@@ -120,7 +137,7 @@ def test_layout__graph_sees_the_imports_it_must_see():
     assert "divjax.tasks.models" in graph["divjax.data.cifar10"]          # from divjax.tasks import models
     assert "divjax.algorithms.base" in graph["divjax.algorithms.divshare"]
     src = ("import importlib\n\n\ndef f():\n    importlib.import_module('divjax.data')\n"
-           "    from . import models\n    from .algorithms import base\n")
+           "    from .tasks import models\n    from .algorithms import base\n")
     seen = imported_modules("divjax.probe", ast.parse(src), module_files())
     assert seen == {"divjax.data", "divjax.tasks.models", "divjax.algorithms.base"}
 
@@ -206,3 +223,37 @@ def test_layout__function_lengths_are_measured():
     seen = {(str(p.relative_to(ROOT)), n) for p in PACKAGE.rglob("*.py")
             for n in function_lengths(ast.parse(p.read_text()))}
     assert probe <= seen
+
+def test_layout__top_level_holds_only_the_allowed_modules():
+    extra = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in TOP_LEVEL)
+    assert not extra, (f"divjax/ top level holds {extra}: move each into the subpackage it belongs "
+                       f"to ({', '.join(SUBPACKAGES)}; docs/concepts/architecture.md), or add it "
+                       f"to TOP_LEVEL with the reason it is none of them")
+    stale = sorted(name for name in TOP_LEVEL if not (PACKAGE / name).is_file())
+    assert not stale, f"{stale} are in TOP_LEVEL but do not exist: remove them"
+
+
+def test_layout__every_subpackage_says_what_lives_there():
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert packages == sorted(SUBPACKAGES), f"subpackages {packages}: update SUBPACKAGES and the docs"
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
+        assert doc and len(doc.split()) >= 8, f"divjax/{name}/__init__.py needs a docstring " \
+                                              f"saying what lives there"
+
+
+def test_layout__every_public_name_imports():
+    """Every name of `divjax.api.__all__` is importable from `divjax`, listed once, and the
+    package exports exactly them (plus `api`); the public modules import."""
+    import divjax
+    from divjax import api
+
+    assert len(set(api.__all__)) == len(api.__all__), "a name is listed twice in divjax.api.__all__"
+    missing = [name for name in api.__all__ if not hasattr(divjax, name)]
+    assert not missing, f"divjax.api.__all__ lists {missing}, which do not import"
+    assert sorted(divjax.__all__) == sorted(["api", *api.__all__])
+    namespace: dict = {}
+    exec("from divjax import *", namespace)           # what a user's star import gets
+    assert set(api.__all__) <= set(namespace)
+    for module in api.PUBLIC_MODULES:
+        importlib.import_module(module)
