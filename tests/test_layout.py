@@ -131,10 +131,10 @@ def test_layout__graph_sees_the_imports_it_must_see():
     """The reader finds module-level, function-level, `from pkg import module`, relative and
     `importlib.import_module` imports (else an acyclic verdict would mean nothing)."""
     graph = import_graph()
-    assert "divjax.tasks.registry" in graph["divjax.engine.sim"]                 # module level
-    assert "divjax.engine.sim" in graph["divjax.frontends.cli_run"]                  # inside a function
-    assert "divjax.frontends.command" in graph["divjax.frontends.compare"]              # under __main__
-    assert "divjax.tasks.models" in graph["divjax.data.cifar10"]          # from divjax.tasks import models
+    assert "divjax.tasks.registry" in graph["divjax.engine.sim"]             # module level
+    assert "divjax.engine.sim" in graph["divjax.frontends.cli_run"]          # inside a function
+    assert "divjax.frontends.command" in graph["divjax.frontends.compare"]   # under __main__
+    assert "divjax.tasks.models" in graph["divjax.data.cifar10"]     # from divjax.tasks import ...
     assert "divjax.algorithms.base" in graph["divjax.algorithms.divshare"]
     src = ("import importlib\n\n\ndef f():\n    importlib.import_module('divjax.data')\n"
            "    from .tasks import models\n    from .algorithms import base\n")
@@ -235,7 +235,7 @@ def test_layout__top_level_holds_only_the_allowed_modules():
 
 def test_layout__every_subpackage_says_what_lives_there():
     packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
-    assert packages == sorted(SUBPACKAGES), f"subpackages {packages}: update SUBPACKAGES and the docs"
+    assert packages == sorted(SUBPACKAGES), f"subpackages {packages}: update SUBPACKAGES, docs"
     for name in packages:
         doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text()))
         assert doc and len(doc.split()) >= 8, f"divjax/{name}/__init__.py needs a docstring " \
