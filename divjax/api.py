@@ -11,7 +11,7 @@ below, users import from the modules in `PUBLIC_MODULES` (a sweep's function, th
 checks, plug-ins, statistics) and call the `divjax` command (`divjax.frontends.cli.main`).
 
 No name here equals a former top-level module's (`sweep`, `stats`, `presets`, ...): the layout
-script reads `from divjax import sweep` as that module.
+script (issue 32) reads such a name, imported from `divjax`, as that module.
 """
 
 from divjax import plugins, testing
