@@ -59,6 +59,22 @@ def test_speedup__a_shorter_censored_baseline_is_bounded_by_its_own_end():
     assert r["per_seed"] == [">=2.67"] * 3
 
 
+def test_equal_accuracy_speedup__hand_computed():
+    # the baseline ends at accuracy 0.30, first reached at t=40; DivShare reaches 0.30 halfway
+    # between t=10 (0.20) and t=20 (0.40): t=15, so 40 / 15 in every seed
+    div = {s: cell([0, 10, 20, 40], [0.1, 0.2, 0.4, 0.5], higher=True, primary="acc")
+           for s in range(3)}
+    base = {s: cell([0, 20, 40], [0.1, 0.2, 0.3], higher=True, primary="acc") for s in range(3)}
+    r = stats.equal_accuracy_speedup(div, base)
+    assert r["mean"] == pytest.approx(40 / 15) and r["per_seed"] == ["2.67"] * 3
+    # DivShare never reaches the baseline's final accuracy: an upper bound, never "holds"
+    slow = {s: cell([0, 20, 40], [0.1, 0.15, 0.2 + 0.01 * s], higher=True, primary="acc")
+            for s in range(3)}
+    r = stats.equal_accuracy_speedup(slow, base)
+    assert r["censored_div"] == 3 and r["verdict"] != "holds"
+    assert r["mean"] == pytest.approx(1.0)                    # t_base 40 / DivShare's end 40
+
+
 def test_speedup__censored_divshare_forbids_holds():
     div = {s: cell([0, 10, 20], [4.0, 3.5 - 0.1 * s, 3.0]) for s in range(3)}   # never 2.5
     base = {s: cell([0, 10, 20], [4.0, 3.0, 2.0 + 0.1 * s]) for s in range(3)}
