@@ -21,6 +21,11 @@ def test_grid_tiny_writes_skips_and_regenerates(tmp_path, monkeypatch):
     groups = [grid.Group("movielens", "map", "divshare", cfg, ("r1-s0", "r1-s1"),
                          ({"n_stragglers": 0}, {"n_stragglers": 1}), (0, 1), 0)]
     monkeypatch.setattr(grid, "build_groups", lambda *a: groups)
+    # the cells record this checkout's commit but not its working tree's state, so a developer's
+    # uncommitted engine edits do not make every cell "dirty" here (only the one marked below)
+    clean = {**cells_mod.git_commit(), "engine_dirty": False}
+    monkeypatch.setattr(cli, "git_commit", lambda: clean)
+    monkeypatch.setattr(cells_mod, "git_commit", lambda: clean)
     out, doc = tmp_path / "rep", tmp_path / "reproduction.md"
     argv = ["--scale", "tiny", "--data-dir", "", "--seeds", "2", "--out", str(out),
             "--doc", str(doc)]
