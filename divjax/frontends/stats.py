@@ -138,9 +138,30 @@ def speedup(div: dict, base: dict, target: float, key: str | None = None) -> dic
     "holds", and "opposite" is then not allowed); when only DivShare never reached it, the
     same substitution gives an upper bound ("holds" is then not allowed); seeds where
     neither reached it carry no information and are left out."""
+    return _paired_speedup(div, base, lambda s: target, key)
+
+
+def equal_accuracy_speedup(div: dict, base: dict, key: str | None = None) -> dict:
+    """Speedup at equal accuracy, paired by seed: the baseline's final value of `key` (default
+    the primary node mean) is the target; t_base is when the baseline first reached it, t_div
+    when DivShare first did (both interpolated as in `time_to`), speedup t_base / t_div. A seed
+    where DivShare never reached the baseline's final value is censored at DivShare's end (an
+    upper bound, so "holds" is not allowed); a diverged baseline's seed is left out. Same
+    interval and verdict as `speedup`. The target is set by the baseline's own run, not chosen
+    after looking at DivShare's."""
+    return _paired_speedup(div, base, lambda s: final(base[s], key), key)
+
+
+def _paired_speedup(div: dict, base: dict, target_of, key: str | None) -> dict:
+    """`speedup` with a per-seed target (`target_of(seed)`; a non-finite one leaves the seed
+    out)."""
     seeds = sorted(set(div) & set(base))
     logs, per_seed, kinds = [], [], []
     for s in seeds:
+        target = target_of(s)
+        if not np.isfinite(target):   # e.g. a diverged baseline: no accuracy to match
+            per_seed.append("no target (diverged)")
+            continue
         lg, text, kind = _censored_ratio(time_to(div[s], target, key),
                                          time_to(base[s], target, key),
                                          float(div[s]["curve"]["time_s"][-1]),
@@ -161,38 +182,6 @@ def speedup(div: dict, base: dict, target: float, key: str | None = None) -> dic
     if neither == len(seeds) and seeds:
         out["verdict"] = "not established (no seed reached the target)"
     return out
-
-
-def equal_accuracy_speedup(div: dict, base: dict, key: str | None = None) -> dict:
-    """Speedup at equal accuracy, paired by seed: the baseline's final value of `key` (default
-    the primary node mean) is the target; t_base is when the baseline first reached it, t_div
-    when DivShare first did (both interpolated as in `time_to`), speedup t_base / t_div. A seed
-    where DivShare never reached the baseline's final value is censored at DivShare's end (an
-    upper bound, so "holds" is not allowed). Same interval and verdict as `speedup`. The target
-    is set by the baseline's own run, not chosen after looking at DivShare's."""
-    seeds = sorted(set(div) & set(base))
-    logs, per_seed, kinds = [], [], []
-    for s in seeds:
-        target = final(base[s], key)
-        if not np.isfinite(target):   # a diverged baseline has no accuracy to match
-            per_seed.append("baseline diverged")
-            continue
-        lg, text, kind = _censored_ratio(time_to(div[s], target, key),
-                                         time_to(base[s], target, key),
-                                         float(div[s]["curve"]["time_s"][-1]),
-                                         float(base[s]["curve"]["time_s"][-1]))
-        per_seed.append(text)
-        kinds.append(kind)
-        if lg is not None:
-            logs.append(lg)
-    m = mean_ci(logs)
-    upper = kinds.count("upper")
-    return {"mean": math.exp(m["mean"]) if m["n"] else float("nan"),
-            "lo": math.exp(m["lo"]) if np.isfinite(m["lo"]) else float("nan"),
-            "hi": math.exp(m["hi"]) if np.isfinite(m["hi"]) else float("nan"),
-            "n": m["n"], "per_seed": per_seed, "censored_base": 0, "censored_div": upper,
-            "neither": 0, "seeds": len(seeds),
-            "verdict": verdict(m["lo"], m["hi"], m["n"], 0.0, can_hold=upper == 0)}
 
 
 def plateau_status(t, y, higher_is_better: bool, window: float = 0.2,
