@@ -4,6 +4,8 @@ written, skipped on rerun, the document regenerated from them; the analysis on h
 import json
 from pathlib import Path
 
+import pytest
+
 from divjax.reproduction import analysis, cli, doc_omega, grid, plateaus, tuning
 from divjax.reproduction import cells as cells_mod
 
@@ -194,3 +196,42 @@ def test_tuned_analysis__a_diverged_seed_is_counted_and_left_out_of_the_pairs():
     g = res["gain_best"]["adpsgd"]
     assert g["n"] == 2 and abs(g["mean"] - 25.0) < 1e-9      # (2.0 - 1.5) / 2.0
     assert "local" not in res["gain_best"]
+
+
+def test_grid__a_plugin_algorithm_runs_beside_divshare(tmp_path, monkeypatch):
+    """--with-algorithm NAME=SPEC runs a user's algorithm in every DivShare group: its cells
+    pair by seed with DivShare's and record the plug-in's file and sha256; a spec that does
+    not parse, a taken name, or a path that does not import are refused before anything runs."""
+    import hashlib
+
+    from divjax.config import SimConfig
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "prioritized_divshare.py"
+    cfg = SimConfig(task="synthetic", n_nodes=4, n_fragments=2, fanout=2, local_steps=2,
+                    batch_size=4, tick_s=0.05, duration_s=0.5, eval_every_s=0.25,
+                    compute_s=0.1, lr=0.1, n_stragglers=1, straggler_mbps=(0.5,),
+                    inbox="sum")   # what the example models
+    groups = [grid.Group("movielens", "map", "divshare", cfg, ("r1-s1",), ({},), (0,), 0),
+              grid.Group("movielens", "map", "swift", cfg.replace(algorithm="swift"),
+                         ("r1-s1",), ({},), (0,), 0)]
+    monkeypatch.setattr(grid, "build_groups", lambda *a: groups)
+    out = tmp_path / "rep"
+    argv = ["--scale", "tiny", "--data-dir", "", "--seeds", "1", "--out", str(out),
+            "--doc", str(tmp_path / "r.md")]
+    for bad, why in (("prio", "give NAME="), ("Prio=x:y", "give NAME="),
+                     ("swift=" + f"{example}:make_prioritized", "is taken")):
+        with pytest.raises(SystemExit, match=why):
+            cli.main([*argv, "--with-algorithm", bad])
+    with pytest.raises(Exception, match="nowhere_at_all"):
+        cli.main([*argv, "--with-algorithm", "prio=nowhere_at_all:make"])
+    assert not out.exists() or not list(out.glob("cells/*/*/*.json"))
+    cli.main([*argv, "--with-algorithm", f"prio={example}:make_prioritized"])
+    made = sorted(p.relative_to(out / "cells").as_posix() for p in out.glob("cells/*/*/*.json"))
+    assert made == ["movielens/r1-s1/divshare-seed0.json", "movielens/r1-s1/prio-seed0.json",
+                    "movielens/r1-s1/swift-seed0.json"]
+    cell = json.loads((out / "cells" / "movielens" / "r1-s1" / "prio-seed0.json").read_text())
+    assert cell["config"]["algorithm"] == f"{example}:make_prioritized"
+    assert cell["plugin"]["algorithm"]["sha256"] == hashlib.sha256(example.read_bytes()).hexdigest()
+    div = json.loads((out / "cells" / "movielens" / "r1-s1" / "divshare-seed0.json").read_text())
+    assert "plugin" not in div and div["curve"]["time_s"] == cell["curve"]["time_s"]

@@ -62,7 +62,8 @@ def run_group(g: Group, out: Path, log) -> int:
     program); write one JSON per missing cell. Returns the number of cells written."""
     import jax
 
-    from divjax.algorithms import ALGORITHMS
+    from divjax.algorithms import make_algorithm
+    from divjax.plugins import plugin_record
     from divjax.tasks.registry import make_task
     from divjax.engine.sim import make_run
     from divjax.engine.state import ERR_NONFINITE
@@ -84,7 +85,7 @@ def run_group(g: Group, out: Path, log) -> int:
     seeds = sorted({s for _, s in missing})
     hps = [hparams_for(g.cfg, g.points[i]) for i in pts]
     task = make_task(g.cfg)
-    algo = ALGORITHMS[g.algo](g.cfg)
+    algo = make_algorithm(g.cfg)   # g.cfg.algorithm: a built-in name or a plug-in's spec
     cfg_r = resolve_grid(g.cfg, hps, task, algo)
     run = make_run(cfg_r, task, algo)
     hp, axes = stack_hparams(hps)
@@ -128,6 +129,8 @@ def run_group(g: Group, out: Path, log) -> int:
                 "device": jax.devices()[0].device_kind,
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             }
+            if plugin_record(g.cfg):   # a plug-in's file and sha256: what code made the cell
+                cell["plugin"] = plugin_record(g.cfg)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(cell, default=str))

@@ -32,7 +32,33 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--rerun-dirty", action="store_true",
                     help="delete the cells made with uncommitted engine edits (git.engine_dirty) "
                          "and rerun just those (run it from a clean checkout)")
+    ap.add_argument("--with-algorithm", action="append", default=[], metavar="NAME=SPEC",
+                    help="also run your own algorithm (SPEC: MODULE:ATTR or PATH.py:ATTR, as in "
+                         "`divjax run --algorithm`) wherever the parts run DivShare, as cells "
+                         "named NAME (repeatable)")
     return ap.parse_args(argv)
+
+
+def plugin_algorithms(pairs: list[str]) -> dict[str, str]:
+    """--with-algorithm NAME=SPEC values -> {NAME: SPEC}; SystemExit naming a bad one. Each
+    spec is imported here, so a path that does not import fails before anything runs."""
+    import re
+
+    from divjax import plugins
+    from divjax.algorithms import ALGORITHMS
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, _, spec = pair.partition("=")
+        if not (re.fullmatch(r"[a-z][a-z0-9_]*", name) and plugins.is_plugin(spec)):
+            raise SystemExit(f"--with-algorithm {pair!r}: give NAME=MODULE:ATTR or "
+                             f"NAME=PATH.py:ATTR, NAME in lower case letters, digits and _")
+        if name in ALGORITHMS or name in out:
+            raise SystemExit(f"--with-algorithm {pair!r}: the name {name!r} is taken (a "
+                             f"built-in algorithm or given twice): choose another")
+        plugins.load(spec, "algorithm")   # ConfigError now if it does not import
+        out[name] = spec
+    return out
 
 
 def dirty_groups(args, seeds: tuple, log) -> list:
@@ -87,7 +113,8 @@ def main(argv=None) -> dict:
         if "tune" in parts and args.scale != "tiny" and not has_validation_share():
             raise SystemExit("--parts tune needs SimConfig.validation_share (branch "
                              "h/validation): without it the rates would be chosen on the test set")
-        groups = grid.build_groups(parts, args.scale, args.data_dir, seeds)
+        groups = grid.with_plugins(grid.build_groups(parts, args.scale, args.data_dir, seeds),
+                                   plugin_algorithms(args.with_algorithm))
         if args.algos:
             groups = [g for g in groups if g.algo in args.algos.split(",")]
         run_groups(groups, args, parts, seeds, log)

@@ -199,6 +199,16 @@ def cifar_map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     return out
 
 
+def with_plugins(groups: list[Group], plugins: dict[str, str]) -> list[Group]:
+    """`groups` plus, for each plug-in (cell name -> `MODULE:ATTR` / `PATH.py:ATTR` of an
+    algorithm factory, `divjax.plugins`), a copy of every DivShare group running it instead:
+    the same task, regimes, points, seeds and network, so its cells pair by seed with the
+    paper's algorithms' (`<regime>/<name>-seed<k>.json`)."""
+    return groups + [g._replace(algo=name, cfg=g.cfg.replace(algorithm=spec))
+                     for name, spec in plugins.items() for g in groups
+                     if g.algo == "divshare"]
+
+
 def expected_cells(parts, scale, data_dir, seeds) -> list[tuple]:
     groups = build_groups(parts, scale, data_dir, seeds)
     return [(g.task, r, g.algo, s) for g in groups for r in g.regimes for s in g.seeds]
