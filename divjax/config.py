@@ -83,9 +83,10 @@ class SimConfig:
     #                                  "sum" averages every copy that arrived since the last one
     inbox_history: int = 0           # AD-PSGD with inbox "latest": post-training snapshots kept
     #                                  per node to take a replaced message out again; 0 = auto
-    ping_slots: int = 0              # AD-PSGD: pings in flight each node can hold (its ping
-    #                                  table); 0 = auto, from the longest delay and compute time
-    ring_ticks: int = 0              # ring slots (L or B, see network.py); 0 = smallest that fits
+    ping_slots: int = 0              # AD-PSGD: ping records each node holds (its ping table: a
+    #                                  ping, its pong, kept until no newer model can replace
+    #                                  them); 0 = auto, from the longest delay and compute time
+    ring_ticks: int = 0              # ring slots (L or B, see network/links.py); 0 = smallest that fits
     delay_ticks: int = 0             # longest enqueue-to-arrival delay in ticks; 0 = auto
     link_resolution: int = 1000      # link clock sub-ticks per tick (sequential sends are exact)
     train_capacity: int = 0          # most nodes that finish in one tick; 0 = exact maximum
