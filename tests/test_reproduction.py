@@ -235,3 +235,9 @@ def test_grid__a_plugin_algorithm_runs_beside_divshare(tmp_path, monkeypatch):
     assert cell["plugin"]["algorithm"]["sha256"] == hashlib.sha256(example.read_bytes()).hexdigest()
     div = json.loads((out / "cells" / "movielens" / "r1-s1" / "divshare-seed0.json").read_text())
     assert "plugin" not in div and div["curve"]["time_s"] == cell["curve"]["time_s"]
+    # the same NAME with another version of the source: the old cells would be skipped and new
+    # ones made by other code under one name, so it is refused
+    edited = tmp_path / "prio_edited.py"
+    edited.write_text(example.read_text() + "\n# edited\n")
+    with pytest.raises(SystemExit, match="not this source"):
+        cli.main([*argv, "--with-algorithm", f"prio={edited}:make_prioritized"])

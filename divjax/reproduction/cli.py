@@ -4,6 +4,7 @@ the document."""
 from __future__ import annotations
 
 import argparse
+import json
 import datetime
 import time
 from pathlib import Path
@@ -39,26 +40,35 @@ def parse(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def plugin_algorithms(pairs: list[str]) -> dict[str, str]:
+def plugin_algorithms(pairs: list[str], out: Path) -> dict[str, str]:
     """--with-algorithm NAME=SPEC values -> {NAME: SPEC}; SystemExit naming a bad one. Each
-    spec is imported here, so a path that does not import fails before anything runs."""
+    spec is imported here, so a path that does not import fails before anything runs, and a
+    NAME whose cells in `out` were made by another spec or another version of its source is
+    refused (the skipped old cells and the new ones would mix two algorithms under one name)."""
     import re
 
     from divjax import plugins
     from divjax.algorithms import ALGORITHMS
 
-    out: dict[str, str] = {}
+    found: dict[str, str] = {}
     for pair in pairs:
         name, _, spec = pair.partition("=")
         if not (re.fullmatch(r"[a-z][a-z0-9_]*", name) and plugins.is_plugin(spec)):
             raise SystemExit(f"--with-algorithm {pair!r}: give NAME=MODULE:ATTR or "
                              f"NAME=PATH.py:ATTR, NAME in lower case letters, digits and _")
-        if name in ALGORITHMS or name in out:
+        if name in ALGORITHMS or name in found:
             raise SystemExit(f"--with-algorithm {pair!r}: the name {name!r} is taken (a "
                              f"built-in algorithm or given twice): choose another")
         plugins.load(spec, "algorithm")   # ConfigError now if it does not import
-        out[name] = spec
-    return out
+        now = plugins.source_record(spec, "algorithm")
+        for cell in sorted(Path(out).glob(f"cells/*/*/{name}-seed*.json")):
+            was = json.loads(cell.read_text()).get("plugin", {}).get("algorithm", {})
+            if (was.get("spec"), was.get("sha256")) != (spec, now["sha256"]):
+                raise SystemExit(f"--with-algorithm {pair!r}: {cell} was made by "
+                                 f"{was.get('spec')!r} (sha256 {str(was.get('sha256'))[:12]}), "
+                                 f"not this source: use another NAME, or delete its cells")
+        found[name] = spec
+    return found
 
 
 def dirty_groups(args, seeds: tuple, log) -> list:
@@ -114,7 +124,7 @@ def main(argv=None) -> dict:
             raise SystemExit("--parts tune needs SimConfig.validation_share (branch "
                              "h/validation): without it the rates would be chosen on the test set")
         groups = grid.with_plugins(grid.build_groups(parts, args.scale, args.data_dir, seeds),
-                                   plugin_algorithms(args.with_algorithm))
+                                   plugin_algorithms(args.with_algorithm, args.out))
         if args.algos:
             groups = [g for g in groups if g.algo in args.algos.split(",")]
         run_groups(groups, args, parts, seeds, log)
