@@ -154,7 +154,13 @@ def child(n: int, algorithm: str, task: str, args) -> dict:
     except subprocess.TimeoutExpired:
         return {**head, "error": f"timed out after {timeout:.0f} s"}
     if done.returncode:
-        return {**head, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        last = (done.stderr.strip().splitlines() or [""])[-1][:300]
+        if done.returncode < 0:     # killed by a signal: say which (9 = the kernel's OOM killer)
+            import signal
+            last = (f"killed by {signal.Signals(-done.returncode).name}"
+                    + (" (out of memory?)" if done.returncode == -9 else "")
+                    + (f"; last stderr line: {last}" if last else ""))
+        return {**head, "error": last or f"exit status {done.returncode}, no stderr"}
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["process_s"] = round(time.perf_counter() - t0, 2)
     return {**head, **row}
