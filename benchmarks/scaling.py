@@ -113,6 +113,7 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     run_s = time.perf_counter() - t0
     iterations = int(state.iterations.astype("int64").sum())
     peak_run = peak_bytes() if reset else None
+    xla = memory.compiled_memory(step)
     evaluation = {}
     if n <= eval_max and reset_peak():   # one evaluation of every node, timed apart
         t0 = time.perf_counter()
@@ -124,6 +125,8 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
         evaluation["peak_eval_bytes"] = peak_bytes()
     model = memory.memory_model(engine.cfg, engine.layout,
                                 data_bytes=memory.task_data_bytes(engine.task), available=1)
+    del state, step
+    plain = plain_local_sgd(task, cfg.local_steps, float(hp.lr), n, max(1, iterations // n))
     return {"n": n, "algorithm": algorithm, "task": task_name, "params": engine.layout.D,
             "local_steps": engine.cfg.local_steps, "ticks": engine.cfg.num_ticks,
             "iterations": iterations, "build_s": round(build_s, 3),
@@ -132,7 +135,37 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
             "peak_import_bytes": start, "peak_build_bytes": peak_build,
             "peak_run_bytes": peak_run, "peak_reset": reset,
             "model_total_bytes": model["total"], "model_parts": model["parts"],
-            "xla": memory.compiled_memory(step), **evaluation}
+            "xla": xla, **evaluation, **plain}
+
+
+def plain_local_sgd(task, local_steps: int, lr: float, n: int, rounds: int) -> dict:
+    """The floor the engine's time is measured against: the best a plain single jitted call
+    achieves for the same training work, with no network at all. Every node runs `local_steps`
+    SGD steps on its own mini-batches (the task's `sample_batch` and `loss`, `jax.grad`, one
+    `lax.scan` per node, `vmap` over the n nodes), `rounds` times (the engine's iterations per
+    node), one call per round. Returns its time per node-iteration and compile time."""
+    import jax
+
+    def node_iteration(params, key, node):
+        def step(p, k):
+            g = jax.grad(task.loss)(p, task.sample_batch(k, node))
+            return jax.tree.map(lambda a, b: a - lr * b, p, g), None
+        return jax.lax.scan(step, params, jax.random.split(key, local_steps))[0]
+
+    params = jax.jit(jax.vmap(task.init))(jax.random.split(jax.random.key(1), n))
+    nodes = jax.numpy.arange(n, dtype=jax.numpy.int32)
+    keys = jax.random.split(jax.random.key(2), (rounds, n))
+    t0 = time.perf_counter()
+    call = jax.jit(jax.vmap(node_iteration), donate_argnums=0).lower(params, keys[0], nodes)
+    call = call.compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        params = call(params, keys[r], nodes)
+    jax.block_until_ready(params)
+    run_s = time.perf_counter() - t0
+    return {"plain_us_per_node_iter": round(1e6 * run_s / (rounds * n), 3),
+            "plain_compile_s": round(compile_s, 3)}
 
 
 def child(n: int, algorithm: str, task: str, args) -> dict:
@@ -224,10 +257,18 @@ def _num(x) -> str:
     return f"{x:,}" if isinstance(x, int | float) else str(x)
 
 
-COLUMNS = ("n", "alg", "task (D)", "iterations", "us / node-iter", "compile s", "build s",
+COLUMNS = ("n", "alg", "task (D)", "iterations", "us / node-iter",
+           "plain local SGD us / node-iter (engine / plain)", "compile s", "build s",
            "peak B/node (net of n=8)", "peak run B/node (net)", "model B/node",
            "added B/node (measured / model)",
            "peak MiB", "model MiB", "XLA peak estimate", "eval s")
+
+
+def _plain(r: dict) -> str:
+    if "plain_us_per_node_iter" not in r:
+        return "-"
+    p = r["plain_us_per_node_iter"]
+    return f"{p:,} ({r['us_per_node_iter'] / p:.2f}x)"
 
 
 def table(rows: list[dict]) -> str:
@@ -238,7 +279,8 @@ def table(rows: list[dict]) -> str:
                          + " |" * (len(COLUMNS) - 4))
             continue
         cells = [f"{r['n']:,}", r["algorithm"], f"{r['task']} ({r['params']:,})",
-                 _num(r["iterations"]), _num(r["us_per_node_iter"]), _num(r["compile_s"]),
+                 _num(r["iterations"]), _num(r["us_per_node_iter"]), _plain(r),
+                 _num(r["compile_s"]),
                  _num(r["build_s"]), _num(r.get("peak_per_node", "-")),
                  _num(r.get("run_peak_per_node", "-")), _num(r.get("model_per_node", "-")),
                  (f"{r['marginal_peak_per_node']:,} / {r['marginal_model_per_node']:,}"
