@@ -63,6 +63,24 @@ def test_run__no_array_has_two_node_axes(algorithm, changes, monkeypatch):
     assert pair_shapes(small(algorithm=algorithm, **changes)) == []
 
 
+@pytest.mark.parametrize("algorithm", ["divshare", "epidemic"])
+def test_sweep_program__no_array_has_two_node_axes(algorithm):
+    """The sweep's program (a vmap over seeds of a vmap over grid points, the learning rate
+    and every node's upload bandwidth traced per point) keeps per-point arrays (points, n, ...),
+    never (n, n)."""
+    from divjax.frontends.sweep_grid import hparams_for, stack_hparams
+    from divjax.frontends.sweep_run import make_batched
+
+    cfg = small(algorithm=algorithm)
+    hps = [hparams_for(cfg, {"lr": lr, "fast_mbps": mbps})
+           for lr, mbps in ((0.05, 60.0), (0.1, 30.0), (0.2, 10.0))]
+    hp, hp_axes = stack_hparams(hps)
+    grid = make_batched(make_run(cfg, hp=hps[0]), hp_axes, configs=3, seeds=2)
+    jaxpr = jax.make_jaxpr(grid)(jax.random.split(jax.random.key(0), 2), hp)
+    assert hp_axes.lr == 0 and hp_axes.upload_bps == 0 and hp.upload_bps.shape == (3, N)
+    assert sorted({s for s in shapes(jaxpr) if sum(d >= N for d in s) >= 2}) == []
+
+
 def test_synthetic_task__one_copy_of_its_data_and_evaluation_independent_of_n():
     """The task holds its training examples once, (n, 64, 16 + 4) float32 (no union copy, no
     test set: the metrics are quadratic forms in second moments summed at build), and
