@@ -111,6 +111,28 @@ def test_tune_groups__rates_are_points_of_one_group_per_algorithm(monkeypatch):
     assert "tune" in grid.ALL_PARTS and "tuned" in grid.ALL_PARTS
 
 
+def test_tuned_long__divshare_as_in_the_tuned_part_only_longer(monkeypatch):
+    """The tuned-long part: DivShare with the tuned part's config (rate, seeds, evaluations every
+    TUNED_EVERY iterations, so the first TUNED_ITERS["divshare"] iterations can be checked
+    against the tuned cells) except its length, TUNED_LONG_ITERS iterations."""
+    from divjax.config import SimConfig
+
+    base = SimConfig(task="synthetic", compute_s=0.5, tick_s=0.05, duration_s=30.0,
+                     eval_every_s=1.5, lr=0.2)
+    monkeypatch.setattr(tuning, "main_config", lambda scale, data_dir: base)
+    (g,) = grid.build_groups(["tuned-long"], "cpu", "", (0, 1, 2))
+    (t,) = [x for x in tuning.tuned_groups("cpu", "", (0, 1, 2)) if x.algo == "divshare"]
+    assert g.part == "tuned-long" and g.regimes == ("tuned-long",) and g.algo == "divshare"
+    assert g.seeds == t.seeds == (0, 1, 2) and g.points == ({},) and g.chunk == t.chunk
+    assert g.cfg == t.cfg.replace(duration_s=tuning.TUNED_LONG_ITERS * 0.5)
+    assert g.cfg.lr == tuning.TUNED_LR["divshare"]
+    assert g.cfg.eval_every_s == tuning.TUNED_EVERY * 0.5
+    assert tuning.TUNED_LONG_ITERS > tuning.TUNED_ITERS["divshare"]
+    assert tuning.TUNED_LONG_ITERS % tuning.TUNED_EVERY == 0
+    assert tuning.tuned_long_groups("tiny", "", (0,))[0].cfg.duration_s == 40 * base.compute_s
+    assert "tuned-long" in grid.ALL_PARTS
+
+
 def test_choose_lr__mean_over_seeds_and_diverged_is_worst():
     """Hand-computed: lr 0.4 has the lowest single seed but diverged on another (worst);
     lr 0.1's mean (1.0 + 1.2 + 1.1) / 3 = 1.1 beats lr 0.2's (0.9 + 1.4 + 1.3) / 3 = 1.2."""
