@@ -127,7 +127,7 @@ def test_tuned_long__divshare_as_in_the_tuned_part_only_longer(monkeypatch):
     assert g.cfg == t.cfg.replace(duration_s=tuning.TUNED_LONG_ITERS * 0.5)
     assert g.cfg.lr == tuning.TUNED_LR["divshare"]
     assert g.cfg.eval_every_s == tuning.TUNED_EVERY * 0.5
-    assert tuning.TUNED_LONG_ITERS > tuning.TUNED_ITERS["divshare"]
+    assert tuning.TUNED_ITERS["divshare"] < tuning.TUNED_LONG_ITERS
     assert tuning.TUNED_LONG_ITERS % tuning.TUNED_EVERY == 0
     assert tuning.tuned_long_groups("tiny", "", (0,))[0].cfg.duration_s == 40 * base.compute_s
     assert "tuned-long" in grid.ALL_PARTS
@@ -218,6 +218,9 @@ def test_tuned_analysis__long_divshare_gives_sizes_at_plateaus_or_bounds():
     assert "**stopped improving**" in text and "bit for bit the same" in text
     assert "60% [60, 60] over local-only at 90 iterations (holds; at plateaus)" in text
     assert "longest that fits in memory" in text and "1.67x [1.67, 1.67] over Swift" in text
+    (row,) = doc_tuning.plateau_front_rows({"tuned": res}, "where")
+    assert row.startswith("| MovieLens, each algorithm at its tuned lr, DivShare to 150 "
+                          "iterations (stopped improving) |") and "(holds; at plateaus)" in row
     # a long run whose first evaluations differ from the tuned cells': named, with its size
     long[1]["curve"]["rmse_mean"][2] = 2.001
     chk = plateaus.tuned_analysis(idx)["long"]["check"]

@@ -219,7 +219,7 @@ def long_lines(tuned: dict, idx: dict, cmd: str) -> list[str]:
     lg = tuned.get("long")
     if not lg:
         return [f"**DivShare to a plateau**: no cells yet (`{cmd} --parts tuned-long`: the "
-                f"tuned DivShare run, {TUNED_LONG_ITERS} iterations).", ""]
+                f"tuned DivShare run, {TUNED_LONG_ITERS:,} iterations).", ""]
     p, chk = lg["plateau"], lg["check"]
     if p["status"] == "diverged":
         return ["**DivShare to a plateau** (`--parts tuned-long`): every seed diverged.", ""]
@@ -227,8 +227,8 @@ def long_lines(tuned: dict, idx: dict, cmd: str) -> list[str]:
     short = idx[("movielens", "tuned", "divshare")].values()
     L = [f"**DivShare to a plateau** (`{cmd} --parts tuned-long`, commit "
          f"{commits_text(long)}): the tuned DivShare run (lr {p['lr']:g}, the same seeds, an "
-         f"evaluation every {TUNED_EVERY} iterations) for {p['iterations']} iterations instead "
-         f"of {TUNED_ITERS['divshare']}. Plateau rule on its mean curve: **{p['status']}** "
+         f"evaluation every {TUNED_EVERY} iterations) for {p['iterations']:,} iterations "
+         f"instead of {TUNED_ITERS['divshare']}. Plateau rule on its mean curve: **{p['status']}** "
          f"({p['improvement_pct']:+.2f}% over the last 20%, {p['from_s']:.0f}-"
          f"{p['to_s']:.0f} s; best mean {p['best']:.4g} at {p['best_s']:.0f} s, the end "
          f"{max(0.0, p['behind_best_pct']):.2f}% behind it); final test RMSE "
@@ -274,10 +274,29 @@ def plateau_summary(res: dict) -> list[str]:
     if not lg or lg["plateau"]["status"] == "diverged":
         return [L + " DivShare to a plateau: no tuned-long cells yet."]
     p = lg["plateau"]
-    L += (f" DivShare run to {p['iterations']} iterations ({p['status']}, best mean RMSE "
+    L += (f" DivShare run to {p['iterations']:,} iterations ({p['status']}, best mean RMSE "
           f"{p['best']:.4g} at {p['best_s']:.0f} s): its gain at the best points " + "; ".join(
               f"{fmt_ci(g, '%')} over {NAME.get(b, b)} at {tuned['algos'][b]['iterations']} "
               f"iterations ({g['verdict']}; {lg['bound'][b]}"
               + (", memory-bound run" if b in APPENDED and not tuned["algos"][b]["stopped"]
                  else "") + ")" for b, g in lg["gain_best"].items()) + ".")
     return [L]
+
+
+def plateau_front_rows(res: dict, where: str) -> list[str]:
+    """The README's row on sizes at a plateau (MovieLens, each algorithm at its tuned rate):
+    DivShare's gain at the best points, marked as the bound it is, and at equal accuracy."""
+    tuned = res.get("tuned") or {}
+    lg, eq = tuned.get("long"), tuned.get("equal_accuracy") or {}
+    if not lg or lg["plateau"]["status"] == "diverged" or not lg["gain_best"]:
+        return []
+    p = lg["plateau"]
+    return [f"| MovieLens, each algorithm at its tuned lr, DivShare to {p['iterations']:,} "
+            f"iterations ({p['status']}) | DivShare's test RMSE gain at the best points: "
+            + "; ".join(f"{fmt_ci(g, '%')} over {NAME.get(b, b)} ({g['verdict']}; "
+                        f"{lg['bound'][b]}" + (", a memory-bound run" if b in APPENDED and not
+                                               tuned["algos"][b]["stopped"] else "") + ")"
+                        for b, g in lg["gain_best"].items())
+            + "; at equal accuracy (each baseline's final RMSE): " + "; ".join(
+                f"{fmt_ci(r, 'x')} over {NAME.get(b, b)} ({r['verdict']})"
+                for b, r in eq.items()) + f" | {where} |"]
