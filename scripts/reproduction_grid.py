@@ -27,6 +27,7 @@ Parts (run in this order by default; CPU time is the constraint):
   pilot  seed 99 of DivShare and local-only as tuned: the tuned comparison's targets.
   tuned  each algorithm at its chosen rate (divjax.reproduction.tuning.TUNED_LR) on the test
          set, run longer, to a plateau where memory allows.
+  tuned-long  the tuned DivShare run to 1,200 iterations: its plateau (tuning.TUNED_LONG_ITERS).
 
 Seed k is `jax.random.key(k)` (model init, mini-batches, routes); the data partition is fixed
 (`data_seed` 0) in every cell. Statistics (one place, `divjax.frontends.stats`, tested against

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from divjax.reproduction import analysis, cli, doc_omega, grid, plateaus, tuning
+from divjax.reproduction import analysis, cli, doc_omega, doc_tuning, grid, plateaus, tuning
 from divjax.reproduction import cells as cells_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,28 @@ def test_tune_groups__rates_are_points_of_one_group_per_algorithm(monkeypatch):
     assert "tune" in grid.ALL_PARTS and "tuned" in grid.ALL_PARTS
 
 
+def test_tuned_long__divshare_as_in_the_tuned_part_only_longer(monkeypatch):
+    """The tuned-long part: DivShare with the tuned part's config (rate, seeds, evaluations every
+    TUNED_EVERY iterations, so the first TUNED_ITERS["divshare"] iterations can be checked
+    against the tuned cells) except its length, TUNED_LONG_ITERS iterations."""
+    from divjax.config import SimConfig
+
+    base = SimConfig(task="synthetic", compute_s=0.5, tick_s=0.05, duration_s=30.0,
+                     eval_every_s=1.5, lr=0.2)
+    monkeypatch.setattr(tuning, "main_config", lambda scale, data_dir: base)
+    (g,) = grid.build_groups(["tuned-long"], "cpu", "", (0, 1, 2))
+    (t,) = [x for x in tuning.tuned_groups("cpu", "", (0, 1, 2)) if x.algo == "divshare"]
+    assert g.part == "tuned-long" and g.regimes == ("tuned-long",) and g.algo == "divshare"
+    assert g.seeds == t.seeds == (0, 1, 2) and g.points == ({},) and g.chunk == t.chunk
+    assert g.cfg == t.cfg.replace(duration_s=tuning.TUNED_LONG_ITERS * 0.5)
+    assert g.cfg.lr == tuning.TUNED_LR["divshare"]
+    assert g.cfg.eval_every_s == tuning.TUNED_EVERY * 0.5
+    assert tuning.TUNED_ITERS["divshare"] < tuning.TUNED_LONG_ITERS
+    assert tuning.TUNED_LONG_ITERS % tuning.TUNED_EVERY == 0
+    assert tuning.tuned_long_groups("tiny", "", (0,))[0].cfg.duration_s == 40 * base.compute_s
+    assert "tuned-long" in grid.ALL_PARTS
+
+
 def test_choose_lr__mean_over_seeds_and_diverged_is_worst():
     """Hand-computed: lr 0.4 has the lowest single seed but diverged on another (worst);
     lr 0.1's mean (1.0 + 1.2 + 1.1) / 3 = 1.1 beats lr 0.2's (0.9 + 1.4 + 1.3) / 3 = 1.2."""
@@ -157,6 +179,53 @@ def test_tuned_analysis__gain_at_60_and_at_best_with_bound_kind():
     assert res["algos"]["swift"]["status"] == "past its best"
     assert res["bound"]["swift"] == "a lower bound (DivShare still improving)"
     assert res["algos"]["divshare"]["iterations"] == 90
+
+
+def test_tuned_analysis__long_divshare_gives_sizes_at_plateaus_or_bounds():
+    """Hand-made cells (RMSE, evaluations every 30 s): tuned DivShare to 90 s, tuned-long
+    DivShare to 150 s with the same first four evaluations, flat over its last 20% (a plateau);
+    local-only flat (a plateau) and Swift still improving at its end (memory-bound). At the best
+    points: over local-only (3.0 - 1.2) / 3.0 = 60% "at plateaus", over Swift (2.4 - 1.2) / 2.4
+    = 50% "an upper bound". Equal accuracy (tuned cells): Swift ends at 2.4, first reached at
+    60 s; DivShare reaches 2.4 at 30 + 30 x 0.1 / 0.5 = 36 s: 1.667x; local-only's 3.0, first
+    reached at 30 s, DivShare at 30 x 0.2 / 0.7 = 8.571 s: 3.5x."""
+    def cell(ts, ys, seed):
+        return {"curve": {"time_s": ts, "rmse_mean": ys, "msgs_sent": list(range(len(ts)))},
+                "primary": "rmse", "higher_is_better": False, "seed": seed,
+                "config": {"duration_s": ts[-1], "compute_s": 1.0, "lr": 0.4}}
+
+    t = [0.0, 30.0, 60.0, 90.0, 120.0, 150.0]
+    d = {s: cell(t[:4], [3.2, 2.5, 2.0, 1.6], s) for s in range(3)}
+    long = {s: cell(t, [3.2, 2.5, 2.0, 1.6, 1.2, 1.2], s) for s in range(3)}
+    loc = {s: cell(t[:4], [3.1, 3.0, 3.0, 3.0], s) for s in range(3)}
+    sw = {s: cell([0.0, 15.0, 30.0, 45.0, 60.0], [3.0, 2.85, 2.7, 2.55, 2.4], s)
+          for s in range(3)}
+    idx = {("movielens", "tuned", "divshare"): d, ("movielens", "tuned-long", "divshare"): long,
+           ("movielens", "tuned", "local"): loc, ("movielens", "tuned", "swift"): sw}
+    res = plateaus.tuned_analysis(idx)
+    lg = res["long"]
+    assert lg["plateau"]["status"] == "stopped improving" and lg["plateau"]["iterations"] == 150
+    assert lg["check"]["identical"] and lg["check"]["evaluations"] == 4
+    assert abs(lg["gain_best"]["local"]["mean"] - 60.0) < 1e-9
+    assert lg["bound"]["local"] == "at plateaus"
+    assert abs(lg["gain_best"]["swift"]["mean"] - 50.0) < 1e-9
+    assert lg["bound"]["swift"] == "an upper bound (the baseline still improving)"
+    eq = res["equal_accuracy"]["swift"]
+    assert abs(eq["mean"] - 60 / 36) < 1e-9 and eq["censored_div"] == 0
+    assert abs(res["equal_accuracy"]["local"]["mean"] - 3.5) < 1e-9
+    text = "\n".join(doc_tuning.long_lines(res, idx, "cmd") + doc_tuning.plateau_summary(
+        {"tuned": res}))
+    assert "**stopped improving**" in text and "bit for bit the same" in text
+    assert "60% [60, 60] over local-only at 90 iterations (holds; at plateaus)" in text
+    assert "longest that fits in memory" in text and "1.67x [1.67, 1.67] over Swift" in text
+    (row,) = doc_tuning.plateau_front_rows({"tuned": res}, "where")
+    assert row.startswith("| MovieLens, each algorithm at its tuned lr, DivShare to 150 "
+                          "iterations (stopped improving) |") and "(holds; at plateaus)" in row
+    # a long run whose first evaluations differ from the tuned cells': named, with its size
+    long[1]["curve"]["rmse_mean"][2] = 2.001
+    chk = plateaus.tuned_analysis(idx)["long"]["check"]
+    assert not chk["identical"] and chk["differ"] == ["rmse_mean"]
+    assert abs(chk["max_abs"] - 0.001) < 1e-9 and abs(chk["max_rel"] - 0.0005) < 1e-9
 
 
 def test_tuned_speedup__runs_of_different_lengths_censor_at_the_shorter_end(monkeypatch):

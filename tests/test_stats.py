@@ -75,6 +75,28 @@ def test_equal_accuracy_speedup__hand_computed():
     assert r["mean"] == pytest.approx(1.0)                    # t_base 40 / DivShare's end 40
 
 
+def test_equal_accuracy_speedup__lower_is_better_hand_computed():
+    """A loss (RMSE): the target is the baseline's final value, reached when the curve falls to
+    it. DivShare falls 4.0, 3.2, 2.0, 1.5 at t = 0, 10, 20, 40. Baseline A ends at 2.5, first
+    reached at its end t=40; DivShare reaches 2.5 at t = 10 + 10 x 0.7 / 1.2 = 15.833: 2.526x.
+    Baseline B passed its best (2.5 at t=20) and ends at 2.9, first reached on the way down:
+    t = 20 x 1.1 / 1.5 = 14.667; DivShare reaches 2.9 at t = 10 + 10 x 0.3 / 1.2 = 12.5:
+    1.1733x (its best, 2.5, would give 20 / 15.833 = 1.263x)."""
+    div = {s: cell([0, 10, 20, 40], [4.0, 3.2, 2.0, 1.5]) for s in range(3)}
+    a = {s: cell([0, 20, 40], [4.0, 3.5, 2.5]) for s in range(3)}
+    r = stats.equal_accuracy_speedup(div, a)
+    assert r["mean"] == pytest.approx(40 / (10 + 10 * 0.7 / 1.2))
+    assert r["per_seed"] == ["2.53"] * 3
+    assert r["censored_div"] == r["censored_base"] == 0 and r["verdict"] == "holds"
+    b = {s: cell([0, 20, 40, 60], [4.0, 2.5, 2.8, 2.9]) for s in range(3)}
+    r = stats.equal_accuracy_speedup(div, b)
+    assert r["mean"] == pytest.approx((20 * 1.1 / 1.5) / 12.5)
+    # roles swapped: "A" never reaches the other's final 1.5, censored at its own end (40):
+    # an upper bound, never "holds"
+    r = stats.equal_accuracy_speedup(a, div)
+    assert r["censored_div"] == 3 and r["verdict"] != "holds"
+
+
 def test_speedup__censored_divshare_forbids_holds():
     div = {s: cell([0, 10, 20], [4.0, 3.5 - 0.1 * s, 3.0]) for s in range(3)}   # never 2.5
     base = {s: cell([0, 10, 20], [4.0, 3.0, 2.0 + 0.1 * s]) for s in range(3)}

@@ -20,7 +20,7 @@ from divjax.reproduction.doc_sections import (
     movielens_long_section,
     movielens_main_section,
 )
-from divjax.reproduction.doc_tuning import tuning_section
+from divjax.reproduction.doc_tuning import plateau_front_rows, tuning_section
 from divjax.reproduction.grid import expected_cells
 from divjax.reproduction.text import DIFFERENCES, claims, table, xla_note
 
@@ -213,6 +213,7 @@ def front_rows(res: dict, link: str) -> list[str]:
                         for b, g in tuned["gain_end"].items()) + "; plateau rule: " + ", ".join(
                         f"{names.get(a, 'DivShare')} {p['status']} at {p['iterations']} "
                         "iterations" for a, p in st.items()) + f" | {where} |")
+    rows += plateau_front_rows(res, where)
     cm = res.get("cifar_map")
     for (r, k), e in (cm["regimes"].items() if cm else ()):
         if e["gain"]:

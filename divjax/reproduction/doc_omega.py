@@ -6,6 +6,7 @@ from pathlib import Path
 
 from divjax.reproduction.cifar_map import cifar_map_summary
 from divjax.reproduction.configs import LONG_ALGOS, OMEGAS
+from divjax.reproduction.doc_tuning import plateau_summary
 from divjax.reproduction.figures import plot_omega
 from divjax.reproduction.text import fmt_ci, table
 from divjax.frontends.stats import plateau
@@ -14,7 +15,7 @@ from divjax.frontends.stats import plateau
 def summary_lines(res: dict) -> list[str]:
     """The page's first screen: where DivShare wins, by how much at a plateau, and which
     mechanism carries the gain, each sentence computed from the cells."""
-    return ["## In one screen", "", *where_lines(res), *how_much_lines(res),
+    return ["## In one screen", "", *where_lines(res), *how_much_lines(res), *plateau_summary(res),
             *mechanism_summary(res), *tuning_summary(res), ""]
 
 

@@ -9,9 +9,12 @@ import numpy as np
 from divjax.reproduction.figures import plot_curves
 from divjax.reproduction.plateaus import gain_curve
 from divjax.reproduction.text import commits_text, fmt_ci, speed_text, table, tta_text
+from divjax.reproduction.configs import APPENDED
 from divjax.reproduction.tuning import (
     TUNE_ALGOS,
+    TUNED_EVERY,
     TUNED_ITERS,
+    TUNED_LONG_ITERS,
     TUNED_TARGETS,
     VALIDATION_SHARE,
 )
@@ -170,9 +173,130 @@ def tuning_section(res: dict, idx: dict, out: Path, rel, cmd: str) -> list[str]:
           "otherwise the column says which way the unfinished run can still move it.", "",
           gains_table(res, idx), ""]
     L += targets_lines(tuned)
+    L += equal_accuracy_lines(tuned) + long_lines(tuned, idx, cmd)
     png, png2 = out / "movielens_tuned.png", out / "movielens_tuned_gain.png"
-    if plot_curves(idx, "movielens", "tuned", TUNE_ALGOS, png, TUNED_TARGETS):
+    long = idx.get(("movielens", "tuned-long", "divshare"))
+    shown = {**idx, ("movielens", "tuned", "divshare"): long} if long else idx
+    if plot_curves(shown, "movielens", "tuned", TUNE_ALGOS, png, TUNED_TARGETS):
         L += [f"![MovieLens tuned]({rel(png)})", ""]
+        if long:
+            L += ["(DivShare's curve is the tuned-long run's, whose first "
+                  f"{TUNED_ITERS['divshare']} iterations are the tuned run's, see above.)", ""]
     if plot_gain_curves(res, idx, png2):
         L += [f"![MovieLens tuned gain]({rel(png2)})", ""]
     return L
+
+
+def equal_accuracy_lines(tuned: dict) -> list[str]:
+    """DivShare's speedup at equal accuracy over each algorithm of the tuned part."""
+    eq = tuned.get("equal_accuracy") or {}
+    if not eq:
+        return []
+    rows = []
+    for b, r in eq.items():
+        p = tuned["algos"][b]
+        rows.append([NAME.get(b, b), f"{p['iterations']} ({p['status']})",
+                     fmt_ci(r["target"], "", 4), fmt_ci(r["t_base"]), fmt_ci(r["t_div"]),
+                     f"{speed_text(r)} ({r['verdict']})"])
+    return ["**At equal accuracy** (`divjax.frontends.stats.equal_accuracy_speedup`, the tuned "
+            "cells above): each baseline's own final test RMSE is the target; the speedup is "
+            "the time the baseline first reached it over the time DivShare first did, paired "
+            "by seed (a diverged baseline seed is left out), interval on the log ratios. It "
+            "does not depend on where DivShare's run stops, only on where the baseline's does: "
+            "a baseline still improving at its end first reaches its final RMSE there, so "
+            "its speedup is at the accuracy it had when its run (the longest that fits in "
+            "memory for Swift and AD-PSGD) stopped, not at a plateau; a baseline at its "
+            "plateau (flat curve) first touches its final value somewhere on the flat part, so "
+            "its time there is set by the curve's small wiggles.", "",
+            table(rows, ["DivShare against", "its run: iterations (plateau rule)",
+                         "target: its final test RMSE", "its time to the target (s)",
+                         "DivShare's time to it (s)", "speedup t_base / t_DivShare (x)"]), ""]
+
+
+def long_lines(tuned: dict, idx: dict, cmd: str) -> list[str]:
+    """DivShare run to a plateau (the tuned-long part): its plateau, its first evaluations
+    against the tuned cells, its gain at its best point over each algorithm's best."""
+    lg = tuned.get("long")
+    if not lg:
+        return [f"**DivShare to a plateau**: no cells yet (`{cmd} --parts tuned-long`: the "
+                f"tuned DivShare run, {TUNED_LONG_ITERS:,} iterations).", ""]
+    p, chk = lg["plateau"], lg["check"]
+    if p["status"] == "diverged":
+        return ["**DivShare to a plateau** (`--parts tuned-long`): every seed diverged.", ""]
+    long = idx[("movielens", "tuned-long", "divshare")].values()
+    short = idx[("movielens", "tuned", "divshare")].values()
+    L = [f"**DivShare to a plateau** (`{cmd} --parts tuned-long`, commit "
+         f"{commits_text(long)}): the tuned DivShare run (lr {p['lr']:g}, the same seeds, an "
+         f"evaluation every {TUNED_EVERY} iterations) for {p['iterations']:,} iterations "
+         f"instead of {TUNED_ITERS['divshare']}. Plateau rule on its mean curve: **{p['status']}** "
+         f"({p['improvement_pct']:+.2f}% over the last 20%, {p['from_s']:.0f}-"
+         f"{p['to_s']:.0f} s; best mean {p['best']:.4g} at {p['best_s']:.0f} s, the end "
+         f"{max(0.0, p['behind_best_pct']):.2f}% behind it); final test RMSE "
+         f"{fmt_ci(p['final'], '', 4)}, best per seed {fmt_ci(p['best_per_seed'], '', 4)}. "
+         + check_text(chk, short), ""]
+    rows = []
+    for b, g in lg["gain_best"].items():
+        q = tuned["algos"][b]
+        rows.append([NAME.get(b, b), f"{q['iterations']} ({q['status']})",
+                     f"{fmt_ci(g, '%')} ({g['verdict']})", lg["bound"][b]
+                     + ("; its run is the longest that fits in memory" if b in APPENDED
+                        and not q["stopped"] else "")])
+    return L + ["DivShare's gain at its best point over each algorithm's best point (per "
+                "seed, paired; positive = lower test RMSE). It is a size at a plateau only "
+                "where both runs stopped improving; otherwise the last column says which way "
+                "the unfinished run can still move it.", "",
+                table(rows, ["DivShare against", "its run: iterations (plateau rule)",
+                             "gain at the best points", "what it is"]), ""]
+
+
+def check_text(chk: dict, short) -> str:
+    """One sentence: the long run's first evaluations against the tuned run's."""
+    if not chk["evaluations"]:
+        return "Its evaluation times differ from the tuned cells': not compared."
+    head = (f"Its first {chk['evaluations']} evaluations ({len(chk['seeds'])} seeds) against "
+            f"the tuned cells' (commit {commits_text(short)}): ")
+    if chk["identical"]:
+        return head + "bit for bit the same, every curve."
+    return head + (f"{', '.join(chk['differ'])} differ, test RMSE by at most "
+                   f"{chk['max_abs']:.2g} ({100 * chk['max_rel']:.2g}% relative).")
+
+
+def plateau_summary(res: dict) -> list[str]:
+    """The first screen's "by how much at a plateau" line: DivShare's gain at a plateau (or the
+    bound it is) and its speedups at equal accuracy, each at its tuned rate."""
+    tuned = res.get("tuned") or {}
+    eq, lg = tuned.get("equal_accuracy") or {}, tuned.get("long")
+    if not eq:
+        return []
+    L = "  At equal accuracy (time to each baseline's own final RMSE, its time over DivShare's, " \
+        "paired by seed): " + "; ".join(f"{fmt_ci(r, 'x')} over {NAME.get(b, b)} "
+                                        f"({r['verdict']})" for b, r in eq.items()) + "."
+    if not lg or lg["plateau"]["status"] == "diverged":
+        return [L + " DivShare to a plateau: no tuned-long cells yet."]
+    p = lg["plateau"]
+    L += (f" DivShare run to {p['iterations']:,} iterations ({p['status']}, best mean RMSE "
+          f"{p['best']:.4g} at {p['best_s']:.0f} s): its gain at the best points " + "; ".join(
+              f"{fmt_ci(g, '%')} over {NAME.get(b, b)} at {tuned['algos'][b]['iterations']} "
+              f"iterations ({g['verdict']}; {lg['bound'][b]}"
+              + (", memory-bound run" if b in APPENDED and not tuned["algos"][b]["stopped"]
+                 else "") + ")" for b, g in lg["gain_best"].items()) + ".")
+    return [L]
+
+
+def plateau_front_rows(res: dict, where: str) -> list[str]:
+    """The README's row on sizes at a plateau (MovieLens, each algorithm at its tuned rate):
+    DivShare's gain at the best points, marked as the bound it is, and at equal accuracy."""
+    tuned = res.get("tuned") or {}
+    lg, eq = tuned.get("long"), tuned.get("equal_accuracy") or {}
+    if not lg or lg["plateau"]["status"] == "diverged" or not lg["gain_best"]:
+        return []
+    p = lg["plateau"]
+    return [f"| MovieLens, each algorithm at its tuned lr, DivShare to {p['iterations']:,} "
+            f"iterations ({p['status']}) | DivShare's test RMSE gain at the best points: "
+            + "; ".join(f"{fmt_ci(g, '%')} over {NAME.get(b, b)} ({g['verdict']}; "
+                        f"{lg['bound'][b]}" + (", a memory-bound run" if b in APPENDED and not
+                                               tuned["algos"][b]["stopped"] else "") + ")"
+                        for b, g in lg["gain_best"].items())
+            + "; at equal accuracy (each baseline's final RMSE): " + "; ".join(
+                f"{fmt_ci(r, 'x')} over {NAME.get(b, b)} ({r['verdict']})"
+                for b, r in eq.items()) + f" | {where} |"]

@@ -28,6 +28,7 @@ from divjax.reproduction.configs import (
     send_time_s,
 )
 from divjax.reproduction.tuning import pilot_groups, tune_groups, tuned_groups
+from divjax.reproduction.tuning import tuned_long_groups
 
 
 def map_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
@@ -131,7 +132,8 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                 "cifar": cifar_groups, "downloads": downloads_groups,
                 "cifar-downloads": cifar_downloads_groups, "omega": omega_groups,
                 "omega-map": omega_map_groups, "cifar-map": cifar_map_groups,
-                "tune": tune_groups, "pilot": pilot_groups, "tuned": tuned_groups}
+                "tune": tune_groups, "pilot": pilot_groups, "tuned": tuned_groups,
+                "tuned-long": tuned_long_groups}
     groups = []
     for part in parts:
         if part not in builders:

@@ -9,7 +9,14 @@ import numpy as np
 
 from divjax.reproduction.configs import BASELINES
 from divjax.reproduction.tuning import TUNE_ALGOS, TUNED_TARGETS, choose_lr, lr_scores
-from divjax.frontends.stats import gain, mean_ci, plateau_status, speedup, time_to
+from divjax.frontends.stats import (
+    equal_accuracy_speedup,
+    gain,
+    mean_ci,
+    plateau_status,
+    speedup,
+    time_to,
+)
 
 MAIN_ITERS = 60   # the main comparison's length, where "before tuning" is measured
 
@@ -105,7 +112,67 @@ def tuned_analysis(idx: dict, regime: str = "tuned") -> dict | None:
                               "t": t_end}
         out["bound"][b] = bound_kind(out["algos"]["divshare"], out["algos"][b])
     out["tta"], out["speedup"] = targets_analysis(cells, TUNED_TARGETS)
+    out["equal_accuracy"] = {b: {**equal_accuracy_speedup(d, cells[b]),
+                                 **equal_accuracy_times(d, cells[b])}
+                             for b in (*BASELINES, "local") if b in cells}
+    long = idx.get(("movielens", "tuned-long", "divshare"))
+    if long:
+        out["long"] = long_analysis(long, every["divshare"], cells, out["algos"])
     return out
+
+
+def equal_accuracy_times(div: dict, base: dict) -> dict:
+    """What `divjax.frontends.stats.equal_accuracy_speedup` divides, over the seeds both have:
+    the target (the baseline's final primary metric), the time the baseline first reached it
+    and the time DivShare did (a seed where DivShare never did is left out of "t_div")."""
+    seeds = sorted(set(div) & set(base))
+    ys = {s: float(base[s]["curve"][base[s]["primary"] + "_mean"][-1]) for s in seeds}
+    tb = [time_to(base[s], ys[s]) for s in seeds]
+    td = [time_to(div[s], ys[s]) for s in seeds]
+    return {"target": mean_ci(list(ys.values())),
+            "t_base": mean_ci([t for t in tb if t is not None]),
+            "t_div": mean_ci([t for t in td if t is not None])}
+
+
+def long_analysis(long: dict, short: dict, cells: dict, algos: dict) -> dict:
+    """The tuned-long DivShare cells: their plateau (`algo_plateau`), their first evaluations
+    against the tuned part's DivShare cells (`prefix_check`), and DivShare's gain at its best
+    point over each other algorithm's best point, paired by seed, with what it is
+    (`bound_kind`: "at plateaus" only when both runs stopped improving)."""
+    p = algo_plateau(long)
+    ok = finite(long)
+    out = {"plateau": p, "check": prefix_check(short, long), "gain_best": {}, "bound": {}}
+    for b in (*BASELINES, "local"):
+        if b in cells and ok:
+            out["gain_best"][b] = gain(point_cells(ok, best_value),
+                                       point_cells(cells[b], best_value))
+            out["bound"][b] = bound_kind(p, algos[b])
+    return out
+
+
+def prefix_check(short: dict, long: dict) -> dict:
+    """The longer run's cells against the shorter run's over the evaluations both have, per
+    seed both have: whether every curve the two share is identical there (the curves that are
+    not, if any), and the largest absolute and relative differences of the primary node mean
+    (NaN equals NaN)."""
+    seeds = sorted(set(short) & set(long))
+    differ, dmax, rmax, n = set(), 0.0, 0.0, 0
+    for s in seeds:
+        a, b = short[s]["curve"], long[s]["curve"]
+        n = len(a["time_s"])
+        if len(b["time_s"]) < n or a["time_s"] != b["time_s"][:n]:
+            return {"seeds": seeds, "evaluations": 0, "identical": False, "differ": ["time_s"],
+                    "max_abs": float("nan"), "max_rel": float("nan")}
+        for k in set(a) & set(b):
+            if not np.array_equal(np.asarray(a[k], float), np.asarray(b[k][:n], float),
+                                  equal_nan=True):
+                differ.add(k)
+        key = short[s]["primary"] + "_mean"
+        x, y = np.asarray(a[key], float), np.asarray(b[key][:n], float)
+        dmax = max(dmax, float(np.nanmax(np.abs(x - y))))
+        rmax = max(rmax, float(np.nanmax(np.abs(x - y) / np.abs(x))))
+    return {"seeds": seeds, "evaluations": n, "identical": not differ, "differ": sorted(differ),
+            "max_abs": dmax, "max_rel": rmax}
 
 
 def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
@@ -126,9 +193,9 @@ def targets_analysis(cells: dict, targets) -> tuple[dict, dict]:
 
 def truncated(cells: dict, end: float) -> dict:
     """{seed: cell} with every curve cut to the evaluations at or before simulated time `end`:
-    `divjax.frontends.stats.speedup` censors at DivShare's end, so runs of different lengths are compared
-    in the window both cover (else a shorter baseline's censored seed would get DivShare's
-    longer end as its time, an overstated lower bound)."""
+    `divjax.frontends.stats.speedup` censors at DivShare's end, so runs of different lengths are
+    compared in the window both cover (else a shorter baseline's censored seed would get
+    DivShare's longer end as its time, an overstated lower bound)."""
     out = {}
     for s, c in cells.items():
         n = int(np.searchsorted(np.asarray(c["curve"]["time_s"], float), end + 1e-9))

@@ -50,6 +50,17 @@ TUNED_ITERS: dict[str, int] = {"divshare": 600, "local": 300, "swift": 120, "adp
 TUNED_TARGETS: tuple = (2.13, 1.38)
 TUNED_EVERY = 5   # iterations between evaluations (a multiple of it is 60, the main length)
 PILOT_SEED = 99   # the targets' pilot (not a seed of the grid)
+# The `tuned-long` part: DivShare as in the tuned part (same rate, seeds, evaluations every
+# TUNED_EVERY iterations, so its first TUNED_ITERS["divshare"] iterations can be checked
+# against the tuned cells) but long enough for the one-sided plateau rule to decide on the
+# grid's seeds: at 600 iterations the mean curve still improved +0.67% over its last 20% (the
+# seed-99 pilot +0.48%, best at 565 of 595 s; at lr 0.2 the long part's curve bottomed at 684
+# s). 1,200 iterations put the rule's window (the last 20%: 952-1190 s) well past those
+# minima. Cost: the tuned part's 600 iterations of 3 seeds in one call took 744 s wall on this
+# shared 2-core machine (1.24 s per iteration at nice 10), so 1,200 take about 25 min, and
+# 1,500 about 31; the run had to end by a fixed time about 78 min after its start on a machine
+# shared with other jobs (up to ~2.5x slower), which 1,200 meets with margin and 1,500 not.
+TUNED_LONG_ITERS = 1200
 
 
 def has_validation_share() -> bool:
@@ -79,11 +90,11 @@ def tune_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     return out
 
 
-def tuned_config(scale: str, data_dir: str, algo: str):
-    """The main setting with `algo` at its TUNED_LR rate, TUNED_ITERS iterations, on the test
-    set."""
+def tuned_config(scale: str, data_dir: str, algo: str, iters: int | None = None):
+    """The main setting with `algo` at its TUNED_LR rate, `iters` iterations (default
+    TUNED_ITERS[algo]; 20 at the tiny scale), on the test set."""
     cfg = main_config(scale, data_dir)
-    iters = TUNED_ITERS[algo] if scale != "tiny" else 20
+    iters = iters or (TUNED_ITERS[algo] if scale != "tiny" else 20)
     return cfg.replace(algorithm=algo, lr=TUNED_LR[algo], duration_s=iters * cfg.compute_s,
                        eval_every_s=TUNED_EVERY * cfg.compute_s)
 
@@ -93,6 +104,15 @@ def tuned_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
     "tuned"); none before the rates are fixed."""
     return [Group("movielens", "tuned", a, tuned_config(scale, data_dir, a), ("tuned",), ({},),
                   seeds, 1 if a in APPENDED else 0) for a in TUNED_LR]
+
+
+def tuned_long_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
+    """DivShare as in the tuned part, TUNED_LONG_ITERS iterations (40 at the tiny scale, twice
+    the tuned part's 20; regime "tuned-long")."""
+    iters = TUNED_LONG_ITERS if scale != "tiny" else 40
+    return [Group("movielens", "tuned-long", "divshare",
+                  tuned_config(scale, data_dir, "divshare", iters), ("tuned-long",), ({},),
+                  seeds, 0)]
 
 
 def pilot_groups(scale: str, data_dir: str, seeds: tuple) -> list[Group]:
