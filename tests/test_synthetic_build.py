@@ -104,3 +104,14 @@ def test_make_synthetic_task__closes_over_the_original_arrays(n):
         assert_bits_equal(got["opt"][k], want["opt"][k], f"opt[{k}]")
     assert got["test_loss"] == want["test_loss"]
     assert task.info["optimal_loss"] == want["optimal_loss"]
+
+
+def test_cpu_backend_takes_the_float32_data_without_a_copy():
+    """x and y are allocated 64-byte aligned, so on the CPU `jnp.asarray` aliases them instead
+    of holding a second copy during the build (the peak halves)."""
+    import jax
+    x, y, _, _ = synthetic_data(0, 1025, 16, 4, 64, 1.0, 0.1)
+    for a in (x, y):
+        assert a.ctypes.data % 64 == 0
+        if jax.default_backend() == "cpu":
+            assert jnp.asarray(a, jnp.float32).unsafe_buffer_pointer() == a.ctypes.data
