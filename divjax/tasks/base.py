@@ -171,14 +171,15 @@ def _spans(n: int, size: int) -> list:
 
 def _rebatch(pieces, chunk: int):
     """The rows of consecutive (x (k, dim), y (k, outputs)) pieces regrouped into consecutive
-    C-contiguous blocks of `chunk` rows (the last one shorter), as `moments` slices them."""
+    C-contiguous blocks of `chunk` rows (the last one shorter), as `moments` slices them; a piece
+    that starts a block is sliced, not copied."""
     xs, ys, held = [], [], 0
     for x, y in pieces:
         xs.append(x)
         ys.append(y)
         held += len(x)
         if held >= chunk:
-            X, Y = np.concatenate(xs), np.concatenate(ys)
+            X, Y = (xs[0], ys[0]) if len(xs) == 1 else (np.concatenate(xs), np.concatenate(ys))
             k = held - held % chunk
             for s in range(0, k, chunk):
                 yield X[s:s + chunk], Y[s:s + chunk]
