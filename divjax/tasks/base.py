@@ -65,19 +65,8 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
     but the generated bits then depend on how XLA compiles the surrounding program, and runs
     that should be bit-identical are not: tests/test_baseline_churn_loss.py.)
     """
-    rng = np.random.default_rng(cfg.data_seed)
-    n = cfg.n_nodes
-    w_true = rng.normal(size=(dim, outputs))
-    b_true = rng.normal(size=(outputs,))
-    w_node = w_true + heterogeneity * rng.normal(size=(n, dim, outputs)) / np.sqrt(dim)
-    b_node = b_true + heterogeneity * rng.normal(size=(n, outputs))
-    x = rng.normal(size=(n, samples_per_node, dim))
-    y = np.einsum("nmd,ndo->nmo", x, w_node) + b_node[:, None, :]
-    y += noise * rng.normal(size=y.shape)
-    train = moments(x, y)
-    xt = rng.normal(size=(n, 16, dim))
-    test = moments(xt, np.einsum("nmd,ndo->nmo", xt, w_node) + b_node[:, None, :])
-    del xt, w_node, b_node
+    x, y, train, test = synthetic_data(cfg.data_seed, cfg.n_nodes, dim, outputs,
+                                       samples_per_node, heterogeneity, noise)
     sol, opt_loss = _fit(*train)
     sol_test, test_loss = _fit(*test)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
@@ -118,23 +107,110 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
     )
 
 
+def synthetic_data(seed: int, n: int, dim: int, outputs: int, samples_per_node: int,
+                   heterogeneity: float, noise: float, chunk: int = 1 << 16,
+                   node_chunk: int | None = None) -> tuple:
+    """The synthetic task's data: (x (n, samples_per_node, dim) float32, y (n, samples_per_node,
+    outputs) float32, train moments, test moments), host numpy.
+
+    Bit for bit what drawing everything at once in float64 gives (`np.random.default_rng(seed)`:
+    W, b, the node offsets, x, the noise, the test inputs, in that order), with the moments
+    summed in blocks of `chunk` examples as `moments` does; but only `node_chunk` nodes' float64
+    examples exist at a time (default: about `chunk` examples' worth), so the peak host memory is
+    the float32 x and y plus O(dim * outputs) per node. The noise is drawn after all of x, so y
+    redraws x chunk by chunk from a second generator restored to the state before x.
+    """
+    rng = np.random.default_rng(seed)
+    spans = _spans(n, node_chunk or max(1, chunk // samples_per_node))
+    w_true = rng.normal(size=(dim, outputs))
+    b_true = rng.normal(size=(outputs,))
+    w_node = np.empty((n, dim, outputs))
+    for s, e in spans:
+        w_node[s:e] = w_true + heterogeneity * rng.normal(size=(e - s, dim, outputs)) / np.sqrt(dim)
+    b_node = b_true + heterogeneity * rng.normal(size=(n, outputs))
+    redraw = np.random.Generator(type(rng.bit_generator)())
+    redraw.bit_generator.state = rng.bit_generator.state
+    x = _aligned_empty((n, samples_per_node, dim))
+    for s, e in spans:
+        x[s:e] = rng.normal(size=(e - s, samples_per_node, dim))
+    y = _aligned_empty((n, samples_per_node, outputs))
+
+    def train_examples():
+        for s, e in spans:
+            xs = redraw.normal(size=(e - s, samples_per_node, dim))
+            ys = np.einsum("nmd,ndo->nmo", xs, w_node[s:e]) + b_node[s:e, None, :]
+            ys += noise * rng.normal(size=ys.shape)
+            y[s:e] = ys
+            yield xs.reshape(-1, dim), ys.reshape(-1, outputs)
+
+    def test_examples():
+        for s, e in _spans(n, node_chunk or max(1, chunk // 16)):
+            xs = rng.normal(size=(e - s, 16, dim))
+            ys = np.einsum("nmd,ndo->nmo", xs, w_node[s:e]) + b_node[s:e, None, :]
+            yield xs.reshape(-1, dim), ys.reshape(-1, outputs)
+
+    train = _moment_sums(_rebatch(train_examples(), chunk), dim, outputs)
+    test = _moment_sums(_rebatch(test_examples(), chunk), dim, outputs)
+    return x, y, train, test
+
+
+def _aligned_empty(shape: tuple, align: int = 64) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on an `align`-byte boundary: the CPU
+    backend then takes it as a device array without a copy (`jnp.asarray` aliases it), which
+    halves the build's peak host memory; other backends copy it to the device as usual."""
+    size = int(np.prod(shape)) * 4
+    raw = np.empty(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size].view(np.float32).reshape(shape)
+
+
+def _spans(n: int, size: int) -> list:
+    """[(start, end)] of consecutive ranges of at most `size` covering range(n)."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _rebatch(pieces, chunk: int):
+    """The rows of consecutive (x (k, dim), y (k, outputs)) pieces regrouped into consecutive
+    C-contiguous blocks of `chunk` rows (the last one shorter), as `moments` slices them; a piece
+    that starts a block is sliced, not copied."""
+    xs, ys, held = [], [], 0
+    for x, y in pieces:
+        xs.append(x)
+        ys.append(y)
+        held += len(x)
+        if held >= chunk:
+            X, Y = (xs[0], ys[0]) if len(xs) == 1 else (np.concatenate(xs), np.concatenate(ys))
+            k = held - held % chunk
+            for s in range(0, k, chunk):
+                yield X[s:s + chunk], Y[s:s + chunk]
+            xs, ys, held = [X[k:]], [Y[k:]], held - k
+    if held:
+        yield np.concatenate(xs), np.concatenate(ys)
+
+
 def moments(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 16) -> tuple:
     """(G (dim+1, dim+1) = mean xa^T xa with xa = [x, 1], C (dim+1, outputs) = mean xa^T y,
     y2 = mean |y|^2) of examples x (..., dim), y (..., outputs), float64, summed in chunks of
     examples (no copy of the whole data)."""
     x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    d, o = x.shape[1], y.shape[1]
-    G, C, y2 = np.zeros((d + 1, d + 1)), np.zeros((d + 1, o)), 0.0
-    for s in range(0, len(x), chunk):
-        xs, ys = x[s:s + chunk], y[s:s + chunk]
+    blocks = ((x[s:s + chunk], y[s:s + chunk]) for s in range(0, len(x), chunk))
+    return _moment_sums(blocks, x.shape[1], y.shape[1])
+
+
+def _moment_sums(blocks, d: int, o: int) -> tuple:
+    """`moments` of the examples in consecutive blocks (xs (k, d), ys (k, o)), float64, summed
+    block by block in order."""
+    G, C, y2, count = np.zeros((d + 1, d + 1)), np.zeros((d + 1, o)), 0.0, 0
+    for xs, ys in blocks:
         G[:d, :d] += xs.T @ xs
         G[:d, d] += xs.sum(0)
         C[:d] += xs.T @ ys
         C[d] += ys.sum(0)
         y2 += float(np.sum(ys * ys))
+        count += len(xs)
     G[d, :d] = G[:d, d]
-    G[d, d] = len(x)
-    return G / len(x), C / len(x), y2 / len(x)
+    G[d, d] = count
+    return G / count, C / count, y2 / count
 
 
 def _fit(G: np.ndarray, C: np.ndarray, y2: float) -> tuple[np.ndarray, float]:
