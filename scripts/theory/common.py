@@ -128,13 +128,16 @@ _COMPILED: dict = {}  # (resolved cfg, id(task), vmap) -> (task, jitted run)
 
 
 def run_grid(cfg: SimConfig, task: Task, grid: HParams, seeds: int, base_seed: int = 0,
-             vmap: bool = True) -> dict:
+             vmap: bool = True, node_metrics: bool = True) -> dict:
     """Run every row of `grid` (leading axis H) with `seeds` seeds.
 
     vmap=True: one jitted program jax.vmap(jax.vmap(run)) over (H, S). vmap=False: one jitted
     single run called in a Python loop (one compile as well; faster to compile on CPU, used by
-    --tiny). Both return the same numbers.
-    Returns metrics as numpy arrays with leading axes (H, S, C) ("node" entries: (H, S, C, n)).
+    --tiny; it holds one run's state and metrics at a time, so it is the one for large n).
+    Both return the same numbers.
+    Returns metrics as numpy arrays with leading axes (H, S, C) ("node" entries: (H, S, C, n),
+    dropped with node_metrics=False: C n floats per metric and run, 0.4 GB at n = 262,144; the
+    compiled program is the same, so the other metrics keep their bits).
     """
     run = make_run(cfg, task=task, hp=grid)  # the ring is sized for the whole grid
     keys = jax.random.split(jax.random.key(base_seed), seeds)
@@ -147,7 +150,7 @@ def run_grid(cfg: SimConfig, task: Task, grid: HParams, seeds: int, base_seed: i
     if vmap:
         state, m = fn(keys, grid)
         check_state(state, run.engine.cfg)
-        return jax.tree.map(np.asarray, jax.device_get(m))
+        return jax.tree.map(np.asarray, jax.device_get(_keep(m, node_metrics)))
     one = fn
     rows = []
     for h in range(H):
@@ -155,9 +158,27 @@ def run_grid(cfg: SimConfig, task: Task, grid: HParams, seeds: int, base_seed: i
         for s in range(seeds):
             state, m = one(keys[s], take(grid, h))
             check_state(state, run.engine.cfg)
-            per_seed.append(jax.device_get(m))
+            per_seed.append(jax.device_get(_keep(m, node_metrics)))
+            del state, m
         rows.append(jax.tree.map(lambda *x: np.stack(x), *per_seed))
     return jax.tree.map(lambda *x: np.stack(x), *rows)
+
+
+def _keep(m: dict, node_metrics: bool) -> dict:
+    """The metrics dict without its per-node entries unless node_metrics."""
+    return m if node_metrics else {k: v for k, v in m.items() if k != "node"}
+
+
+def release_caches() -> None:
+    """Forget the cached tasks, compiled programs and constants (and JAX's caches).
+
+    The caches let scripts run in one process share programs; a sweep over large n calls this
+    between node counts, so one n's task data and executable are freed before the next is built.
+    """
+    theory_task.cache_clear()
+    _COMPILED.clear()
+    _CONSTANTS.clear()
+    jax.clear_caches()
 
 
 # ----------------------------------------------------------------------------- measured constants
@@ -199,10 +220,31 @@ def _problem_constants(cfg: SimConfig, task: Task, batches: int) -> dict:
         mean = jnp.mean(g, 0)
         return jnp.sum(mean**2), jnp.mean(jnp.sum((g - mean) ** 2, 1))
 
-    zeta, sigma = jax.jit(jax.vmap(node_grads))(jnp.arange(cfg.n_nodes))
+    zeta, sigma = per_node_chunks(node_grads, cfg.n_nodes)
     return {"L": float(eig[-1]), "mu": float(eig[0]), "F0": float(f0),
             "sigma2": float(jnp.mean(sigma)), "zeta2": float(jnp.mean(zeta)),
             "D": int(x0.size), "gap_at_xstar": float(f_star)}
+
+
+NODE_CHUNK = 1024  # nodes whose gradient statistics are computed at once
+
+
+def per_node_chunks(fn, n: int, chunk: int = NODE_CHUNK) -> tuple:
+    """jax.vmap(fn)(arange(n)) for fn(node) -> tuple of scalars, `chunk` nodes at a time.
+
+    The vmapped gradients of 256 mini-batches are (nodes, 256, D) floats: 18 GB for all
+    262,144 nodes at once, 71 MB per 1,024. For n <= chunk it is the one call it always was
+    (same program, same bits); the last chunk is padded with node n - 1 and cut.
+    """
+    size = min(chunk, n)
+    f = jax.jit(jax.vmap(fn))
+    if size == n:
+        return f(jnp.arange(n))
+    parts = []
+    for start in range(0, n, size):
+        nodes = np.minimum(np.arange(start, start + size), n - 1)
+        parts.append([np.asarray(v)[:n - start] for v in f(jnp.asarray(nodes, jnp.int32))])
+    return tuple(jnp.asarray(np.concatenate(v)) for v in zip(*parts))
 
 
 def delay_bound(cfg: SimConfig, task: Task, hp: HParams) -> dict:
@@ -224,17 +266,31 @@ def delay_bound(cfg: SimConfig, task: Task, hp: HParams) -> dict:
     fits = np.minimum(M, np.floor(c * R / per_msg))                  # messages sent / iteration
     frac_sent = float(np.mean(fits / max(M, 1)))
     d = np.ceil((fits * per_msg + lat) / R).astype(np.int64)         # enqueue -> arrival, ticks
-    T = cfg.num_ticks
-    taus = []
-    for i in range(cfg.n_nodes):
-        t = np.arange(c[i], T + 1, c[i])[:, None]                    # sender i's iteration ends
-        a = t + d[i]
-        span = -(-a // c[None, :]) - t // c[None, :]                 # (ends, n receivers)
-        span = np.delete(span, i, axis=1)
-        taus.append(span)
-    allspan = np.concatenate([s.reshape(-1) for s in taus])
-    return {"tau_max": int(allspan.max()), "tau_mean": float(allspan.mean()),
+    tau_max, total, count = _span_stats(c, d, cfg.num_ticks)
+    return {"tau_max": tau_max, "tau_mean": float(np.float64(total) / count),
             "frac_sent": frac_sent}
+
+
+def _span_stats(c: np.ndarray, d: np.ndarray, T: int) -> tuple[int, int, int]:
+    """(max, sum, count) of ceil((t + d_i) / c_r) - floor(t / c_r) over senders i, receivers
+    r != i and sender i's iteration ends t = c_i, 2 c_i, ... <= T.
+
+    The span depends on the sender only through (c_i, d_i) and on the receiver only through
+    c_r, so senders and receivers are grouped by those values: O(groups x ends) instead of
+    O(n^2 x ends). Integer sums, so the mean is exactly what averaging every span gave.
+    """
+    cr, per_c = np.unique(c, return_counts=True)                      # receivers by c_r
+    pairs, senders = np.unique(np.stack([c, d], 1), axis=0, return_counts=True)
+    tau_max, total, count = 0, 0, 0
+    for (ci, di), m in zip(pairs, senders):
+        t = np.arange(ci, T + 1, ci)[:, None]                         # the sender's ends
+        span = -(-(t + di) // cr[None, :]) - t // cr[None, :]         # (ends, receiver groups)
+        others = per_c - (cr == ci)                                   # receivers r != i
+        if t.size and others.sum():
+            tau_max = max(tau_max, int(span[:, others > 0].max()))
+            total += int(m) * int((span * others).sum())
+            count += int(m) * t.size * int(others.sum())
+    return tau_max, total, count
 
 
 # ----------------------------------------------------------------------------- reductions
