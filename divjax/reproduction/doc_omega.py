@@ -6,6 +6,7 @@ from pathlib import Path
 
 from divjax.reproduction.cifar_map import cifar_map_summary
 from divjax.reproduction.configs import LONG_ALGOS, OMEGAS
+from divjax.reproduction.doc_cifar_omega import cifar_omega_summary
 from divjax.reproduction.figures import plot_omega
 from divjax.reproduction.text import fmt_ci, table
 from divjax.frontends.stats import plateau
@@ -115,7 +116,8 @@ def mechanism_summary(res: dict) -> list[str]:
                   f"Omega 1 drops {r1['dropped']['mean']:.0f}% of its messages), "
                   f"fragmentation {fmt_ci(rk['gain_omega1'], '%')} "
                   f"({rk['gain_omega1']['verdict']})."]
-    return L
+    cifar = cifar_omega_summary(res)
+    return L + [f"  {cifar}"] if L else [f"- **Which mechanism.** {cifar}"]
 
 
 def omega_table(ab: dict) -> str:

@@ -27,6 +27,7 @@ from divjax.reproduction.configs import (
     paper_stragglers,
     send_time_s,
 )
+from divjax.reproduction.cifar_omega import cifar_omega_groups
 from divjax.reproduction.tuning import pilot_groups, tune_groups, tuned_groups
 
 
@@ -131,7 +132,8 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                 "cifar": cifar_groups, "downloads": downloads_groups,
                 "cifar-downloads": cifar_downloads_groups, "omega": omega_groups,
                 "omega-map": omega_map_groups, "cifar-map": cifar_map_groups,
-                "tune": tune_groups, "pilot": pilot_groups, "tuned": tuned_groups}
+                "tune": tune_groups, "pilot": pilot_groups, "tuned": tuned_groups,
+                "cifar-omega": lambda *a: cifar_omega_groups(*a, cifar_map_groups(*a))}
     groups = []
     for part in parts:
         if part not in builders:
