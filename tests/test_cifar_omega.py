@@ -80,7 +80,8 @@ def test_cifar_omega_analysis__paired_gains_verdicts_and_section(tmp_path):
                s: _cell(a, v, s, replaced=460, dropped=240)
                for s, (a, v) in enumerate([(.22, .30), (.23, .31), (.24, .30)])},
            ("cifar10", "main", "swift"): {s: _cell(a, .3, s) for s, a in
-                                          enumerate([.21, .20, .23])}}
+                                          enumerate([.21, .20, .23])},
+           ("cifar10", "main", "divshare"): {1: _cell(.225, .3, 1, replaced=460, dropped=240)}}
     co = doc_cifar_omega.cifar_omega(idx)
     r8, r1 = co["settings"]["main"]["rows"][8], co["settings"]["main"]["rows"][1]
     assert r8["gain_omega1"]["mean"] == pytest.approx((10 + 2 / .21 + 2 / .22) / 3)
@@ -95,6 +96,7 @@ def test_cifar_omega_analysis__paired_gains_verdicts_and_section(tmp_path):
     res = {"idx": idx}
     text = "\n".join(doc_cifar_omega.cifar_omega_section(res, tmp_path, str, "cmd"))
     assert "**Fragmentation** (Omega 8 against Omega 1" in text and "(holds)" in text
+    assert "message counts equal, final node-mean accuracy differs by at most 0.5 pp" in text
     assert "Missing (21 of 27)" in text and (tmp_path / "cifar10_omega.png").exists()
     line = doc_cifar_omega.cifar_omega_summary(res)
     assert "fragmentation (Omega 8 vs 1) 9.54% [" in line and "21 cells missing" in line

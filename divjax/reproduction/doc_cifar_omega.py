@@ -52,6 +52,20 @@ def baseline_summary(cells: dict) -> dict | None:
             "seeds": sorted(cells), "commit": commits_text(cells.values())}
 
 
+def rerun_check(ours: dict, theirs: dict) -> dict | None:
+    """The part's Omega 8 cells against the other part's DivShare cells (the same config at
+    another commit), per shared seed: the largest |difference| of final node-mean accuracy
+    (pp) and whether the message counts are equal."""
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return None
+    keys = ("msgs_sent", "msgs_delivered", "msgs_dropped", "msgs_replaced")
+    return {"seeds": seeds, "commit": commits_text(theirs[s] for s in seeds),
+            "max_pp": max(abs(100 * (final(ours[s]) - final(theirs[s]))) for s in seeds),
+            "same_msgs": all(ours[s]["curve"][k] == theirs[s]["curve"][k] for s in seeds
+                             for k in keys)}
+
+
 def cifar_omega(idx: dict, seeds=SEEDS) -> dict:
     """The part's analysis: per setting ("main", CIFAR_OMEGA_MAP) its rows (`omega_rows`) and
     the Swift and AD-PSGD cells they are paired with; the missing cells; "any" when a row exists."""
@@ -65,7 +79,9 @@ def cifar_omega(idx: dict, seeds=SEEDS) -> dict:
         out["settings"][setting] = {
             "rows": omega_rows(idx, setting, ks), "ks": ks,
             "swift": baseline_summary(idx.get(("cifar10", base, "swift"), {})),
-            "adpsgd": baseline_summary(idx.get(("cifar10", base, "adpsgd"), {}))}
+            "adpsgd": baseline_summary(idx.get(("cifar10", base, "adpsgd"), {})),
+            "rerun": rerun_check(idx.get(("cifar10", omega_regime(setting, 8), "divshare"), {}),
+                                 idx.get(("cifar10", base, "divshare"), {}))}
     out["any"] = any(s["rows"] for s in out["settings"].values())
     return out
 
@@ -115,6 +131,17 @@ def baseline_lines(st: dict, setting: str) -> list[str]:
                                             "yet: the gains over them are missing.", ""]
 
 
+def rerun_lines(st: dict, setting: str) -> list[str]:
+    r = st["rerun"]
+    if not r:
+        return []
+    return [f"Omega 8 rerun in this part against the DivShare cells of "
+            f"{BASE_TEXT[setting][4:]} (the same config, commit {r['commit']}; seeds "
+            f"{', '.join(map(str, r['seeds']))}): message counts "
+            f"{'equal' if r['same_msgs'] else 'differ'}, final node-mean accuracy differs by at "
+            f"most {r['max_pp']:.2g} pp per seed; the gains pair cells of one commit.", ""]
+
+
 def gains_lines(st: dict, high: int = 8) -> list[str]:
     """The two mechanisms' paired gains, node mean and average model, with their verdicts."""
     r1, rk = st["rows"].get(1), st["rows"].get(high)
@@ -162,7 +189,8 @@ def cifar_omega_section(res: dict, out, rel, cmd: str) -> list[str]:
         if not st["rows"]:
             L += ["No cells yet.", ""]
             continue
-        L += [omega_table(st), "", *baseline_lines(st, setting), *gains_lines(st)]
+        L += [omega_table(st), "", *baseline_lines(st, setting), *rerun_lines(st, setting),
+              *gains_lines(st)]
     if co["missing"]:
         total = sum(len(s["ks"]) for s in co["settings"].values()) * len(SEEDS)
         L += [f"Missing ({len(co['missing'])} of {total}): " + ", ".join(co["missing"])
