@@ -135,8 +135,8 @@ def rerun_lines(st: dict, setting: str) -> list[str]:
     r = st["rerun"]
     if not r:
         return []
-    return [f"Omega 8 rerun in this part against the DivShare cells of "
-            f"{BASE_TEXT[setting][4:]} (the same config, commit {r['commit']}; seeds "
+    return [f"Omega 8 rerun in this part against the DivShare ones of {BASE_TEXT[setting]} "
+            f"(the same config, commit {r['commit']}; seeds "
             f"{', '.join(map(str, r['seeds']))}): message counts "
             f"{'equal' if r['same_msgs'] else 'differ'}, final node-mean accuracy differs by at "
             f"most {r['max_pp']:.2g} pp per seed; the gains pair cells of one commit.", ""]

@@ -164,6 +164,8 @@ def plot_cifar_omega(co: dict, path: Path) -> None:
                             label=f"{'main' if setting == 'main' else setting}: {name}")
         ax.axhline(0, color="k", lw=0.7)
         ax.set_xscale("log", base=2)
+        ks = sorted({k for st in co["settings"].values() for k in st["rows"]})
+        ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("Omega (fragments per model)")
         ax.set_ylabel(f"final accuracy gain of DivShare, % ({what})")
         ax.set_title(f"CIFAR-10: gain against Omega, {what} (95% CI over seeds)", fontsize=9)
