@@ -97,6 +97,7 @@ def test_cifar_omega_analysis__paired_gains_verdicts_and_section(tmp_path):
     text = "\n".join(doc_cifar_omega.cifar_omega_section(res, tmp_path, str, "cmd"))
     assert "**Fragmentation** (Omega 8 against Omega 1" in text and "(holds)" in text
     assert "message counts equal, final node-mean accuracy differs by at most 0.5 pp" in text
+    assert "no message was delivered" not in text
     assert "Missing (21 of 27)" in text and (tmp_path / "cifar10_omega.png").exists()
     line = doc_cifar_omega.cifar_omega_summary(res)
     assert "fragmentation (Omega 8 vs 1) 9.54% [" in line and "21 cells missing" in line

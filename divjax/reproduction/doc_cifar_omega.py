@@ -138,14 +138,22 @@ def rerun_lines(st: dict, setting: str) -> list[str]:
     return [f"Omega 8 rerun in this part against the DivShare ones of {BASE_TEXT[setting]} "
             f"(the same config, commit {r['commit']}; seeds "
             f"{', '.join(map(str, r['seeds']))}): message counts "
-            f"{'equal' if r['same_msgs'] else 'differ'}, final node-mean accuracy differs by at "
-            f"most {r['max_pp']:.2g} pp per seed; the gains pair cells of one commit.", ""]
+            f"{'equal' if r['same_msgs'] else 'differ'}, final node-mean accuracy "
+            + (f"differs by at most {r['max_pp']:.2g} pp per seed" if r["max_pp"] else
+               "identical") + "; the gains pair cells of one commit.", ""]
 
 
 def gains_lines(st: dict, high: int = 8) -> list[str]:
-    """The two mechanisms' paired gains, node mean and average model, with their verdicts."""
+    """The two mechanisms' paired gains, node mean and average model, with their verdicts;
+    the Omegas at which no message was ever delivered (every one dropped by the replaced queue:
+    DivShare there trains alone)."""
     r1, rk = st["rows"].get(1), st["rows"].get(high)
-    L = []
+    alone = [k for k, r in sorted(st["rows"].items()) if r["copies"]["mean"] == 0]
+    L = [f"At Omega {', '.join(map(str, alone))} no message was delivered in any seed run "
+         "(every one dropped by the replaced queue, one still on the wire included, as in the "
+         "authors' code): DivShare there "
+         "trains each node alone, so its gains over Swift there are those of no communication "
+         "over stale communication.", ""] if alone else []
     if r1 and r1["gain_swift"]:
         L += [f"**Queue replacement** (DivShare at Omega 1 against Swift, whole models both): "
               f"node mean {verdict_text(r1['gain_swift'])}, average model "
