@@ -22,7 +22,7 @@ DOWNLOAD_ALGOS = ("divshare", "swift", "adpsgd")   # the algorithms that model d
 CIFAR_ALGOS = ("divshare", "adpsgd", "swift", "local")
 ALL_PARTS = ("main", "long", "map", "cifar", "downloads", "cifar-downloads", "omega",
              "omega-map", "cifar-map", "tune", "pilot", "tuned",
-             "tuned-long")
+             "tuned-long", "cifar-omega")
 OMEGA_MAP = ((0.1, 7), (10.0, 7))   # a saturated and an unsaturated map regime
 OMEGA_MAP_K = (1, 8, 64)
 OMEGAS = (1, 2, 4, 8, 16, 64)   # the Omega ablation; Omega = 1: Swift with a replaced queue

@@ -10,6 +10,7 @@ from divjax.reproduction.analysis import analyse
 from divjax.reproduction.cells import engine_tree
 from divjax.reproduction.cifar_map import cifar_map_section
 from divjax.reproduction.configs import ALL_PARTS, ROOT, TARGETS
+from divjax.reproduction.doc_cifar_omega import cifar_omega_section
 from divjax.reproduction.doc_downloads import downloads_section
 from divjax.reproduction.doc_omega import omega_section, summary_lines
 from divjax.reproduction.doc_sections import (
@@ -149,6 +150,7 @@ def write_doc(out: Path, doc: Path, scale: str, data_arg: str, parts, seeds) -> 
          *tuning_section(res, idx, out, ctx.rel, cmd),
          *omega_section(res, out, ctx.rel, cmd), *map_section(ctx), *map_reading_section(ctx),
          *cifar_section(ctx), *cifar_map_section(res, out, ctx.rel, cmd),
+         *cifar_omega_section(res, out, ctx.rel, cmd),
          *downloads_section(res, cmd), *missing_section(ctx),
          *dirty_section(ctx), "## What differs from the authors' testbed", "",
          *[f"- {x}" for x in DIFFERENCES], ""]

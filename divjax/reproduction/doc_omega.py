@@ -6,6 +6,7 @@ from pathlib import Path
 
 from divjax.reproduction.cifar_map import cifar_map_summary
 from divjax.reproduction.configs import LONG_ALGOS, OMEGAS
+from divjax.reproduction.doc_cifar_omega import cifar_omega_summary
 from divjax.reproduction.doc_tuning import plateau_summary
 from divjax.reproduction.figures import plot_omega
 from divjax.reproduction.text import fmt_ci, table
@@ -44,7 +45,8 @@ def how_much_lines(res: dict) -> list[str]:
         L += ["  Each at its own tuned rate (paired by seed), at equal time (the shorter run's "
               "end): " + "; ".join(f"{fmt_ci(r, '%')} over {b} at {r['t']:.0f} s "
                                    f"({r['verdict']})" for b, r in tuned["gain_end"].items())
-              + ". At each run's best point: "
+              + ". At each run's best point (DivShare's 600-iteration cells; the "
+                "1,200-iteration run below settles the bounds): "
               + "; ".join(f"{fmt_ci(r, '%')} over {b} ({r['verdict']}; {tuned['bound'][b]})"
                           for b, r in tuned["gain_best"].items())
               + ". Plateau rule: " + ", ".join(f"{a} {p['status']} after {p['iterations']} "
@@ -116,7 +118,8 @@ def mechanism_summary(res: dict) -> list[str]:
                   f"Omega 1 drops {r1['dropped']['mean']:.0f}% of its messages), "
                   f"fragmentation {fmt_ci(rk['gain_omega1'], '%')} "
                   f"({rk['gain_omega1']['verdict']})."]
-    return L
+    cifar = cifar_omega_summary(res)
+    return L + [f"  {cifar}"] if L else [f"- **Which mechanism.** {cifar}"]
 
 
 def omega_table(ab: dict) -> str:

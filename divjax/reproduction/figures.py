@@ -137,3 +137,41 @@ def plot_omega(ab: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_cifar_omega(co: dict, path: Path) -> None:
+    """CIFAR-10 Omega ablation: DivShare's final-accuracy gain against Omega (over Omega 1 and
+    over Swift), node mean and average model, per setting, with 95% intervals over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, suffix, what in zip(axes, ("", "_avg"), ("node mean", "average model"), strict=True):
+        for setting, st in co["settings"].items():
+            for key, name, mk in (("gain_omega1", "over Omega 1", "o"), ("gain_swift",
+                                                                        "over Swift", "s")):
+                pts = [(k, r[key + suffix]) for k, r in sorted(st["rows"].items())
+                       if r[key + suffix]]
+                if not pts:
+                    continue
+                x = np.array([k for k, _ in pts], float)
+                m = np.array([r["mean"] for _, r in pts])
+                err = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] for _, r in pts]).T
+                ax.errorbar(x, m, yerr=np.nan_to_num(err), marker=mk, capsize=3,
+                            ls="-" if setting == "main" else "--",
+                            label=f"{'main' if setting == 'main' else setting}: {name}")
+        ax.axhline(0, color="k", lw=0.7)
+        ax.set_xscale("log", base=2)
+        ks = sorted({k for st in co["settings"].values() for k in st["rows"]})
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("Omega (fragments per model)")
+        ax.set_ylabel(f"final accuracy gain of DivShare, % ({what})")
+        ax.set_title(f"CIFAR-10: gain against Omega, {what} (95% CI over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -27,6 +27,7 @@ from divjax.reproduction.configs import (
     paper_stragglers,
     send_time_s,
 )
+from divjax.reproduction.cifar_omega import cifar_omega_groups
 from divjax.reproduction.tuning import pilot_groups, tune_groups, tuned_groups
 from divjax.reproduction.tuning import tuned_long_groups
 
@@ -133,7 +134,8 @@ def build_groups(parts: list[str], scale: str, data_dir: str, seeds: tuple) -> l
                 "cifar-downloads": cifar_downloads_groups, "omega": omega_groups,
                 "omega-map": omega_map_groups, "cifar-map": cifar_map_groups,
                 "tune": tune_groups, "pilot": pilot_groups, "tuned": tuned_groups,
-                "tuned-long": tuned_long_groups}
+                "tuned-long": tuned_long_groups,
+                "cifar-omega": lambda *a: cifar_omega_groups(*a, cifar_map_groups(*a))}
     groups = []
     for part in parts:
         if part not in builders:
