@@ -306,4 +306,8 @@ def format_model(m: dict) -> str:
             lines.append(f"  {k:<11} {gib(v):>12}   {m['per_node'][k] / 2**10:10.1f} KiB/node")
     lines.append(f"  {'total':<11} {gib(m['total']):>12}   of {gib(m['available'])} "
                  f"({'fits' if m['fits'] else 'does NOT fit'} in {FRACTION:.0%})")
+    lines.append("  (the arrays the engine keeps; XLA's temporaries, and task arrays a jitted "
+                 "program embeds as constants, come on top: measured 1.5-2.6x this total for "
+                 "the least-squares task, docs/scaling.md; a run checks XLA's own figure "
+                 "before it starts)")
     return "\n".join(lines)
