@@ -101,7 +101,12 @@ def test_cifar_omega_analysis__paired_gains_verdicts_and_section(tmp_path):
     assert "Missing (21 of 27)" in text and (tmp_path / "cifar10_omega.png").exists()
     line = doc_cifar_omega.cifar_omega_summary(res)
     assert "fragmentation (Omega 8 vs 1) 9.54% [" in line and "21 cells missing" in line
+    row = doc_cifar_omega.cifar_omega_front_row(res, "W")
+    assert len(row) == 1 and "fragmenting (Omega 8 vs 1) 9.54% [" in row[0]
+    assert row[0].endswith("| W |")
+    assert "replacing the send queue (Omega 1 vs Swift) -1.37% [" in row[0]
     empty = {"idx": {}}
+    assert doc_cifar_omega.cifar_omega_front_row(empty, "W") == []
     assert "No cells yet" in "\n".join(doc_cifar_omega.cifar_omega_section(empty, tmp_path,
                                                                            str, "cmd"))
     assert "not established" in doc_cifar_omega.cifar_omega_summary(empty)

@@ -10,7 +10,7 @@ from divjax.reproduction.analysis import analyse
 from divjax.reproduction.cells import engine_tree
 from divjax.reproduction.cifar_map import cifar_map_section
 from divjax.reproduction.configs import ALL_PARTS, ROOT, TARGETS
-from divjax.reproduction.doc_cifar_omega import cifar_omega_section
+from divjax.reproduction.doc_cifar_omega import cifar_omega_front_row, cifar_omega_section
 from divjax.reproduction.doc_downloads import downloads_section
 from divjax.reproduction.doc_omega import omega_section, summary_lines
 from divjax.reproduction.doc_sections import (
@@ -205,6 +205,7 @@ def front_rows(res: dict, link: str) -> list[str]:
                     f", fragmenting {fmt_ci(r8, '%')} ({r8['verdict']})"
                     + (f"; saturated links: fragmenting {fmt_ci(rs, '%')} ({rs['verdict']})"
                        if rs else "") + f" | {where} |")
+    rows += cifar_omega_front_row(res, where)
     tuned = res.get("tuned")
     if tuned and tuned["gain_best"]:
         names = {"adpsgd": "AD-PSGD", "swift": "Swift", "local": "local-only"}

@@ -229,3 +229,17 @@ def cifar_omega_summary(res: dict) -> str:
     return ("CIFAR-10 (final accuracy gain, node mean): " + (" / ".join(parts) or
                                                              "no paired gain yet")
             + (f" ({miss} cells missing)" if miss else "") + ".")
+
+
+def cifar_omega_front_row(res: dict, where: str) -> list[str]:
+    """The README / front page row: the main setting's two mechanisms on CIFAR-10 (node mean and
+    average model), from the part's cells; none until Omega 1 and 8 both have cells."""
+    rows = cached(res)["settings"]["main"]["rows"]
+    r1, r8 = rows.get(1), rows.get(8)
+    if not (r1 and r8 and r1["gain_swift"] and r8["gain_omega1"]):
+        return []
+    return [f"| why DivShare wins on CIFAR-10 (Omega ablation, {r8['seeds']} seeds) | main "
+            f"setting, final accuracy (node mean; average model): fragmenting (Omega 8 vs 1) "
+            f"{verdict_text(r8['gain_omega1'])}; {verdict_text(r8['gain_omega1_avg'])}; "
+            f"replacing the send queue (Omega 1 vs Swift) {verdict_text(r1['gain_swift'])}; "
+            f"{verdict_text(r1['gain_swift_avg'])} | {where} |"]
