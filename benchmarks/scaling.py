@@ -359,9 +359,16 @@ def main(argv=None) -> None:
         return
     from bench_common import run_meta
 
+    env = {k: os.environ[k] for k in ("JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS", "XLA_FLAGS",
+                                      "JAX_PLATFORMS") if k in os.environ}
     meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
-                    duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared)
+                    duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared,
+                    env=env)   # the children inherit it (the data hoisted or embedded)
     if args.rows is not None:
+        # the rows were measured by another run: its commit, date and machine are not these
+        meta["tabulated_from"] = str(args.rows)
+        meta["shared"] = (f"rows measured by an earlier run ({args.rows}); the commit, date "
+                          f"and command here are the tabulation's. {args.shared}").strip()
         rows = [json.loads(line) for line in args.rows.read_text().splitlines()
                 if line.startswith("{")]
         print(write_tables(rows, meta, args.tag))

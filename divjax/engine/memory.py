@@ -307,7 +307,7 @@ def format_model(m: dict) -> str:
     lines.append(f"  {'total':<11} {gib(m['total']):>12}   of {gib(m['available'])} "
                  f"({'fits' if m['fits'] else 'does NOT fit'} in {FRACTION:.0%})")
     lines.append("  (the arrays the engine keeps; XLA's temporaries, and task arrays a jitted "
-                 "program embeds as constants, come on top: measured 1.5-2.6x this total for "
-                 "the least-squares task, docs/scaling.md; a run checks XLA's own figure "
-                 "before it starts)")
+                 "program embeds as constants, come on top: measured 1.6-2.9x this total for "
+                 "the least-squares task at 262,144-1,048,576 nodes, docs/scaling.md; a run "
+                 "checks XLA's own figure before it starts)")
     return "\n".join(lines)
