@@ -12,9 +12,16 @@ local steps, fewer by default so that a node-iteration costs about what the smal
   compile_s   lower + compile of `engine.run_ticks` (the ticks of one eval interval, no metrics)
   run_s       one call of it (block_until_ready); us_per_node_iter = run_s / sum(iterations)
   peak        VmHWM of the process (Linux), by phase: after the build, and, the peak reset
-              (/proc/self/clear_refs 5) after the build, the peak of init + compile + run
+              (/proc/self/clear_refs 5) after the build, the peak of init + compile + run;
+              and the execution's own peak: after the compile the heap it freed is handed back
+              to the OS (glibc malloc_trim), the peak reset, then the run
   per node    (peak - peak of an n=8 process doing the same) / (n - 8), and the peak of the
               whole process / n (no baseline subtracted)
+  exec        (execution peak - that of the n=8 process) / (n - 8): what the run holds per
+              node once the compiler's transient heap (about 250-350 MB whatever n is, and
+              +-50 MB from one process to the next) is out of the figure. Sizes up to
+              --repeat-max run --repeats times (the median repeat is the row; the range of
+              the figure over the repeats' extremes is given beside it)
   model       divjax.engine.memory.memory_model (state, training buffers, neighbours, task data) and
               XLA's own buffer figures of the compiled step (`compiled_memory`)
 
@@ -65,6 +72,25 @@ def reset_peak() -> bool:
 TASKS = {"synthetic": 16, "synthetic-4100": 1024}   # task -> input features (4 outputs)
 
 
+def release_freed_heap() -> bool:
+    """Hand the heap's free memory back to the OS (glibc `malloc_trim(0)`): what the compiler
+    freed stays resident otherwise, and its size varies by tens of MB between processes of the
+    same program. False where there is no glibc."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
+
+
+def rss_bytes() -> int:
+    """The process's resident set size now (VmRSS), bytes; 0 where it cannot be read."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def mem_available() -> int:
     """MemAvailable of the machine, bytes (0 where it cannot be read)."""
     try:
@@ -108,11 +134,16 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     t0 = time.perf_counter()
     step = jax.jit(engine.run_ticks, donate_argnums=0).lower(state, hp).compile()
     compile_s = time.perf_counter() - t0
+    peak_compile = peak_bytes() if reset else None
+    trimmed = release_freed_heap()
+    rss_trimmed = rss_bytes()
+    exec_reset = trimmed and reset_peak()
     t0 = time.perf_counter()
     state = jax.block_until_ready(step(state, hp))
     run_s = time.perf_counter() - t0
     iterations = int(state.iterations.astype("int64").sum())
-    peak_run = peak_bytes() if reset else None
+    peak_exec = peak_bytes() if exec_reset else None
+    peak_run = max(peak_compile, peak_bytes()) if reset else None
     xla = memory.compiled_memory(step)
     evaluation = {}
     if n <= eval_max and reset_peak():   # one evaluation of every node, timed apart
@@ -134,6 +165,8 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
             "us_per_node_iter": round(1e6 * run_s / max(1, iterations), 3),
             "peak_import_bytes": start, "peak_build_bytes": peak_build,
             "peak_run_bytes": peak_run, "peak_reset": reset,
+            "peak_compile_bytes": peak_compile, "rss_trimmed_bytes": rss_trimmed,
+            "peak_exec_bytes": peak_exec,
             "model_total_bytes": model["total"], "model_parts": model["parts"],
             "xla": xla, **evaluation, **plain}
 
@@ -199,6 +232,25 @@ def child(n: int, algorithm: str, task: str, args) -> dict:
     return {**head, **row}
 
 
+def child_repeated(n: int, algorithm: str, task: str, args) -> dict:
+    """`child`, --repeats times for n <= --repeat-max: the repeat with the median execution
+    peak is the row, and `repeats` keeps every repeat's peaks and time (the noise)."""
+    times = args.repeats if n <= args.repeat_max else 1
+    rows = [child(n, algorithm, task, args) for _ in range(max(1, times))]
+    ok = sorted((r for r in rows if "error" not in r), key=exec_peak_of)
+    if not ok:
+        return rows[0]
+    row = ok[(len(ok) - 1) // 2]
+    row["repeats"] = [{"peak_exec_bytes": exec_peak_of(r), "peak_bytes": peak_of(r),
+                       "us_per_node_iter": r["us_per_node_iter"]} for r in ok]
+    return row
+
+
+def exec_peak_of(r: dict) -> int:
+    """The execution's peak (after the freed heap went back), else the process's (old rows)."""
+    return r.get("peak_exec_bytes") or peak_of(r)
+
+
 def model_bytes(n: int, algorithm: str, task: str, args) -> int:
     """The memory model's total at n (in a child: this process stays small)."""
     code = ("import sys, json; sys.path[:0] = sys.argv[1:3]; import scaling; "
@@ -234,16 +286,23 @@ def per_node(rows: list[dict], base: dict) -> None:
         if r["peak_run_bytes"] is not None and base["peak_run_bytes"] is not None:
             r["run_peak_per_node"] = round((r["peak_run_bytes"] - base["peak_run_bytes"]) / k)
         r["model_per_node"] = round((r["model_total_bytes"] - base["model_total_bytes"]) / k)
+        if r.get("peak_exec_bytes") and base.get("peak_exec_bytes"):
+            r["exec_peak_per_node"] = round((r["peak_exec_bytes"] - base["peak_exec_bytes"]) / k)
+            mine = [x["peak_exec_bytes"] for x in r.get("repeats", [])] or [r["peak_exec_bytes"]]
+            theirs = ([x["peak_exec_bytes"] for x in base.get("repeats", [])]
+                      or [base["peak_exec_bytes"]])
+            r["exec_peak_per_node_range"] = [round((min(mine) - max(theirs)) / k),
+                                             round((max(mine) - min(theirs)) / k)]
         r["process_peak_per_node"] = round(peak_of(r) / r["n"])
     marginal(rows)
 
 
 def marginal(rows: list[dict]) -> None:
     """Add `marginal_peak_per_node`: (peak(n) - peak(m)) / (n - m) from the next smaller n = m of
-    the group that ran, the bytes each added node costs. Unlike the figures net of the n = 8
-    process it does not divide a difference of fixed process memory (runtime thread pools and
-    buffers that small programs never allocate: about 190 MB between n = 8 and n = 1,024) by n,
-    so it is the measured counterpart of the model's bytes per node."""
+    the group that ran, the bytes each added node costs. Unlike the whole-process figures net
+    of the n = 8 process it does not divide the compiler's retained heap (which varies by
+    +-50 MB between processes of one program) by a small n, so it is the measured
+    counterpart of the model's bytes per node at large n."""
     done = sorted((r for r in rows if "error" not in r), key=lambda r: r["n"])
     for prev, r in zip(done, done[1:]):
         if prev["n"] > BASE_N:
@@ -259,7 +318,8 @@ def _num(x) -> str:
 
 COLUMNS = ("n", "alg", "task (D)", "iterations", "us / node-iter",
            "plain local SGD us / node-iter (engine / plain)", "compile s", "build s",
-           "peak B/node (net of n=8)", "peak run B/node (net)", "model B/node",
+           "peak B/node (net of n=8)", "peak run B/node (net)",
+           "exec peak B/node (net) [range over repeats]", "model B/node",
            "added B/node (measured / model)",
            "peak MiB", "model MiB", "XLA peak estimate", "eval s")
 
@@ -269,6 +329,13 @@ def _plain(r: dict) -> str:
         return "-"
     p = r["plain_us_per_node_iter"]
     return f"{p:,} ({r['us_per_node_iter'] / p:.2f}x)"
+
+
+def _exec(r: dict) -> str:
+    if "exec_peak_per_node" not in r:
+        return "-"
+    lo, hi = r["exec_peak_per_node_range"]
+    return f"{r['exec_peak_per_node']:,}" + (f" [{lo:,}, {hi:,}]" if lo != hi else "")
 
 
 def table(rows: list[dict]) -> str:
@@ -282,7 +349,8 @@ def table(rows: list[dict]) -> str:
                  _num(r["iterations"]), _num(r["us_per_node_iter"]), _plain(r),
                  _num(r["compile_s"]),
                  _num(r["build_s"]), _num(r.get("peak_per_node", "-")),
-                 _num(r.get("run_peak_per_node", "-")), _num(r.get("model_per_node", "-")),
+                 _num(r.get("run_peak_per_node", "-")), _exec(r),
+                 _num(r.get("model_per_node", "-")),
                  (f"{r['marginal_peak_per_node']:,} / {r['marginal_model_per_node']:,}"
                   if "marginal_peak_per_node" in r else "-"),
                  f"{peak_of(r) / 2**20:,.0f}", f"{r['model_total_bytes'] / 2**20:,.0f}",
@@ -290,6 +358,32 @@ def table(rows: list[dict]) -> str:
                  _num(r.get("eval_s", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def linear_fit(ns: list[int], peaks: list[int]) -> tuple[float, float]:
+    """(a, b) of peak = a + b n fitted with relative errors (weights 1 / peak^2), so the small
+    sizes count as much as the large ones: b is the bytes per node, a the fixed memory of a
+    process running this program at these sizes. A term growing faster than n leaves the
+    per-node figures (peak - a) / n rising with n."""
+    import numpy as np
+
+    x, y = np.asarray(ns, float), np.asarray(peaks, float)
+    w = 1.0 / y
+    a, b = np.linalg.lstsq(np.stack([w, w * x], 1), w * y, rcond=None)[0]
+    return float(a), float(b)
+
+
+def fit_line(key: tuple, sub: list[dict], base: dict | None) -> str:
+    """The linear fit of the execution peaks of one (algorithm, task) group, and the spread of
+    the per-node figures net of its intercept."""
+    ns = [r["n"] for r in sub]
+    a, b = linear_fit(ns, [r["peak_exec_bytes"] for r in sub])
+    each = [(r["peak_exec_bytes"] - a) / r["n"] for r in sub]
+    return (f"- {key[0]}, {key[1]}: execution peak = {a / 2**20:,.0f} MiB + {b:,.0f} B x n "
+            f"(fit, relative errors; the n = 8 process: "
+            f"{exec_peak_of(base) / 2**20 if base else float('nan'):,.0f} MiB); per node net of "
+            f"the fit's fixed memory: " + ", ".join(f"{v:,.0f}" for v in each)
+            + f" B (max/min {max(each) / min(each):.2f})")
 
 
 def flatness(rows: list[dict], lo: int = 1024, hi: int = 262144) -> list[str]:
@@ -305,11 +399,19 @@ def flatness(rows: list[dict], lo: int = 1024, hi: int = 262144) -> list[str]:
         mem = [r["peak_per_node"] for r in sub]
         us = [r["us_per_node_iter"] for r in sub]
         added = [r["marginal_peak_per_node"] for r in sub if "marginal_peak_per_node" in r]
+        run = [r["exec_peak_per_node"] for r in sub if "exec_peak_per_node" in r]
         out.append(f"- {key[0]}, {key[1]} ({ns}): peak per node (net of n = 8) max/min = "
                    f"{max(mem) / min(mem):.2f}"
                    + (f", bytes per added node max/min = {max(added) / min(added):.2f}"
                       if len(added) > 1 and min(added) > 0 else "")
+                   + (f", execution peak per node (net of n = 8) max/min = "
+                      f"{max(run) / min(run):.2f}" if len(run) > 1 and min(run) > 0 else "")
                    + f", time per node-iteration max/min = {max(us) / min(us):.2f}")
+        fit = [r for r in sub if r.get("peak_exec_bytes")]
+        if len(fit) >= 3:
+            base = next((r for r in rows if (r["algorithm"], r["task"]) == key
+                         and r["n"] == BASE_N and "error" not in r), None)
+            out.append(fit_line(key, fit, base))
     return out
 
 
@@ -346,6 +448,9 @@ def main(argv=None) -> None:
     p.add_argument("--check-free-above", type=int, default=65536)
     p.add_argument("--eval-max", type=int, default=16384,
                    help="time one evaluation of every node up to this n")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="processes per size up to --repeat-max (the median is the row)")
+    p.add_argument("--repeat-max", type=int, default=4096)
     p.add_argument("--shared", default="", help="a note on other load on the machine")
     p.add_argument("--tag", default="")
     p.add_argument("--rows", type=Path, default=None,
@@ -377,7 +482,7 @@ def main(argv=None) -> None:
     for task in args.tasks:
         for alg in args.algorithms:
             for n in [BASE_N, *args.ns]:
-                rows.append(child(n, alg, task, args))
+                rows.append(child_repeated(n, alg, task, args))
                 print(json.dumps(rows[-1], default=int), flush=True)
                 write_tables(rows, meta, args.tag)   # after every size: survives an interrupt
     print(write_tables(rows, meta, args.tag))
