@@ -80,3 +80,24 @@ def test_peak_bytes__hand_counted_jaxprs():
     assert memory_temps.peak_bytes(wide, [False]) == 8 * 4000 + 4    # the product only
     loop = jax.make_jaxpr(lambda x: jax.lax.fori_loop(0, 3, lambda i, c: c * 2, x))(x).jaxpr
     assert memory_temps.peak_bytes(loop, [True]) == 4     # its int32 counter only
+
+
+def test_check_memory_early__counts_the_tasks_data(monkeypatch):
+    """The early check's lower bound holds the task's device data as well as the models and
+    one ring slot: a device with room for those but not for the data is refused at once."""
+    from divjax.config import ConfigError
+    from divjax.engine import sizing
+    from divjax.tasks.registry import make_task
+
+    cfg = tiny_config(n_nodes=64)
+    task = make_task(cfg)
+    leaves = jax.tree.leaves(jax.eval_shape(task.init, jax.random.key(0)))
+    D = sum(x.size for x in leaves)
+    models = 64 * 2 * 4 * (D + len(leaves) * cfg.n_fragments)    # params + one ring slot
+    data = memory.task_data_bytes(task)
+    assert data > models   # the least-squares task holds more data than models
+    monkeypatch.setattr(sizing, "available_memory_bytes", lambda: int((models + data) / 0.8) + 8)
+    sizing.check_memory_early(cfg, task)
+    monkeypatch.setattr(sizing, "available_memory_bytes", lambda: int((models + data / 2) / 0.8))
+    with pytest.raises(ConfigError, match=r"the task's data.*--n-nodes \(at most \d+\)"):
+        sizing.check_memory_early(cfg, task)
