@@ -330,11 +330,12 @@ def available_memory_bytes() -> int:
 
 
 CAVEAT_TRACED = (
-    "  (the state, the HParams, the task's data and XLA's temporaries of one eval interval, "
-    "traced from its jaxpr with a 1.2x margin: at or above XLA's own figure for every "
-    "built-in algorithm, tests/test_memory_temps.py; the embedded copies of the data are "
-    "counted while JAX embeds it as constants. Not counted: XLA's runtime and compiler "
-    "memory (a few hundred MB per process); a run checks XLA's own figure before it starts)")
+    "  (the state, the HParams, the task's data, and XLA's temporaries of one eval interval "
+    "traced from its jaxpr with one copy of the carried state (memory_temps): 1.0-1.7x XLA's "
+    "own figure for the built-in algorithms and tasks, tests/test_memory_temps.py; while JAX "
+    "embeds the data as constants, its two extra copies (measured). Not counted: XLA's runtime "
+    "and compiler memory, a few hundred MB per process; a run checks XLA's own figure before "
+    "it starts)")
 CAVEAT_STATE = (
     "  (the arrays the engine keeps and the training buffers, counted by hand; XLA's "
     "temporaries come on top: the dry run traces them; a run checks XLA's own figure before "
