@@ -28,7 +28,9 @@ def test_memory_model__state_parts_are_the_bytes_of_engine_init(algorithm, deliv
     engine, state = engine_state(cfg)
     m = memory.memory_model(engine.cfg, engine.layout)
     p = m["parts"]
-    not_state = p["neighbours"] + p["training"] + p["data"]  # tables and temporaries
+    # tables, the call's HParams and temporaries (with no data given: no constants)
+    not_state = p["neighbours"] + p["training"] + p["hparams"] + p["data"]
+    assert p["constants"] == p["temporaries"] == 0
     assert m["total"] - not_state == memory.state_bytes(state)
     assert sum(p[k] for k in memory.STATE_PARTS) == memory.state_bytes(state)
     assert p["params"] == memory.state_bytes(state.params)

@@ -14,17 +14,29 @@ of F floats, R ring slots, Lc counter-ring ticks and C gathered (training) nodes
   ring         R n K (F + 1) 4 + 8 C         payload sums and counts in flight     (state)
   pending      n K (F + 1) 4                 only with delivery="arrival_tick"     (state)
   counters     (Lc + 1) n (K + 2) 4 + 8 n    counters, next_end, iterations, clock (state)
-  training     C' K F 4 * (4 + opt)          gathered models, trained models, gradients,
-               + C activation_bytes          averaged models; activations of one node's batch
+  hparams      the HParams of a call (per-node compute, bandwidth, latency: 16 n)  (argument)
+  temporaries  XLA's temporaries of one eval interval, traced (`memory_temps`): keys of the
+               local steps, gathered, trained and averaged models, gradients, activations,
+               fragments drawn and sent, scatter operands, the evaluation's arrays
+  training     C' K F 4 * (4 + opt)          only where no temporaries are traced (`resolve`,
+               + C activation_bytes          which has no task): gathered, trained, averaged
+                                            models, gradients; activations of one node's batch
   neighbours   n (max_degree + 1) 4          the padded neighbour table and degrees
                                             (complete graph: degrees only, no table)
   data         what the task keeps on the device (node shards + shared test sets)
+  constants    2 x data while JAX embeds a program's closed-over arrays as constants (its
+               default; JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=True passes them as arguments, 0):
+               the measured difference, 2.1x the least-squares task's data (issue 33)
   pairs        n^2 (4 + 4 + 1)               only what a user's files make per pair: latency_file,
                                             loss_file, a file:PATH topology (`pair_bytes`)
 
 (the formulas of the state parts are what the engine keeps today, for orientation; the figures
 come from eval_shape). `memory_model` returns these parts, their total and the same figures per
 node; `memory_scale.largest_n` bisects n against a budget (default: 80% of the device's memory).
+With `temporaries` (the dry run, largest_n) the total is what a run's compiled interval needs
+(XLA's arguments, outputs and temporaries), tests/test_memory_temps.py checks it against XLA's
+own figure; without (`sizing.resolve`'s state check, before the engine exists) it is the state
+and the hand-counted training buffers, a lower figure that `sizing.compile_checked` completes.
 `compiled_memory` reads XLA's own figures (argument, output and temporary buffers) of a compiled
 function; the benchmarks report both, and tests/test_memory_state.py checks that the state parts
 are exactly the bytes of `jax.eval_shape(engine.init)` for every algorithm.
@@ -197,7 +209,8 @@ def state_parts(cfg: SimConfig, K: int, F: int, D: int, ring_slots: int, train_c
 def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
                  train_capacity: int | None = None, data_bytes: int = 0,
                  activation_bytes: int = 0, counter_ticks: int | None = None,
-                 available: int | None = None, algo: Any = None) -> dict:
+                 available: int | None = None, algo: Any = None,
+                 temporaries: int | None = None) -> dict:
     """Bytes a run needs, by part, in total and per node.
 
     Args:
@@ -212,6 +225,9 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
       counter_ticks: Lc; default cfg.delay_ticks + 1, else ring_slots + 1.
       available: device bytes; default `available_memory_bytes()`.
       algo: the Algorithm the engine runs; default `make_algorithm(cfg)`.
+      temporaries: XLA's temporaries of one eval interval (`memory_temps.interval_temporaries`);
+        they hold the training buffers, so "training" is then 0. None: not traced, the hand
+        count of the training buffers instead.
     The state parts (STATE_PARTS) are the bytes of `abstract_state`: the engine's own initial
     state under jax.eval_shape, algorithm state included.
     Returns:
@@ -238,7 +254,12 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     at_once = min(gathered, cfg.train_chunk) if cfg.train_chunk else gathered
     # (+ the zeros block that clears the collected inbox entries, as large as the gathered set)
     parts["training"] = gathered * (4 + opt) * model + at_once * (model + int(activation_bytes))
+    parts["hparams"] = hparams_bytes(cfg)
+    parts["temporaries"] = 0
+    if temporaries is not None:   # traced: the training buffers are among them
+        parts["temporaries"], parts["training"] = int(temporaries), 0
     parts["data"] = int(data_bytes)
+    parts["constants"] = int(data_bytes) * constant_copies()
     parts["pairs"] = pair_bytes(cfg)
     per_node = {k: v / n for k, v in parts.items()}
     total = int(sum(parts.values()))
@@ -246,6 +267,19 @@ def memory_model(cfg: SimConfig, layout: Any, ring_slots: int | None = None,
     return {"parts": parts, "total": total, "per_node": per_node,
             "available": have, "budget": int(FRACTION * have), "fits": total <= FRACTION * have,
             "n": n, "K": K, "F": F, "D": D, "ring_slots": R, "train_capacity": C}
+
+
+def hparams_bytes(cfg: SimConfig) -> int:
+    """Bytes of one call's HParams (an argument of every compiled interval)."""
+    return state_bytes(jax.eval_shape(lambda: default_hparams(cfg)))
+
+
+def constant_copies() -> int:
+    """Copies of a task's closed-over device arrays a compiled program adds: 2 while JAX embeds
+    them as constants (JAX 0.10's default: measured 23.6 against 12.9 KB per node with them
+    passed as arguments, for 5.1 KB of data per node; issue 33), 0 with
+    JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=True."""
+    return 0 if getattr(jax.config, "jax_use_simplified_jaxpr_constants", False) else 2
 
 
 def state_bytes(state: Any) -> int:
@@ -295,6 +329,19 @@ def available_memory_bytes() -> int:
         return 1 << 40
 
 
+CAVEAT_TRACED = (
+    "  (the state, the HParams, the task's data, and XLA's temporaries of one eval interval "
+    "traced from its jaxpr with one copy of the carried state (memory_temps): 1.0-1.7x XLA's "
+    "own figure for the built-in algorithms and tasks, tests/test_memory_temps.py; while JAX "
+    "embeds the data as constants, its two extra copies (measured). Not counted: XLA's runtime "
+    "and compiler memory, a few hundred MB per process; a run checks XLA's own figure before "
+    "it starts)")
+CAVEAT_STATE = (
+    "  (the arrays the engine keeps and the training buffers, counted by hand; XLA's "
+    "temporaries come on top: the dry run traces them; a run checks XLA's own figure before "
+    "it starts)")
+
+
 def format_model(m: dict) -> str:
     """Human-readable summary (what `divjax run --dry-run` prints)."""
     gib = lambda b: f"{b / 2**30:.3f} GiB"  # noqa: E731
@@ -306,8 +353,5 @@ def format_model(m: dict) -> str:
             lines.append(f"  {k:<11} {gib(v):>12}   {m['per_node'][k] / 2**10:10.1f} KiB/node")
     lines.append(f"  {'total':<11} {gib(m['total']):>12}   of {gib(m['available'])} "
                  f"({'fits' if m['fits'] else 'does NOT fit'} in {FRACTION:.0%})")
-    lines.append("  (the arrays the engine keeps; XLA's temporaries, and task arrays a jitted "
-                 "program embeds as constants, come on top: measured 1.6-2.9x this total for "
-                 "the least-squares task at 262,144-1,048,576 nodes, docs/scaling.md; a run "
-                 "checks XLA's own figure before it starts)")
+    lines.append(CAVEAT_TRACED if m["parts"].get("temporaries") else CAVEAT_STATE)
     return "\n".join(lines)

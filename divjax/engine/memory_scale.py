@@ -68,11 +68,15 @@ def _at_n(cfg: SimConfig, n: int) -> SimConfig:
 def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
               ring_slots: int | None = None, capacity_fraction: float = 1.0,
               data_bytes_per_node: float = 0.0, data_bytes_fixed: int = 0,
-              activation_bytes: int = 0, n_max: int = 1 << 24) -> int:
+              activation_bytes: int = 0, temporaries_per_node: float | None = None,
+              n_max: int = 1 << 24) -> int:
     """The largest n whose `memory_model` total fits `budget` bytes (default: FRACTION of the
     device's memory). Everything else in cfg stays as it is; the training capacity scales as
     capacity_fraction * n (1.0: every node may finish at the same tick), the data as
-    data_bytes_fixed + data_bytes_per_node * n. The fanout stays too, so the search starts at
+    data_bytes_fixed + data_bytes_per_node * n, XLA's temporaries (traced at the run's own n,
+    `memory_temps.interval_temporaries`) as temporaries_per_node * n: every array of the
+    interval has a node axis of n or of the training capacity (a share of n), or none (see
+    memory_temps; None: not traced, the hand count of the training buffers). The fanout stays too, so the search starts at
     n = fanout + 1 (at least 2); returns 0 if not even that fits. Every n tried builds the
     algorithm's state under jax.eval_shape (`abstract_state`): nothing is allocated."""
     budget = int(FRACTION * available_memory_bytes()) if budget is None else int(budget)
@@ -82,7 +86,9 @@ def largest_n(cfg: SimConfig, layout: Any, budget: int | None = None, *,
         return memory_model(c, layout, ring_slots=ring_slots,
                             train_capacity=max(1, math.ceil(capacity_fraction * n)),
                             data_bytes=int(data_bytes_fixed + data_bytes_per_node * n),
-                            activation_bytes=activation_bytes, available=budget)["total"]
+                            activation_bytes=activation_bytes, available=budget,
+                            temporaries=None if temporaries_per_node is None else
+                            math.ceil(temporaries_per_node * n))["total"]
 
     smallest = max(2, cfg.fanout + 1)
     if smallest > n_max or total(smallest) > budget:

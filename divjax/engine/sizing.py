@@ -35,7 +35,8 @@ from divjax.network.compute_schedule import (  # noqa: F401 (auto_iteration_chun
 from divjax.config import ConfigError, HParams, SimConfig
 from divjax.config_checks import check_link_clock
 from divjax.engine.flat import FragmentLayout, make_layout
-from divjax.engine.memory import available_memory_bytes, compiled_memory, memory_model
+from divjax.engine.memory import (available_memory_bytes, compiled_memory, memory_model,
+                                  task_data_bytes)
 from divjax.tasks.base import Task
 
 
@@ -54,7 +55,7 @@ def memory_estimate(cfg: SimConfig, layout: FragmentLayout, ring_slots: int,
 
 
 def check_memory_early(cfg: SimConfig, task: Task) -> None:
-    """Refuse, from shapes alone, a state that cannot fit (before anything is allocated)."""
+    """Refuse, from shapes and the task's data, a run that cannot fit (before allocating)."""
     shapes = jax.eval_shape(task.init, jax.random.key(0))
     leaves = jax.tree.leaves(shapes)
     D = sum(int(np.prod(x.shape)) for x in leaves)
@@ -63,15 +64,15 @@ def check_memory_early(cfg: SimConfig, task: Task) -> None:
             f"n_fragments={cfg.n_fragments} is larger than the model's parameter count D={D}: "
             f"use --n-fragments between 1 and {D}")
     per_model = 4 * (D + len(leaves) * cfg.n_fragments)
-    # params + at least one ring slot + the gathered training copies
-    lower_bound = cfg.n_nodes * per_model * 2
+    # params, at least one ring slot and the task's data (XLA's figure adds the rest later)
+    lower_bound = cfg.n_nodes * per_model * 2 + task_data_bytes(task)
     have = available_memory_bytes()
     if lower_bound > 0.8 * have:
         raise ConfigError(
             f"n_nodes={cfg.n_nodes} models of D={D} parameters need at least "
-            f"{lower_bound / 2**30:.1f} GiB (parameters and one ring slot) but the device has "
-            f"{have / 2**30:.1f} GiB: lower --n-nodes (at most "
-            f"{int(0.8 * have // (2 * per_model))}) or use a smaller model")
+            f"{lower_bound / 2**30:.1f} GiB (parameters, one ring slot, the task's data) but "
+            f"the device has {have / 2**30:.1f} GiB: lower --n-nodes (at most "
+            f"{int(0.8 * have * cfg.n_nodes // lower_bound)}) or use a smaller model")
 
 
 def resolve(cfg: SimConfig, hp: HParams, layout: FragmentLayout,

@@ -107,19 +107,24 @@ def _print_sizes(engine) -> None:
 
 
 def _dry_run(engine, probe) -> int:
-    """--dry-run: the memory model and the largest n that fits on this device; exit code 0."""
-    from divjax.engine import memory, memory_scale
+    """--dry-run: the memory model (XLA's temporaries traced at this n, `memory_temps`) and the
+    largest n that fits on this device; exit code 0."""
+    from divjax.engine import memory, memory_scale, memory_temps
 
     cfg, layout = engine.cfg, engine.layout
-    model = memory.memory_model(cfg, layout, data_bytes=probe.bytes_at(cfg.n_nodes))
+    temps = memory_temps.interval_temporaries(engine)
+    model = memory.memory_model(cfg, layout, data_bytes=probe.bytes_at(cfg.n_nodes),
+                                temporaries=temps)
     print(memory.format_model(model) + f"\n  ({probe.describe()})")
     biggest = memory_scale.largest_n(cfg, layout, ring_slots=cfg.ring_ticks,
                                      capacity_fraction=cfg.train_capacity / cfg.n_nodes,
                                      data_bytes_fixed=probe.fixed,
-                                     data_bytes_per_node=probe.per_node)
+                                     data_bytes_per_node=probe.per_node,
+                                     temporaries_per_node=temps / cfg.n_nodes)
     print(f"divjax: largest n that fits on {jax.devices()[0].device_kind} with this "
           f"config: {biggest} (ring {cfg.ring_ticks} slots, "
-          f"{cfg.train_capacity / cfg.n_nodes:.0%} of the nodes training at one tick)")
+          f"{cfg.train_capacity / cfg.n_nodes:.0%} of the nodes training at one tick; "
+          f"temporaries {temps / cfg.n_nodes / 2**10:.1f} KiB per node)")
     return 0
 
 
