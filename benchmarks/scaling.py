@@ -22,7 +22,8 @@ local steps, fewer by default so that a node-iteration costs about what the smal
               +-50 MB from one process to the next) is out of the figure. Sizes up to
               --repeat-max run --repeats times (the median repeat is the row; the range of
               the figure over the repeats' extremes is given beside it)
-  model       divjax.engine.memory.memory_model (state, training buffers, neighbours, task data) and
+  model       divjax.engine.memory.memory_model (state, XLA's temporaries traced by
+              memory_temps, neighbours, task data and its embedded copies) and
               XLA's own buffer figures of the compiled step (`compiled_memory`)
 
 Evaluation is timed apart (eval_s, up to --eval-max nodes) and left out of the per-iteration
@@ -116,8 +117,8 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     """Build, compile and run one configuration in this process; the figures as a dict."""
     import jax
 
-    from divjax.engine import memory
     from divjax.config import default_hparams
+    from divjax.engine import memory, memory_temps
     from divjax.engine.sim import make_engine
     from divjax.tasks.base import make_synthetic_task
 
@@ -155,7 +156,8 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
         evaluation["eval_s"] = round(time.perf_counter() - t0, 4)
         evaluation["peak_eval_bytes"] = peak_bytes()
     model = memory.memory_model(engine.cfg, engine.layout,
-                                data_bytes=memory.task_data_bytes(engine.task), available=1)
+                                data_bytes=memory.task_data_bytes(engine.task), available=1,
+                                temporaries=memory_temps.interval_temporaries(engine, hp))
     del state, step
     plain = plain_local_sgd(task, cfg.local_steps, float(hp.lr), n, max(1, iterations // n))
     return {"n": n, "algorithm": algorithm, "task": task_name, "params": engine.layout.D,
