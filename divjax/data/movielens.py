@@ -119,6 +119,13 @@ def _make_evaluate(predict_fn, views: MovieLensViews, user_d, item_d, rating_d,
     """evaluate(params, node) from predict_fn(params, user (B,), item (B,)) -> (B,)."""
     n = len(views.node_size)
     flat_d, start_d, size_d = (jnp.asarray(x) for x in (views.flat, views.start, views.size))
+    # mean = sum * (1 / count), the float32 reciprocal rounded once on the host: what XLA made
+    # of `sum / count` where it could fold the count from the embedded tables (its algebraic
+    # simplifier turns a division by a constant into this product: the default run's bits).
+    # Written out, the bits no longer depend on whether the tables reach the program as
+    # constants or as arguments (`divjax.engine.hoist`); nodes evaluated in a loop (n at least
+    # twice eval_chunk), whose counts XLA could not fold, get the product too (was: a division).
+    inv_d = jnp.asarray(np.float32(1) / np.maximum(views.size, 1).astype(np.float32))
 
     def evaluate(params, node):
         row = jnp.where(node < 0, n, node)
@@ -132,7 +139,7 @@ def _make_evaluate(predict_fn, views: MovieLensViews, user_d, item_d, rating_d,
             return se + jnp.sum(jnp.where(mask, err**2, 0.0))
 
         se = jax.lax.fori_loop(0, (size + eval_batch - 1) // eval_batch, body, jnp.float32(0))
-        mse = se / jnp.maximum(size, 1).astype(jnp.float32)
+        mse = se * inv_d[row]
         return {"rmse": jnp.sqrt(mse), "loss": mse}
 
     return evaluate
