@@ -10,6 +10,8 @@ local steps, fewer by default so that a node-iteration costs about what the smal
 
   build_s     make_engine: the task's data (host numpy, then f32 on the device) and the sizing
   compile_s   lower + compile of `engine.run_ticks` (the ticks of one eval interval, no metrics)
+              with `divjax.jit`, as `divjax run` compiles it: the task's data passed as
+              arguments, divjax's XLA options (DIVJAX_EMBED_CONSTANTS=1: embedded constants)
   run_s       one call of it (block_until_ready); us_per_node_iter = run_s / sum(iterations)
   peak        VmHWM of the process (Linux), by phase: after the build, and, the peak reset
               (/proc/self/clear_refs 5) after the build, the peak of init + compile + run;
@@ -117,6 +119,7 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     """Build, compile and run one configuration in this process; the figures as a dict."""
     import jax
 
+    import divjax
     from divjax.config import default_hparams
     from divjax.engine import memory, memory_temps
     from divjax.engine.sim import make_engine
@@ -131,9 +134,9 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     build_s = time.perf_counter() - t0
     peak_build = peak_bytes()
     reset = reset_peak()
-    state = jax.block_until_ready(jax.jit(engine.init)(jax.random.key(0), hp))
+    state = jax.block_until_ready(divjax.jit(engine.init)(jax.random.key(0), hp))
     t0 = time.perf_counter()
-    step = jax.jit(engine.run_ticks, donate_argnums=0).lower(state, hp).compile()
+    step = divjax.jit(engine.run_ticks, donate_argnums=0).lower(state, hp).compile()
     compile_s = time.perf_counter() - t0
     peak_compile = peak_bytes() if reset else None
     trimmed = release_freed_heap()
@@ -149,7 +152,7 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     evaluation = {}
     if n <= eval_max and reset_peak():   # one evaluation of every node, timed apart
         t0 = time.perf_counter()
-        ev = jax.jit(engine.evaluate).lower(state).compile()
+        ev = divjax.jit(engine.evaluate).lower(state).compile()
         evaluation["eval_compile_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         jax.block_until_ready(ev(state))
@@ -467,7 +470,8 @@ def main(argv=None) -> None:
     from bench_common import run_meta
 
     env = {k: os.environ[k] for k in ("JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS", "XLA_FLAGS",
-                                      "JAX_PLATFORMS") if k in os.environ}
+                                      "JAX_PLATFORMS", "DIVJAX_EMBED_CONSTANTS",
+                                      "DIVJAX_XLA_DEFAULTS") if k in os.environ}
     meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
                     duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared,
                     env=env)   # the children inherit it (the data hoisted or embedded)

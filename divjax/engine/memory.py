@@ -24,8 +24,8 @@ of F floats, R ring slots, Lc counter-ring ticks and C gathered (training) nodes
   neighbours   n (max_degree + 1) 4          the padded neighbour table and degrees
                                             (complete graph: degrees only, no table)
   data         what the task keeps on the device (node shards + shared test sets)
-  constants    2 x data while JAX embeds a program's closed-over arrays as constants (its
-               default; JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=True passes them as arguments, 0):
+  constants    0: divjax.jit passes a task's arrays to the program as arguments; 2 x data
+               with DIVJAX_EMBED_CONSTANTS=1 (embedded as constants, as a plain jax.jit does):
                the measured difference, 2.1x the least-squares task's data (issue 33)
   pairs        n^2 (4 + 4 + 1)               only what a user's files make per pair: latency_file,
                                             loss_file, a file:PATH topology (`pair_bytes`)
@@ -275,11 +275,16 @@ def hparams_bytes(cfg: SimConfig) -> int:
 
 
 def constant_copies() -> int:
-    """Copies of a task's closed-over device arrays a compiled program adds: 2 while JAX embeds
-    them as constants (JAX 0.10's default: measured 23.6 against 12.9 KB per node with them
-    passed as arguments, for 5.1 KB of data per node; issue 33), 0 with
-    JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=True."""
-    return 0 if getattr(jax.config, "jax_use_simplified_jaxpr_constants", False) else 2
+    """Copies of a task's closed-over device arrays a compiled program adds: 0 for divjax's own
+    programs, which `divjax.jit` hands the arrays as arguments (`divjax.engine.hoist`); 2 where
+    they are embedded as constants (DIVJAX_EMBED_CONSTANTS=1, JAX 0.10's default for a plain
+    `jax.jit`: measured 23.6 against 12.9 KB per node with them passed as arguments, for 5.1
+    KB of data per node; issue 33)."""
+    from divjax.engine import hoist
+
+    hoisted = (hoist.enabled({})
+               or getattr(jax.config, "jax_use_simplified_jaxpr_constants", False))
+    return 0 if hoisted else 2
 
 
 def state_bytes(state: Any) -> int:
@@ -332,8 +337,9 @@ def available_memory_bytes() -> int:
 CAVEAT_TRACED = (
     "  (the state, the HParams, the task's data, and XLA's temporaries of one eval interval "
     "traced from its jaxpr with one copy of the carried state (memory_temps): 1.0-1.7x XLA's "
-    "own figure for the built-in algorithms and tasks, tests/test_memory_temps.py; while JAX "
-    "embeds the data as constants, its two extra copies (measured). Not counted: XLA's runtime "
+    "own figure for the built-in algorithms and tasks, tests/test_memory_temps.py; with "
+    "DIVJAX_EMBED_CONSTANTS=1, the data's two extra copies as constants (measured). Not "
+    "counted: XLA's runtime "
     "and compiler memory, a few hundred MB per process; a run checks XLA's own figure before "
     "it starts)")
 CAVEAT_STATE = (
