@@ -217,9 +217,18 @@ def due_pings(a, t: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return key, jnp.zeros((n + 1,), jnp.int32).at[key].add(1)[:n]
 
 
-def pong_targets(key: jax.Array, total: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(start (n,) int32, entry (n Q,) int32): the table entries i * Q + j of the pings due
-    now, grouped by receiver, each group in increasing order of the pinger (then of j): node
-    r's m-th pong answers entry[start[r] + m]. A sort of the table, O(n Q log(n Q))."""
-    entry = jax.lax.sort((key, jnp.arange(key.shape[0], dtype=jnp.int32)), num_keys=2)[1]
-    return jnp.cumsum(total) - total, entry
+def first_due(key: jax.Array, n: int) -> jax.Array:
+    """(n,) int32: each node's smallest table entry i * Q + j among the pings `key` (n Q,)
+    still marks as due to it (key: the receiver, n: none), n Q if none. Answering level by
+    level (the m-th pong of every node, then the (m+1)-th), with the entries of each level
+    taken out of `key` before the next, gives every node's pongs in increasing order of the
+    pinger, then of j: what a stable sort of the table by receiver gives, in O(n Q) per level
+    (a segment min) instead of O(n Q log(n Q)) per tick."""
+    N = key.shape[0]
+    first = jax.ops.segment_min(jnp.arange(N, dtype=jnp.int32), key, num_segments=n + 1)[:n]
+    return jnp.minimum(first, N)      # (an empty segment holds int32's largest value)
+
+
+def take_level(key: jax.Array, first: jax.Array, n: int) -> jax.Array:
+    """`key` with the entries `first` (n,) (n Q: none) answered: no longer due."""
+    return key.at[first].set(n, mode="drop")
