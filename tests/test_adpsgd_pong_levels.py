@@ -1,7 +1,10 @@
 """AD-PSGD's pongs are answered level by level without a sort (issue 33): the m-th pong of each
 node found by a segment min over the ping table (`adpsgd_links.first_due`), the nodes with one
 compacted by a cumulative sum (`adpsgd_pongs.active_ids`). Both equal the sorts they replaced
-(kept here as the reference): a stable sort of the table by receiver, and a sort of the ids."""
+(kept here as the reference): a stable sort of the table by receiver, and a sort of the ids.
+And the loops over pongs update the "latest" rule's records in place (no O(n Q) copy)."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,7 @@ import pytest
 
 from divjax.algorithms.adpsgd_links import first_due, take_level
 from divjax.algorithms.adpsgd_pongs import active_ids
+from divjax.config import SimConfig, default_hparams
 
 
 def sorted_targets(key, n: int):
@@ -68,3 +72,39 @@ def test_levels__under_jit_equal_eager():
                                   np.asarray(take_level(key, first_due(key, n), n)))
     np.testing.assert_array_equal(np.asarray(jax.jit(active_ids, static_argnums=1)(
         got_first < n * Q, 3)), np.asarray(sorted_ids(got_first < n * Q, 3)))
+
+
+def while_bodies(hlo: str) -> dict[str, list[str]]:
+    """The instructions of every while loop body of a compiled module's text."""
+    comps, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            name = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            comps[name] = []
+        elif name:
+            comps[name].append(line)
+    bodies = {m.group(1) for lines in comps.values() for line in lines
+              for m in [re.search(r"body=%?([\w.\-]+)", line)] if m}
+    return {b: comps[b] for b in bodies if b in comps}
+
+
+def test_pong_loops__write_the_records_in_place():
+    """The loops over levels and chunks of pongs copy no (n, Q) array: the "latest" rule's
+    records are read (`last_on_link`) and written (`record_pongs`) in every chunk, and without
+    `after` XLA copied all three, O(n Q) per chunk of 16 pongs (quadratic in n per tick)."""
+    from divjax.engine.sim import make_engine
+
+    n, Q = 61, 7
+    cfg = SimConfig(algorithm="adpsgd", task="synthetic", n_nodes=n, fanout=6, ping_slots=Q,
+                    inbox_history=5, duration_s=0.5, eval_every_s=0.5, local_steps=1,
+                    n_fragments=2)
+    engine = make_engine(cfg)
+    hp = default_hparams(engine.cfg)
+    state = jax.eval_shape(engine.init, jax.random.key(0), hp)
+    hlo = jax.jit(engine.run_ticks).lower(state, hp).compile().as_text()
+    pong_loops = {b: lines for b, lines in while_bodies(hlo).items()
+                  if any(f"s32[{n + 16}]" in line for line in lines)}   # the responders
+    assert len(pong_loops) >= 2, sorted(while_bodies(hlo))              # levels and chunks
+    copies = [line.strip()[:100] for lines in pong_loops.values() for line in lines
+              if re.search(rf"s32\[{n},{Q}\]\{{1,0\}} copy\(", line)]
+    assert not copies, copies

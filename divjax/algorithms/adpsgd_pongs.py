@@ -68,11 +68,11 @@ def pong_batch(ctx, state, keys, t, latest_rule: bool, B: int, a, order, first, 
     inbox, counters, short = state.inbox, state.counters, jnp.bool_(False)
     if latest_rule:
         version = state.iterations[safe]
-        inbox, counters, _, short = retract_replaced(
+        inbox, counters, _, short, read = retract_replaced(
             ctx.cfg, ctx.table, inbox, counters, a, sender, target[:, None], arrives,
             sched.arrival[..., 0], version, t)
         a = record_pongs(a, jnp.where(valid, target, n), at % Q, arrives[:, 0],
-                         sched.arrival[:, 0, 0], version, q.enqueued[safe] + m, n)
+                         sched.arrival[:, 0, 0], version, q.enqueued[safe] + m, n, read)
     none = jnp.zeros((B,), bool)
     inbox, counters, too_late = push(
         ctx.cfg, inbox, counters, ctx.table, sched, sender,
