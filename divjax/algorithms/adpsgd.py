@@ -165,7 +165,7 @@ def send_pings(ctx: Context, state, a, node, valid, safe, trained, keys, t, vers
     arrives = sent if lost is None else sent & ~lost
     inbox, counters, replaced = state.inbox, state.counters, None
     if latest_rule:
-        inbox, counters, rep, short = retract_replaced(
+        inbox, counters, rep, short, _ = retract_replaced(
             ctx.cfg, ctx.table, inbox, counters, a, node, recv, arrives,
             sched.arrival[..., 0], version, t)
         replaced = jnp.broadcast_to(rep[..., None], (C, p, K))

@@ -98,7 +98,8 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a, sender: j
       version: (C,) int32 snapshot version the messages carry.
     Returns: (inbox, counters, replaced (C, J): messages of this batch that a later message of
       the same batch replaces (not to be scattered), error flag () bool: a replaced model's
-      snapshot has left the history).
+      snapshot has left the history, read () int32: a value of everything read from the
+      records, for `after`).
     """
     n, K = cfg.n_nodes, inbox.total.shape[2]
     H = a.history.shape[0]
@@ -145,7 +146,16 @@ def retract_replaced(cfg: SimConfig, table, inbox: Inbox, counters, a, sender: j
     Lc = counters.ring_replaced.shape[0]
     counters = counters._replace(ring_replaced=counters.ring_replaced.at[
         arrival % Lc, jnp.where(retract, recv, n)].add(K, mode="drop"))
-    return inbox, counters, replaced, lost
+    read = jnp.maximum(jnp.max(found.astype(jnp.int32)), jnp.maximum(jnp.max(old_a),
+                                                                      jnp.max(old_v)))
+    return inbox, counters, replaced, lost, read
+
+
+def after(x: jax.Array, read: jax.Array) -> jax.Array:
+    """x (int32) itself, computed from `read` ((), int32): min(x, max(x, read)) == x. Written
+    into arrays that `read` was gathered from, it orders the write after those reads, so XLA
+    updates them in place (without it XLA copies them, O(n Q), at every chunk of pongs)."""
+    return jnp.minimum(x, jnp.maximum(x, read))
 
 
 def still_needed(a, table, row: jax.Array, pos: jax.Array, t: jax.Array) -> jax.Array:
@@ -199,10 +209,13 @@ def record_pings(a, node: jax.Array, recv: jax.Array, sent: jax.Array, arrival: 
 
 
 def record_pongs(a, pinger: jax.Array, slot: jax.Array, arrives: jax.Array,
-                 arrival: jax.Array, version: jax.Array, order: jax.Array, n: int):
+                 arrival: jax.Array, version: jax.Array, order: jax.Array, n: int,
+                 read: jax.Array):
     """Record the pongs (B,) answering the pings at [pinger, slot] that arrive (pinger n:
-    none): their arrival tick, snapshot version and queue index."""
+    none): their arrival tick, snapshot version and queue index (`read`: what the caller read
+    from the records before, see `after`)."""
     row = jnp.where(arrives & (pinger < n), pinger, n)
+    arrival, version, order = (after(x, read) for x in (arrival, version, order))
     rec = a.records
     return a._replace(records=rec._replace(
         pong_arrival=rec.pong_arrival.at[row, slot].set(arrival, mode="drop"),
@@ -217,9 +230,18 @@ def due_pings(a, t: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     return key, jnp.zeros((n + 1,), jnp.int32).at[key].add(1)[:n]
 
 
-def pong_targets(key: jax.Array, total: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(start (n,) int32, entry (n Q,) int32): the table entries i * Q + j of the pings due
-    now, grouped by receiver, each group in increasing order of the pinger (then of j): node
-    r's m-th pong answers entry[start[r] + m]. A sort of the table, O(n Q log(n Q))."""
-    entry = jax.lax.sort((key, jnp.arange(key.shape[0], dtype=jnp.int32)), num_keys=2)[1]
-    return jnp.cumsum(total) - total, entry
+def first_due(key: jax.Array, n: int) -> jax.Array:
+    """(n,) int32: each node's smallest table entry i * Q + j among the pings `key` (n Q,)
+    still marks as due to it (key: the receiver, n: none), n Q if none. Answering level by
+    level (the m-th pong of every node, then the (m+1)-th), with the entries of each level
+    taken out of `key` before the next, gives every node's pongs in increasing order of the
+    pinger, then of j: what a stable sort of the table by receiver gives, in O(n Q) per level
+    (a segment min) instead of O(n Q log(n Q)) per tick."""
+    N = key.shape[0]
+    first = jax.ops.segment_min(jnp.arange(N, dtype=jnp.int32), key, num_segments=n + 1)[:n]
+    return jnp.minimum(first, N)      # (an empty segment holds int32's largest value)
+
+
+def take_level(key: jax.Array, first: jax.Array, n: int) -> jax.Array:
+    """`key` with the entries `first` (n,) (n Q: none) answered: no longer due."""
+    return key.at[first].set(n, mode="drop")
