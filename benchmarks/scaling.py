@@ -23,7 +23,11 @@ local steps, fewer by default so that a node-iteration costs about what the smal
               node once the compiler's transient heap (about 250-350 MB whatever n is, and
               +-50 MB from one process to the next) is out of the figure. Sizes up to
               --repeat-max run --repeats times (the median repeat is the row; the range of
-              the figure over the repeats' extremes is given beside it)
+              the figure over the repeats' extremes is given beside it). With --warm-cache DIR
+              each size runs once to fill JAX's persistent compilation cache and is measured
+              in a second process that loads its executables: no compiler heap at all, and
+              the execution peaks of repeats agree to tens of KB (they vary by +-10 MB
+              without it)
   model       divjax.engine.memory.memory_model (state, XLA's temporaries traced by
               memory_temps, neighbours, task data and its embedded copies) and
               XLA's own buffer figures of the compiled step (`compiled_memory`)
@@ -221,7 +225,7 @@ def child(n: int, algorithm: str, task: str, args) -> dict:
     t0 = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=HERE.parent)
+                              cwd=HERE.parent, env=child_env(args))
     except subprocess.TimeoutExpired:
         return {**head, "error": f"timed out after {timeout:.0f} s"}
     if done.returncode:
@@ -237,11 +241,40 @@ def child(n: int, algorithm: str, task: str, args) -> dict:
     return {**head, **row}
 
 
+def child_env(args) -> dict:
+    """The children's environment: with --warm-cache, JAX's persistent compilation cache in
+    that folder, every program cached (no minimum compile time or size)."""
+    env = dict(os.environ)
+    if args.warm_cache is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(args.warm_cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    return env
+
+
+def warmed(n: int, algorithm: str, task: str, args) -> dict:
+    """`child`; with --warm-cache, run once to fill the cache and then measured: the measured
+    process loads its executables instead of compiling them, so no compiler heap is left
+    resident (it varies by +-10 MB between processes of one program, and dominates the figure
+    net of n = 8 at small n). compile_s is then the cold compile, compile_load_s the load."""
+    if args.warm_cache is None:
+        return child(n, algorithm, task, args)
+    cold = child(n, algorithm, task, args)
+    if "error" in cold:
+        return cold
+    row = child(n, algorithm, task, args)
+    if "error" not in row:
+        row["compile_load_s"], row["compile_s"] = row["compile_s"], cold["compile_s"]
+        row["cold_peak_exec_bytes"] = cold.get("peak_exec_bytes")
+        row["warm_cache"] = True
+    return row
+
+
 def child_repeated(n: int, algorithm: str, task: str, args) -> dict:
     """`child`, --repeats times for n <= --repeat-max: the repeat with the median execution
     peak is the row, and `repeats` keeps every repeat's peaks and time (the noise)."""
     times = args.repeats if n <= args.repeat_max else 1
-    rows = [child(n, algorithm, task, args) for _ in range(max(1, times))]
+    rows = [warmed(n, algorithm, task, args) for _ in range(max(1, times))]
     ok = sorted((r for r in rows if "error" not in r), key=exec_peak_of)
     if not ok:
         return rows[0]
@@ -456,6 +489,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="processes per size up to --repeat-max (the median is the row)")
     p.add_argument("--repeat-max", type=int, default=4096)
+    p.add_argument("--warm-cache", type=Path, default=None,
+                   help="run each size once to fill JAX's persistent compilation cache in this "
+                        "folder, then measure a process that loads the executables")
     p.add_argument("--shared", default="", help="a note on other load on the machine")
     p.add_argument("--tag", default="")
     p.add_argument("--rows", type=Path, default=None,
