@@ -90,10 +90,11 @@ def release_freed_heap() -> bool:
         return False
 
 
-def rss_bytes() -> int:
-    """The process's resident set size now (VmRSS), bytes; 0 where it cannot be read."""
+def rss_bytes(field: str = "VmRSS") -> int:
+    """The process's resident set size now (VmRSS; RssAnon: anonymous memory, RssFile:
+    file-backed pages such as the libraries' code), bytes; 0 where it cannot be read."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -151,6 +152,7 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
     run_s = time.perf_counter() - t0
     iterations = int(state.iterations.astype("int64").sum())
     peak_exec = peak_bytes() if exec_reset else None
+    rss_split = {"rss_anon_bytes": rss_bytes("RssAnon"), "rss_file_bytes": rss_bytes("RssFile")}
     peak_run = max(peak_compile, peak_bytes()) if reset else None
     xla = memory.compiled_memory(step)
     evaluation = {}
@@ -175,7 +177,7 @@ def one(n: int, algorithm: str, task_name: str, duration_s: float, eval_max: int
             "peak_import_bytes": start, "peak_build_bytes": peak_build,
             "peak_run_bytes": peak_run, "peak_reset": reset,
             "peak_compile_bytes": peak_compile, "rss_trimmed_bytes": rss_trimmed,
-            "peak_exec_bytes": peak_exec,
+            "peak_exec_bytes": peak_exec, **rss_split,
             "model_total_bytes": model["total"], "model_parts": model["parts"],
             "xla": xla, **evaluation, **plain}
 
@@ -194,11 +196,15 @@ def plain_local_sgd(task, local_steps: int, lr: float, n: int, rounds: int) -> d
             return jax.tree.map(lambda a, b: a - lr * b, p, g), None
         return jax.lax.scan(step, params, jax.random.split(key, local_steps))[0]
 
+    from divjax.engine.hoist import Hoisted
+
     params = jax.jit(jax.vmap(task.init))(jax.random.split(jax.random.key(1), n))
     nodes = jax.numpy.arange(n, dtype=jax.numpy.int32)
     keys = jax.random.split(jax.random.key(2), (rounds, n))
     t0 = time.perf_counter()
-    call = jax.jit(jax.vmap(node_iteration), donate_argnums=0).lower(params, keys[0], nodes)
+    # a plain jax.jit whose closed-over task data is an argument, not an embedded constant
+    # (as the engine's): embedded, the 4,100-parameter task's examples were held three times
+    call = Hoisted(jax.vmap(node_iteration), {"donate_argnums": 0}).lower(params, keys[0], nodes)
     call = call.compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -336,16 +342,18 @@ def per_node(rows: list[dict], base: dict) -> None:
 
 
 def marginal(rows: list[dict]) -> None:
-    """Add `marginal_peak_per_node`: (peak(n) - peak(m)) / (n - m) from the next smaller n = m of
-    the group that ran, the bytes each added node costs. Unlike the whole-process figures net
-    of the n = 8 process it does not divide the compiler's retained heap (which varies by
-    +-50 MB between processes of one program) by a small n, so it is the measured
-    counterpart of the model's bytes per node at large n."""
+    """Add `marginal_peak_per_node`: (peak(n) - peak(m)) / (n - m) of the execution peaks from
+    the next smaller n = m > BASE_N of the group that ran (e.g. 256 for 1,024), the bytes each
+    added node costs. The process's fixed memory is not the same below ~128 nodes as above
+    (more of the XLA runtime's code is paged in at larger sizes; glibc's per-thread arenas
+    hold a few MiB that differ from size to size): net of n = 8, that step is divided by n
+    and weighs 1-2 KB per node at 1,024 nodes; between two sizes above it, it cancels. This
+    is the measured counterpart of the model's bytes per node."""
     done = sorted((r for r in rows if "error" not in r), key=lambda r: r["n"])
     for prev, r in zip(done, done[1:]):
         if prev["n"] > BASE_N:
             k = r["n"] - prev["n"]
-            r["marginal_peak_per_node"] = round((peak_of(r) - peak_of(prev)) / k)
+            r["marginal_peak_per_node"] = round((exec_peak_of(r) - exec_peak_of(prev)) / k)
             r["marginal_model_per_node"] = round(
                 (r["model_total_bytes"] - prev["model_total_bytes"]) / k)
 
@@ -358,7 +366,7 @@ COLUMNS = ("n", "alg", "task (D)", "iterations", "us / node-iter",
            "plain local SGD us / node-iter (engine / plain)", "compile s", "build s",
            "peak B/node (net of n=8)", "peak run B/node (net)",
            "exec peak B/node (net) [range over repeats]", "model B/node",
-           "added B/node (measured / model)",
+           "added B/node, exec peak (measured / model)",
            "peak MiB", "model MiB", "XLA peak estimate", "eval s")
 
 
@@ -440,7 +448,8 @@ def flatness(rows: list[dict], lo: int = 1024, hi: int = 262144) -> list[str]:
         run = [r["exec_peak_per_node"] for r in sub if "exec_peak_per_node" in r]
         out.append(f"- {key[0]}, {key[1]} ({ns}): peak per node (net of n = 8) max/min = "
                    f"{max(mem) / min(mem):.2f}"
-                   + (f", bytes per added node max/min = {max(added) / min(added):.2f}"
+                   + (f", bytes per added node (execution peaks, from the next smaller size) "
+                      f"max/min = {max(added) / min(added):.2f}"
                       if len(added) > 1 and min(added) > 0 else "")
                    + (f", execution peak per node (net of n = 8) max/min = "
                       f"{max(run) / min(run):.2f}" if len(run) > 1 and min(run) > 0 else "")
@@ -507,7 +516,8 @@ def main(argv=None) -> None:
 
     env = {k: os.environ[k] for k in ("JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS", "XLA_FLAGS",
                                       "JAX_PLATFORMS", "DIVJAX_EMBED_CONSTANTS",
-                                      "DIVJAX_XLA_DEFAULTS") if k in os.environ}
+                                      "DIVJAX_XLA_DEFAULTS", "MALLOC_ARENA_MAX")
+           if k in os.environ}
     meta = run_meta("scaling.py", argv if argv is not None else sys.argv[1:],
                     duration_s=args.duration_s, cpus=os.cpu_count(), shared=args.shared,
                     env=env)   # the children inherit it (the data hoisted or embedded)
