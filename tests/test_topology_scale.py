@@ -172,3 +172,46 @@ def memory_pairs(cfg):
     from divjax.engine import memory
 
     return memory.memory_model(cfg, 68, available=1)["parts"]["pairs"]
+
+
+@pytest.mark.parametrize("n,name", [(2, "ring"), (3, "ring"), (17, "ring"), (36, "torus"),
+                                    (9, "torus"), (30, "regular:4"),
+                                    (2, "complete"), (23, "complete")])
+def test_edges__are_the_dense_adjacency_in_row_major_order(n, name):
+    """`topology.edges` lists (sender, receiver) as np.nonzero of the dense adjacency does."""
+    sender, receiver = topology.edges(cfg_of(n, name))
+    want = np.nonzero(topology.adjacency(cfg_of(n, name)))
+    assert sender.dtype == receiver.dtype == np.int32
+    np.testing.assert_array_equal(sender, want[0])
+    np.testing.assert_array_equal(receiver, want[1])
+
+
+def test_edges__of_a_users_edge_list(tmp_path):
+    path = tmp_path / "g.edges"
+    path.write_text("0 1\n1 2\n0 3\n")
+    cfg = cfg_of(4, f"file:{path}")
+    np.testing.assert_array_equal(np.stack(topology.edges(cfg)),
+                                  np.stack(np.nonzero(topology.adjacency(cfg))))
+
+
+def test_dpsgd_download_round__at_large_n_builds_no_dense_graph(no_dense_graph):
+    """D-PSGD's round with download limits orders a round's downloads from the edge list, not
+    from an (n, n) adjacency (65,536 ring nodes: 4 GiB dense)."""
+    from divjax.algorithms.dpsgd import make_dpsgd
+    from divjax.config import default_hparams
+    from divjax.network.links import concrete_link_table
+
+    cfg = SimConfig(n_nodes=65_536, topology="ring", fanout=1, algorithm="dpsgd",
+                    download_mbps=1.0, n_fragments=1, n_stragglers=0)
+    table = concrete_link_table(cfg, default_hparams(cfg), 4 * 68)
+    ticks = np.asarray(make_dpsgd(cfg).adjust_timing(cfg, table).compute_ticks)
+    assert ticks.shape == (65_536,) and np.all(ticks == ticks[0]) and ticks[0] >= 1
+
+
+def test_memory_model__counts_a_complete_dpsgd_rounds_downloads_per_pair():
+    """D-PSGD with download limits on the complete graph orders n (n - 1) downloads a round:
+    counted per pair (a clear refusal at large n, not an out-of-memory crash); on a ring, not."""
+    cfg = SimConfig(n_nodes=50_000, fanout=1, algorithm="dpsgd", download_mbps=1.0)
+    assert memory_pairs(cfg) >= 50_000 * 49_999 * 16
+    assert memory_pairs(cfg.replace(topology="ring")) == 0
+    assert memory_pairs(cfg.replace(download_mbps=0.0)) == 0

@@ -49,7 +49,7 @@ from divjax.algorithms.queues import sync_round_timing
 from divjax.network.compute_schedule import has_offline, is_offline
 from divjax.config import SimConfig
 from divjax.engine.rows import get_rows, padded_rows, set_rows
-from divjax.network.topology import CompleteNeighbors, adjacency
+from divjax.network.topology import CompleteNeighbors, edges
 
 
 def offline_now(ctx: Context, t) -> jax.Array | None:
@@ -157,9 +157,9 @@ def make_dpsgd(cfg: SimConfig) -> Algorithm:
 
     def adjust_timing(cfg_, table):
         del cfg_
-        # the dense adjacency only for download limits (the order of a round's downloads)
-        adj = adjacency(cfg) if table.down_units is not None else None
-        return sync_round_timing(cfg, table, host_degrees(cfg), adj)
+        # the edge list only for download limits (the order of a round's downloads)
+        pairs = edges(cfg) if table.down_units is not None else None
+        return sync_round_timing(cfg, table, host_degrees(cfg), pairs)
 
     def longest_delay(cfg_, table) -> int:
         del cfg_, table  # messages are mixed at the round end: nothing waits in the ring

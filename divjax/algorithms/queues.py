@@ -197,38 +197,40 @@ def appended_queue_longest_delay(cfg: SimConfig, table: LinkTable, per_iteration
 
 
 def sync_round_timing(cfg: SimConfig, table: LinkTable, sends: np.ndarray,
-                      adjacency: np.ndarray | None = None) -> LinkTable:
+                      edges: tuple[np.ndarray, np.ndarray] | None = None) -> LinkTable:
     """Give every node the same round: slowest compute + (slowest link sending `sends[i]` full
     models of node i one after another + largest latency, in link sub-ticks, rounded up to a
-    tick once). With download limits and the round's `adjacency` ([i, r]: i sends to r), the
-    exchange lasts at least until the last model is received (`sync_download_ticks`). Works on
-    traced and host tables (leaves may carry leading sweep axes)."""
+    tick once). With download limits and the round's `edges` ((sender, receiver) (E,), sorted
+    by sender then receiver: `topology.edges`), the exchange lasts at least until the last
+    model is received (`sync_download_ticks`). Works on traced and host tables (leaves may
+    carry leading sweep axes)."""
     c = jnp.asarray(table.compute_ticks)
     U = model_units(table)
     comm_sub = jnp.max(jnp.asarray(sends, jnp.int32) * U, axis=-1)
     lat = jnp.max(latency_bounds_units(table)[1], axis=-1)
     comm = arrival_tick(comm_sub, jnp.where(comm_sub > 0, lat, 0), cfg.link_resolution)
-    if table.down_units is not None and adjacency is not None:
+    if table.down_units is not None and edges is not None:
         lead = c.ndim - 1
         if lead == 0:
-            comm = jnp.maximum(comm, sync_download_ticks(cfg, table, adjacency))
+            comm = jnp.maximum(comm, sync_download_ticks(cfg, table, edges))
         else:   # host tables of a sweep: one round per point
             flat = jax.tree.map(lambda x: jnp.reshape(x, (-1,) + x.shape[lead:]), table)
-            down = jax.vmap(lambda tb: sync_download_ticks(cfg, tb, adjacency))(flat)
+            down = jax.vmap(lambda tb: sync_download_ticks(cfg, tb, edges))(flat)
             comm = jnp.maximum(comm, down.reshape(c.shape[:lead]))
     round_ticks = jnp.max(c, axis=-1) + comm
     return table._replace(
         compute_ticks=jnp.broadcast_to(round_ticks[..., None], c.shape).astype(jnp.int32))
 
 
-def sync_download_ticks(cfg: SimConfig, table: LinkTable, adjacency: np.ndarray) -> jax.Array:
+def sync_download_ticks(cfg: SimConfig, table: LinkTable,
+                        edges: tuple[np.ndarray, np.ndarray]) -> jax.Array:
     """() int32 ticks from the start of a round's exchange until every download link has
     received all of the round's models (one table, no sweep axes). Node i sends its model to
-    the nodes r with adjacency[i, r] one after another in increasing r (the m-th has left its
-    link at (m + 1) U_i sub-ticks); each reaches r after the pair's latency and waits on r's
-    download link, served first come first served (`downloads.fifo_deliveries`, rounded up to
-    a tick once)."""
-    sender, receiver = (x.astype(np.int32) for x in np.nonzero(np.asarray(adjacency)))
+    its receivers r (`edges`: (sender, receiver), sorted by sender then receiver) one after
+    another in increasing r (the m-th has left its link at (m + 1) U_i sub-ticks); each
+    reaches r after the pair's latency and waits on r's download link, served first come first
+    served (`downloads.fifo_deliveries`, rounded up to a tick once)."""
+    sender, receiver = (np.asarray(x, np.int32) for x in edges)
     if sender.size == 0:
         return jnp.int32(0)
     first = np.searchsorted(sender, sender)               # each sender's first message

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from divjax.config import SimConfig, default_hparams
+from divjax.config import SimConfig, default_hparams, download_limited
 
 F32 = 4
 DEFAULT_RING_SLOTS = 3      # receiver_iteration with latency < compute time: ceil((c+l)/c)+1
@@ -79,14 +79,24 @@ def max_degree(cfg: SimConfig) -> int:
         return 0
 
 
+# Bytes per message of a D-PSGD round's download ordering (`queues.sync_download_ticks`: the
+# host edge list, then about a dozen int32 arrays of the messages and their sort on the device)
+ROUND_MESSAGE_BYTES = 64
+
+
 def pair_bytes(cfg: SimConfig) -> int:
     """Bytes of the per-pair (n x n) arrays a user's files bring: a latency_file's (n, n) int32
     latency table and a loss_file's (n, n) float32 probabilities on the device, a topology
-    edge list's (n, n) bool adjacency on the host while the table is built. Nothing else in a
-    run is per pair (the built-in topologies, regions and loss rates are O(n))."""
-    n2 = cfg.n_nodes * cfg.n_nodes
+    edge list's (n, n) bool adjacency on the host while the table is built; and D-PSGD with
+    download limits on the complete graph, whose round sends n (n - 1) models, each ordered
+    on its receiver's download link when the run is built. Nothing else in a run is per pair
+    (the built-in topologies, regions and loss rates are O(n))."""
+    n = cfg.n_nodes
+    n2 = n * n
+    round_messages = (n * (n - 1) if cfg.algorithm == "dpsgd" and cfg.topology == "complete"
+                      and download_limited(cfg) else 0)
     return (4 * n2 * bool(cfg.latency_file) + 4 * n2 * bool(cfg.loss_file)
-            + n2 * cfg.topology.startswith("file:"))
+            + n2 * cfg.topology.startswith("file:") + ROUND_MESSAGE_BYTES * round_messages)
 
 
 def task_data_bytes(task: Any) -> int:

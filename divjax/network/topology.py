@@ -329,6 +329,22 @@ def neighbors(cfg: SimConfig) -> tuple[np.ndarray | CompleteNeighbors, np.ndarra
     return neighbor_table(adjacency(cfg))   # file:PATH (or an unknown name: its error)
 
 
+def edges(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every directed edge of cfg.topology as (sender, receiver) (E,) int32, in increasing order
+    of the sender, then of the receiver: what `np.nonzero(adjacency(cfg))` gives, built from the
+    neighbour lists in O(E) (no (n, n) array for the built-in graphs; a complete graph has
+    n (n - 1) edges, so its list is O(n^2) all the same)."""
+    table, degree = neighbors(cfg)
+    n = cfg.n_nodes
+    degree = np.asarray(degree, np.int64)
+    sender = np.repeat(np.arange(n, dtype=np.int32), degree)
+    col = (np.arange(sender.size, dtype=np.int64)
+           - np.repeat(np.cumsum(degree) - degree, degree)).astype(np.int32)
+    if isinstance(table, CompleteNeighbors):
+        return sender, col + (col >= sender).astype(np.int32)
+    return sender, np.asarray(table)[sender, col].astype(np.int32)
+
+
 def device_neighbors(table: np.ndarray | CompleteNeighbors) -> jax.Array | CompleteNeighbors:
     """A host neighbour table on the device (`CompleteNeighbors` stays as it is: nothing to put
     there)."""
