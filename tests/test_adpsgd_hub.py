@@ -22,11 +22,18 @@ def hub_key(rng, n: int, Q: int, due: float):
     return jnp.asarray(np.where(rng.random((n, Q)) < due, recv, n).ravel(), jnp.int32)
 
 
+@pytest.mark.parametrize("pack", [True, False])
 @pytest.mark.parametrize("n,Q,due,B", [(1, 1, 1.0, 1), (6, 2, 0.0, 4), (9, 3, 1.0, 2),
                                        (31, 4, 0.6, 4), (50, 3, 0.9, 16)])
-def test_sorted_levels__slice_per_level_equals_the_level_by_level_order(n, Q, due, B):
+def test_sorted_levels__slice_per_level_equals_the_level_by_level_order(monkeypatch, n, Q, due,
+                                                                        B, pack):
     """Level m's slice of the sorted order holds the responders `active_ids` gives at level m
-    (increasing id) and each one's entry `first_due` gives: the order of the segment mins."""
+    (increasing id) and each one's entry `first_due` gives: the order of the segment mins.
+    With the pairs packed into one int32 key, and sorted as two keys (large n Q)."""
+    from divjax.algorithms import adpsgd_links
+
+    assert adpsgd_links.packs(n, n * Q)
+    monkeypatch.setattr(adpsgd_links, "packs", lambda n, N: pack)
     rng = np.random.default_rng(n * 10 + Q)
     for _ in range(3):
         key = hub_key(rng, n, Q, due)
@@ -89,3 +96,23 @@ def test_answer_pings__sorted_and_level_paths_give_the_same_run(monkeypatch, tmp
     for other in leaves[1:]:
         for x, y in zip(leaves[0], other, strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_answer_pings__vmapped_seeds_give_the_same_bits_either_way(monkeypatch, tmp_path):
+    """Under vmap the switch to the sort is taken when any member needs it (`run_if`: a while
+    loop, where a batched cond would run both ways for all): seeds whose hub loads differ give
+    the same bits with 2 levels then the sort as with every level by segment mins."""
+    topology = wheel(tmp_path, 13)
+    cfg = SimConfig(algorithm="adpsgd", task="synthetic", n_nodes=13, fanout=2,
+                    n_fragments=2, local_steps=1, duration_s=0.4, eval_every_s=0.2,
+                    tick_s=0.01, compute_s=0.05, topology=topology, compute_spread=0.5)
+    keys = jax.random.split(jax.random.key(2), 2)
+    runs = []
+    for limit in (2, 10**6):
+        monkeypatch.setattr(adpsgd_pongs, "LEVEL_LIMIT", limit)
+        run = make_run(cfg)
+        states, metrics = jax.jit(jax.vmap(run, in_axes=(0, None)))(
+            keys, default_hparams(run.engine.cfg))
+        runs.append(jax.tree_util.tree_leaves((states.replace(k_sim=jnp.zeros((2,))), metrics)))
+    for x, y in zip(*runs, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

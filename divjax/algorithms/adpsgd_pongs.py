@@ -13,8 +13,8 @@ about n / c with a hub (a star, a node everyone pings). Two ways to walk them, s
 - `answer_sorted`: the due entries sorted once by (rank within their receiver, receiver)
   (`adpsgd_links.sorted_levels`, O(n Q log(n Q))), each level a slice of that order, O(B) per
   chunk of B responders (a chunk never spans two levels: one responder per level).
-A tick answers its first `level_limit(n Q)` levels (about log2(n Q)) the first way and the
-rest, if any, the second: O(n Q log(n Q)) per tick at worst, not O(n^2 Q) with a hub. Per chunk
+A tick answers its first `level_limit` levels (log2(n Q), or 4 log2(n Q) where the sort is
+slower: about what the sort costs) the first way and the rest, if any, the second: O(n Q log(n Q)) per tick at worst, not O(n^2 Q) with a hub. Per chunk
 O(B) (times the ping table's Q for the "latest" rule's records), never n full models.
 """
 
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from divjax.algorithms.adpsgd_links import (
     due_pings,
     first_due,
+    packs,
     record_pongs,
     retract_replaced,
     sorted_levels,
@@ -120,9 +121,20 @@ def answer_level(ctx, state, keys, t, latest_rule: bool, B: int, carry):
 LEVEL_LIMIT: int | None = None
 
 
-def level_limit(N: int) -> int:
-    """Levels a tick answers by segment mins before it sorts its ping table of N entries."""
-    return max(4, int(N).bit_length())
+def level_limit(n: int, N: int) -> int:
+    """Levels a tick answers by segment mins before it sorts its ping table of N entries: about
+    what the sort costs in levels (measured on CPU: 12 levels at n = 4,096, Q = 13, where the
+    pairs pack into one int32 key; 60 at n = 16,384 and 65,536, where they do not), so a tick
+    costs at most about twice what the cheaper way alone would."""
+    return int(N).bit_length() * (1 if packs(n, N) else 4)
+
+
+def run_if(pred: jax.Array, f, x):
+    """f(x) if pred else x, as a while loop of at most one step: under vmap a cond with a
+    batched predicate runs both branches for every member, this runs f only when some
+    member's pred holds (and keeps x for the others)."""
+    return jax.lax.while_loop(lambda c: c[0], lambda c: (jnp.bool_(False), f(c[1])),
+                              (pred, x))[1]
 
 
 def answer_sorted(ctx, state, keys, t, latest_rule: bool, B: int, carry):
@@ -164,7 +176,7 @@ def answer_pings(ctx, state, keys, t, latest_rule: bool, B: int):
     n = ctx.cfg.n_nodes
     key, total = due_pings(state.algo_state, t, n)                             # (n,) pongs
     B = min(n, B)
-    limit = level_limit(key.shape[0]) if LEVEL_LIMIT is None else LEVEL_LIMIT
+    limit = level_limit(n, key.shape[0]) if LEVEL_LIMIT is None else LEVEL_LIMIT
     most = jnp.max(total)
 
     def answer(state):
@@ -176,9 +188,9 @@ def answer_pings(ctx, state, keys, t, latest_rule: bool, B: int):
             lambda c: answer_level(ctx, state, keys, t, latest_rule, B, c),
             (jnp.int32(0), key, state.inbox, state.counters, a,
              jnp.bool_(False), jnp.bool_(False)))
-        _, _, inbox, counters, a, late, short = jax.lax.cond(
+        _, _, inbox, counters, a, late, short = run_if(
             most > limit, lambda c: answer_sorted(ctx, state, keys, t, latest_rule, B, c),
-            lambda c: c, carry)
+            carry)
         q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, ids, total > 0,
                                           total, t, queue_stop(ctx.cfg, ctx.table, ids, t)),
                        q.enqueued + total)
