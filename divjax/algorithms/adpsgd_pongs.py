@@ -2,10 +2,20 @@
 carrying the receiver's latest model, appended to the receiver's queue; a node answering
 several pings answers them in increasing order of the pinging node, then of the ping's slot.
 Pongs are answered level by level: level m holds the m-th pong of every node with more than m
-pings due (`adpsgd_links.first_due`: its smallest entry not answered at an earlier level), its
-responders in increasing order of id, scheduled and scattered B at a time. The work of a tick is
-O(n Q) to find the due pings, O(n Q + n) per level (a segment min and a compaction, no sort), and
-per chunk O(B) (times the ping table's Q for the "latest" rule's records), never n full models.
+pings due, its responders in increasing order of id, scheduled and scattered B at a time (the
+order a stable sort of the table by receiver gives; it fixes the float additions into inboxes).
+
+A tick has as many levels as the most pings one node receives in it: a few with uniform peers,
+about n / c with a hub (a star, a node everyone pings). Two ways to walk them, same order:
+- `answer_level`: each level's pongs found by a segment min over the ping table
+  (`adpsgd_links.first_due`) and its responders compacted by a cumulative sum, O(n Q + n)
+  per level, no sort;
+- `answer_sorted`: the due entries sorted once by (rank within their receiver, receiver)
+  (`adpsgd_links.sorted_levels`, O(n Q log(n Q))), each level a slice of that order, O(B) per
+  chunk of B responders (a chunk never spans two levels: one responder per level).
+A tick answers its first `level_limit` levels (log2(n Q), or 4 log2(n Q) where the sort is
+slower: about what the sort costs) the first way and the rest, if any, the second: O(n Q log(n Q)) per tick at worst, not O(n^2 Q) with a hub. Per chunk
+O(B) (times the ping table's Q for the "latest" rule's records), never n full models.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ import jax.numpy as jnp
 from divjax.algorithms.adpsgd_links import (
     due_pings,
     first_due,
+    packs,
     record_pongs,
     retract_replaced,
+    sorted_levels,
     take_level,
 )
 from divjax.algorithms.adpsgd_network import delivery_of, pong_lost
@@ -41,18 +53,16 @@ def active_ids(active: jax.Array, B: int) -> jax.Array:
         jnp.arange(n, dtype=jnp.int32), mode="drop")
 
 
-def pong_batch(ctx, state, keys, t, latest_rule: bool, B: int, a, order, first, m, c):
-    """Queue chunk c of the m-th pongs: the responders order[c B:(c + 1) B] ((n + B,): the
-    nodes with an m-th pong, then n), each answering its ping at table entry first[r] (n,).
-    Returns (inbox, counters, algo state, too_late () bool, history too short () bool)."""
+def pong_batch(ctx, state, keys, t, latest_rule: bool, B: int, a, sender, at, m):
+    """Queue a chunk of the m-th pongs: the responders `sender` (B,) (n: padding), each
+    answering the ping at its table entry `at` (B,) (i * Q + j). Returns (inbox, counters,
+    algo state, too_late () bool, history too short () bool)."""
     n = ctx.cfg.n_nodes
     q = a.queue
     K = a.latest.shape[1]
     Q = a.ping_arrival.shape[1]
-    sender = jax.lax.dynamic_slice(order, (c * B,), (B,))
     valid = sender < n
     safe = jnp.minimum(sender, n - 1)
-    at = first[safe]                     # node r's m-th pong answers the ping at entry at
     target = jnp.where(valid, at // Q, n - 1).astype(jnp.int32)
     stop = queue_stop(ctx.cfg, ctx.table, sender, t)     # churn: None or (B,)
     sched = schedule_appended_queue(ctx.cfg, ctx.table, q.link_free, sender, valid[:, None],
@@ -94,9 +104,10 @@ def answer_level(ctx, state, keys, t, latest_rule: bool, B: int, carry):
 
     def chunk(carry):
         c, inbox, counters, a, late, short = carry
+        sender = jax.lax.dynamic_slice(order, (c * B,), (B,))
         inbox, counters, a, too_late, short_m = pong_batch(
             ctx, state.replace(inbox=inbox, counters=counters), keys, t, latest_rule, B,
-            a, order, first, m, c)
+            a, sender, first[jnp.minimum(sender, n - 1)], m)
         return c + 1, inbox, counters, a, late | too_late, short | short_m
 
     _, inbox, counters, a, late, short = jax.lax.while_loop(
@@ -104,21 +115,82 @@ def answer_level(ctx, state, keys, t, latest_rule: bool, B: int, carry):
     return m + 1, take_level(key, first, n), inbox, counters, a, late, short
 
 
+# Levels answered by `answer_level` (O(n Q) each) before the rest of a tick's levels are
+# answered from one sort (`answer_sorted`, O(n Q log(n Q)) once, then O(B) per chunk); None: the
+# default `level_limit`. Read at trace time (tests set it to force either path).
+LEVEL_LIMIT: int | None = None
+
+
+def level_limit(n: int, N: int) -> int:
+    """Levels a tick answers by segment mins before it sorts its ping table of N entries: about
+    what the sort costs in levels (measured on CPU: 12 levels at n = 4,096, Q = 13, where the
+    pairs pack into one int32 key; 60 at n = 16,384 and 65,536, where they do not), so a tick
+    costs at most about twice what the cheaper way alone would."""
+    return int(N).bit_length() * (1 if packs(n, N) else 4)
+
+
+def run_if(pred: jax.Array, f, x):
+    """f(x) if pred else x, as a while loop of at most one step: under vmap a cond with a
+    batched predicate runs both branches for every member, this runs f only when some
+    member's pred holds (and keeps x for the others)."""
+    return jax.lax.while_loop(lambda c: c[0], lambda c: (jnp.bool_(False), f(c[1])),
+                              (pred, x))[1]
+
+
+def answer_sorted(ctx, state, keys, t, latest_rule: bool, B: int, carry):
+    """The levels m0, m0 + 1, ... of the pings `key` still due (carry: as `answer_level`'s,
+    m0 levels done): ordered once by (rank, responder) (`sorted_levels`), each level's
+    responders read from its slice of that order, B at a time. The same pongs in the same
+    order as `answer_level` level after level, at O(B) per chunk instead of O(n Q) per level."""
+    n = ctx.cfg.n_nodes
+    m0, key, inbox, counters, a, late, short = carry
+    recv, entry, count, start, levels = sorted_levels(key, n, B)
+    lane = jnp.arange(B, dtype=jnp.int32)
+
+    def level(carry):
+        m, inbox, counters, a, late, short = carry
+
+        def chunk(carry):
+            c, inbox, counters, a, late, short = carry
+            at = start[m] + c * B
+            inside = c * B + lane < count[m]           # chunks never reach the next level
+            sender = jnp.where(inside, jax.lax.dynamic_slice(recv, (at,), (B,)), n)
+            inbox, counters, a, too_late, short_m = pong_batch(
+                ctx, state.replace(inbox=inbox, counters=counters), keys, t, latest_rule, B,
+                a, sender, jax.lax.dynamic_slice(entry, (at,), (B,)), m0 + m)
+            return c + 1, inbox, counters, a, late | too_late, short | short_m
+
+        _, inbox, counters, a, late, short = jax.lax.while_loop(
+            lambda c: c[0] * B < count[m], chunk, (jnp.int32(0), inbox, counters, a, late, short))
+        return m + 1, inbox, counters, a, late, short
+
+    _, inbox, counters, a, late, short = jax.lax.while_loop(
+        lambda c: c[0] < levels, level, (jnp.int32(0), inbox, counters, a, late, short))
+    return m0 + levels, jnp.full_like(key, n), inbox, counters, a, late, short
+
+
 def answer_pings(ctx, state, keys, t, latest_rule: bool, B: int):
-    """Answer the pings arriving at tick t with pongs carrying the latest models."""
+    """Answer the pings arriving at tick t with pongs carrying the latest models: the first
+    `level_limit` levels by `answer_level`, the rest (a hub: a node receiving many pings at
+    once) by `answer_sorted`; either way in the same order, so with the same bits."""
     n = ctx.cfg.n_nodes
     key, total = due_pings(state.algo_state, t, n)                             # (n,) pongs
     B = min(n, B)
+    limit = level_limit(n, key.shape[0]) if LEVEL_LIMIT is None else LEVEL_LIMIT
+    most = jnp.max(total)
 
     def answer(state):
         a = state.algo_state
         q = a.queue
         ids = jnp.arange(n, dtype=jnp.int32)
-        _, _, inbox, counters, a, late, short = jax.lax.while_loop(
-            lambda c: c[0] < jnp.max(total),
+        carry = jax.lax.while_loop(
+            lambda c: c[0] < jnp.minimum(most, limit),
             lambda c: answer_level(ctx, state, keys, t, latest_rule, B, c),
             (jnp.int32(0), key, state.inbox, state.counters, a,
              jnp.bool_(False), jnp.bool_(False)))
+        _, _, inbox, counters, a, late, short = run_if(
+            most > limit, lambda c: answer_sorted(ctx, state, keys, t, latest_rule, B, c),
+            carry)
         q = QueueState(appended_link_free(ctx.cfg, ctx.table, q.link_free, ids, total > 0,
                                           total, t, queue_stop(ctx.cfg, ctx.table, ids, t)),
                        q.enqueued + total)
