@@ -38,6 +38,7 @@ def cmd_run(args) -> int:
         probe = memory_scale.DataProbe(cfg)
     engine = make_engine(cfg, task=probe and probe.task, hp=hp)
     _print_sizes(engine)
+    _note_run_length_sizing(cfg, engine.cfg)
     if args.dry_run:
         return _dry_run(engine, probe)
     state, history = None, []
@@ -104,6 +105,18 @@ def _print_sizes(engine) -> None:
     print(f"divjax: state memory {mem['total'] / 2**20:.1f} MiB "
           f"(ring {cfg.ring_ticks} slots, delivery={cfg.delivery}, "
           f"train capacity {cfg.train_capacity})")
+
+
+def _note_run_length_sizing(cfg, resolved) -> None:
+    """AD-PSGD with an automatic delay (--delay-ticks 0) sizes its delay ring and ping table for
+    every tick of the run: say so, with what bounds them (docs/scaling.md, AD-PSGD at scale)."""
+    if cfg.algorithm != "adpsgd" or cfg.delay_ticks > 0:
+        return
+    print(f"divjax: note: AD-PSGD's pong delays have no bound but the run's, so its ping table "
+          f"({resolved.ping_slots} entries per node) and delay window ({resolved.delay_ticks} "
+          f"ticks) are sized for the whole run ({resolved.num_ticks} ticks): memory and time "
+          f"per tick grow with --duration-s; --delay-ticks N bounds them (a message that needs "
+          f"more stops the run with an error naming the flag, it is never dropped)")
 
 
 def _dry_run(engine, probe) -> int:
