@@ -53,9 +53,9 @@ def test_checkpoint__kill_and_resume_is_bit_identical(setup, tmp_path, monkeypat
     monkeypatch.setattr(checkpoint, "drive", real_drive)
     assert cli.main(["run", "--resume", str(tmp_path), "--quiet"]) == 0
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    from divjax import compiler_options
+    from divjax.engine.xla_options import program_options
     assert json.loads((tmp_path / "config.json").read_text())["xla_compiler_options"] == \
-        compiler_options()                        # the options that decide the float rounding
+        program_options(engine.advance)           # the options that decide the float rounding
     for k, v in full_metrics.items():
         if k != "node":
             np.testing.assert_array_equal(np.asarray(saved[k], np.float32), v)
@@ -93,7 +93,11 @@ def test_checkpoint__periodic_save_restores_the_state_at_that_tick(setup, tmp_pa
 def test_checkpoint__other_xla_options_refuse_to_resume(setup, tmp_path, monkeypatch):
     """The options decide the float rounding: a run resumed under others would not continue
     bit-identically, so restore names them (DIVJAX_XLA_DEFAULTS flipped between the two)."""
-    engine, hp, _, _ = setup
+    from divjax.tasks.registry import make_task
+
+    _, hp, _, _ = setup   # a task compiled with divjax's options (the least-squares task asks
+    #                       for XLA's defaults, which the variable does not change)
+    engine = make_engine(CFG, task=make_task(CFG)._replace(xla_defaults=False), hp=hp)
     key = jax.random.key(3)
     checkpoint.drive(engine, key, hp, run_dir=tmp_path, every_s=0.5, stop_chunk=2)
     from divjax import compiler_options

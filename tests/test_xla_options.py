@@ -76,7 +76,7 @@ def test_make_engine__tags_its_functions_by_whether_the_model_has_convolutions()
     from divjax.tasks.base import make_synthetic_task
 
     cfg = tiny_config()
-    plain = make_synthetic_task(cfg)
+    plain = make_synthetic_task(cfg)._replace(xla_defaults=False)   # divjax's options
     # the synthetic task with an unused 4-D (HWIO) parameter: a model "with convolutions"
     conv = plain._replace(init=lambda k: {**plain.init(k), "kernel": jnp.zeros((2, 2, 1, 3))})
     for task, want in ((plain, False), (conv, True)):
@@ -86,3 +86,26 @@ def test_make_engine__tags_its_functions_by_whether_the_model_has_convolutions()
         assert make_run(cfg, task).convolutions is want
         assert divjax.jit(engine.advance).compiler_options == divjax.compiler_options(
             convolutions=want)
+
+
+def test_make_engine__a_task_asking_for_xla_defaults_compiles_with_no_options():
+    """The least-squares task asks for XLA's defaults (`Task.xla_defaults`): its engine's
+    functions, its run and a sweep's batched run compile with no options; another task keeps
+    divjax's (the options a run records are those it compiled with)."""
+    from conftest import tiny_config
+
+    from divjax.engine.sim import make_engine, make_run
+    from divjax.engine.xla_options import program_options
+    from divjax.tasks.base import make_synthetic_task
+
+    cfg = tiny_config()
+    task = make_synthetic_task(cfg)
+    assert task.xla_defaults
+    engine, run = make_engine(cfg, task), make_run(cfg, task)
+    assert all(f.xla_defaults for f in (engine.init, engine.advance, engine.evaluate,
+                                        engine.run_ticks, run))
+    assert divjax.jit(engine.advance).compiler_options == {} == program_options(run)
+    assert divjax.jit(lambda x: run(x), convolutions=False,
+                      xla_defaults=run.xla_defaults).compiler_options == {}
+    other = make_run(cfg, task._replace(xla_defaults=False))
+    assert program_options(other) == divjax.compiler_options()

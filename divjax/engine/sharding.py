@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from divjax.config import HParams, SimConfig, default_hparams
 from divjax.engine.sim import make_run
-from divjax.engine.xla_options import jit, tag_convolutions
+from divjax.engine.xla_options import copy_tags, jit
 
 AXIS = "nodes"
 
@@ -132,7 +132,7 @@ def make_sharded_run(cfg: SimConfig, task=None, algo=None, hp: HParams | None = 
         return jax.lax.scan(body, state, None, length=engine.cfg.num_chunks)
 
     run.engine = engine
-    tag_convolutions(run, base.convolutions)   # its XLA options (divjax.jit)
+    copy_tags(run, base)   # its XLA options (divjax.jit)
     run.mesh = mesh
     run.shardings = shardings
     return run

@@ -86,7 +86,7 @@ from divjax.engine.state import (  # SimulationError, check_state: re-exported
 )
 from divjax.tasks.base import Task
 from divjax.network.topology import CompleteNeighbors, device_neighbors, neighbors
-from divjax.engine.xla_options import jit, tag_convolutions
+from divjax.engine.xla_options import copy_tags, jit, tag_convolutions
 
 
 class EngineSpec(NamedTuple):
@@ -314,7 +314,8 @@ def make_engine(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None
     spec = EngineSpec(cfg, task, layout, algo, nb, deg,
                       "iteration_slots" in used and not algo.synchronous, auto)
     conv = has_convolutions(layout)          # picks the XLA options (`divjax.engine.xla_options`)
-    engine = Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv)
+    engine = Engine(cfg, task, layout, *(tag_convolutions(partial(f, spec), conv,
+                                                          task.xla_defaults)
                                          for f in (init_state, advance, evaluate, run_ticks)))
     attach_check(engine.init, call_checker(spec))   # divjax.jit checks a call's HParams
     return engine
@@ -350,7 +351,7 @@ def make_run(cfg: SimConfig, task: Task | None = None, algo: Algorithm | None = 
 
     run.engine = engine
     attach_check(run, engine.init.check)   # divjax.jit calls it with a call's (key, hp)
-    return tag_convolutions(run, engine.advance.convolutions)   # its XLA options
+    return copy_tags(run, engine.advance)   # its XLA options
 
 
 # ----------------------------------------------------------------------------- host side

@@ -19,10 +19,15 @@ get no option. A function with a `check` attribute (`make_run`'s run, `make_engi
 it called with the arguments of every top-level call first: HParams the run was not built for
 are refused on the host (`divjax.engine.sizing.check_sizes`), before anything compiles.
 
+A task can ask for XLA's defaults instead (`Task.xla_defaults`): the least-squares task does, its
+small dense steps run about 30% faster with YNNPACK's fusions (a paired A/B at 16,384 DivShare
+nodes, `benchmarks/xla_options_ab.py`). Its programs are tagged `xla_defaults=True` with the
+convolutions tag, and compile with no options.
+
 The option changes float rounding, never the simulation: compile your own `jax.jit` of a
 `make_run` program with `divjax.jit` (or with `compiler_options=divjax.compiler_options(
-convolutions=run.convolutions)`) to get the bits of `divjax run`. `DIVJAX_XLA_DEFAULTS=1` turns
-the options off (XLA's defaults).
+convolutions=run.convolutions, xla_defaults=run.xla_defaults)`) to get the bits of
+`divjax run`. `DIVJAX_XLA_DEFAULTS=1` turns the options off (XLA's defaults) for every task.
 
 `jit` also passes the arrays a function closes over (a task's data) to the program as arguments
 instead of embedding them as constants (`divjax.engine.hoist`: half the memory per node and a
@@ -56,26 +61,37 @@ def _cpu_options_supported(convolutions: bool = False) -> bool:
     return True
 
 
-def compiler_options(backend: str | None = None, convolutions: bool = False) -> dict:
+def compiler_options(backend: str | None = None, convolutions: bool = False,
+                     xla_defaults: bool = False) -> dict:
     """The options divjax compiles with on `backend` (default: JAX's default backend), for a
-    program whose model has convolutions or not."""
-    if os.environ.get("DIVJAX_XLA_DEFAULTS") == "1":
+    program whose model has convolutions or not; none for a program whose task asks for XLA's
+    defaults (`Task.xla_defaults`: the least-squares task, ~30% faster with them)."""
+    if os.environ.get("DIVJAX_XLA_DEFAULTS") == "1" or xla_defaults:
         return {}
     if (backend or jax.default_backend()) != "cpu" or not _cpu_options_supported(convolutions):
         return {}
     return dict(CPU_CONV_OPTIONS if convolutions else CPU_OPTIONS)
 
 
-def tag_convolutions(fn: Callable, convolutions: bool) -> Callable:
-    """Mark `fn` as a program whose model has convolutions (or not), for `jit`."""
+def tag_convolutions(fn: Callable, convolutions: bool, xla_defaults: bool = False) -> Callable:
+    """Mark `fn` as a program whose model has convolutions (or not), and whose task asks for
+    XLA's default options (or not), for `jit`."""
     fn.convolutions = bool(convolutions)
+    fn.xla_defaults = bool(xla_defaults)
     return fn
 
 
+def copy_tags(fn: Callable, like: Callable) -> Callable:
+    """Tag `fn` as `like` is tagged (a program built around another: the same options)."""
+    return tag_convolutions(fn, getattr(like, "convolutions", False),
+                            getattr(like, "xla_defaults", False))
+
+
 def program_options(fn: Callable) -> dict:
-    """The options `jit(fn)` compiles with at the top level (from `fn`'s tag; untagged: none
-    has convolutions)."""
-    return compiler_options(convolutions=getattr(fn, "convolutions", False))
+    """The options `jit(fn)` compiles with at the top level (from `fn`'s tags; untagged: none
+    has convolutions, none asks for XLA's defaults)."""
+    return compiler_options(convolutions=getattr(fn, "convolutions", False),
+                            xla_defaults=getattr(fn, "xla_defaults", False))
 
 
 class _Jitted:
@@ -83,9 +99,11 @@ class _Jitted:
     another trace (an outer jit, vmap, scan) the plain `jax.jit(fn)`, since XLA takes options
     only for a whole program: the outer program's options apply there."""
 
-    def __init__(self, fn: Callable, kwargs: dict, convolutions: bool | None):
+    def __init__(self, fn: Callable, kwargs: dict, convolutions: bool | None,
+                 xla_defaults: bool = False):
         self.compiler_options = (program_options(fn) if convolutions is None   # at the top
-                                 else compiler_options(convolutions=convolutions))
+                                 else compiler_options(convolutions=convolutions,
+                                                       xla_defaults=xla_defaults))
         self._top = jax.jit(fn, compiler_options=self.compiler_options or None, **kwargs)
         # a run or engine.init: `check(key, hp)` refuses, on the host, HParams the run was not
         # built for (`divjax.engine.sizing.check_sizes`) before a call at the top level compiles
@@ -119,8 +137,9 @@ class _Jitted:
         return self._top.lower(*args, **kwargs)
 
 
-def jit(fn: Callable, convolutions: bool | None = None, **kwargs) -> Callable:
-    """`jax.jit(fn, **kwargs)` compiled with `compiler_options(convolutions=...)` (`.lower`
-    too; default: `fn.convolutions` if tagged, else False); called inside another trace it is
-    the plain `jax.jit(fn, **kwargs)`."""
-    return _Jitted(fn, kwargs, convolutions)
+def jit(fn: Callable, convolutions: bool | None = None, xla_defaults: bool = False,
+        **kwargs) -> Callable:
+    """`jax.jit(fn, **kwargs)` compiled with `compiler_options(convolutions=...,
+    xla_defaults=...)` (`.lower` too; default: `fn`'s tags if convolutions is None); called
+    inside another trace it is the plain `jax.jit(fn, **kwargs)`."""
+    return _Jitted(fn, kwargs, convolutions, xla_defaults)

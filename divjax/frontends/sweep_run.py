@@ -136,7 +136,8 @@ def run_points(run: Callable, cfg: SimConfig, keys: jax.Array, hp: HParams, hp_a
             h = jax.tree.map(lambda x: jax.device_put(x, whole), h)
         return k, h
 
-    fn = jit(make_batched(run, hp_axes, Hb, Sb), convolutions=getattr(run, "convolutions", False))
+    fn = jit(make_batched(run, hp_axes, Hb, Sb), convolutions=getattr(run, "convolutions", False),
+             xla_defaults=getattr(run, "xla_defaults", False))
     got = dict(have or {})
     compiled, compile_s, run_s = None, 0.0, 0.0
     done = min(len(got) * Hb * Sb, H * S)

@@ -44,6 +44,11 @@ class Task(NamedTuple):
     # evaluate(layout.unflatten(params), node) without unflattening the whole model (e.g.
     # matrix factorisation reads only the rows of the test ratings).
     make_flat_evaluate: Callable | None = None
+    # Optional: compile this task's runs with XLA's default options instead of divjax's CPU
+    # options (`divjax.engine.xla_options`; they change float rounding only). For small dense
+    # models whose steps XLA's library fusions do faster: the least-squares task runs ~30%
+    # faster with them (benchmarks/results/xla-options-ab-cpu-2026-12-05.md).
+    xla_defaults: bool = False
 
 
 def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
@@ -104,6 +109,7 @@ def make_synthetic_task(cfg: SimConfig, dim: int = 16, outputs: int = 4,
         info={"kind": "least squares", "dim": dim, "outputs": outputs,
               "samples_per_node": samples_per_node, "heterogeneity": heterogeneity,
               "noise": noise, "optimal_loss": float(opt_loss)},
+        xla_defaults=True,
     )
 
 
